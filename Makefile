@@ -1,0 +1,52 @@
+# iotflow — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Build output lives outside the checkout so fresh clones (and CI) reuse it.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/iotflow/target
+CARGO ?= cargo
+DEBUG_BIN := $(CARGO_TARGET_DIR)/debug/iotflow
+RELEASE_BIN := $(CARGO_TARGET_DIR)/release/iotflow
+BENCH_COUNT ?= 1000000
+
+.PHONY: help demo test tansu nextest build release lint fmt bench bench-ingest clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+demo: release tansu-release ## Run the demo: local broker, topics, simulated devices, read-back summary
+	$(RELEASE_BIN) demo
+
+test: lint nextest build tansu ## Run every check and test (what CI runs)
+	$(CARGO) nextest run --workspace --all-targets --no-fail-fast
+
+nextest: ## Install cargo-nextest if it is missing
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked
+
+build: ## Debug build of everything (tests use it)
+	$(CARGO) build --workspace --all-targets
+
+release: ## Optimised build of the iotflow binary
+	$(CARGO) build --release --bin iotflow
+
+tansu: build ## Install the tansu broker into ~/.cache/iotflow if missing (~25 min once)
+	$(DEBUG_BIN) broker install
+
+tansu-release: release
+	$(RELEASE_BIN) broker install
+
+lint: ## cargo fmt --check and clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+bench: bench-ingest ## Print every benchmark figure
+
+bench-ingest: release tansu-release ## Produce throughput into the local broker, 1 and 4 partitions
+	BIN=$(RELEASE_BIN) COUNT=$(BENCH_COUNT) ./scripts/bench-ingest.sh
+
+clean: ## Remove build output and local data
+	$(CARGO) clean
+	rm -rf data

@@ -1,0 +1,666 @@
+//! Parsing and validating one input record into readings.
+//!
+//! ```text
+//!   bytes ──size──▶ utf-8 ──json──▶ shape (canonical | flat | long) ──▶ [Reading]
+//!     └───────── any failure ─────────▶ Reject(reason) ──▶ dead-letter topic
+//! ```
+//!
+//! Accepted shapes (BRIEF §3):
+//! - canonical `{"device_id","ts","seq","metrics":{name: number}}`
+//! - flat `{"device_id","timestamp", <metric>: number, ...}`: every other field is a metric
+//! - long `{"device_id","sensor"|"metric","ts_ms","value","seq"}`
+//!
+//! Timestamps are epoch numbers or RFC 3339 strings. A number's unit comes from
+//! the key (`ts_ms`) or its magnitude: < 1e11 is seconds, < 1e14 milliseconds,
+//! < 1e17 microseconds, else nanoseconds. Fractional milliseconds round to the
+//! nearest millisecond. A record is accepted or rejected whole.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+/// One accepted measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub device_id: String,
+    pub metric: String,
+    /// Event time, epoch milliseconds.
+    pub ts_ms: i64,
+    pub value: f64,
+    /// Per-device sequence number, for dedupe of producer retries.
+    pub seq: Option<u64>,
+}
+
+/// Why a record went to the dead-letter topic. `code()` is the stable name
+/// used in DLQ records and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RejectReason {
+    Oversized,
+    InvalidUtf8,
+    MalformedJson,
+    MissingDeviceId,
+    InvalidDeviceId,
+    MissingTimestamp,
+    InvalidTimestamp,
+    AbsurdTimestamp,
+    NonNumericValue,
+    NonFiniteValue,
+    NoMetrics,
+    /// Valid, but its window was already final when it arrived.
+    Late,
+}
+
+impl RejectReason {
+    /// Every reason, in code order.
+    pub const ALL: [RejectReason; 12] = [
+        RejectReason::Oversized,
+        RejectReason::InvalidUtf8,
+        RejectReason::MalformedJson,
+        RejectReason::MissingDeviceId,
+        RejectReason::InvalidDeviceId,
+        RejectReason::MissingTimestamp,
+        RejectReason::InvalidTimestamp,
+        RejectReason::AbsurdTimestamp,
+        RejectReason::NonNumericValue,
+        RejectReason::NonFiniteValue,
+        RejectReason::NoMetrics,
+        RejectReason::Late,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            RejectReason::Oversized => "oversized",
+            RejectReason::InvalidUtf8 => "invalid_utf8",
+            RejectReason::MalformedJson => "malformed_json",
+            RejectReason::MissingDeviceId => "missing_device_id",
+            RejectReason::InvalidDeviceId => "invalid_device_id",
+            RejectReason::MissingTimestamp => "missing_timestamp",
+            RejectReason::InvalidTimestamp => "invalid_timestamp",
+            RejectReason::AbsurdTimestamp => "absurd_timestamp",
+            RejectReason::NonNumericValue => "non_numeric_value",
+            RejectReason::NonFiniteValue => "non_finite_value",
+            RejectReason::NoMetrics => "no_metrics",
+            RejectReason::Late => "late",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// Validation bounds. Defaults: 64 KiB payloads, event times in [2000, 2100).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseLimits {
+    pub max_bytes: usize,
+    pub min_ts_ms: i64,
+    pub max_ts_ms: i64,
+    pub max_id_len: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024,
+            min_ts_ms: 946_684_800_000,   // 2000-01-01T00:00:00Z
+            max_ts_ms: 4_102_444_800_000, // 2100-01-01T00:00:00Z
+            max_id_len: 256,
+        }
+    }
+}
+
+/// Parses one record's value into `out` (appending), or says why not.
+/// On error nothing is appended.
+pub fn parse_record(
+    payload: &[u8],
+    limits: &ParseLimits,
+    out: &mut Vec<Reading>,
+) -> Result<(), RejectReason> {
+    if payload.len() > limits.max_bytes {
+        return Err(RejectReason::Oversized);
+    }
+    let text = std::str::from_utf8(payload).map_err(|_| RejectReason::InvalidUtf8)?;
+    let raw: RawRecord<'_> = match serde_json::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => return Err(classify_json_error(text, &e)),
+    };
+    raw.into_readings(limits, out)
+}
+
+/// serde_json rejects `NaN`/`Infinity` (what Python's json.dumps writes) and
+/// out-of-range numbers as syntax errors; users need to see them as bad values.
+fn classify_json_error(text: &str, err: &serde_json::Error) -> RejectReason {
+    if err.to_string().starts_with("number out of range") || has_bare_non_finite(text) {
+        RejectReason::NonFiniteValue
+    } else {
+        RejectReason::MalformedJson
+    }
+}
+
+/// Whether `NaN`, `Infinity` or `-Infinity` appears outside a string.
+fn has_bare_non_finite(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if bytes[i..].starts_with(b"NaN") || bytes[i..].starts_with(b"Infinity") {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// A JSON value where a number, string or other is expected.
+#[derive(Debug)]
+enum Scalar<'a> {
+    Num(f64),
+    Int(i128),
+    Str(Cow<'a, str>),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Int(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::Int(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Num(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Scalar<'_> {
+    fn as_f64(&self) -> Option<f64> {
+        match self {
+            Scalar::Num(v) => Some(*v),
+            Scalar::Int(v) => Some(*v as f64),
+            _ => None,
+        }
+    }
+}
+
+/// The fields of any accepted shape, borrowed from the payload where possible.
+#[derive(Default)]
+struct RawRecord<'a> {
+    device_id: Option<Scalar<'a>>,
+    ts: Option<(TsKey, Scalar<'a>)>,
+    seq: Option<Scalar<'a>>,
+    metric_name: Option<Scalar<'a>>,
+    value: Option<Scalar<'a>>,
+    metrics: Vec<(Cow<'a, str>, Scalar<'a>)>,
+    metrics_not_object: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TsKey {
+    Millis,
+    Auto,
+}
+
+/// A `metrics` value: name → value pairs in document order, or not an object at all.
+enum MetricsField<'a> {
+    Object(Vec<(Cow<'a, str>, Scalar<'a>)>),
+    NotAnObject,
+}
+
+impl<'de> Deserialize<'de> for MetricsField<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MetricsField<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    out.push((k, map.next_value::<Scalar<'de>>()?));
+                }
+                Ok(MetricsField::Object(out))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MetricsField::NotAnObject)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(MetricsField::NotAnObject)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(MetricsField::NotAnObject)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(MetricsField::NotAnObject)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(MetricsField::NotAnObject)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(MetricsField::NotAnObject)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(MetricsField::NotAnObject)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawRecord<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawRecord<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut raw = RawRecord::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "device_id" | "deviceId" | "device" => {
+                            raw.device_id = Some(map.next_value()?)
+                        }
+                        "ts_ms" => raw.ts = Some((TsKey::Millis, map.next_value()?)),
+                        "ts" | "timestamp" | "time" | "event_time" => {
+                            raw.ts = Some((TsKey::Auto, map.next_value()?))
+                        }
+                        "seq" => raw.seq = Some(map.next_value()?),
+                        "sensor" | "metric" => raw.metric_name = Some(map.next_value()?),
+                        "value" => raw.value = Some(map.next_value()?),
+                        "metrics" => match map.next_value::<MetricsField<'de>>()? {
+                            MetricsField::Object(m) => raw.metrics.extend(m),
+                            // Well-formed JSON with a wrong-typed `metrics` is a bad value.
+                            MetricsField::NotAnObject => raw.metrics_not_object = true,
+                        },
+                        _ => {
+                            let v: Scalar<'de> = map.next_value()?;
+                            raw.metrics.push((key, v));
+                        }
+                    }
+                }
+                Ok(raw)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl RawRecord<'_> {
+    fn into_readings(
+        self,
+        limits: &ParseLimits,
+        out: &mut Vec<Reading>,
+    ) -> Result<(), RejectReason> {
+        let device_id = match self.device_id {
+            None | Some(Scalar::Other) => return Err(RejectReason::MissingDeviceId),
+            Some(Scalar::Str(s)) if s.is_empty() => return Err(RejectReason::MissingDeviceId),
+            Some(Scalar::Str(s)) => s.into_owned(),
+            Some(Scalar::Int(i)) => i.to_string(),
+            Some(Scalar::Num(_)) => return Err(RejectReason::InvalidDeviceId),
+        };
+        if !valid_name(&device_id, limits.max_id_len) {
+            return Err(RejectReason::InvalidDeviceId);
+        }
+        let ts_ms = match self.ts {
+            None => return Err(RejectReason::MissingTimestamp),
+            Some((key, ts)) => parse_ts(key, &ts)?,
+        };
+        if ts_ms < limits.min_ts_ms || ts_ms >= limits.max_ts_ms {
+            return Err(RejectReason::AbsurdTimestamp);
+        }
+        let seq = match self.seq {
+            None => None,
+            Some(Scalar::Int(i)) => {
+                Some(u64::try_from(i).map_err(|_| RejectReason::MalformedJson)?)
+            }
+            Some(_) => return Err(RejectReason::MalformedJson),
+        };
+        if self.metrics_not_object {
+            return Err(RejectReason::NonNumericValue);
+        }
+        let start = out.len();
+        let mut push = |metric: &str, v: &Scalar<'_>| -> Result<(), RejectReason> {
+            let value = v.as_f64().ok_or(RejectReason::NonNumericValue)?;
+            if !value.is_finite() {
+                return Err(RejectReason::NonFiniteValue);
+            }
+            if !valid_name(metric, limits.max_id_len) {
+                return Err(RejectReason::InvalidDeviceId);
+            }
+            out.push(Reading {
+                device_id: device_id.clone(),
+                metric: metric.to_owned(),
+                ts_ms,
+                value,
+                seq,
+            });
+            Ok(())
+        };
+        let result = (|| {
+            match (self.metric_name, self.value) {
+                (Some(Scalar::Str(name)), Some(v)) => push(&name, &v)?,
+                (Some(_), _) => return Err(RejectReason::NonNumericValue),
+                (None, Some(v)) => push("value", &v)?,
+                (None, None) => {}
+            }
+            for (name, v) in &self.metrics {
+                push(name, v)?;
+            }
+            Ok(())
+        })();
+        match result {
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
+            }
+            Ok(()) if out.len() == start => Err(RejectReason::NoMetrics),
+            Ok(()) => Ok(()),
+        }
+    }
+}
+
+/// Names end up in output keys `device|metric|window_start`.
+fn valid_name(name: &str, max_len: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max_len
+        && !name.contains('|')
+        && !name.chars().any(char::is_control)
+}
+
+fn parse_ts(key: TsKey, ts: &Scalar<'_>) -> Result<i64, RejectReason> {
+    let ms = match ts {
+        Scalar::Int(v) => int_to_ms(key, *v),
+        Scalar::Num(f) => float_to_ms(key, *f)?,
+        Scalar::Str(s) => {
+            let s = s.trim();
+            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+                t.timestamp_millis().into()
+            } else if let Ok(v) = s.parse::<i64>() {
+                int_to_ms(key, v.into())
+            } else if let Ok(f) = s.parse::<f64>() {
+                float_to_ms(key, f)?
+            } else {
+                return Err(RejectReason::InvalidTimestamp);
+            }
+        }
+        Scalar::Other => return Err(RejectReason::InvalidTimestamp),
+    };
+    i64::try_from(ms).map_err(|_| RejectReason::AbsurdTimestamp)
+}
+
+fn int_to_ms(key: TsKey, v: i128) -> i128 {
+    let round_div = |d: i128| (v + v.signum() * d / 2) / d;
+    match (key, v.unsigned_abs()) {
+        (TsKey::Millis, _) => v,
+        (TsKey::Auto, a) if a < 100_000_000_000 => v * 1000,
+        (TsKey::Auto, a) if a < 100_000_000_000_000 => v,
+        (TsKey::Auto, a) if a < 100_000_000_000_000_000 => round_div(1000),
+        (TsKey::Auto, _) => round_div(1_000_000),
+    }
+}
+
+fn float_to_ms(key: TsKey, f: f64) -> Result<i128, RejectReason> {
+    if !f.is_finite() {
+        return Err(RejectReason::InvalidTimestamp);
+    }
+    let ms = match (key, f.abs()) {
+        (TsKey::Millis, _) => f,
+        (TsKey::Auto, a) if a < 1e11 => f * 1e3,
+        (TsKey::Auto, a) if a < 1e14 => f,
+        (TsKey::Auto, a) if a < 1e17 => f / 1e3,
+        (TsKey::Auto, _) => f / 1e6,
+    }
+    .round();
+    if ms.abs() > 9.0e15 {
+        return Err(RejectReason::AbsurdTimestamp);
+    }
+    Ok(ms as i128)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Vec<Reading>, RejectReason> {
+        let mut out = Vec::new();
+        parse_record(s.as_bytes(), &ParseLimits::default(), &mut out).map(|()| out)
+    }
+
+    fn r(device: &str, metric: &str, ts_ms: i64, value: f64, seq: Option<u64>) -> Reading {
+        Reading {
+            device_id: device.into(),
+            metric: metric.into(),
+            ts_ms,
+            value,
+            seq,
+        }
+    }
+
+    #[test]
+    fn canonical_yields_one_reading_per_metric() {
+        let got = parse(
+            r#"{"device_id":"dev-0042","ts":1763787600123,"seq":17,"metrics":{"temperature":21.4,"humidity":40.2}}"#,
+        );
+        assert_eq!(
+            got,
+            Ok(vec![
+                r("dev-0042", "temperature", 1_763_787_600_123, 21.4, Some(17)),
+                r("dev-0042", "humidity", 1_763_787_600_123, 40.2, Some(17)),
+            ])
+        );
+    }
+
+    #[test]
+    fn flat_takes_every_other_numeric_field_and_float_seconds() {
+        let got = parse(
+            r#"{"device_id":"sensor_1","timestamp":1763787600.1235,"temperature":25.3,"humidity":60}"#,
+        );
+        assert_eq!(
+            got,
+            Ok(vec![
+                r("sensor_1", "temperature", 1_763_787_600_124, 25.3, None),
+                r("sensor_1", "humidity", 1_763_787_600_124, 60.0, None),
+            ])
+        );
+    }
+
+    #[test]
+    fn long_shape_with_sensor_or_metric_key() {
+        let want = Ok(vec![r(
+            "dev-00089",
+            "humidity",
+            1_700_000_000_000,
+            62.56,
+            Some(0),
+        )]);
+        assert_eq!(
+            parse(
+                r#"{"device_id":"dev-00089","sensor":"humidity","ts_ms":1700000000000,"value":62.56,"seq":0}"#
+            ),
+            want
+        );
+        assert_eq!(
+            parse(
+                r#"{"device_id":"dev-00089","metric":"humidity","ts_ms":1700000000000,"value":62.56,"seq":0}"#
+            ),
+            want
+        );
+    }
+
+    #[test]
+    fn timestamps_in_every_unit_and_rfc3339() {
+        let at = |ts: &str| {
+            parse(&format!(r#"{{"device_id":"d","ts":{ts},"v":1}}"#)).map(|v| v[0].ts_ms)
+        };
+        assert_eq!(at("1763787600"), Ok(1_763_787_600_000));
+        assert_eq!(at("1763787600123"), Ok(1_763_787_600_123));
+        assert_eq!(at("1763787600123456"), Ok(1_763_787_600_123));
+        assert_eq!(at("1763787600123456789"), Ok(1_763_787_600_123));
+        assert_eq!(at(r#""2025-11-22T05:00:00.123Z""#), Ok(1_763_787_600_123));
+        assert_eq!(
+            at(r#""2025-11-22T06:00:00.123+01:00""#),
+            Ok(1_763_787_600_123)
+        );
+        assert_eq!(at(r#""1763787600123""#), Ok(1_763_787_600_123));
+        assert_eq!(at(r#""yesterday""#), Err(RejectReason::InvalidTimestamp));
+        assert_eq!(at("true"), Err(RejectReason::InvalidTimestamp));
+    }
+
+    #[test]
+    fn every_reject_reason_has_a_record_that_triggers_it() {
+        use RejectReason::*;
+        let oversized = format!(
+            r#"{{"device_id":"d","ts":1763787600000,"v":1,"pad":"{}"}}"#,
+            "x".repeat(70_000)
+        );
+        let cases: Vec<(Vec<u8>, RejectReason)> = vec![
+            (oversized.into_bytes(), Oversized),
+            (
+                b"{\"device_id\":\"d\xff\",\"ts\":1763787600000,\"v\":1}".to_vec(),
+                InvalidUtf8,
+            ),
+            (br#"{"device_id":"d","ts":17637"#.to_vec(), MalformedJson),
+            (br#"[1,2]"#.to_vec(), MalformedJson),
+            (br#"{"ts":1763787600000,"v":1}"#.to_vec(), MissingDeviceId),
+            (
+                br#"{"device_id":"","ts":1763787600000,"v":1}"#.to_vec(),
+                MissingDeviceId,
+            ),
+            (
+                br#"{"device_id":"a|b","ts":1763787600000,"v":1}"#.to_vec(),
+                InvalidDeviceId,
+            ),
+            (br#"{"device_id":"d","v":1}"#.to_vec(), MissingTimestamp),
+            (
+                br#"{"device_id":"d","ts":"soon","v":1}"#.to_vec(),
+                InvalidTimestamp,
+            ),
+            (
+                br#"{"device_id":"d","ts_ms":5000,"v":1}"#.to_vec(),
+                AbsurdTimestamp,
+            ),
+            (
+                br#"{"device_id":"d","ts":4200000000000,"v":1}"#.to_vec(),
+                AbsurdTimestamp,
+            ),
+            (
+                br#"{"device_id":"d","ts":1763787600000,"v":"n/a"}"#.to_vec(),
+                NonNumericValue,
+            ),
+            (
+                br#"{"device_id":"d","ts":1763787600000,"metrics":{"v":null}}"#.to_vec(),
+                NonNumericValue,
+            ),
+            (
+                br#"{"device_id":"d","ts":1763787600000,"metrics":[1]}"#.to_vec(),
+                NonNumericValue,
+            ),
+            (
+                br#"{"device_id":"d","ts":1763787600000,"v":NaN}"#.to_vec(),
+                NonFiniteValue,
+            ),
+            (
+                br#"{"device_id":"d","ts":1763787600000,"v":-Infinity}"#.to_vec(),
+                NonFiniteValue,
+            ),
+            (
+                br#"{"device_id":"d","ts":1763787600000,"v":1e999}"#.to_vec(),
+                NonFiniteValue,
+            ),
+            (
+                br#"{"device_id":"d","ts":1763787600000}"#.to_vec(),
+                NoMetrics,
+            ),
+            (
+                br#"{"device_id":"d","ts":1763787600000,"metrics":{}}"#.to_vec(),
+                NoMetrics,
+            ),
+        ];
+        for (payload, want) in cases {
+            let mut out = Vec::new();
+            let got = parse_record(&payload, &ParseLimits::default(), &mut out);
+            assert_eq!(got, Err(want), "{}", String::from_utf8_lossy(&payload));
+            assert!(out.is_empty(), "a rejected record appends nothing");
+        }
+    }
+
+    #[test]
+    fn nan_inside_a_string_is_not_a_non_finite_value() {
+        assert_eq!(
+            parse(r#"{"device_id":"NaN","ts":1763787600000,"v":1}"#).map(|v| v.len()),
+            Ok(1)
+        );
+        assert!(!has_bare_non_finite(r#"{"a":"NaN \" Infinity"}"#));
+    }
+
+    #[test]
+    fn a_bad_metric_rejects_the_whole_record_and_leaves_out_untouched() {
+        let mut out = vec![r("x", "y", 1, 1.0, None)];
+        let got = parse_record(
+            br#"{"device_id":"d","ts":1763787600000,"metrics":{"a":1,"b":"x"}}"#,
+            &ParseLimits::default(),
+            &mut out,
+        );
+        assert_eq!(got, Err(RejectReason::NonNumericValue));
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn codes_are_unique() {
+        let mut codes: Vec<_> = RejectReason::ALL.iter().map(|r| r.code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), RejectReason::ALL.len());
+    }
+}

@@ -1,0 +1,47 @@
+//! Broker access for iotflow: everything that talks to a Kafka-protocol broker
+//! outside the dataflow itself.
+//!
+//! ```text
+//!   connect ──▶ rskafka Client (Redpanda, Kafka or the local tansu broker)
+//!   topics  ──▶ declarative TopicSpec, idempotent create (with configs), list, describe
+//!   scan    ──▶ read partitions to their high watermark
+//!   local   ──▶ tansu as a child process on a free loopback port (install, start, stop)
+//! ```
+//!
+//! Nothing here assumes the local broker: it is one more bootstrap address.
+
+mod error;
+pub mod install;
+pub mod local;
+pub mod scan;
+pub mod topics;
+pub mod wire;
+
+use std::time::Duration;
+
+pub use error::{Error, Result, is_retriable_kafka};
+pub use local::{LocalBroker, LocalBrokerBuilder, Storage};
+pub use rskafka;
+pub use topics::{TopicSpec, default_topics};
+
+use rskafka::BackoffConfig;
+use rskafka::client::{Client, ClientBuilder};
+
+/// Connects to a cluster through `brokers` (`host:port` each). Requests retry
+/// with backoff for up to `deadline` before they fail.
+pub async fn connect(brokers: &[String], deadline: Duration) -> Result<Client> {
+    ClientBuilder::new(brokers.to_vec())
+        .client_id("iotflow")
+        .backoff_config(BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+            deadline: Some(deadline),
+        })
+        .build()
+        .await
+        .map_err(|source| Error::Connect {
+            brokers: brokers.to_vec(),
+            source: Box::new(source),
+        })
+}

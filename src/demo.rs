@@ -1,0 +1,97 @@
+//! `iotflow demo`: what a newcomer runs first. At this stage: a local broker,
+//! the topics, simulated devices with every kind of trouble, and a read-back
+//! audit of what landed.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use iotflow_redpanda::rskafka::client::Client;
+use iotflow_redpanda::topics;
+use iotflow_redpanda::{LocalBroker, Storage};
+
+use crate::produce_cmd::{self, SimArgs};
+use crate::scan_cmd;
+use crate::target::Target;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Use this cluster instead of starting a local broker (e.g. Redpanda at 127.0.0.1:19092).
+    #[arg(long, env = "IOTFLOW_BROKERS", value_delimiter = ',')]
+    brokers: Option<Vec<String>>,
+    /// Partitions of the data topics.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Log file of the demo's local broker.
+    #[arg(long, default_value = "data/demo/tansu.log")]
+    broker_log: std::path::PathBuf,
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+pub async fn run(mut args: DemoArgs) -> Result<()> {
+    // Demo defaults that differ from `produce`: more devices and some of every kind of trouble.
+    if args.sim.devices == 100 {
+        args.sim.devices = 300;
+    }
+    if args.sim.count.is_none() && args.sim.duration.is_none() {
+        args.sim.count = Some(300_000);
+    }
+    for (ratio, default) in [
+        (&mut args.sim.duplicates, 0.01),
+        (&mut args.sim.bad, 0.005),
+        (&mut args.sim.late, 0.01),
+    ] {
+        if *ratio == 0.0 {
+            *ratio = default;
+        }
+    }
+    println!("== iotflow demo ==");
+    let mut _broker = None;
+    let bootstrap = match args.brokers.clone() {
+        Some(b) => b,
+        None => {
+            println!("1. starting the local tansu broker (memory storage)…");
+            let b = LocalBroker::builder()
+                .storage(Storage::Memory)
+                .log_path(&args.broker_log)
+                .start()
+                .await
+                .context("starting the local broker")?;
+            println!("   broker on {} (log {})", b.addr(), b.log_path().display());
+            let addr = b.bootstrap();
+            _broker = Some(b);
+            addr
+        }
+    };
+    let client: Client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30)).await?;
+    let target = Target { bootstrap, client };
+    println!("2. creating topics…");
+    let outcomes = topics::create_topics(
+        &target.client,
+        &target.bootstrap,
+        &topics::default_topics(args.partitions, 1),
+    )
+    .await?;
+    for (name, outcome) in outcomes {
+        println!("   {name}: {outcome:?}");
+    }
+    println!(
+        "3. simulating {} devices × {} metrics (duplicates {}, bad {}, late {})…",
+        args.sim.devices,
+        args.sim.metrics.len(),
+        args.sim.duplicates,
+        args.sim.bad,
+        args.sim.late
+    );
+    let summary =
+        produce_cmd::produce_to(&target, topics::READINGS, args.partitions, &args.sim).await?;
+    produce_cmd::print_summary(topics::READINGS, &summary);
+    println!("4. reading {} back…", topics::READINGS);
+    let report = scan_cmd::scan_topic(&target, topics::READINGS, Duration::from_secs(30)).await?;
+    scan_cmd::print_report(&report);
+    println!(
+        "done. Next: `iotflow broker --detach`, then `iotflow produce --help` and `iotflow scan`."
+    );
+    Ok(())
+}

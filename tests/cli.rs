@@ -1,0 +1,125 @@
+//! The CLI contract: the foreground broker, and the detached local broker that
+//! commands without `--brokers` find and share.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+
+#[test]
+fn help_names_every_subcommand() {
+    let help = common::stdout(&common::iotflow(&["--help"]));
+    for sub in ["broker", "topics", "produce", "scan", "demo"] {
+        assert!(help.contains(sub), "{sub} missing from --help:\n{help}");
+    }
+    let produce = common::stdout(&common::iotflow(&["produce", "--help"]));
+    for flag in [
+        "--brokers",
+        "--topic",
+        "--devices",
+        "--interval",
+        "--count",
+        "--duration",
+        "--rate",
+        "--seed",
+        "--start",
+        "--format",
+        "--duplicates",
+        "--bad",
+        "--late",
+    ] {
+        assert!(produce.contains(flag), "{flag} missing from produce --help");
+    }
+    let bad = common::iotflow_unchecked(&["produce", "--count", "1", "--duration", "1s"]);
+    assert!(!bad.status.success(), "--count and --duration conflict");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreground_broker_prints_its_address_and_stops_on_sigterm() {
+    let home = tempfile::tempdir().unwrap();
+    let port = iotflow_redpanda::local::free_port().unwrap().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iotflow"))
+        .args([
+            "--home",
+            home.path().to_str().unwrap(),
+            "broker",
+            "--port",
+            &port,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), format!("127.0.0.1:{port}"));
+    iotflow_redpanda::local::answers_metadata(line.trim())
+        .await
+        .unwrap();
+
+    kill_process(Pid::from_child(&child), Signal::TERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "broker did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        iotflow_redpanda::local::answers_metadata(line.trim())
+            .await
+            .is_err(),
+        "tansu stopped too"
+    );
+    assert!(
+        home.path().join("broker/tansu-foreground.log").exists(),
+        "broker log kept"
+    );
+}
+
+#[test]
+fn commands_without_brokers_share_one_detached_local_broker() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let addr = common::stdout(&common::iotflow(&["--home", h, "broker", "--detach"]));
+    let addr = addr.trim();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let result = std::panic::catch_unwind(|| {
+        let status = common::stdout(&common::iotflow(&["--home", h, "broker", "status"]));
+        assert!(status.contains(addr), "{status}");
+        let created = common::stdout(&common::iotflow(&["--home", h, "topics", "create"]));
+        assert_eq!(created.matches("created").count(), 4, "{created}");
+        common::iotflow(&[
+            "--home", h, "produce", "--count", "3000", "--bad", "0.1", "--json",
+        ]);
+        let scan: serde_json::Value = serde_json::from_str(&common::stdout(&common::iotflow(&[
+            "--home", h, "scan", "--json",
+        ])))
+        .unwrap();
+        assert_eq!(scan["counts"]["records"], 3000);
+        let rejected: u64 = scan["counts"]["rejected"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert!(rejected > 200 && rejected < 400, "{rejected}");
+    });
+    let stopped = common::stdout(&common::iotflow(&["--home", h, "broker", "stop"]));
+    assert!(stopped.contains(addr), "{stopped}");
+    assert!(
+        common::stdout(&common::iotflow(&["--home", h, "broker", "status"]))
+            .contains("no local broker")
+    );
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
