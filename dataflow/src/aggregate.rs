@@ -1,0 +1,136 @@
+//! Aggregates of one (device, metric, window).
+//!
+//! ```text
+//!   readings (ts, value), any order ──sort by (ts, value bits)──▶ count, sum (compensated),
+//!   min, max, mean, population stddev (two-pass), first/last event time
+//! ```
+//!
+//! Sorting first makes every float bit-identical whatever the arrival order,
+//! the epoch boundaries or the number of workers: the invariance tests compare
+//! bytes, not approximations.
+
+use std::cmp::Ordering;
+
+/// The statistics of one window's readings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    /// Population standard deviation (divides by n).
+    pub stddev: f64,
+    pub first_ts: i64,
+    pub last_ts: i64,
+}
+
+fn canonical(a: &(i64, f64), b: &(i64, f64)) -> Ordering {
+    a.0.cmp(&b.0).then_with(|| a.1.total_cmp(&b.1))
+}
+
+impl Stats {
+    /// Statistics of `readings` (sorted in place); `None` when empty.
+    pub fn of(readings: &mut [(i64, f64)]) -> Option<Stats> {
+        if readings.is_empty() {
+            return None;
+        }
+        readings.sort_unstable_by(canonical);
+        let count = readings.len() as u64;
+        let sum = neumaier_sum(readings.iter().map(|r| r.1));
+        let mean = sum / count as f64;
+        let sq = neumaier_sum(readings.iter().map(|r| (r.1 - mean) * (r.1 - mean)));
+        let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+        for &(_, v) in readings.iter() {
+            min = min.min(v);
+            max = max.max(v);
+        }
+        Some(Stats {
+            count,
+            sum,
+            min,
+            max,
+            mean,
+            stddev: (sq / count as f64).sqrt(),
+            first_ts: readings[0].0,
+            last_ts: readings[readings.len() - 1].0,
+        })
+    }
+}
+
+/// Compensated (Neumaier) summation: exact to the last bit far more often than
+/// a plain sum, and as deterministic for a fixed order.
+fn neumaier_sum(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut sum, mut comp) = (0.0f64, 0.0f64);
+    for v in values {
+        let t = sum + v;
+        if sum.abs() >= v.abs() {
+            comp += (sum - t) + v;
+        } else {
+            comp += (v - t) + sum;
+        }
+        sum = t;
+    }
+    sum + comp
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn basic_statistics() {
+        let mut r = vec![(30, 3.0), (10, 1.0), (20, 2.0)];
+        let s = Stats::of(&mut r).unwrap();
+        assert_eq!(
+            (s.count, s.sum, s.min, s.max, s.mean),
+            (3, 6.0, 1.0, 3.0, 2.0)
+        );
+        assert!((s.stddev - (2.0f64 / 3.0).sqrt()).abs() < 1e-15);
+        assert_eq!((s.first_ts, s.last_ts), (10, 30));
+        assert_eq!(Stats::of(&mut []), None);
+    }
+
+    #[test]
+    fn compensated_sum_keeps_small_values_next_to_large_ones() {
+        let mut r = vec![(0, 1e16), (1, 1.0), (2, -1e16)];
+        assert_eq!(Stats::of(&mut r).unwrap().sum, 1.0);
+    }
+
+    proptest! {
+        /// Any permutation gives bit-identical statistics.
+        #[test]
+        fn order_does_not_change_a_single_bit(
+            mut r in prop::collection::vec((0i64..1_000, -1e6f64..1e6), 1..200),
+            seed in any::<u64>(),
+        ) {
+            let a = Stats::of(&mut r.clone()).unwrap();
+            // A seeded shuffle.
+            let mut x = seed | 1;
+            for i in (1..r.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                r.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let b = Stats::of(&mut r).unwrap();
+            prop_assert_eq!(a.sum.to_bits(), b.sum.to_bits());
+            prop_assert_eq!(a.stddev.to_bits(), b.stddev.to_bits());
+            prop_assert_eq!(a, b);
+        }
+
+        /// Oracle: within 1e-9 relative of a naive f64 computation.
+        #[test]
+        fn matches_a_naive_computation(mut r in prop::collection::vec((0i64..1_000, -1e3f64..1e3), 1..200)) {
+            let n = r.len() as f64;
+            let sum: f64 = r.iter().map(|x| x.1).sum();
+            let mean = sum / n;
+            let var: f64 = r.iter().map(|x| (x.1 - mean).powi(2)).sum::<f64>() / n;
+            let s = Stats::of(&mut r).unwrap();
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+            prop_assert!(close(s.sum, sum));
+            prop_assert!(close(s.mean, mean));
+            prop_assert!(close(s.stddev, var.sqrt()));
+        }
+    }
+}
