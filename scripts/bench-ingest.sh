@@ -16,8 +16,8 @@ for partitions in 1 4; do
   python3 -c '
 import json, sys
 s = json.loads(sys.argv[1]); p = sys.argv[2]
-secs = s["seconds"]
-print(f"{p:<12} {s[\"records\"]:>12,} {s[\"readings\"]/secs:>14,.0f} {s[\"records\"]/secs:>14,.0f} {s[\"bytes\"]/1e6/secs:>10.1f}")
+secs, records, readings, mb = s["seconds"], s["records"], s["readings"], s["bytes"] / 1e6
+print(f"{p:<12} {records:>12,} {readings/secs:>14,.0f} {records/secs:>14,.0f} {mb/secs:>10.1f}")
 ' "$json" "$partitions"
 done
 peak=$(grep -E '^VmHWM' /proc/"$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["pid"])' "$home/broker/local-broker.json")"/status 2>/dev/null || true)
