@@ -4,7 +4,7 @@
 //!   record bytes ──reading::parse_record──▶ Reading* | Reject(reason → DLQ)
 //!   audit: the same input counted naively in batch (read-back checks, `iotflow scan`)
 //!   window::WindowSpec ──▶ which windows a reading belongs to (tumbling, hopping)
-//!   watermark::Watermarks ──▶ how far event time has certainly progressed
+//!   watermark::WatermarkCombiner ──▶ how far event time has certainly progressed
 //!   aggregate::Stats ──▶ one window's statistics, bit-identical in any order
 //! ```
 //!
@@ -12,12 +12,19 @@
 
 pub mod aggregate;
 pub mod audit;
+pub mod job;
+pub mod metrics;
+pub mod operators;
 pub mod reading;
+pub mod runner;
+pub mod source;
 pub mod watermark;
 pub mod window;
 
 pub use aggregate::Stats;
 pub use audit::{Audit, AuditCounts};
+pub use job::{EmitMode, JobConfig, RawRecord, WindowResult};
+pub use metrics::JobMetrics;
 pub use reading::{ParseLimits, Reading, RejectReason, parse_record};
-pub use watermark::{WatermarkConfig, Watermarks};
+pub use watermark::{ShareReport, ShareState, TopK, WatermarkCombiner, WatermarkConfig};
 pub use window::{WindowError, WindowSpec};

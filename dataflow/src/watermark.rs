@@ -1,16 +1,20 @@
 //! Watermarks: how far event time has certainly progressed.
 //!
 //! ```text
-//!   per partition:  k-th largest event time seen − max_out_of_order
-//!                   (k = outliers + 1: `outliers` absurd timestamps cannot move it)
-//!   job:            min over partitions that are not idle
-//!   idle partition: caught up (fetch offset = high watermark) and no record for idle_timeout
-//!   monotonic:      the job watermark never goes back
+//!   source share (a partition, or a slice of one) ──epoch e──▶ ShareReport { top-k event times, state }
+//!   WatermarkCombiner, fed every report of epochs ≤ e, gives W_e:
+//!     partition watermark = k-th largest event time − max_out_of_order   (k = outliers + 1)
+//!     W = min over Active partitions; max over Idle ones when none is Active;
+//!         +∞ when every partition is Finished; never decreases
 //! ```
 //!
-//! Pure: the caller supplies processing time (`now_ms`) and fetch positions.
+//! A partition is Idle when it is caught up (fetch offset = high watermark) and
+//! quiet for the idle timeout; the source decides that from processing time.
+//! With `outliers = 1`, one absurd timestamp cannot move a partition's watermark.
 
 use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 /// Watermark settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,79 +36,123 @@ impl Default for WatermarkConfig {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-struct PartitionClock {
-    /// The `outliers + 1` largest event times, descending.
+/// The `k` largest values seen, descending.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopK {
+    k: usize,
     top: Vec<i64>,
-    last_record_ms: Option<i64>,
-    caught_up: bool,
 }
 
-/// Watermark state of one source (all its partitions).
+impl TopK {
+    pub fn new(k: usize) -> Self {
+        Self {
+            k: k.max(1),
+            top: Vec::with_capacity(k.max(1)),
+        }
+    }
+
+    pub fn observe(&mut self, ts: i64) {
+        if self.top.len() < self.k || ts > self.top[self.top.len() - 1] {
+            let pos = self.top.partition_point(|&t| t >= ts);
+            self.top.insert(pos, ts);
+            self.top.truncate(self.k);
+        }
+    }
+
+    pub fn merge(&mut self, values: &[i64]) {
+        for &v in values {
+            self.observe(v);
+        }
+    }
+
+    /// The k-th largest value, once k values were seen.
+    pub fn kth(&self) -> Option<i64> {
+        self.top.get(self.k - 1).copied()
+    }
+
+    pub fn values(&self) -> &[i64] {
+        &self.top
+    }
+}
+
+/// Whether a share holds the watermark back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShareState {
+    Active,
+    /// Caught up and quiet for the idle timeout.
+    Idle,
+    /// Bounded input fully read.
+    Finished,
+}
+
+/// What one share of a partition says at the end of an epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareReport {
+    pub partition: i32,
+    pub share: u32,
+    /// How many shares the partition is split into (1 for Kafka partitions).
+    pub shares: u32,
+    /// The share's largest event times so far (cumulative), descending.
+    pub top: Vec<i64>,
+    pub state: ShareState,
+}
+
+/// Folds share reports into the job watermark. Pure; the same reports in any
+/// order give the same watermark.
 #[derive(Debug, Clone)]
-pub struct Watermarks {
+pub struct WatermarkCombiner {
     cfg: WatermarkConfig,
-    partitions: BTreeMap<i32, PartitionClock>,
+    shares: BTreeMap<(i32, u32), ShareReport>,
     emitted: Option<i64>,
 }
 
-impl Watermarks {
-    /// Tracks `partitions`; each holds the watermark back until it has data or is idle.
-    pub fn new(cfg: WatermarkConfig, partitions: impl IntoIterator<Item = i32>) -> Self {
+impl WatermarkCombiner {
+    pub fn new(cfg: WatermarkConfig) -> Self {
         Self {
             cfg,
-            partitions: partitions
-                .into_iter()
-                .map(|p| (p, PartitionClock::default()))
-                .collect(),
+            shares: BTreeMap::new(),
             emitted: None,
         }
     }
 
-    /// A record with event time `ts` arrived on `partition` at processing time `now_ms`.
-    pub fn observe(&mut self, partition: i32, ts: i64, now_ms: i64) {
-        let k = self.cfg.outliers + 1;
-        let clock = self.partitions.entry(partition).or_default();
-        clock.last_record_ms = Some(now_ms);
-        if clock.top.len() < k || ts > clock.top[clock.top.len() - 1] {
-            let pos = clock.top.partition_point(|&t| t >= ts);
-            clock.top.insert(pos, ts);
-            clock.top.truncate(k);
-        }
+    /// Records a report; a later report of the same share replaces the earlier.
+    pub fn apply(&mut self, report: &ShareReport) {
+        self.shares
+            .insert((report.partition, report.share), report.clone());
     }
 
-    /// The source's fetch position on `partition`: caught up when `next_offset >= high_watermark`.
-    pub fn position(&mut self, partition: i32, next_offset: i64, high_watermark: i64) {
-        self.partitions.entry(partition).or_default().caught_up = next_offset >= high_watermark;
-    }
-
-    /// The watermark of one partition, once it has seen `outliers + 1` records.
-    pub fn partition_watermark(&self, partition: i32) -> Option<i64> {
-        let clock = self.partitions.get(&partition)?;
-        let kth = clock.top.get(self.cfg.outliers)?;
-        Some(kth.saturating_sub(self.cfg.max_out_of_order_ms))
-    }
-
-    fn idle(&self, clock: &PartitionClock, now_ms: i64) -> bool {
-        // Never idle while behind: a lagging partition must hold the watermark back.
-        clock.caught_up
-            && clock
-                .last_record_ms
-                .is_none_or(|t| now_ms.saturating_sub(t) >= self.cfg.idle_timeout_ms)
-    }
-
-    /// The job watermark at processing time `now_ms`: the minimum over active
-    /// partitions; when all are idle, the maximum (nothing holds it back).
-    /// `None` until some partition has one. Never decreases.
-    pub fn watermark(&mut self, now_ms: i64) -> Option<i64> {
+    /// The watermark after every report applied so far; `None` while some
+    /// active partition has no watermark yet. Never decreases.
+    pub fn watermark(&mut self) -> Option<i64> {
         let mut active_min: Option<i64> = None;
         let mut blocked = false;
         let mut idle_max: Option<i64> = None;
-        for (&p, clock) in &self.partitions {
-            let wm = self.partition_watermark(p);
-            if self.idle(clock, now_ms) {
+        let mut any_unfinished = false;
+        let mut partitions: BTreeMap<i32, (TopK, u32, u32, bool, bool)> = BTreeMap::new();
+        for r in self.shares.values() {
+            let entry = partitions
+                .entry(r.partition)
+                .or_insert_with(|| (TopK::new(self.cfg.outliers + 1), r.shares, 0, true, true));
+            entry.0.merge(&r.top);
+            entry.2 += 1;
+            entry.3 &= r.state == ShareState::Finished;
+            entry.4 &= r.state != ShareState::Active;
+        }
+        for (top, shares, reported, finished, quiet) in partitions.values() {
+            let wm = top
+                .kth()
+                .map(|t| t.saturating_sub(self.cfg.max_out_of_order_ms));
+            if reported < shares {
+                // Not every slice of this partition has spoken: it holds everything back.
+                blocked = true;
+                any_unfinished = true;
+            } else if *finished {
+                continue;
+            } else if *quiet {
+                any_unfinished = true;
                 idle_max = idle_max.max(wm);
             } else {
+                any_unfinished = true;
                 match wm {
                     Some(w) => active_min = Some(active_min.map_or(w, |m| m.min(w))),
                     None => blocked = true,
@@ -113,6 +161,8 @@ impl Watermarks {
         }
         let candidate = if blocked {
             None
+        } else if !any_unfinished && !partitions.is_empty() {
+            Some(i64::MAX)
         } else {
             active_min.or(idle_max)
         };
@@ -135,79 +185,99 @@ mod tests {
         }
     }
 
+    fn report(partition: i32, times: &[i64], state: ShareState) -> ShareReport {
+        let mut top = TopK::new(2);
+        top.merge(times);
+        ShareReport {
+            partition,
+            share: 0,
+            shares: 1,
+            top: top.values().to_vec(),
+            state,
+        }
+    }
+
     #[test]
     fn minimum_over_partitions_minus_out_of_order() {
-        let mut w = Watermarks::new(cfg(), [0, 1]);
-        for ts in [10_000, 11_000] {
-            w.observe(0, ts, 0);
-        }
+        let mut c = WatermarkCombiner::new(cfg());
+        c.apply(&report(0, &[10_000, 11_000], ShareState::Active));
+        c.apply(&report(1, &[], ShareState::Active));
         assert_eq!(
-            w.watermark(0),
+            c.watermark(),
             None,
             "partition 1 has no data and is not idle"
         );
-        for ts in [20_000, 21_000] {
-            w.observe(1, ts, 0);
-        }
-        // Partition watermarks use the 2nd largest time: 10_000 - 1_000 and 20_000 - 1_000.
-        assert_eq!(w.watermark(0), Some(9_000));
+        c.apply(&report(1, &[20_000, 21_000], ShareState::Active));
+        // The 2nd largest time of each partition minus out-of-order.
+        assert_eq!(c.watermark(), Some(9_000));
     }
 
     #[test]
     fn one_absurd_timestamp_does_not_advance_it() {
-        let mut w = Watermarks::new(cfg(), [0]);
-        for ts in [10_000, 11_000, 4_000_000_000_000, 12_000] {
-            w.observe(0, ts, 0);
-        }
-        assert_eq!(w.watermark(0), Some(11_000));
-        w.observe(0, 4_000_000_000_001, 0);
+        let mut c = WatermarkCombiner::new(cfg());
+        c.apply(&report(
+            0,
+            &[10_000, 11_000, 4_000_000_000_000, 12_000],
+            ShareState::Active,
+        ));
+        assert_eq!(c.watermark(), Some(11_000));
+        c.apply(&report(
+            0,
+            &[12_000, 4_000_000_000_000, 4_000_000_000_001],
+            ShareState::Active,
+        ));
         assert!(
-            w.watermark(0).unwrap() > 1_000_000_000_000,
-            "two of them are a trend, not an outlier"
+            c.watermark().unwrap() > 1_000_000_000_000,
+            "two of them are a trend"
         );
     }
 
     #[test]
-    fn a_caught_up_quiet_partition_stops_holding_it_back() {
-        let mut w = Watermarks::new(cfg(), [0, 1]);
-        for ts in [50_000, 51_000] {
-            w.observe(0, ts, 0);
-        }
-        for ts in [5_000, 6_000] {
-            w.observe(1, ts, 0);
-        }
-        w.position(1, 10, 10);
-        assert_eq!(
-            w.watermark(1_000),
-            Some(4_000),
-            "quiet, but not for the idle timeout yet"
-        );
-        assert_eq!(w.watermark(5_000), Some(49_000), "idle now");
-        w.observe(1, 7_000, 6_000);
-        assert_eq!(w.watermark(6_000), Some(49_000), "never goes back");
+    fn idle_partitions_stop_holding_it_back_and_all_idle_takes_the_maximum() {
+        let mut c = WatermarkCombiner::new(cfg());
+        c.apply(&report(0, &[50_000, 51_000], ShareState::Active));
+        c.apply(&report(1, &[5_000, 6_000], ShareState::Active));
+        assert_eq!(c.watermark(), Some(4_000));
+        c.apply(&report(1, &[5_000, 6_000], ShareState::Idle));
+        assert_eq!(c.watermark(), Some(49_000));
+        c.apply(&report(0, &[50_000, 51_000], ShareState::Idle));
+        c.apply(&report(1, &[70_000, 71_000], ShareState::Idle));
+        assert_eq!(c.watermark(), Some(69_000));
+        c.apply(&report(1, &[7_000, 8_000], ShareState::Active));
+        assert_eq!(c.watermark(), Some(69_000), "never goes back");
     }
 
     #[test]
-    fn a_lagging_partition_is_never_idle() {
-        let mut w = Watermarks::new(cfg(), [0, 1]);
-        for ts in [50_000, 51_000] {
-            w.observe(0, ts, 0);
-        }
-        w.position(1, 0, 1_000);
-        assert_eq!(w.watermark(1_000_000), None, "partition 1 has unread data");
-        w.position(1, 1_000, 1_000);
-        // 2nd largest of partition 0 (50_000) minus out-of-order.
-        assert_eq!(w.watermark(1_000_000), Some(49_000));
+    fn an_idle_partition_without_data_does_not_block() {
+        let mut c = WatermarkCombiner::new(cfg());
+        c.apply(&report(0, &[50_000, 51_000], ShareState::Active));
+        c.apply(&report(1, &[], ShareState::Idle));
+        assert_eq!(c.watermark(), Some(49_000));
     }
 
     #[test]
-    fn all_idle_takes_the_maximum() {
-        let mut w = Watermarks::new(cfg(), [0, 1]);
-        for (p, ts) in [(0, 10_000), (0, 11_000), (1, 30_000), (1, 31_000)] {
-            w.observe(p, ts, 0);
-        }
-        w.position(0, 2, 2);
-        w.position(1, 2, 2);
-        assert_eq!(w.watermark(10_000), Some(29_000));
+    fn finished_everywhere_is_the_end_of_time() {
+        let mut c = WatermarkCombiner::new(cfg());
+        c.apply(&report(0, &[50_000, 51_000], ShareState::Finished));
+        c.apply(&report(1, &[60_000, 61_000], ShareState::Active));
+        assert_eq!(c.watermark(), Some(59_000));
+        c.apply(&report(1, &[60_000, 61_000], ShareState::Finished));
+        assert_eq!(c.watermark(), Some(i64::MAX));
+    }
+
+    #[test]
+    fn shares_of_one_partition_merge_their_top_times() {
+        let mut c = WatermarkCombiner::new(cfg());
+        let mut a = report(0, &[10_000, 30_000], ShareState::Active);
+        a.shares = 2;
+        assert_eq!(c.watermark(), None);
+        c.apply(&a);
+        assert_eq!(c.watermark(), None, "share 1 has not reported");
+        let mut b = report(0, &[20_000], ShareState::Active);
+        b.shares = 2;
+        b.share = 1;
+        c.apply(&b);
+        // Union {30_000, 20_000, 10_000}: 2nd largest 20_000.
+        assert_eq!(c.watermark(), Some(19_000));
     }
 }

@@ -1,0 +1,204 @@
+//! The windowed-aggregation dataflow, independent of where records come from
+//! and where results go.
+//!
+//! ```text
+//!   source ──SourceEvent (records + one status per partition share per epoch)──▶ Classify
+//!   Classify ◀──ShareReports of epoch e−1 (broadcast, fed back +1)── Classify
+//!      ├─▶ dead letters (parse rejects, `late`)
+//!      ├─▶ readings ──exchange by device──▶ Windows ◀── ShareReports (broadcast)
+//!      └─▶ ShareReports of epoch e                       └─▶ WindowResult (final / updates)
+//! ```
+//!
+//! Epoch e's records are classified against W_{e−1}, the watermark after every
+//! report of epochs < e, and windows with `end + lateness ≤ W_e` are emitted at
+//! epoch e. Both depend only on what each partition held in each epoch, so with
+//! record-count epochs the output is the same for any number of workers.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::Stream;
+use timely::dataflow::operators::core::{ConnectLoop, Feedback, Partition};
+use timely::dataflow::operators::vec::Broadcast;
+
+use crate::aggregate::Stats;
+use crate::metrics::JobMetrics;
+use crate::operators::{classify, windows};
+use crate::reading::{ParseLimits, Reading, RejectReason};
+use crate::watermark::{ShareReport, ShareState, WatermarkConfig};
+use crate::window::WindowSpec;
+
+/// Timely timestamps are epochs.
+pub type Epoch = u64;
+
+/// The epoch a received batch belongs to. Our operators send every batch under
+/// one capability, so a stamp is a single epoch; its least element is it.
+pub fn epoch_of(cap: &timely::dataflow::operators::InputCapability<Epoch>) -> Epoch {
+    cap.least().copied().unwrap_or_default()
+}
+
+/// When windows are emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmitMode {
+    /// Each window once, when final.
+    Final,
+    /// Changed windows every epoch with `final = false`, then once with `final = true`.
+    Updates,
+}
+
+/// Everything the dataflow needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct JobConfig {
+    pub window: WindowSpec,
+    /// How long after the watermark passes a window's end it still accepts readings.
+    pub lateness_ms: i64,
+    pub watermark: WatermarkConfig,
+    pub emit: EmitMode,
+    pub limits: ParseLimits,
+}
+
+impl JobConfig {
+    /// Whether the window starting at `start` is final under watermark `wm`.
+    pub fn is_final(&self, start: i64, wm: Option<i64>) -> bool {
+        wm.is_some_and(|w| self.window.end(start).saturating_add(self.lateness_ms) <= w)
+    }
+}
+
+/// One record from a source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+}
+
+/// The state of one partition share at the end of an epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStatus {
+    pub partition: i32,
+    pub share: u32,
+    pub shares: u32,
+    pub state: ShareState,
+    /// Next offset to read; the epoch covered offsets below it.
+    pub next_offset: i64,
+}
+
+/// What sources emit: records, and once per epoch a status per owned share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceEvent {
+    Record(RawRecord),
+    Status(PartitionStatus),
+}
+
+/// A record bound for the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadRecord {
+    pub reason: RejectReason,
+    pub record: RawRecord,
+}
+
+/// One window's aggregate at an epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowResult {
+    pub device_id: String,
+    pub metric: String,
+    pub window_start: i64,
+    pub window_end: i64,
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub stddev: f64,
+    pub first_ts: i64,
+    pub last_ts: i64,
+    pub is_final: bool,
+}
+
+impl WindowResult {
+    pub fn new(
+        device_id: String,
+        metric: String,
+        start: i64,
+        end: i64,
+        s: Stats,
+        is_final: bool,
+    ) -> Self {
+        Self {
+            device_id,
+            metric,
+            window_start: start,
+            window_end: end,
+            count: s.count,
+            sum: s.sum,
+            min: s.min,
+            max: s.max,
+            mean: s.mean,
+            stddev: s.stddev,
+            first_ts: s.first_ts,
+            last_ts: s.last_ts,
+            is_final,
+        }
+    }
+}
+
+/// What Classify emits, split three ways right after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Classified {
+    Dead(DeadRecord),
+    Reading(Reading),
+    Report(ShareReport),
+}
+
+/// The dataflow's outputs.
+#[allow(missing_debug_implementations)] // timely streams are not `Debug`
+pub struct JobStreams<'scope> {
+    pub results: Stream<'scope, Epoch, Vec<WindowResult>>,
+    pub dead: Stream<'scope, Epoch, Vec<DeadRecord>>,
+    /// Every share report, on every worker (broadcast): the epoch's source progress.
+    pub reports: Stream<'scope, Epoch, Vec<ShareReport>>,
+}
+
+/// Builds the dataflow over `source` in its scope.
+pub fn build<'scope>(
+    source: Stream<'scope, Epoch, Vec<SourceEvent>>,
+    cfg: JobConfig,
+    metrics: Arc<JobMetrics>,
+) -> JobStreams<'scope> {
+    let scope = source.scope();
+    let (loop_handle, fed_back) = scope.feedback::<Vec<ShareReport>>(1);
+    let classified = classify::classify(source, fed_back, cfg, Arc::clone(&metrics));
+    let mut parts = classified
+        .partition::<timely::container::CapacityContainerBuilder<Vec<Classified>>, _, _>(3, |c| {
+            match c {
+                Classified::Dead(_) => (0, c),
+                Classified::Reading(_) => (1, c),
+                Classified::Report(_) => (2, c),
+            }
+        })
+        .into_iter();
+    let (Some(dead), Some(readings), Some(reports)) = (parts.next(), parts.next(), parts.next())
+    else {
+        unreachable!("partition(3) returns three streams")
+    };
+    use timely::dataflow::operators::vec::Map;
+    let dead = dead.flat_map(|c| match c {
+        Classified::Dead(d) => Some(d),
+        _ => None,
+    });
+    let reports = reports
+        .flat_map(|c| match c {
+            Classified::Report(r) => Some(r),
+            _ => None,
+        })
+        .broadcast();
+    reports.clone().connect_loop(loop_handle);
+    let results = windows::windows(readings, reports.clone(), cfg, metrics);
+    JobStreams {
+        results,
+        dead,
+        reports,
+    }
+}

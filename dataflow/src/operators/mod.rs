@@ -1,0 +1,4 @@
+//! The dataflow's operators, one per file.
+
+pub mod classify;
+pub mod windows;

@@ -1,0 +1,206 @@
+//! Windows: dedupe, assign to event-time windows, emit when the frontier says so.
+//!
+//! ```text
+//!   Reading@e (exchanged by device) ──(device, seq, metric) seen?──▶ duplicate, dropped
+//!     ──▶ each window of its event time still open under W_{e−1} ──▶ window state
+//!   when both inputs passed e: apply reports of e → W_e
+//!     updates mode: changed open windows ──▶ WindowResult(final = false)
+//!     windows with end + lateness ≤ W_e ──▶ WindowResult(final = true); state dropped
+//! ```
+//!
+//! A window keeps its readings until it is final and computes statistics over
+//! them sorted, so results are bit-identical however records were spread over
+//! workers and epochs. Dedupe entries are dropped once every window their event
+//! time belongs to is final: a later copy is then judged `late` upstream.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+
+use crate::aggregate::Stats;
+use crate::job::{Classified, Epoch, JobConfig, WindowResult};
+use crate::metrics::JobMetrics;
+use crate::reading::Reading;
+use crate::watermark::{ShareReport, WatermarkCombiner};
+
+type WindowKey = (String, String, i64);
+
+#[derive(Default)]
+struct WindowState {
+    values: Vec<(i64, f64)>,
+    changed: bool,
+}
+
+/// A stable hash of the device id: the same worker for a device in every process.
+pub fn device_hash(device: &str) -> u64 {
+    // FNV-1a: std's SipHash keys are random per process, which would split a
+    // device across workers of different processes.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in device.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// See the module docs.
+pub fn windows<'scope>(
+    readings: Stream<'scope, Epoch, Vec<Classified>>,
+    reports: Stream<'scope, Epoch, Vec<ShareReport>>,
+    cfg: JobConfig,
+    metrics: Arc<JobMetrics>,
+) -> Stream<'scope, Epoch, Vec<WindowResult>> {
+    let by_device = Exchange::new(|c: &Classified| match c {
+        Classified::Reading(r) => device_hash(&r.device_id),
+        _ => 0,
+    });
+    readings.binary_frontier(
+        reports,
+        by_device,
+        Pipeline,
+        "Windows",
+        move |cap, _info| {
+            let mut cap = Some(cap);
+            let mut next: Epoch = 0;
+            let mut pending: BTreeMap<Epoch, Vec<Reading>> = BTreeMap::new();
+            let mut pending_reports: BTreeMap<Epoch, Vec<ShareReport>> = BTreeMap::new();
+            let mut combiner = WatermarkCombiner::new(cfg.watermark);
+            let mut state: HashMap<WindowKey, WindowState> = HashMap::new();
+            // Windows by the watermark that finalizes them: end + lateness.
+            let mut closing: BTreeMap<i64, Vec<WindowKey>> = BTreeMap::new();
+            let mut seen: HashSet<(String, u64, String)> = HashSet::new();
+            let mut seen_expiry: BTreeMap<i64, Vec<(String, u64, String)>> = BTreeMap::new();
+
+            move |(readings_in, readings_frontier), (reports_in, reports_frontier), output| {
+                readings_in.for_each(|time, data| {
+                    let bucket = pending.entry(crate::job::epoch_of(&time)).or_default();
+                    bucket.extend(data.drain(..).filter_map(|c| match c {
+                        Classified::Reading(r) => Some(r),
+                        _ => None,
+                    }));
+                });
+                reports_in.for_each(|time, data| {
+                    pending_reports
+                        .entry(crate::job::epoch_of(&time))
+                        .or_default()
+                        .append(data)
+                });
+                while let Some(c) = cap.as_mut() {
+                    if readings_frontier.less_equal(&next) || reports_frontier.less_equal(&next) {
+                        break;
+                    }
+                    let wm_before = combiner.watermark();
+                    let (mut duplicates, mut partial) = (0u64, 0u64);
+                    for r in pending.remove(&next).unwrap_or_default() {
+                        if let Some(seq) = r.seq {
+                            let key = (r.device_id.clone(), seq, r.metric.clone());
+                            if seen.contains(&key) {
+                                duplicates += 1;
+                                continue;
+                            }
+                            let last_end = cfg
+                                .window
+                                .windows_of(r.ts_ms)
+                                .last()
+                                .map(|s| cfg.window.end(s).saturating_add(cfg.lateness_ms))
+                                .unwrap_or(i64::MAX);
+                            seen.insert(key.clone());
+                            seen_expiry.entry(last_end).or_default().push(key);
+                        }
+                        for start in cfg.window.windows_of(r.ts_ms) {
+                            if cfg.is_final(start, wm_before) {
+                                partial += 1;
+                                continue;
+                            }
+                            let key = (r.device_id.clone(), r.metric.clone(), start);
+                            let w = state.entry(key).or_insert_with_key(|k| {
+                                let close_at = cfg.window.end(k.2).saturating_add(cfg.lateness_ms);
+                                closing.entry(close_at).or_default().push(k.clone());
+                                WindowState::default()
+                            });
+                            w.values.push((r.ts_ms, r.value));
+                            w.changed = true;
+                        }
+                    }
+                    for r in pending_reports.remove(&next).unwrap_or_default() {
+                        combiner.apply(&r);
+                    }
+                    let wm = combiner.watermark();
+                    let mut out: Vec<WindowResult> = Vec::new();
+                    if let Some(w) = wm {
+                        while let Some(entry) = closing.first_entry() {
+                            if *entry.key() > w {
+                                break;
+                            }
+                            for key in entry.remove() {
+                                if let Some(mut ws) = state.remove(&key)
+                                    && let Some(s) = Stats::of(&mut ws.values)
+                                {
+                                    let end = cfg.window.end(key.2);
+                                    out.push(WindowResult::new(key.0, key.1, key.2, end, s, true));
+                                }
+                            }
+                        }
+                        while let Some(entry) = seen_expiry.first_entry() {
+                            if *entry.key() > w {
+                                break;
+                            }
+                            for key in entry.remove() {
+                                seen.remove(&key);
+                            }
+                        }
+                    }
+                    let finals = out.len() as u64;
+                    if cfg.emit == crate::job::EmitMode::Updates {
+                        for (key, ws) in state.iter_mut().filter(|(_, ws)| ws.changed) {
+                            ws.changed = false;
+                            let mut values = ws.values.clone();
+                            if let Some(s) = Stats::of(&mut values) {
+                                let end = cfg.window.end(key.2);
+                                out.push(WindowResult::new(
+                                    key.0.clone(),
+                                    key.1.clone(),
+                                    key.2,
+                                    end,
+                                    s,
+                                    false,
+                                ));
+                            }
+                        }
+                    }
+                    metrics.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+                    metrics.late_partial.fetch_add(partial, Ordering::Relaxed);
+                    metrics.windows_emitted.fetch_add(finals, Ordering::Relaxed);
+                    metrics
+                        .updates_emitted
+                        .fetch_add(out.len() as u64 - finals, Ordering::Relaxed);
+                    if !out.is_empty() {
+                        // A readable, deterministic order within the epoch.
+                        out.sort_by(|a, b| {
+                            (&a.device_id, &a.metric, a.window_start, a.is_final).cmp(&(
+                                &b.device_id,
+                                &b.metric,
+                                b.window_start,
+                                b.is_final,
+                            ))
+                        });
+                        output.session(c).give_iterator(out.into_iter());
+                    }
+                    if readings_frontier.is_empty()
+                        && reports_frontier.is_empty()
+                        && pending.is_empty()
+                    {
+                        cap = None;
+                        break;
+                    }
+                    next += 1;
+                    c.downgrade(&next);
+                }
+            }
+        },
+    )
+}

@@ -1,0 +1,177 @@
+//! Running the dataflow: timely's `Config` built from our own flags, and a
+//! bounded run that collects what this process's workers produced.
+//!
+//! ```text
+//!   Parallelism (-w, -n, -p, hostfile) ──▶ timely::Config
+//!   run_bounded: every worker builds source → job::build → collect; steps until done
+//! ```
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::job::{self, DeadRecord, Epoch, JobConfig, WindowResult};
+use crate::metrics::JobMetrics;
+use crate::source::{OwnedInput, chunked_source};
+
+/// Errors of a run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The parallelism flags do not describe a cluster (user).
+    #[error("invalid parallelism: {0}")]
+    Config(String),
+    /// Timely could not start its workers or connect the processes (environment).
+    #[error("starting timely workers: {0}")]
+    Start(String),
+    /// A worker thread panicked (ours).
+    #[error("a timely worker failed: {0}")]
+    Worker(String),
+}
+
+/// Workers per process, processes, this process's index, and the hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parallelism {
+    pub workers: usize,
+    pub processes: usize,
+    pub process: usize,
+    /// `host:port` per process, in process order (only with processes > 1).
+    pub hosts: Vec<String>,
+}
+
+impl Default for Parallelism {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            processes: 1,
+            process: 0,
+            hosts: Vec::new(),
+        }
+    }
+}
+
+impl Parallelism {
+    /// Timely's configuration for these settings.
+    pub fn timely_config(&self) -> Result<timely::Config, RunError> {
+        if self.workers == 0 {
+            return Err(RunError::Config("at least one worker is needed".into()));
+        }
+        if self.processes <= 1 {
+            return Ok(timely::Config::process(self.workers));
+        }
+        if self.hosts.len() != self.processes {
+            return Err(RunError::Config(format!(
+                "{} processes but {} hosts in the hostfile",
+                self.processes,
+                self.hosts.len()
+            )));
+        }
+        if self.process >= self.processes {
+            return Err(RunError::Config(format!(
+                "process index {} is not below {}",
+                self.process, self.processes
+            )));
+        }
+        Ok(timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: self.workers,
+                process: self.process,
+                addresses: self.hosts.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        })
+    }
+}
+
+/// What this process's workers produced in a bounded run, in epoch order.
+#[derive(Debug, Default)]
+pub struct RunOutput {
+    pub results: Vec<(Epoch, WindowResult)>,
+    pub dead: Vec<(Epoch, DeadRecord)>,
+}
+
+/// Runs the job over inputs that end, until every window is final and emitted.
+/// `inputs(worker, peers)` gives each worker its inputs.
+pub fn run_bounded<F>(
+    parallelism: &Parallelism,
+    cfg: JobConfig,
+    epoch_records: u64,
+    metrics: Arc<JobMetrics>,
+    inputs: F,
+) -> Result<RunOutput, RunError>
+where
+    F: Fn(usize, usize) -> Vec<OwnedInput> + Send + Sync + 'static,
+{
+    let config = parallelism.timely_config()?;
+    let guards = timely::execute(config, move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let collected = Rc::new(RefCell::new(RunOutput::default()));
+        let owned = inputs(index, peers);
+        let metrics = Arc::clone(&metrics);
+        worker.dataflow::<Epoch, _, _>(|scope| {
+            let source = chunked_source(scope, owned, epoch_records);
+            let streams = job::build(source, cfg, metrics);
+            let sink = Rc::clone(&collected);
+            streams
+                .results
+                .sink(Pipeline, "CollectResults", move |(input, _frontier)| {
+                    input.for_each(|time, data| {
+                        let t = crate::job::epoch_of(&time);
+                        sink.borrow_mut()
+                            .results
+                            .extend(data.drain(..).map(|r| (t, r)));
+                    });
+                });
+            let sink = Rc::clone(&collected);
+            streams
+                .dead
+                .sink(Pipeline, "CollectDead", move |(input, _frontier)| {
+                    input.for_each(|time, data| {
+                        let t = crate::job::epoch_of(&time);
+                        sink.borrow_mut()
+                            .dead
+                            .extend(data.drain(..).map(|d| (t, d)));
+                    });
+                });
+        });
+        while worker.step_or_park(Some(Duration::from_millis(20))) {}
+        collected.take()
+    })
+    .map_err(RunError::Start)?;
+    let mut out = RunOutput::default();
+    for joined in guards.join() {
+        let part = joined.map_err(RunError::Worker)?;
+        out.results.extend(part.results);
+        out.dead.extend(part.dead);
+    }
+    out.results.sort_by(|a, b| {
+        (
+            a.0,
+            &a.1.device_id,
+            &a.1.metric,
+            a.1.window_start,
+            a.1.is_final,
+        )
+            .cmp(&(
+                b.0,
+                &b.1.device_id,
+                &b.1.metric,
+                b.1.window_start,
+                b.1.is_final,
+            ))
+    });
+    out.dead.sort_by(|a, b| {
+        (a.0, a.1.record.partition, a.1.record.offset).cmp(&(
+            b.0,
+            b.1.record.partition,
+            b.1.record.offset,
+        ))
+    });
+    Ok(out)
+}

@@ -1,0 +1,383 @@
+//! The dataflow against a naive recomputation of the same semantics: random
+//! partitions (disorder, exact duplicates, bad records, absurd timestamps),
+//! random epoch sizes, windows and lateness, 1 to 3 workers. Windows, their
+//! epochs and every dead letter must match exactly (floats bit for bit).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use iotflow_dataflow::job::{DeadRecord, EmitMode, Epoch, JobConfig, RawRecord, WindowResult};
+use iotflow_dataflow::reading::{ParseLimits, RejectReason, parse_record};
+use iotflow_dataflow::runner::{Parallelism, run_bounded};
+use iotflow_dataflow::source::memory_inputs;
+use iotflow_dataflow::{JobMetrics, Stats, TopK, WatermarkConfig, WindowSpec};
+use proptest::prelude::*;
+
+type Partitions = Vec<(i32, Vec<RawRecord>)>;
+type Outputs = (Vec<(Epoch, WindowResult)>, Vec<(Epoch, DeadRecord)>);
+/// (kind, device, event-time delta ms, value, metric) per record.
+type RecordSpec = (u8, u8, i64, i32, u8);
+type OpenWindows = BTreeMap<(String, String, i64), (Vec<(i64, f64)>, bool)>;
+
+/// The semantics, written the slow and obvious way.
+fn oracle(parts: &Partitions, cfg: &JobConfig, n: u64) -> Outputs {
+    let chunk = |recs: &Vec<RawRecord>, e: u64| -> Vec<RawRecord> {
+        recs.iter()
+            .skip((e * n) as usize)
+            .take(n as usize)
+            .cloned()
+            .collect()
+    };
+    let last_epoch = parts
+        .iter()
+        .map(|(_, r)| {
+            if r.is_empty() {
+                0
+            } else {
+                (r.len() as u64 - 1) / n
+            }
+        })
+        .max()
+        .unwrap_or(0);
+    let k = cfg.watermark.outliers + 1;
+    let mut tops: BTreeMap<i32, TopK> = BTreeMap::new();
+    let mut wm: Option<i64> = None;
+    let mut seen = HashSet::new();
+    let mut windows = OpenWindows::new();
+    let (mut results, mut dead) = (Vec::new(), Vec::new());
+    for e in 0..=last_epoch {
+        let mut readings = Vec::new();
+        for (p, recs) in parts {
+            for rec in chunk(recs, e) {
+                let mut out = Vec::new();
+                let verdict = parse_record(&rec.value, &cfg.limits, &mut out).and_then(|()| {
+                    let ts = out[0].ts_ms;
+                    tops.entry(*p).or_insert_with(|| TopK::new(k)).observe(ts);
+                    if cfg.window.windows_of(ts).all(|s| cfg.is_final(s, wm)) {
+                        Err(RejectReason::Late)
+                    } else {
+                        Ok(())
+                    }
+                });
+                match verdict {
+                    Ok(()) => readings.extend(out),
+                    Err(reason) => dead.push((
+                        e,
+                        DeadRecord {
+                            reason,
+                            record: rec,
+                        },
+                    )),
+                }
+            }
+        }
+        for r in readings {
+            if let Some(seq) = r.seq
+                && !seen.insert((r.device_id.clone(), seq, r.metric.clone()))
+            {
+                continue;
+            }
+            for s in cfg.window.windows_of(r.ts_ms) {
+                if !cfg.is_final(s, wm) {
+                    let w = windows
+                        .entry((r.device_id.clone(), r.metric.clone(), s))
+                        .or_default();
+                    w.0.push((r.ts_ms, r.value));
+                    w.1 = true;
+                }
+            }
+        }
+        // W_e: min over unfinished partitions (k-th largest − ooo); +∞ when all finished.
+        let mut blocked = false;
+        let mut min: Option<i64> = None;
+        let mut any_active = false;
+        for (p, recs) in parts {
+            let finished = (recs.len() as u64) <= (e + 1) * n;
+            if finished {
+                continue;
+            }
+            any_active = true;
+            match tops.get(p).and_then(TopK::kth) {
+                Some(t) => {
+                    let w = t - cfg.watermark.max_out_of_order_ms;
+                    min = Some(min.map_or(w, |m: i64| m.min(w)));
+                }
+                None => blocked = true,
+            }
+        }
+        let candidate = if blocked {
+            None
+        } else if !any_active {
+            Some(i64::MAX)
+        } else {
+            min
+        };
+        if let Some(c) = candidate {
+            wm = Some(wm.map_or(c, |w| w.max(c)));
+        }
+        let mut finals: Vec<(String, String, i64)> = windows
+            .keys()
+            .filter(|key| cfg.is_final(key.2, wm))
+            .cloned()
+            .collect();
+        finals.sort();
+        for key in finals {
+            let (mut values, _) = windows.remove(&key).unwrap();
+            let s = Stats::of(&mut values).unwrap();
+            let end = cfg.window.end(key.2);
+            results.push((e, WindowResult::new(key.0, key.1, key.2, end, s, true)));
+        }
+        if cfg.emit == EmitMode::Updates {
+            for (key, (values, changed)) in windows.iter_mut() {
+                if *changed {
+                    *changed = false;
+                    let s = Stats::of(&mut values.clone()).unwrap();
+                    let end = cfg.window.end(key.2);
+                    results.push((
+                        e,
+                        WindowResult::new(key.0.clone(), key.1.clone(), key.2, end, s, false),
+                    ));
+                }
+            }
+        }
+    }
+    results.sort_by(|a, b| {
+        (
+            a.0,
+            &a.1.device_id,
+            &a.1.metric,
+            a.1.window_start,
+            a.1.is_final,
+        )
+            .cmp(&(
+                b.0,
+                &b.1.device_id,
+                &b.1.metric,
+                b.1.window_start,
+                b.1.is_final,
+            ))
+    });
+    dead.sort_by(|a, b| {
+        (a.0, a.1.record.partition, a.1.record.offset).cmp(&(
+            b.0,
+            b.1.record.partition,
+            b.1.record.offset,
+        ))
+    });
+    (results, dead)
+}
+
+const T0: i64 = 1_763_787_600_000;
+
+/// One record: a valid reading (possibly disordered), an exact duplicate of an
+/// earlier one, or a bad payload.
+fn arb_partition() -> impl Strategy<Value = Vec<RecordSpec>> {
+    // (kind, device, delta ms, value, metric)
+    prop::collection::vec(
+        (0u8..20, 0u8..4, -3_000i64..1_500, -500i32..500, 0u8..2),
+        0..60,
+    )
+}
+
+fn build_partitions(spec: Vec<Vec<RecordSpec>>) -> Partitions {
+    let mut seq = [0u64; 4];
+    spec.into_iter()
+        .enumerate()
+        .map(|(p, recs)| {
+            let mut clock = T0;
+            let mut out: Vec<RawRecord> = Vec::new();
+            for (i, (kind, dev, delta, value, metric)) in recs.into_iter().enumerate() {
+                clock += 700;
+                let d = usize::from(dev);
+                let payload = match kind {
+                    0 => b"{\"device_id\":\"d0\",\"ts\":17".to_vec(),
+                    1 => format!(r#"{{"device_id":"d{dev}","ts_ms":5000,"v":1}}"#).into_bytes(),
+                    2 => format!(r#"{{"device_id":"d{dev}","ts":{},"seq":{},"m":"x"}}"#, clock, seq[d]).into_bytes(),
+                    // An absurd but in-range future timestamp.
+                    3 => format!(r#"{{"device_id":"d{dev}","ts":{},"seq":{},"m":1}}"#, clock + 86_400_000 * 365, seq[d]).into_bytes(),
+                    4 if !out.is_empty() => {
+                        let j = (i * 7 + usize::from(dev)) % out.len();
+                        out[j].value.clone()
+                    }
+                    _ => {
+                        seq[d] += 1;
+                        let ts = clock + delta;
+                        let v = f64::from(value) / 8.0;
+                        if metric == 0 {
+                            format!(r#"{{"device_id":"d{dev}","ts":{ts},"seq":{},"metrics":{{"t":{v},"h":{}}}}}"#, seq[d], v * 2.0)
+                        } else {
+                            format!(r#"{{"device_id":"d{dev}","sensor":"p","ts_ms":{ts},"value":{v},"seq":{}}}"#, seq[d])
+                        }
+                        .into_bytes()
+                    }
+                };
+                out.push(RawRecord { partition: p as i32, offset: i as i64, key: None, value: payload });
+            }
+            (p as i32, out)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn dataflow_equals_the_naive_oracle(
+        spec in prop::collection::vec(arb_partition(), 1..4),
+        epoch_records in 1u64..25,
+        size in prop::sample::select(vec![2_000i64, 5_000, 10_000]),
+        hop in any::<bool>(),
+        ooo in prop::sample::select(vec![0i64, 1_000, 2_500]),
+        lateness in prop::sample::select(vec![0i64, 1_500]),
+        updates in any::<bool>(),
+        workers in 1usize..4,
+    ) {
+        let parts = build_partitions(spec);
+        let window = if hop { WindowSpec::hopping(size, size / 2).unwrap() } else { WindowSpec::tumbling(size).unwrap() };
+        let cfg = JobConfig {
+            window,
+            lateness_ms: lateness,
+            watermark: WatermarkConfig { max_out_of_order_ms: ooo, idle_timeout_ms: 0, outliers: 1 },
+            emit: if updates { EmitMode::Updates } else { EmitMode::Final },
+            limits: ParseLimits::default(),
+        };
+        let (want_results, want_dead) = oracle(&parts, &cfg, epoch_records);
+        let shared = Arc::new(parts.clone());
+        let par = Parallelism { workers, ..Parallelism::default() };
+        let out = run_bounded(&par, cfg, epoch_records, Arc::new(JobMetrics::default()), move |w, peers| {
+            memory_inputs(&shared, w, peers)
+        }).unwrap();
+        prop_assert_eq!(out.dead, want_dead);
+        prop_assert_eq!(out.results, want_results);
+    }
+}
+
+/// The generator produces what the oracle is about: windows, late and bad records, duplicates.
+#[test]
+fn the_generated_inputs_exercise_every_path() {
+    let spec: Vec<Vec<RecordSpec>> = (0..3)
+        .map(|p: u32| {
+            (0..60u32)
+                .map(|i| {
+                    (
+                        ((i * 7 + p) % 20) as u8,
+                        (i % 4) as u8,
+                        if i % 9 == 0 { -2_900 } else { 0 },
+                        i as i32,
+                        (i % 2) as u8,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let parts = build_partitions(spec);
+    let cfg = JobConfig {
+        window: WindowSpec::tumbling(2_000).unwrap(),
+        lateness_ms: 0,
+        watermark: WatermarkConfig {
+            max_out_of_order_ms: 0,
+            idle_timeout_ms: 0,
+            outliers: 1,
+        },
+        emit: EmitMode::Final,
+        limits: ParseLimits::default(),
+    };
+    let (results, dead) = oracle(&parts, &cfg, 5);
+    let reasons: HashSet<RejectReason> = dead.iter().map(|d| d.1.reason).collect();
+    assert!(results.len() > 20, "{}", results.len());
+    for r in [
+        RejectReason::Late,
+        RejectReason::MalformedJson,
+        RejectReason::AbsurdTimestamp,
+        RejectReason::NonNumericValue,
+    ] {
+        assert!(reasons.contains(&r), "{r:?} missing from {reasons:?}");
+    }
+    let metrics = Arc::new(JobMetrics::default());
+    let shared = Arc::new(parts);
+    let par = Parallelism {
+        workers: 2,
+        ..Parallelism::default()
+    };
+    let out = run_bounded(&par, cfg, 5, Arc::clone(&metrics), move |w, p| {
+        memory_inputs(&shared, w, p)
+    })
+    .unwrap();
+    assert_eq!(out.results, results);
+    assert!(
+        metrics
+            .duplicates
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "duplicates exercised"
+    );
+}
+
+fn reading(device: &str, ts: i64, seq: u64, value: f64) -> Vec<u8> {
+    format!(r#"{{"device_id":"{device}","ts":{ts},"seq":{seq},"metrics":{{"t":{value}}}}}"#)
+        .into_bytes()
+}
+
+/// The lateness boundary, exactly: a window is final when end + lateness ≤ W,
+/// and a reading is late only when every window it belongs to is final.
+#[test]
+fn finality_and_lateness_at_the_exact_boundary() {
+    // One partition, epochs of one record, tumbling 10 s, no out-of-order slack, lateness 1 s.
+    // Partition watermark = 2nd largest event time (outlier guard).
+    let recs = [
+        reading("a", T0 + 1_000, 1, 1.0),  // window [T0, T0+10s)
+        reading("a", T0 + 11_000, 2, 2.0), // W = T0 + 1_000
+        reading("a", T0 + 11_000, 3, 3.0), // W = T0 + 11_000 = end + lateness: [T0, T0+10s) final
+        reading("a", T0 + 9_999, 4, 4.0),  // its only window is final: late
+        reading("a", T0 + 10_000, 5, 5.0), // next window, open
+    ];
+    let parts: Partitions = vec![(
+        0,
+        recs.iter()
+            .enumerate()
+            .map(|(i, v)| RawRecord {
+                partition: 0,
+                offset: i as i64,
+                key: None,
+                value: v.clone(),
+            })
+            .collect(),
+    )];
+    let cfg = JobConfig {
+        window: WindowSpec::tumbling(10_000).unwrap(),
+        lateness_ms: 1_000,
+        watermark: WatermarkConfig {
+            max_out_of_order_ms: 0,
+            idle_timeout_ms: 0,
+            outliers: 1,
+        },
+        emit: EmitMode::Final,
+        limits: ParseLimits::default(),
+    };
+    let shared = Arc::new(parts);
+    let out = run_bounded(
+        &Parallelism::default(),
+        cfg,
+        1,
+        Arc::new(JobMetrics::default()),
+        move |w, p| memory_inputs(&shared, w, p),
+    )
+    .unwrap();
+    let summary: Vec<(Epoch, i64, u64, f64)> = out
+        .results
+        .iter()
+        .map(|(e, r)| (*e, r.window_start - T0, r.count, r.sum))
+        .collect();
+    // [T0, T0+10s) is final at epoch 2 with the first reading only; the last window at the end.
+    assert_eq!(summary, vec![(2, 0, 1, 1.0), (4, 10_000, 3, 10.0)]);
+    assert_eq!(out.dead.len(), 1);
+    assert_eq!(
+        (
+            out.dead[0].0,
+            out.dead[0].1.reason,
+            out.dead[0].1.record.offset
+        ),
+        (3, RejectReason::Late, 3)
+    );
+}
