@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod aggregate_file_cmd;
 mod broker_cmd;
 mod demo;
 mod produce_cmd;
@@ -49,6 +50,8 @@ enum Command {
     Scan(scan_cmd::ScanArgs),
     /// The demo: local broker, topics, simulated devices, read-back summary.
     Demo(demo::DemoArgs),
+    /// Run the windowed dataflow over a JSON-lines file and write the final windows as CSV.
+    AggregateFile(aggregate_file_cmd::AggregateFileArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::AggregateFile(args) = cli.command {
+        // Pure timely: no async runtime involved.
+        return finish(aggregate_file_cmd::run(args));
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::Broker(args) => broker_cmd::broker(&cli.home, args).await,
@@ -76,8 +83,13 @@ fn main() -> ExitCode {
             Command::Produce(args) => produce_cmd::run(&cli.home, args).await,
             Command::Scan(args) => scan_cmd::run(&cli.home, args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::AggregateFile(_) => Ok(()),
         }
     });
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use compact_str::CompactString;
 use serde::Serialize;
 
 use crate::reading::{ParseLimits, Reading, RejectReason, parse_record};
@@ -40,8 +41,8 @@ pub struct AuditCounts {
 pub struct Audit {
     limits: ParseLimits,
     behind_ms: i64,
-    seen: HashSet<(String, u64, String)>,
-    devices: HashSet<String>,
+    seen: HashSet<(CompactString, u64, CompactString)>,
+    devices: HashSet<CompactString>,
     counts: AuditCounts,
     scratch: Vec<Reading>,
 }
@@ -93,7 +94,7 @@ impl Audit {
                 self.devices.insert(first.device_id.clone());
             }
             for r in &self.scratch {
-                *self.counts.metrics.entry(r.metric.clone()).or_default() += 1;
+                *self.counts.metrics.entry(r.metric.to_string()).or_default() += 1;
             }
         }
         self.counts.devices = self.devices.len() as u64;

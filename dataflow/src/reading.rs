@@ -18,14 +18,16 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use compact_str::CompactString;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// One accepted measurement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
-    pub device_id: String,
-    pub metric: String,
+    /// Inline up to 24 bytes: no allocation for typical ids and metric names.
+    pub device_id: CompactString,
+    pub metric: CompactString,
     /// Event time, epoch milliseconds.
     pub ts_ms: i64,
     pub value: f64,
@@ -342,11 +344,11 @@ impl RawRecord<'_> {
         limits: &ParseLimits,
         out: &mut Vec<Reading>,
     ) -> Result<(), RejectReason> {
-        let device_id = match self.device_id {
+        let device_id: CompactString = match self.device_id {
             None | Some(Scalar::Other) => return Err(RejectReason::MissingDeviceId),
             Some(Scalar::Str(s)) if s.is_empty() => return Err(RejectReason::MissingDeviceId),
-            Some(Scalar::Str(s)) => s.into_owned(),
-            Some(Scalar::Int(i)) => i.to_string(),
+            Some(Scalar::Str(s)) => CompactString::from(s.as_ref()),
+            Some(Scalar::Int(i)) => CompactString::from(i.to_string()),
             Some(Scalar::Num(_)) => return Err(RejectReason::InvalidDeviceId),
         };
         if !valid_name(&device_id, limits.max_id_len) {
@@ -380,7 +382,7 @@ impl RawRecord<'_> {
             }
             out.push(Reading {
                 device_id: device_id.clone(),
-                metric: metric.to_owned(),
+                metric: CompactString::from(metric),
                 ts_ms,
                 value,
                 seq,

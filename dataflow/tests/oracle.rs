@@ -74,14 +74,14 @@ fn oracle(parts: &Partitions, cfg: &JobConfig, n: u64) -> Outputs {
         }
         for r in readings {
             if let Some(seq) = r.seq
-                && !seen.insert((r.device_id.clone(), seq, r.metric.clone()))
+                && !seen.insert((r.device_id.to_string(), seq, r.metric.to_string()))
             {
                 continue;
             }
             for s in cfg.window.windows_of(r.ts_ms) {
                 if !cfg.is_final(s, wm) {
                     let w = windows
-                        .entry((r.device_id.clone(), r.metric.clone(), s))
+                        .entry((r.device_id.to_string(), r.metric.to_string(), s))
                         .or_default();
                     w.0.push((r.ts_ms, r.value));
                     w.1 = true;

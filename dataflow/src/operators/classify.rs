@@ -9,7 +9,9 @@
 //! Lateness is judged here, next to the source, because the dead-letter topic
 //! wants the original bytes and they are not worth shipping across workers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -40,7 +42,7 @@ pub fn classify<'scope>(
             let mut pending: BTreeMap<Epoch, Vec<SourceEvent>> = BTreeMap::new();
             let mut pending_reports: BTreeMap<Epoch, Vec<ShareReport>> = BTreeMap::new();
             let mut combiner = WatermarkCombiner::new(cfg.watermark);
-            let mut tops: HashMap<i32, TopK> = HashMap::new();
+            let mut tops: FxHashMap<i32, TopK> = FxHashMap::default();
             let mut statuses: Vec<PartitionStatus> = Vec::new();
             let mut scratch: Vec<Reading> = Vec::new();
             let k = cfg.watermark.outliers + 1;

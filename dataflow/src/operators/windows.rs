@@ -13,8 +13,11 @@
 //! workers and epochs. Dedupe entries are dropped once every window their event
 //! time belongs to is final: a later copy is then judged `late` upstream.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use compact_str::CompactString;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::Ordering;
 
 use timely::dataflow::Stream;
@@ -27,7 +30,37 @@ use crate::metrics::JobMetrics;
 use crate::reading::Reading;
 use crate::watermark::{ShareReport, WatermarkCombiner};
 
-type WindowKey = (String, String, i64);
+/// (device id, metric id, window start), ids from this worker's [`Names`].
+type WindowKey = (u32, u32, i64);
+/// (device id, metric id, seq).
+type SeenKey = (u32, u32, u64);
+
+/// Interns device and metric names: keys become small `Copy` tuples, hashed
+/// and compared without touching strings.
+#[derive(Default)]
+struct Names {
+    ids: FxHashMap<CompactString, u32>,
+    names: Vec<CompactString>,
+}
+
+impl Names {
+    fn id(&mut self, name: &CompactString) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.clone());
+        self.ids.insert(name.clone(), id);
+        id
+    }
+
+    fn name(&self, id: u32) -> String {
+        self.names
+            .get(id as usize)
+            .map(|n| n.to_string())
+            .unwrap_or_default()
+    }
+}
 
 #[derive(Default)]
 struct WindowState {
@@ -69,11 +102,12 @@ pub fn windows<'scope>(
             let mut pending: BTreeMap<Epoch, Vec<Reading>> = BTreeMap::new();
             let mut pending_reports: BTreeMap<Epoch, Vec<ShareReport>> = BTreeMap::new();
             let mut combiner = WatermarkCombiner::new(cfg.watermark);
-            let mut state: HashMap<WindowKey, WindowState> = HashMap::new();
+            let mut names = Names::default();
+            let mut state: FxHashMap<WindowKey, WindowState> = FxHashMap::default();
             // Windows by the watermark that finalizes them: end + lateness.
             let mut closing: BTreeMap<i64, Vec<WindowKey>> = BTreeMap::new();
-            let mut seen: HashSet<(String, u64, String)> = HashSet::new();
-            let mut seen_expiry: BTreeMap<i64, Vec<(String, u64, String)>> = BTreeMap::new();
+            let mut seen: FxHashSet<SeenKey> = FxHashSet::default();
+            let mut seen_expiry: BTreeMap<i64, Vec<SeenKey>> = BTreeMap::new();
 
             move |(readings_in, readings_frontier), (reports_in, reports_frontier), output| {
                 readings_in.for_each(|time, data| {
@@ -96,8 +130,9 @@ pub fn windows<'scope>(
                     let wm_before = combiner.watermark();
                     let (mut duplicates, mut partial) = (0u64, 0u64);
                     for r in pending.remove(&next).unwrap_or_default() {
+                        let (device, metric) = (names.id(&r.device_id), names.id(&r.metric));
                         if let Some(seq) = r.seq {
-                            let key = (r.device_id.clone(), seq, r.metric.clone());
+                            let key = (device, metric, seq);
                             if seen.contains(&key) {
                                 duplicates += 1;
                                 continue;
@@ -108,7 +143,7 @@ pub fn windows<'scope>(
                                 .last()
                                 .map(|s| cfg.window.end(s).saturating_add(cfg.lateness_ms))
                                 .unwrap_or(i64::MAX);
-                            seen.insert(key.clone());
+                            seen.insert(key);
                             seen_expiry.entry(last_end).or_default().push(key);
                         }
                         for start in cfg.window.windows_of(r.ts_ms) {
@@ -116,10 +151,10 @@ pub fn windows<'scope>(
                                 partial += 1;
                                 continue;
                             }
-                            let key = (r.device_id.clone(), r.metric.clone(), start);
+                            let key = (device, metric, start);
                             let w = state.entry(key).or_insert_with_key(|k| {
                                 let close_at = cfg.window.end(k.2).saturating_add(cfg.lateness_ms);
-                                closing.entry(close_at).or_default().push(k.clone());
+                                closing.entry(close_at).or_default().push(*k);
                                 WindowState::default()
                             });
                             w.values.push((r.ts_ms, r.value));
@@ -141,7 +176,14 @@ pub fn windows<'scope>(
                                     && let Some(s) = Stats::of(&mut ws.values)
                                 {
                                     let end = cfg.window.end(key.2);
-                                    out.push(WindowResult::new(key.0, key.1, key.2, end, s, true));
+                                    out.push(WindowResult::new(
+                                        names.name(key.0),
+                                        names.name(key.1),
+                                        key.2,
+                                        end,
+                                        s,
+                                        true,
+                                    ));
                                 }
                             }
                         }
@@ -162,8 +204,8 @@ pub fn windows<'scope>(
                             if let Some(s) = Stats::of(&mut values) {
                                 let end = cfg.window.end(key.2);
                                 out.push(WindowResult::new(
-                                    key.0.clone(),
-                                    key.1.clone(),
+                                    names.name(key.0),
+                                    names.name(key.1),
                                     key.2,
                                     end,
                                     s,

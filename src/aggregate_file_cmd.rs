@@ -1,0 +1,131 @@
+//! `iotflow aggregate-file`: the dataflow over a JSON-lines file, results as
+//! CSV. This is the hook the peer benchmarks call (`RUST_BIN`): the same
+//! operators as `run`, with a file source instead of Kafka.
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use iotflow_dataflow::job::{EmitMode, JobConfig};
+use iotflow_dataflow::runner::{Parallelism, run_bounded};
+use iotflow_dataflow::source::{InputError, jsonl_share};
+use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowSpec};
+
+#[derive(Debug, Args)]
+pub struct AggregateFileArgs {
+    /// Readings as JSON lines (canonical, flat or long shape).
+    input: PathBuf,
+    /// Where to write the CSV: device_id,sensor,window_start,window_end,count,sum,min,max,mean.
+    output: PathBuf,
+    /// Timely worker threads.
+    #[arg(short = 'w', long, env = "IOTFLOW_WORKERS", default_value_t = 1)]
+    workers: usize,
+    /// Tumbling window size.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    window: Duration,
+    /// Bounded out-of-orderness of the watermark.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    max_out_of_order: Duration,
+    /// Lines per epoch: epochs, and so results, do not depend on the worker count.
+    #[arg(long, default_value_t = 65_536)]
+    epoch_records: u64,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub fn run(args: AggregateFileArgs) -> Result<()> {
+    let started = Instant::now();
+    if !args.input.is_file() {
+        bail!("input {} is not a file", args.input.display());
+    }
+    if args.input.extension().is_some_and(|e| e == "parquet") {
+        bail!("Parquet input is not supported yet; pass the JSON-lines file");
+    }
+    let cfg = JobConfig {
+        window: WindowSpec::tumbling(millis(args.window))?,
+        lateness_ms: 0,
+        watermark: WatermarkConfig {
+            max_out_of_order_ms: millis(args.max_out_of_order),
+            idle_timeout_ms: 0,
+            outliers: 1,
+        },
+        emit: EmitMode::Final,
+        limits: ParseLimits::default(),
+    };
+    let metrics = Arc::new(JobMetrics::default());
+    let error: InputError = Arc::default();
+    let (input, err_slot) = (args.input.clone(), Arc::clone(&error));
+    let parallelism = Parallelism {
+        workers: args.workers,
+        ..Parallelism::default()
+    };
+    let out = run_bounded(
+        &parallelism,
+        cfg,
+        args.epoch_records,
+        Arc::clone(&metrics),
+        move |w, peers| match jsonl_share(&input, w as u32, peers as u32, Arc::clone(&err_slot)) {
+            Ok(i) => vec![i],
+            Err(e) => {
+                if let Ok(mut slot) = err_slot.lock() {
+                    slot.get_or_insert((input.clone(), e));
+                }
+                Vec::new()
+            }
+        },
+    )?;
+    if let Some((path, e)) = error.lock().ok().and_then(|mut s| s.take()) {
+        return Err(e).with_context(|| format!("reading {}", path.display()));
+    }
+    let mut rows: Vec<_> = out
+        .results
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.is_final)
+        .collect();
+    rows.sort_by(|a, b| {
+        (&a.device_id, &a.metric, a.window_start).cmp(&(&b.device_id, &b.metric, b.window_start))
+    });
+    let file = std::fs::File::create(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    writeln!(
+        w,
+        "device_id,sensor,window_start,window_end,count,sum,min,max,mean"
+    )?;
+    for r in &rows {
+        // `{:?}` prints the shortest round-tripping form of a float.
+        writeln!(
+            w,
+            "{},{},{},{},{},{:?},{:?},{:?},{:?}",
+            r.device_id,
+            r.metric,
+            r.window_start,
+            r.window_end,
+            r.count,
+            r.sum,
+            r.min,
+            r.max,
+            r.mean
+        )?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    let m = &metrics;
+    use std::sync::atomic::Ordering::Relaxed;
+    eprintln!(
+        "{} records, {} readings accepted, {} windows, rejected {:?}, duplicates {}",
+        m.records_in.load(Relaxed),
+        m.readings_accepted.load(Relaxed),
+        rows.len(),
+        m.rejected(),
+        m.duplicates.load(Relaxed)
+    );
+    println!("PROC_SECONDS={:.4}", started.elapsed().as_secs_f64());
+    Ok(())
+}
