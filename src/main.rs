@@ -10,6 +10,7 @@ mod aggregate_file_cmd;
 mod broker_cmd;
 mod demo;
 mod produce_cmd;
+mod run_cmd;
 mod scan_cmd;
 mod target;
 
@@ -46,6 +47,8 @@ enum Command {
     Topics(broker_cmd::TopicsCommand),
     /// Simulate devices and write their readings to the input topic.
     Produce(produce_cmd::ProduceArgs),
+    /// Run the streaming job: windowed aggregates from the input topic to the output topic.
+    Run(run_cmd::RunArgs),
     /// Read a topic to its end and audit it: records per partition, rejects by reason, duplicates.
     Scan(scan_cmd::ScanArgs),
     /// The demo: local broker, topics, simulated devices, read-back summary.
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
             Command::Topics(cmd) => broker_cmd::topics(&cli.home, cmd).await,
             Command::Produce(args) => produce_cmd::run(&cli.home, args).await,
             Command::Scan(args) => scan_cmd::run(&cli.home, args).await,
+            Command::Run(args) => run_cmd::run(&cli.home, args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::AggregateFile(_) => Ok(()),
         }

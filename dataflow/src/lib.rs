@@ -13,6 +13,7 @@
 pub mod aggregate;
 pub mod audit;
 pub mod job;
+pub mod kafka;
 pub mod metrics;
 pub mod operators;
 pub mod reading;

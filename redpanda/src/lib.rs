@@ -13,6 +13,7 @@
 mod error;
 pub mod install;
 pub mod local;
+pub mod partitioner;
 pub mod scan;
 pub mod topics;
 pub mod wire;

@@ -8,6 +8,7 @@
 //! Today: the output record formats. The exactly-once commit protocol (a pure
 //! state machine plus Kafka, Parquet and state-dir adapters) lands here next.
 
+pub mod kafka;
 pub mod records;
 
 pub use records::{AggregateRecord, DeadLetter};

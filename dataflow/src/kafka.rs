@@ -1,0 +1,443 @@
+//! The Kafka source: partitions of the input topic, read with rskafka.
+//!
+//! ```text
+//!   partitions, sorted ──i % workers──▶ owned by worker i (the same in every process)
+//!   fetcher thread (own tokio runtime + client) ──per partition──▶ bounded queue
+//!        └─ waits while a queue holds ≥ max_buffered_bytes: backpressure, not memory growth
+//!   operator ──drains queues──▶ SourceEvent::Record@epoch
+//!        epoch ends every `interval` (Time) or after N records per partition (Records)
+//!        ──▶ SourceEvent::Status per partition: Active | Idle | Finished
+//! ```
+//!
+//! `until_end` reads up to the high watermarks seen at start, then finishes,
+//! which closes every window. Errors stop the source and are reported through
+//! [`SourceError`] for the runner to return.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rskafka::client::partition::UnknownTopicHandling;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, Stream};
+
+use crate::job::{Epoch, PartitionStatus, RawRecord, SourceEvent};
+use crate::watermark::ShareState;
+
+/// How the source cuts epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochMode {
+    /// Every `interval` of processing time (live jobs).
+    Time(Duration),
+    /// Every N records per partition: deterministic, the same for any worker count.
+    Records(u64),
+}
+
+/// Kafka source settings.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    pub bootstrap: Vec<String>,
+    pub topic: String,
+    pub epochs: EpochMode,
+    /// Read to the high watermarks seen at start, then finish.
+    pub until_end: bool,
+    /// A caught-up partition quiet this long stops holding the watermark back.
+    pub idle_timeout: Duration,
+    /// Per-partition bytes fetched ahead of the dataflow.
+    pub max_buffered_bytes: usize,
+    /// Where to start per partition (default: the earliest offset).
+    pub start_offsets: BTreeMap<i32, i64>,
+}
+
+impl KafkaSourceConfig {
+    pub fn new(bootstrap: Vec<String>, topic: impl Into<String>) -> Self {
+        Self {
+            bootstrap,
+            topic: topic.into(),
+            epochs: EpochMode::Time(Duration::from_millis(250)),
+            until_end: false,
+            idle_timeout: Duration::from_secs(5),
+            max_buffered_bytes: 16 << 20,
+            start_offsets: BTreeMap::new(),
+        }
+    }
+}
+
+/// The first error any source hit; the run fails with it.
+pub type SourceError = Arc<Mutex<Option<String>>>;
+
+fn fail(slot: &SourceError, msg: String) {
+    tracing::error!(error = %msg, "kafka source failed");
+    if let Ok(mut s) = slot.lock() {
+        s.get_or_insert(msg);
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    records: VecDeque<RawRecord>,
+    bytes: usize,
+    high_watermark: i64,
+    /// No more records will come (bounded mode reached its end).
+    done: bool,
+}
+
+struct Owned {
+    partition: i32,
+    queue: Arc<Mutex<Queue>>,
+    next_offset: i64,
+    taken_in_epoch: u64,
+    last_record: Instant,
+}
+
+/// Partitions of `topic` this worker owns, in partition order.
+pub fn owned_partitions(all: &[i32], worker: usize, peers: usize) -> Vec<i32> {
+    let mut sorted = all.to_vec();
+    sorted.sort_unstable();
+    sorted
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % peers.max(1) == worker)
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// Decides a partition's state at the end of an epoch.
+pub fn share_state(
+    done_and_drained: bool,
+    caught_up: bool,
+    quiet: Duration,
+    cfg_idle: Duration,
+    deterministic: bool,
+) -> ShareState {
+    if done_and_drained {
+        ShareState::Finished
+    } else if !deterministic && caught_up && quiet >= cfg_idle {
+        ShareState::Idle
+    } else {
+        ShareState::Active
+    }
+}
+
+/// The Kafka source operator for this worker. `stop` ends it early (Ctrl-C).
+pub fn kafka_source<'scope>(
+    scope: Scope<'scope, Epoch>,
+    cfg: KafkaSourceConfig,
+    error: SourceError,
+    stop: Arc<AtomicBool>,
+) -> Stream<'scope, Epoch, Vec<SourceEvent>> {
+    let (worker, peers) = (scope.index(), scope.peers());
+    source(scope, "KafkaSource", move |cap, info| {
+        let activator = scope.activator_for(Rc::clone(&info.address));
+        let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
+        let mut cap = Some(cap);
+        let mut epoch: Epoch = 0;
+        let mut epoch_started = Instant::now();
+        let deterministic = matches!(cfg.epochs, EpochMode::Records(_));
+        let owned: Vec<Owned> = match start_fetcher(
+            &cfg,
+            worker,
+            peers,
+            Arc::clone(&error),
+            Arc::clone(&stop),
+            sync_activator,
+        ) {
+            Ok(queues) => queues
+                .into_iter()
+                .map(|(partition, start, queue)| Owned {
+                    partition,
+                    queue,
+                    next_offset: start,
+                    taken_in_epoch: 0,
+                    last_record: Instant::now(),
+                })
+                .collect(),
+            Err(e) => {
+                fail(&error, e);
+                Vec::new()
+            }
+        };
+        let mut owned = owned;
+        move |output| {
+            let Some(c) = cap.as_mut() else { return };
+            if owned.is_empty()
+                || stop.load(Ordering::Relaxed)
+                || error.lock().map(|e| e.is_some()).unwrap_or(true)
+            {
+                cap = None;
+                return;
+            }
+            let per_epoch = match cfg.epochs {
+                EpochMode::Records(n) => n.max(1),
+                EpochMode::Time(_) => u64::MAX,
+            };
+            {
+                let mut session = output.session(c);
+                for o in owned.iter_mut() {
+                    let Ok(mut q) = o.queue.lock() else { continue };
+                    while o.taken_in_epoch < per_epoch {
+                        let Some(rec) = q.records.pop_front() else {
+                            break;
+                        };
+                        q.bytes = q.bytes.saturating_sub(rec.value.len());
+                        o.next_offset = rec.offset + 1;
+                        o.taken_in_epoch += 1;
+                        o.last_record = Instant::now();
+                        session.give(SourceEvent::Record(rec));
+                    }
+                }
+            }
+            let epoch_over = match cfg.epochs {
+                EpochMode::Time(interval) => epoch_started.elapsed() >= interval,
+                EpochMode::Records(n) => owned.iter().all(|o| {
+                    o.taken_in_epoch >= n
+                        || o.queue
+                            .lock()
+                            .map(|q| q.done && q.records.is_empty())
+                            .unwrap_or(true)
+                }),
+            };
+            if epoch_over {
+                let mut all_finished = true;
+                let mut session = output.session(c);
+                for o in owned.iter_mut() {
+                    let (drained, caught_up) = match o.queue.lock() {
+                        Ok(q) => (
+                            q.done && q.records.is_empty(),
+                            q.records.is_empty() && o.next_offset >= q.high_watermark,
+                        ),
+                        Err(_) => (true, true),
+                    };
+                    let state = share_state(
+                        drained,
+                        caught_up,
+                        o.last_record.elapsed(),
+                        cfg.idle_timeout,
+                        deterministic,
+                    );
+                    all_finished &= state == ShareState::Finished;
+                    session.give(SourceEvent::Status(PartitionStatus {
+                        partition: o.partition,
+                        share: 0,
+                        shares: 1,
+                        state,
+                        next_offset: o.next_offset,
+                    }));
+                    o.taken_in_epoch = 0;
+                }
+                drop(session);
+                if all_finished {
+                    cap = None;
+                    return;
+                }
+                epoch += 1;
+                epoch_started = Instant::now();
+                c.downgrade(&epoch);
+                activator.activate();
+            } else if let EpochMode::Time(interval) = cfg.epochs {
+                activator.activate_after(interval.saturating_sub(epoch_started.elapsed()));
+            }
+        }
+    })
+}
+
+type OwnedQueues = Vec<(i32, i64, Arc<Mutex<Queue>>)>;
+
+/// Looks up partitions and offsets, then starts the fetcher thread.
+fn start_fetcher(
+    cfg: &KafkaSourceConfig,
+    worker: usize,
+    peers: usize,
+    error: SourceError,
+    stop: Arc<AtomicBool>,
+    activator: timely::scheduling::SyncActivator,
+) -> Result<OwnedQueues, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the fetch runtime: {e}"))?;
+    let setup = runtime.block_on(async {
+        let client = iotflow_redpanda::connect(&cfg.bootstrap, Duration::from_secs(30))
+            .await
+            .map_err(|e| e.to_string())?;
+        let topics = iotflow_redpanda::topics::list_topics(&client).await.map_err(|e| e.to_string())?;
+        let all = topics
+            .into_iter()
+            .find(|t| t.name == cfg.topic)
+            .map(|t| t.partitions)
+            .ok_or_else(|| format!("input topic {} does not exist", cfg.topic))?;
+        let mut owned = Vec::new();
+        for p in owned_partitions(&all, worker, peers) {
+            let pc = client
+                .partition_client(cfg.topic.as_str(), p, UnknownTopicHandling::Retry)
+                .await
+                .map_err(|e| format!("{}/{p}: {e}", cfg.topic))?;
+            let (earliest, end) = iotflow_redpanda::scan::offsets(&pc).await.map_err(|e| e.to_string())?;
+            let start = match cfg.start_offsets.get(&p) {
+                Some(&s) if s < earliest => {
+                    return Err(format!(
+                        "{}/{p}: offset {s} is no longer retained (earliest is {earliest}); refusing to skip data",
+                        cfg.topic
+                    ));
+                }
+                Some(&s) => s,
+                None => earliest,
+            };
+            owned.push((p, start, end, pc));
+        }
+        Ok::<_, String>((client, owned))
+    })?;
+    let (_client, owned) = setup;
+    let queues: OwnedQueues = owned
+        .iter()
+        .map(|(p, start, end, _)| {
+            let q = Queue {
+                high_watermark: *end,
+                done: cfg.until_end && start >= end,
+                ..Queue::default()
+            };
+            (*p, *start, Arc::new(Mutex::new(q)))
+        })
+        .collect();
+    let tasks: Vec<_> = owned
+        .into_iter()
+        .zip(queues.iter().map(|(_, _, q)| Arc::clone(q)))
+        .map(|((_, start, end, pc), q)| (pc, start, end, q))
+        .collect();
+    let (until_end, max_bytes, topic) = (cfg.until_end, cfg.max_buffered_bytes, cfg.topic.clone());
+    std::thread::Builder::new()
+        .name(format!("kafka-fetch-{worker}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let mut set = tokio::task::JoinSet::new();
+                for (pc, start, end, q) in tasks {
+                    let (error, stop, activator, topic) = (
+                        Arc::clone(&error),
+                        Arc::clone(&stop),
+                        activator.clone(),
+                        topic.clone(),
+                    );
+                    set.spawn(async move {
+                        if let Err(e) = fetch_partition(
+                            &pc, start, end, until_end, max_bytes, &q, &stop, &activator,
+                        )
+                        .await
+                        {
+                            fail(&error, format!("{topic}/{}: {e}", pc.partition()));
+                            let _ = activator.activate();
+                        }
+                    });
+                }
+                while set.join_next().await.is_some() {}
+            })
+        })
+        .map_err(|e| format!("starting the fetch thread: {e}"))?;
+    Ok(queues)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch_partition(
+    pc: &rskafka::client::partition::PartitionClient,
+    start: i64,
+    end: i64,
+    until_end: bool,
+    max_bytes: usize,
+    queue: &Mutex<Queue>,
+    stop: &AtomicBool,
+    activator: &timely::scheduling::SyncActivator,
+) -> Result<(), String> {
+    let mut next = start;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if until_end && next >= end {
+            if let Ok(mut q) = queue.lock() {
+                q.done = true;
+            }
+            let _ = activator.activate();
+            return Ok(());
+        }
+        if queue_full(queue, max_bytes) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        }
+        let (records, high_watermark) = pc
+            .fetch_records(next, 1..4 * 1024 * 1024, 100)
+            .await
+            .map_err(|e| match e {
+                rskafka::client::error::Error::ServerError {
+                    protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
+                    ..
+                } => format!(
+                    "offset {next} is out of range (no longer retained?); refusing to skip data"
+                ),
+                other => other.to_string(),
+            })?;
+        let limit = if until_end { end } else { i64::MAX };
+        let mut batch: Vec<RawRecord> = Vec::with_capacity(records.len());
+        for r in records {
+            if r.offset < next || r.offset >= limit {
+                continue;
+            }
+            next = r.offset + 1;
+            batch.push(RawRecord {
+                partition: pc.partition(),
+                offset: r.offset,
+                key: r.record.key,
+                value: r.record.value.unwrap_or_default(),
+            });
+        }
+        if let Ok(mut q) = queue.lock() {
+            q.high_watermark = high_watermark;
+            q.bytes += batch.iter().map(|r| r.value.len()).sum::<usize>();
+            q.records.extend(batch);
+        }
+        if activator.activate().is_err() {
+            return Ok(()); // the worker is gone: nobody will read further
+        }
+    }
+}
+
+fn queue_full(queue: &Mutex<Queue>, max_bytes: usize) -> bool {
+    queue
+        .lock()
+        .map(|q| q.bytes >= max_bytes && max_bytes > 0)
+        .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_spread_round_robin_in_partition_order() {
+        let all = [3, 0, 2, 1, 4];
+        assert_eq!(owned_partitions(&all, 0, 2), vec![0, 2, 4]);
+        assert_eq!(owned_partitions(&all, 1, 2), vec![1, 3]);
+        assert_eq!(owned_partitions(&all, 2, 3), vec![2]);
+        assert!(owned_partitions(&all, 5, 8).is_empty());
+    }
+
+    #[test]
+    fn share_state_rules() {
+        let t = Duration::from_secs(5);
+        assert_eq!(
+            share_state(true, true, Duration::ZERO, t, true),
+            ShareState::Finished
+        );
+        assert_eq!(share_state(false, true, t, t, false), ShareState::Idle);
+        assert_eq!(
+            share_state(false, true, t, t, true),
+            ShareState::Active,
+            "deterministic epochs never idle"
+        );
+        assert_eq!(
+            share_state(false, false, t * 10, t, false),
+            ShareState::Active,
+            "lagging is never idle"
+        );
+    }
+}

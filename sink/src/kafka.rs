@@ -1,0 +1,238 @@
+//! Publishing results to Kafka, epoch by epoch (at least once).
+//!
+//! ```text
+//!   WindowResult@e ──buffer──▶ frontier passed e ──▶ AggregateRecord, sorted by key
+//!        ──murmur2(key) % partitions──▶ produce per partition (epoch in value and header)
+//!   DeadRecord@e ──▶ original key and bytes, reason + source in headers ──▶ DLQ partition
+//!        = source partition % DLQ partitions (keeps each source partition's order)
+//! ```
+//!
+//! A crash between produce calls can repeat an epoch on restart; the
+//! exactly-once commit protocol replaces this path.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult};
+use iotflow_redpanda::partitioner::partition_for;
+use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::record::Record;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::records::{AggregateRecord, DeadLetter, EPOCH_HEADER};
+
+/// The first error a sink hit; the job stops and fails with it.
+pub type SinkError = Arc<Mutex<Option<String>>>;
+
+/// Where a sink writes.
+#[derive(Debug, Clone)]
+pub struct KafkaSinkConfig {
+    pub bootstrap: Vec<String>,
+    pub topic: String,
+    /// Name of the source topic, for dead letters' headers.
+    pub source_topic: String,
+}
+
+struct Publisher {
+    runtime: tokio::runtime::Runtime,
+    partitions: Vec<PartitionClient>,
+}
+
+impl Publisher {
+    fn connect(cfg: &KafkaSinkConfig) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("sink runtime: {e}"))?;
+        let partitions = runtime.block_on(async {
+            let client = iotflow_redpanda::connect(&cfg.bootstrap, Duration::from_secs(30))
+                .await
+                .map_err(|e| e.to_string())?;
+            let info = iotflow_redpanda::topics::list_topics(&client)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|t| t.name == cfg.topic)
+                .ok_or_else(|| format!("output topic {} does not exist", cfg.topic))?;
+            let mut pcs = Vec::new();
+            for p in info.partitions {
+                pcs.push(
+                    client
+                        .partition_client(cfg.topic.as_str(), p, UnknownTopicHandling::Retry)
+                        .await
+                        .map_err(|e| format!("{}/{p}: {e}", cfg.topic))?,
+                );
+            }
+            Ok::<_, String>(pcs)
+        })?;
+        Ok(Self {
+            runtime,
+            partitions,
+        })
+    }
+
+    fn publish(&self, by_partition: Vec<Vec<Record>>) -> Result<(), String> {
+        self.runtime.block_on(async {
+            for (pc, records) in self.partitions.iter().zip(by_partition) {
+                for chunk in records.chunks(5_000) {
+                    pc.produce(chunk.to_vec(), Compression::NoCompression)
+                        .await
+                        .map_err(|e| {
+                            format!("producing to {}/{}: {e}", pc.topic(), pc.partition())
+                        })?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+fn record_failure(slot: &SinkError, stop: &AtomicBool, msg: String) {
+    tracing::error!(error = %msg, "kafka sink failed");
+    if let Ok(mut s) = slot.lock() {
+        s.get_or_insert(msg);
+    }
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// The Kafka value and headers of an aggregate.
+pub fn aggregate_record(r: &WindowResult, epoch: Epoch) -> Result<(String, Record), String> {
+    let agg = AggregateRecord {
+        device_id: r.device_id.clone(),
+        metric: r.metric.clone(),
+        window_start: r.window_start,
+        window_end: r.window_end,
+        count: r.count,
+        sum: r.sum,
+        min: r.min,
+        max: r.max,
+        mean: r.mean,
+        stddev: r.stddev,
+        first_ts: r.first_ts,
+        last_ts: r.last_ts,
+        is_final: r.is_final,
+        epoch,
+    };
+    let key = agg.key();
+    let value = agg
+        .to_json()
+        .map_err(|e| format!("encoding aggregate {key}: {e}"))?;
+    let record = Record {
+        key: Some(key.clone().into_bytes()),
+        value: Some(value),
+        headers: BTreeMap::from([(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes())]),
+        timestamp: Utc
+            .timestamp_millis_opt(r.window_end)
+            .single()
+            .unwrap_or_default(),
+    };
+    Ok((key, record))
+}
+
+/// Publishes aggregates to `cfg.topic` as each epoch completes.
+pub fn publish_aggregates(
+    stream: Stream<'_, Epoch, Vec<WindowResult>>,
+    cfg: KafkaSinkConfig,
+    error: SinkError,
+    stop: Arc<AtomicBool>,
+) {
+    let mut publisher: Option<Publisher> = None;
+    let mut pending: BTreeMap<Epoch, Vec<WindowResult>> = BTreeMap::new();
+    stream.sink(Pipeline, "PublishAggregates", move |(input, frontier)| {
+        input.for_each(|time, data| {
+            pending
+                .entry(iotflow_dataflow::job::epoch_of(&time))
+                .or_default()
+                .append(data)
+        });
+        while let Some(entry) = pending.first_entry() {
+            if frontier.less_equal(entry.key()) || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let epoch = *entry.key();
+            let results = entry.remove();
+            if publisher.is_none() {
+                match Publisher::connect(&cfg) {
+                    Ok(p) => publisher = Some(p),
+                    Err(e) => return record_failure(&error, &stop, e),
+                }
+            }
+            let Some(p) = publisher.as_ref() else { return };
+            let mut keyed = Vec::with_capacity(results.len());
+            for r in &results {
+                match aggregate_record(r, epoch) {
+                    Ok(kr) => keyed.push(kr),
+                    Err(e) => return record_failure(&error, &stop, e),
+                }
+            }
+            keyed.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut by_partition = vec![Vec::new(); p.partitions.len()];
+            for (key, record) in keyed {
+                by_partition[partition_for(key.as_bytes(), p.partitions.len())].push(record);
+            }
+            if let Err(e) = p.publish(by_partition) {
+                return record_failure(&error, &stop, e);
+            }
+        }
+    });
+}
+
+/// Publishes dead letters to `cfg.topic` as each epoch completes.
+pub fn publish_dead_letters(
+    stream: Stream<'_, Epoch, Vec<DeadRecord>>,
+    cfg: KafkaSinkConfig,
+    error: SinkError,
+    stop: Arc<AtomicBool>,
+) {
+    let mut publisher: Option<Publisher> = None;
+    let mut pending: BTreeMap<Epoch, Vec<DeadRecord>> = BTreeMap::new();
+    stream.sink(Pipeline, "PublishDeadLetters", move |(input, frontier)| {
+        input.for_each(|time, data| {
+            pending
+                .entry(iotflow_dataflow::job::epoch_of(&time))
+                .or_default()
+                .append(data)
+        });
+        while let Some(entry) = pending.first_entry() {
+            if frontier.less_equal(entry.key()) || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let mut dead = entry.remove();
+            if publisher.is_none() {
+                match Publisher::connect(&cfg) {
+                    Ok(p) => publisher = Some(p),
+                    Err(e) => return record_failure(&error, &stop, e),
+                }
+            }
+            let Some(p) = publisher.as_ref() else { return };
+            dead.sort_by_key(|d| (d.record.partition, d.record.offset));
+            let n = p.partitions.len().max(1);
+            let mut by_partition = vec![Vec::new(); p.partitions.len()];
+            for d in dead {
+                let letter = DeadLetter {
+                    reason: d.reason.code(),
+                    source_topic: cfg.source_topic.clone(),
+                    source_partition: d.record.partition,
+                    source_offset: d.record.offset,
+                    key: d.record.key,
+                    payload: d.record.value,
+                };
+                let target = (d.record.partition.unsigned_abs() as usize) % n;
+                by_partition[target].push(Record {
+                    headers: letter.headers(),
+                    key: letter.key,
+                    value: Some(letter.payload),
+                    timestamp: Utc::now(),
+                });
+            }
+            if let Err(e) = p.publish(by_partition) {
+                return record_failure(&error, &stop, e);
+            }
+        }
+    });
+}

@@ -1,0 +1,304 @@
+//! `iotflow run`: the streaming job, Kafka in, Kafka out (at least once for now).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use iotflow_dataflow::job::{self, EmitMode, Epoch, JobConfig};
+use iotflow_dataflow::kafka::{EpochMode, KafkaSourceConfig, kafka_source};
+use iotflow_dataflow::runner::Parallelism;
+use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowSpec};
+use iotflow_redpanda::topics::{self, TopicSpec};
+use iotflow_sink::kafka::{KafkaSinkConfig, publish_aggregates, publish_dead_letters};
+use serde::Serialize;
+
+use crate::target::BrokerSelect;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EmitArg {
+    /// Each window once, when final.
+    Final,
+    /// Changed windows every epoch (`final=false`), then once with `final=true`.
+    Updates,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    select: BrokerSelect,
+    /// Topic to read readings from.
+    #[arg(long, env = "IOTFLOW_INPUT_TOPIC", default_value = topics::READINGS)]
+    input: String,
+    /// Topic to write aggregates to (created like the input if missing).
+    #[arg(long, env = "IOTFLOW_OUTPUT_TOPIC", default_value = topics::AGGREGATES)]
+    output_topic: String,
+    /// Dead-letter topic for rejected and late records (created if missing).
+    #[arg(long, env = "IOTFLOW_DLQ_TOPIC", default_value = topics::DLQ)]
+    dlq: String,
+    /// Window size.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    window: Duration,
+    /// Slide of hopping windows (default: tumbling, slide = window).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    slide: Option<Duration>,
+    /// Bounded out-of-orderness: the watermark trails the event time by this much.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    max_out_of_order: Duration,
+    /// Allowed lateness after the watermark passes a window's end.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    lateness: Duration,
+    /// When windows are emitted.
+    #[arg(long, value_enum, default_value = "final")]
+    emit: EmitArg,
+    /// Deterministic epochs of N records per partition (default: epochs by time).
+    #[arg(long)]
+    epoch_records: Option<u64>,
+    /// Epoch length when epochs are cut by time.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
+    epoch_interval: Duration,
+    /// A caught-up partition quiet this long stops holding the watermark back.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    idle_timeout: Duration,
+    /// Process the input up to the end offsets seen at start, close every window, exit.
+    #[arg(long)]
+    until_end: bool,
+    /// Worker threads per process.
+    #[arg(short = 'w', long, env = "IOTFLOW_WORKERS", default_value_t = 1)]
+    workers: usize,
+    /// Number of processes.
+    #[arg(short = 'n', long, default_value_t = 1)]
+    processes: usize,
+    /// This process's index (0-based).
+    #[arg(short = 'p', long, default_value_t = 0)]
+    process: usize,
+    /// File with one `host:port` per process, in process order.
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+    /// Print the final summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Reads a hostfile: one `host:port` per line; blank lines and `#` comments ignored.
+pub fn read_hostfile(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading hostfile {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// What a run did, on this process.
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    pub records: u64,
+    pub readings_accepted: u64,
+    pub duplicates: u64,
+    pub rejected: std::collections::BTreeMap<&'static str, u64>,
+    pub late_partial: u64,
+    pub windows_final: u64,
+    pub window_updates: u64,
+    pub last_epoch: u64,
+    pub watermark_ms: Option<i64>,
+    pub seconds: f64,
+}
+
+fn summary(m: &JobMetrics, started: Instant) -> RunSummary {
+    let wm = m.watermark_ms.load(Relaxed);
+    RunSummary {
+        records: m.records_in.load(Relaxed),
+        readings_accepted: m.readings_accepted.load(Relaxed),
+        duplicates: m.duplicates.load(Relaxed),
+        rejected: m.rejected(),
+        late_partial: m.late_partial.load(Relaxed),
+        windows_final: m.windows_emitted.load(Relaxed),
+        window_updates: m.updates_emitted.load(Relaxed),
+        last_epoch: m.last_epoch.load(Relaxed),
+        watermark_ms: (wm != i64::MIN).then_some(wm),
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
+    let window = match args.slide {
+        Some(slide) => WindowSpec::hopping(millis(args.window), millis(slide))?,
+        None => WindowSpec::tumbling(millis(args.window))?,
+    };
+    let job_cfg = JobConfig {
+        window,
+        lateness_ms: millis(args.lateness),
+        watermark: WatermarkConfig {
+            max_out_of_order_ms: millis(args.max_out_of_order),
+            idle_timeout_ms: millis(args.idle_timeout),
+            outliers: 1,
+        },
+        emit: match args.emit {
+            EmitArg::Final => EmitMode::Final,
+            EmitArg::Updates => EmitMode::Updates,
+        },
+        limits: ParseLimits::default(),
+    };
+    let parallelism = Parallelism {
+        workers: args.workers,
+        processes: args.processes,
+        process: args.process,
+        hosts: match &args.hostfile {
+            Some(f) => read_hostfile(f)?,
+            None if args.processes > 1 => bail!("--processes > 1 needs --hostfile"),
+            None => Vec::new(),
+        },
+    };
+    let timely_config = parallelism.timely_config()?;
+    let target = args.select.connect(home).await?;
+    let listed = topics::list_topics(&target.client).await?;
+    let input_partitions = listed
+        .iter()
+        .find(|t| t.name == args.input)
+        .map(|t| t.partitions.len() as i32)
+        .with_context(|| {
+            format!(
+                "input topic {} does not exist (create it with `iotflow topics create`)",
+                args.input
+            )
+        })?;
+    let missing: Vec<TopicSpec> = [&args.output_topic, &args.dlq]
+        .into_iter()
+        .filter(|name| !listed.iter().any(|t| &&t.name == name))
+        .map(|name| TopicSpec::new(name.as_str(), input_partitions))
+        .collect();
+    if !missing.is_empty() {
+        topics::create_topics(&target.client, &target.bootstrap, &missing).await?;
+    }
+    let mut source_cfg = KafkaSourceConfig::new(target.bootstrap.clone(), args.input.clone());
+    source_cfg.epochs = match args.epoch_records {
+        Some(n) if n > 0 => EpochMode::Records(n),
+        _ => EpochMode::Time(args.epoch_interval),
+    };
+    source_cfg.until_end = args.until_end;
+    source_cfg.idle_timeout = args.idle_timeout;
+    let sink = |topic: &str| KafkaSinkConfig {
+        bootstrap: target.bootstrap.clone(),
+        topic: topic.to_owned(),
+        source_topic: args.input.clone(),
+    };
+    let (agg_cfg, dlq_cfg) = (sink(&args.output_topic), sink(&args.dlq));
+
+    let metrics = Arc::new(JobMetrics::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let source_err: Arc<Mutex<Option<String>>> = Arc::default();
+    let sink_err: Arc<Mutex<Option<String>>> = Arc::default();
+    let started = Instant::now();
+    let job = {
+        let (metrics, stop, source_err, sink_err) = (
+            Arc::clone(&metrics),
+            Arc::clone(&stop),
+            Arc::clone(&source_err),
+            Arc::clone(&sink_err),
+        );
+        tokio::task::spawn_blocking(move || {
+            let guards = timely::execute(timely_config, move |worker| {
+                worker.dataflow::<Epoch, _, _>(|scope| {
+                    let source = kafka_source(
+                        scope,
+                        source_cfg.clone(),
+                        Arc::clone(&source_err),
+                        Arc::clone(&stop),
+                    );
+                    let streams = job::build(source, job_cfg, Arc::clone(&metrics));
+                    publish_aggregates(
+                        streams.results,
+                        agg_cfg.clone(),
+                        Arc::clone(&sink_err),
+                        Arc::clone(&stop),
+                    );
+                    publish_dead_letters(
+                        streams.dead,
+                        dlq_cfg.clone(),
+                        Arc::clone(&sink_err),
+                        Arc::clone(&stop),
+                    );
+                });
+                while worker.step_or_park(Some(Duration::from_millis(50))) {}
+            })
+            .map_err(|e| anyhow::anyhow!("starting timely: {e}"))?;
+            for joined in guards.join() {
+                joined.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    let progress = {
+        let (metrics, stop) = (Arc::clone(&metrics), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let s = summary(&metrics, started);
+                eprintln!(
+                    "epoch {:>6} | {:>10} records | {:>9.0} readings/s | watermark {} | dlq {} | windows {}",
+                    s.last_epoch,
+                    s.records,
+                    s.readings_accepted as f64 / s.seconds.max(1e-3),
+                    s.watermark_ms
+                        .and_then(chrono::DateTime::from_timestamp_millis)
+                        .map(|t| t.format("%H:%M:%S%.3f").to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    s.rejected.values().sum::<u64>(),
+                    s.windows_final
+                );
+                if stop.load(Relaxed) {
+                    break;
+                }
+            }
+        })
+    };
+    let ctrl_c = {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("stopping: finishing the current epoch (open windows are not emitted)");
+                stop.store(true, Relaxed);
+            }
+        })
+    };
+    let result = job.await.context("job thread")?;
+    progress.abort();
+    ctrl_c.abort();
+    result?;
+    for slot in [&source_err, &sink_err] {
+        if let Some(e) = slot.lock().ok().and_then(|mut s| s.take()) {
+            bail!("the job failed: {e}");
+        }
+    }
+    let s = summary(&metrics, started);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "{} records ({} readings accepted, {} duplicates dropped) in {:.2} s: {:.0} readings/s; {} final windows, {} updates; epochs 0..={}",
+            s.records,
+            s.readings_accepted,
+            s.duplicates,
+            s.seconds,
+            s.readings_accepted as f64 / s.seconds.max(1e-9),
+            s.windows_final,
+            s.window_updates,
+            s.last_epoch
+        );
+        for (reason, n) in &s.rejected {
+            println!("  dead letter: {reason:<20} {n:>10}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! `iotflow run` against a real local broker: bounded mode with deterministic
+//! epochs gives the same aggregates and dead letters for 1 worker, 2 workers
+//! and 2 processes on loopback; they equal the in-memory run of the same
+//! records; dead letters match what the simulator injected.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iotflow_dataflow::job::{EmitMode, JobConfig, RawRecord};
+use iotflow_dataflow::runner::{Parallelism, run_bounded};
+use iotflow_dataflow::source::memory_inputs;
+use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowSpec};
+use iotflow_ingest::producer::{Counters, Pace, ProducerConfig, class_name, produce};
+use iotflow_ingest::simulator::{SimConfig, Simulator};
+use iotflow_redpanda::rskafka::client::partition::UnknownTopicHandling;
+use iotflow_redpanda::{Storage, TopicSpec, scan, topics};
+use iotflow_sink::records::{AggregateRecord, REASON_HEADER};
+
+const COUNT: u64 = 30_000;
+/// Records per partition per epoch. Epoch e is judged against the watermark of
+/// epoch e−1, so the watermark trails arrivals by up to one epoch of event time
+/// (~15 devices × 5 readings/s per partition: 200 records ≈ 2.7 s). That keeps
+/// every record the simulator sends 30 s behind truly late for 10 s windows +
+/// 1 s lateness; with 1,500-record epochs (≈ 20 s) some of them would still
+/// land in open windows, correctly.
+const EPOCH_RECORDS: &str = "200";
+
+fn sim() -> SimConfig {
+    SimConfig {
+        devices: 60,
+        interval_ms: 200,
+        seed: 5,
+        duplicate_ratio: 0.02,
+        bad_ratio: 0.01,
+        late_ratio: 0.01,
+        late_by_ms: 30_000,
+        ..SimConfig::default()
+    }
+}
+
+async fn read_topic(
+    bootstrap: &[String],
+    topic: &str,
+) -> Vec<(i32, Vec<iotflow_redpanda::rskafka::record::RecordAndOffset>)> {
+    let client = iotflow_redpanda::connect(bootstrap, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for p in topics::describe_topic(&client, topic).await.unwrap() {
+        let pc = client
+            .partition_client(topic, p.partition, UnknownTopicHandling::Retry)
+            .await
+            .unwrap();
+        out.push((
+            p.partition,
+            scan::read_range(&pc, p.earliest, p.high_watermark)
+                .await
+                .unwrap(),
+        ));
+    }
+    out
+}
+
+/// Aggregates as sorted (key, JSON) and dead letters as sorted (reason, source partition, offset).
+async fn outputs(
+    bootstrap: &[String],
+    out: &str,
+    dlq: &str,
+) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    let mut aggs: Vec<(String, String)> = read_topic(bootstrap, out)
+        .await
+        .into_iter()
+        .flat_map(|(_, recs)| recs)
+        .map(|r| {
+            (
+                String::from_utf8(r.record.key.unwrap()).unwrap(),
+                String::from_utf8(r.record.value.unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    aggs.sort();
+    let mut dead: Vec<(String, String)> = read_topic(bootstrap, dlq)
+        .await
+        .into_iter()
+        .flat_map(|(_, recs)| recs)
+        .map(|r| {
+            let h = &r.record.headers;
+            let reason = String::from_utf8(h[REASON_HEADER].clone()).unwrap();
+            let src = format!(
+                "{}/{}",
+                String::from_utf8(h["iotflow.source.partition"].clone()).unwrap(),
+                String::from_utf8(h["iotflow.source.offset"].clone()).unwrap()
+            );
+            (reason, src)
+        })
+        .collect();
+    dead.sort();
+    (aggs, dead)
+}
+
+fn run_args<'a>(addr: &'a str, input: &'a str, out: &'a str, dlq: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--brokers",
+        addr,
+        "--input",
+        input,
+        "--output-topic",
+        out,
+        "--dlq",
+        dlq,
+        "--until-end",
+        "--epoch-records",
+        EPOCH_RECORDS,
+        "--window",
+        "10s",
+        "--max-out-of-order",
+        "2s",
+        "--lateness",
+        "1s",
+        "--json",
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
+    let broker = common::broker(Storage::Memory).await;
+    let addr = broker.addr().to_owned();
+    let bootstrap = broker.bootstrap();
+    let client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let input = common::unique("in");
+    topics::create_topics(&client, &bootstrap, &[TopicSpec::new(input.as_str(), 4)])
+        .await
+        .unwrap();
+    let pace = Pace {
+        count: Some(COUNT),
+        ..Pace::default()
+    };
+    let summary = produce(
+        &client,
+        &input,
+        Simulator::new(sim()).unwrap(),
+        pace,
+        ProducerConfig::default(),
+        Arc::new(Counters::default()),
+    )
+    .await
+    .unwrap();
+
+    // 1 worker and 2 workers.
+    let mut results = Vec::new();
+    for workers in ["1", "2"] {
+        let (out, dlq) = (common::unique("out"), common::unique("dlq"));
+        let mut args = run_args(&addr, &input, &out, &dlq);
+        args.extend(["-w", workers]);
+        let s: serde_json::Value = serde_json::from_slice(&common::iotflow(&args).stdout).unwrap();
+        assert_eq!(s["records"], COUNT);
+        results.push(outputs(&bootstrap, &out, &dlq).await);
+    }
+    assert_eq!(results[0], results[1], "1 vs 2 workers");
+
+    // 2 processes on loopback, one worker each.
+    let (out, dlq) = (common::unique("out"), common::unique("dlq"));
+    let dir = tempfile::tempdir().unwrap();
+    let hostfile = dir.path().join("hosts");
+    let ports = [
+        iotflow_redpanda::local::free_port().unwrap(),
+        iotflow_redpanda::local::free_port().unwrap(),
+    ];
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
+    )
+    .unwrap();
+    let children: Vec<_> = ["0", "1"]
+        .iter()
+        .map(|p| {
+            let mut args = run_args(&addr, &input, &out, &dlq);
+            args.extend(["-n", "2", "-p", p, "--hostfile", hostfile.to_str().unwrap()]);
+            Command::new(env!("CARGO_BIN_EXE_iotflow"))
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(
+        outputs(&bootstrap, &out, &dlq).await,
+        results[0],
+        "2 processes vs 1 worker"
+    );
+
+    // The Kafka path equals the same operators over the same records in memory.
+    let parts: Vec<(i32, Vec<RawRecord>)> = read_topic(&bootstrap, &input)
+        .await
+        .into_iter()
+        .map(|(p, recs)| {
+            let raw = recs
+                .into_iter()
+                .map(|r| RawRecord {
+                    partition: p,
+                    offset: r.offset,
+                    key: r.record.key,
+                    value: r.record.value.unwrap_or_default(),
+                })
+                .collect();
+            (p, raw)
+        })
+        .collect();
+    let cfg = JobConfig {
+        window: WindowSpec::tumbling(10_000).unwrap(),
+        lateness_ms: 1_000,
+        watermark: WatermarkConfig {
+            max_out_of_order_ms: 2_000,
+            idle_timeout_ms: 0,
+            outliers: 1,
+        },
+        emit: EmitMode::Final,
+        limits: ParseLimits::default(),
+    };
+    let shared = Arc::new(parts);
+    let mem = run_bounded(
+        &Parallelism::default(),
+        cfg,
+        EPOCH_RECORDS.parse().unwrap(),
+        Arc::new(JobMetrics::default()),
+        move |w, p| memory_inputs(&shared, w, p),
+    )
+    .unwrap();
+    let mut from_memory: Vec<(String, String)> = mem
+        .results
+        .iter()
+        .map(|(e, r)| {
+            let (key, rec) = iotflow_sink::kafka::aggregate_record(r, *e).unwrap();
+            (key, String::from_utf8(rec.value.unwrap()).unwrap())
+        })
+        .collect();
+    from_memory.sort();
+    assert_eq!(results[0].0, from_memory, "Kafka path vs memory path");
+    let agg: AggregateRecord = serde_json::from_str(&results[0].0[0].1).unwrap();
+    assert!(agg.is_final && agg.count > 0);
+
+    // Dead letters: exactly the injected bad classes, and the late records.
+    let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    for (reason, _) in &results[0].1 {
+        *by_reason.entry(reason.clone()).or_default() += 1;
+    }
+    let mut injected: BTreeMap<String, u64> = BTreeMap::new();
+    for (class, n) in &summary.by_class {
+        if let Some(reason) = class.strip_prefix("bad:") {
+            injected.insert(reason.to_owned(), *n);
+        } else if class == &class_name(iotflow_ingest::RecordClass::Late) {
+            injected.insert("late".to_owned(), *n);
+        }
+    }
+    assert_eq!(by_reason, injected);
+}
