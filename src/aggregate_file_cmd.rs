@@ -29,9 +29,9 @@ pub struct AggregateFileArgs {
     /// Bounded out-of-orderness of the watermark.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     max_out_of_order: Duration,
-    /// Lines per epoch: epochs, and so results, do not depend on the worker count.
-    #[arg(long, default_value_t = 65_536)]
-    epoch_records: u64,
+    /// Bytes of input per epoch: epochs, and so results, do not depend on the worker count.
+    #[arg(long, default_value_t = 8 << 20)]
+    epoch_bytes: u64,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -64,12 +64,18 @@ pub fn run(args: AggregateFileArgs) -> Result<()> {
         workers: args.workers,
         ..Parallelism::default()
     };
+    let epoch_bytes = args.epoch_bytes;
     let out = run_bounded(
         &parallelism,
         cfg,
-        args.epoch_records,
         Arc::clone(&metrics),
-        move |w, peers| match jsonl_share(&input, w as u32, peers as u32, Arc::clone(&err_slot)) {
+        move |w, peers| match jsonl_share(
+            &input,
+            w as u32,
+            peers as u32,
+            epoch_bytes,
+            Arc::clone(&err_slot),
+        ) {
             Ok(i) => vec![i],
             Err(e) => {
                 if let Ok(mut slot) = err_slot.lock() {

@@ -40,7 +40,7 @@ fn seeded_partitions() -> Vec<(i32, Vec<RawRecord>)> {
             partition: p,
             offset,
             key: Some(rec.key.into_bytes()),
-            value: rec.value,
+            value: rec.value.into(),
         });
     }
     parts.into_iter().collect()
@@ -64,8 +64,8 @@ fn run(window: WindowSpec, workers: usize) -> (RunOutput, Arc<JobMetrics>) {
         workers,
         ..Parallelism::default()
     };
-    let out = run_bounded(&par, cfg, 500, Arc::clone(&metrics), move |w, p| {
-        memory_inputs(&parts, w, p)
+    let out = run_bounded(&par, cfg, Arc::clone(&metrics), move |w, p| {
+        memory_inputs(&parts, 500, w, p)
     })
     .unwrap();
     (out, metrics)

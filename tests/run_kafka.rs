@@ -213,7 +213,7 @@ async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
                     partition: p,
                     offset: r.offset,
                     key: r.record.key,
-                    value: r.record.value.unwrap_or_default(),
+                    value: r.record.value.unwrap_or_default().into(),
                 })
                 .collect();
             (p, raw)
@@ -234,9 +234,8 @@ async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
     let mem = run_bounded(
         &Parallelism::default(),
         cfg,
-        EPOCH_RECORDS.parse().unwrap(),
         Arc::new(JobMetrics::default()),
-        move |w, p| memory_inputs(&shared, w, p),
+        move |w, p| memory_inputs(&shared, EPOCH_RECORDS.parse().unwrap(), w, p),
     )
     .unwrap();
     let mut from_memory: Vec<(String, String)> = mem

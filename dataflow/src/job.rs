@@ -69,9 +69,11 @@ impl JobConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawRecord {
     pub partition: i32,
+    /// Kafka offset, or byte offset of the line in a file.
     pub offset: i64,
     pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
+    /// A shared slice: file lines point into one buffer per read, not one allocation each.
+    pub value: bytes::Bytes,
 }
 
 /// The state of one partition share at the end of an epoch.

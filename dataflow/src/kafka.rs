@@ -387,7 +387,7 @@ async fn fetch_partition(
                 partition: pc.partition(),
                 offset: r.offset,
                 key: r.record.key,
-                value: r.record.value.unwrap_or_default(),
+                value: r.record.value.unwrap_or_default().into(),
             });
         }
         if let Ok(mut q) = queue.lock() {

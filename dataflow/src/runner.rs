@@ -101,7 +101,6 @@ pub struct RunOutput {
 pub fn run_bounded<F>(
     parallelism: &Parallelism,
     cfg: JobConfig,
-    epoch_records: u64,
     metrics: Arc<JobMetrics>,
     inputs: F,
 ) -> Result<RunOutput, RunError>
@@ -115,7 +114,7 @@ where
         let owned = inputs(index, peers);
         let metrics = Arc::clone(&metrics);
         worker.dataflow::<Epoch, _, _>(|scope| {
-            let source = chunked_source(scope, owned, epoch_records);
+            let source = chunked_source(scope, owned);
             let streams = job::build(source, cfg, metrics);
             let sink = Rc::clone(&collected);
             streams

@@ -1,21 +1,23 @@
-//! Sources that cut their input into epochs by record count.
+//! Sources that cut their input into epochs by position, not by time.
 //!
 //! ```text
-//!   OwnedInput (partition, share) ──ordinal / epoch_records = epoch──▶ SourceEvent::Record@epoch
+//!   OwnedInput { per_epoch } ──ordinal / per_epoch = epoch──▶ SourceEvent::Record@epoch
 //!   every owned input done with epoch e ──▶ SourceEvent::Status per input @e ──▶ next epoch
 //! ```
 //!
-//! An input is a whole partition (ordinal = position in the partition) or one
-//! worker's share of a file (ordinal = line number, lines `i % shares == share`).
-//! Either way epoch boundaries depend only on the data, so results do not
-//! depend on how many workers read it.
+//! An input is a whole partition (ordinal = position in the partition,
+//! `per_epoch` records) or one worker's share of a file (ordinal = byte offset
+//! of the line, `per_epoch` bytes; share w of epoch e is the w-th slice of the
+//! epoch's byte range). Either way epoch boundaries depend only on the data, so
+//! results do not depend on how many workers read it.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::iter::Peekable;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
@@ -30,6 +32,8 @@ pub struct OwnedInput {
     pub partition: i32,
     pub share: u32,
     pub shares: u32,
+    /// Ordinal units per epoch: records for partitions, bytes for files.
+    pub per_epoch: u64,
     /// `(ordinal, record)` in ordinal order.
     pub records: Box<dyn Iterator<Item = (u64, RawRecord)>>,
 }
@@ -40,6 +44,7 @@ impl std::fmt::Debug for OwnedInput {
             .field("partition", &self.partition)
             .field("share", &self.share)
             .field("shares", &self.shares)
+            .field("per_epoch", &self.per_epoch)
             .finish_non_exhaustive()
     }
 }
@@ -48,17 +53,22 @@ struct Cursor {
     partition: i32,
     share: u32,
     shares: u32,
+    per_epoch: u64,
     records: Peekable<Box<dyn Iterator<Item = (u64, RawRecord)>>>,
     next_offset: i64,
 }
 
-/// A source over `inputs` with epochs of `epoch_records` records (per partition).
+impl Cursor {
+    fn epoch_of(&self, ordinal: u64) -> Epoch {
+        ordinal / self.per_epoch.max(1)
+    }
+}
+
+/// A source over `inputs`, each cutting epochs by its own `per_epoch`.
 pub fn chunked_source<'scope>(
     scope: Scope<'scope, Epoch>,
     inputs: Vec<OwnedInput>,
-    epoch_records: u64,
 ) -> Stream<'scope, Epoch, Vec<SourceEvent>> {
-    let epoch_records = epoch_records.max(1);
     source(scope, "ChunkedSource", move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
@@ -69,6 +79,7 @@ pub fn chunked_source<'scope>(
                 partition: i.partition,
                 share: i.share,
                 shares: i.shares,
+                per_epoch: i.per_epoch,
                 records: i.records.peekable(),
                 next_offset: 0,
             })
@@ -79,13 +90,13 @@ pub fn chunked_source<'scope>(
                 cap = None;
                 return;
             }
-            let limit = (epoch + 1).saturating_mul(epoch_records);
             let mut budget = BATCH;
             {
                 let mut session = output.session(c);
                 for cur in cursors.iter_mut() {
+                    let per = cur.per_epoch.max(1);
                     while budget > 0 {
-                        match cur.records.next_if(|(ord, _)| *ord < limit) {
+                        match cur.records.next_if(|(ord, _)| ord / per <= epoch) {
                             Some((_, rec)) => {
                                 cur.next_offset = rec.offset + 1;
                                 session.give(SourceEvent::Record(rec));
@@ -96,9 +107,10 @@ pub fn chunked_source<'scope>(
                     }
                 }
             }
-            let epoch_done = cursors
-                .iter_mut()
-                .all(|cur| cur.records.peek().is_none_or(|(ord, _)| *ord >= limit));
+            let epoch_done = cursors.iter_mut().all(|cur| {
+                let next = cur.records.peek().map(|(ord, _)| *ord);
+                next.is_none_or(|ord| cur.epoch_of(ord) > epoch)
+            });
             if epoch_done {
                 let mut finished = true;
                 let mut session = output.session(c);
@@ -133,65 +145,155 @@ pub fn chunked_source<'scope>(
 /// The first I/O error a file input hit, if any (the iterator just ends there).
 pub type InputError = Arc<Mutex<Option<(PathBuf, std::io::Error)>>>;
 
-/// This worker's share of a JSON-lines file: lines `i % shares == share`,
-/// as partition 0 with offset = line number. Blank lines are skipped.
+/// This worker's share of a JSON-lines file, as partition 0 with offset = the
+/// line's byte offset. Epoch e covers lines starting in `[e·B, (e+1)·B)`; share
+/// w of `shares` takes the lines starting in the w-th slice of that range and
+/// reads only those bytes (plus the tail of its last line). Blank lines are skipped.
 pub fn jsonl_share(
     path: &Path,
     share: u32,
     shares: u32,
+    epoch_bytes: u64,
     error: InputError,
 ) -> std::io::Result<OwnedInput> {
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut reader = ShareReader {
+        file,
+        size,
+        epoch_bytes: epoch_bytes.max(1),
+        share: u64::from(share),
+        shares: u64::from(shares.max(1)),
+        epoch: 0,
+        buf: Bytes::new(),
+        base: 0,
+        pos: 0,
+    };
     let path = path.to_owned();
-    let mut line_no: u64 = 0;
-    let mut buf = Vec::with_capacity(256);
-    let shares64 = u64::from(shares.max(1));
-    let iter = std::iter::from_fn(move || {
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(e) => {
-                    if let Ok(mut slot) = error.lock() {
-                        slot.get_or_insert((path.clone(), e));
-                    }
-                    return None;
-                }
+    let iter = std::iter::from_fn(move || match reader.next_line() {
+        Ok(line) => line,
+        Err(e) => {
+            if let Ok(mut slot) = error.lock() {
+                slot.get_or_insert((path.clone(), e));
             }
-            let n = line_no;
-            line_no += 1;
-            if n % shares64 != u64::from(share) {
-                continue;
-            }
-            while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                buf.pop();
-            }
-            if buf.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            return Some((
-                n,
-                RawRecord {
-                    partition: 0,
-                    offset: n as i64,
-                    key: None,
-                    value: buf.clone(),
-                },
-            ));
+            None
         }
     });
     Ok(OwnedInput {
         partition: 0,
         share,
         shares,
+        per_epoch: epoch_bytes.max(1),
         records: Box::new(iter),
     })
 }
 
-/// In-memory partitions (tests, replay): partition `p` goes to worker `p % peers`.
+struct ShareReader {
+    file: File,
+    size: u64,
+    epoch_bytes: u64,
+    share: u64,
+    shares: u64,
+    epoch: u64,
+    buf: Bytes,
+    /// File offset of `buf[0]`.
+    base: u64,
+    pos: usize,
+}
+
+impl ShareReader {
+    fn next_line(&mut self) -> std::io::Result<Option<(u64, RawRecord)>> {
+        loop {
+            if self.pos < self.buf.len() {
+                let rest = &self.buf[self.pos..];
+                let len = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+                let start = self.pos;
+                self.pos += len + 1;
+                let mut end = start + len;
+                while end > start && self.buf[end - 1] == b'\r' {
+                    end -= 1;
+                }
+                if self.buf[start..end].iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let offset = self.base + start as u64;
+                let record = RawRecord {
+                    partition: 0,
+                    offset: offset as i64,
+                    key: None,
+                    value: self.buf.slice(start..end),
+                };
+                return Ok(Some((offset, record)));
+            }
+            if !self.load_next_range()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Loads the lines starting in this share's slice of the next epoch with any.
+    fn load_next_range(&mut self) -> std::io::Result<bool> {
+        loop {
+            let epoch_start = self.epoch * self.epoch_bytes;
+            if epoch_start >= self.size {
+                return Ok(false);
+            }
+            let slice = self.epoch_bytes / self.shares;
+            let start = epoch_start + self.share * slice;
+            let end = if self.share + 1 == self.shares {
+                epoch_start + self.epoch_bytes
+            } else {
+                start + slice
+            }
+            .min(self.size);
+            self.epoch += 1;
+            if start >= end {
+                continue;
+            }
+            // A line that began before `start` belongs to the previous slice.
+            let mut skip_first = false;
+            if start > 0 {
+                let mut prev = [0u8; 1];
+                self.file.read_exact_at(&mut prev, start - 1)?;
+                skip_first = prev[0] != b'\n';
+            }
+            let mut buf = vec![0u8; (end - start) as usize];
+            self.file.read_exact_at(&mut buf, start)?;
+            // Finish the last line that starts before `end`.
+            let mut at = end;
+            while at < self.size && buf.last().is_some_and(|b| *b != b'\n') {
+                let mut more = vec![0u8; (64 * 1024).min((self.size - at) as usize)];
+                self.file.read_exact_at(&mut more, at)?;
+                at += more.len() as u64;
+                match more.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        buf.extend_from_slice(&more[..=i]);
+                        break;
+                    }
+                    None => buf.extend_from_slice(&more),
+                }
+            }
+            let first = if skip_first {
+                match buf.iter().position(|b| *b == b'\n') {
+                    Some(i) if (start + i as u64 + 1) < end => i + 1,
+                    _ => continue, // no line starts in this slice
+                }
+            } else {
+                0
+            };
+            self.buf = Bytes::from(buf);
+            self.base = start;
+            self.pos = first;
+            return Ok(true);
+        }
+    }
+}
+
+/// In-memory partitions (tests, replay) with epochs of `epoch_records`:
+/// partition `p` goes to worker `p % peers`.
 pub fn memory_inputs(
     partitions: &[(i32, Vec<RawRecord>)],
+    epoch_records: u64,
     worker: usize,
     peers: usize,
 ) -> Vec<OwnedInput> {
@@ -202,6 +304,7 @@ pub fn memory_inputs(
             partition: *p,
             share: 0,
             shares: 1,
+            per_epoch: epoch_records.max(1),
             records: Box::new(
                 records
                     .clone()
@@ -211,4 +314,62 @@ pub fn memory_inputs(
             ),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn lines_of(path: &Path, shares: u32, epoch_bytes: u64) -> Vec<(u64, u64, Vec<u8>)> {
+        let mut all = Vec::new();
+        for s in 0..shares {
+            let input = jsonl_share(path, s, shares, epoch_bytes, InputError::default()).unwrap();
+            let per = input.per_epoch;
+            all.extend(
+                input
+                    .records
+                    .map(|(ord, r)| (ord / per, ord, r.value.to_vec())),
+            );
+        }
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn shares_partition_the_lines_exactly_once_with_the_same_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let mut f = File::create(&path).unwrap();
+        let mut want = Vec::new();
+        let mut offset = 0u64;
+        for i in 0..500 {
+            // Lines of varied length, a blank line and a CRLF now and then.
+            let line = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 37));
+            let ending = if i % 50 == 0 { "\r\n" } else { "\n" };
+            write!(f, "{line}{ending}").unwrap();
+            want.push((offset, line.into_bytes()));
+            offset += (want.last().unwrap().1.len() + ending.len()) as u64;
+            if i % 97 == 0 {
+                writeln!(f, "   ").unwrap();
+                offset += 4;
+            }
+        }
+        write!(f, "{{\"last\":true}}").unwrap(); // no trailing newline
+        want.push((offset, b"{\"last\":true}".to_vec()));
+        drop(f);
+        for epoch_bytes in [7, 100, 1_000, 1 << 20] {
+            let one = lines_of(&path, 1, epoch_bytes);
+            let got: Vec<(u64, Vec<u8>)> = one.iter().map(|(_, o, l)| (*o, l.clone())).collect();
+            assert_eq!(got, want, "epoch_bytes {epoch_bytes}");
+            for shares in [2, 3, 8] {
+                assert_eq!(
+                    lines_of(&path, shares, epoch_bytes),
+                    one,
+                    "{shares} shares, epoch_bytes {epoch_bytes}"
+                );
+            }
+        }
+    }
 }

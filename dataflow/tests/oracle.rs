@@ -198,7 +198,7 @@ fn build_partitions(spec: Vec<Vec<RecordSpec>>) -> Partitions {
                     3 => format!(r#"{{"device_id":"d{dev}","ts":{},"seq":{},"m":1}}"#, clock + 86_400_000 * 365, seq[d]).into_bytes(),
                     4 if !out.is_empty() => {
                         let j = (i * 7 + usize::from(dev)) % out.len();
-                        out[j].value.clone()
+                        out[j].value.to_vec()
                     }
                     _ => {
                         seq[d] += 1;
@@ -212,7 +212,7 @@ fn build_partitions(spec: Vec<Vec<RecordSpec>>) -> Partitions {
                         .into_bytes()
                     }
                 };
-                out.push(RawRecord { partition: p as i32, offset: i as i64, key: None, value: payload });
+                out.push(RawRecord { partition: p as i32, offset: i as i64, key: None, value: payload.into() });
             }
             (p as i32, out)
         })
@@ -245,8 +245,8 @@ proptest! {
         let (want_results, want_dead) = oracle(&parts, &cfg, epoch_records);
         let shared = Arc::new(parts.clone());
         let par = Parallelism { workers, ..Parallelism::default() };
-        let out = run_bounded(&par, cfg, epoch_records, Arc::new(JobMetrics::default()), move |w, peers| {
-            memory_inputs(&shared, w, peers)
+        let out = run_bounded(&par, cfg, Arc::new(JobMetrics::default()), move |w, peers| {
+            memory_inputs(&shared, epoch_records, w, peers)
         }).unwrap();
         prop_assert_eq!(out.dead, want_dead);
         prop_assert_eq!(out.results, want_results);
@@ -300,8 +300,8 @@ fn the_generated_inputs_exercise_every_path() {
         workers: 2,
         ..Parallelism::default()
     };
-    let out = run_bounded(&par, cfg, 5, Arc::clone(&metrics), move |w, p| {
-        memory_inputs(&shared, w, p)
+    let out = run_bounded(&par, cfg, Arc::clone(&metrics), move |w, p| {
+        memory_inputs(&shared, 5, w, p)
     })
     .unwrap();
     assert_eq!(out.results, results);
@@ -340,7 +340,7 @@ fn finality_and_lateness_at_the_exact_boundary() {
                 partition: 0,
                 offset: i as i64,
                 key: None,
-                value: v.clone(),
+                value: v.clone().into(),
             })
             .collect(),
     )];
@@ -359,9 +359,8 @@ fn finality_and_lateness_at_the_exact_boundary() {
     let out = run_bounded(
         &Parallelism::default(),
         cfg,
-        1,
         Arc::new(JobMetrics::default()),
-        move |w, p| memory_inputs(&shared, w, p),
+        move |w, p| memory_inputs(&shared, 1, w, p),
     )
     .unwrap();
     let summary: Vec<(Epoch, i64, u64, f64)> = out

@@ -220,7 +220,7 @@ pub fn publish_dead_letters(
                     source_partition: d.record.partition,
                     source_offset: d.record.offset,
                     key: d.record.key,
-                    payload: d.record.value,
+                    payload: d.record.value.to_vec(),
                 };
                 let target = (d.record.partition.unsigned_abs() as usize) % n;
                 by_partition[target].push(Record {
