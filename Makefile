@@ -8,8 +8,9 @@ CARGO ?= cargo
 DEBUG_BIN := $(CARGO_TARGET_DIR)/debug/iotflow
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release/iotflow
 BENCH_COUNT ?= 1000000
+BENCH_N ?= 2000000
 
-.PHONY: help demo test tansu nextest build release lint fmt bench bench-ingest clean
+.PHONY: help demo test tansu nextest build release lint fmt bench bench-ingest bench-dataflow clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -42,10 +43,13 @@ lint: ## cargo fmt --check and clippy -D warnings
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: bench-ingest ## Print every benchmark figure
+bench: bench-ingest bench-dataflow ## Print every benchmark figure
 
 bench-ingest: release tansu-release ## Produce throughput into the local broker, 1 and 4 partitions
 	BIN=$(RELEASE_BIN) COUNT=$(BENCH_COUNT) ./scripts/bench-ingest.sh
+
+bench-dataflow: release tansu-release ## Dataflow throughput: file source, end to end vs raw fetch, peers
+	BIN=$(RELEASE_BIN) BENCH_N=$(BENCH_N) ./scripts/bench-dataflow.sh
 
 clean: ## Remove build output and local data
 	$(CARGO) clean

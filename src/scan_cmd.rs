@@ -22,9 +22,57 @@ pub struct ScanArgs {
     /// A record this far behind its partition's newest event time counts as `behind`.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub behind: Duration,
+    /// Only fetch and count records and bytes (no parsing): rskafka's raw fetch rate.
+    #[arg(long)]
+    pub raw: bool,
     /// JSON output.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What `scan --raw` measured.
+#[derive(Debug, Serialize)]
+pub struct RawFetch {
+    pub records: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub records_per_sec: f64,
+    pub mb_per_sec: f64,
+}
+
+/// Fetches every partition of `topic` to its end, counting only.
+pub async fn raw_fetch(target: &Target, topic: &str) -> Result<RawFetch> {
+    let info = topics::describe_topic(&target.client, topic)
+        .await
+        .with_context(|| format!("describing {topic}"))?;
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in info {
+        let pc = target
+            .client
+            .partition_client(topic, p.partition, UnknownTopicHandling::Retry)
+            .await
+            .with_context(|| format!("connecting to {topic}/{}", p.partition))?;
+        tasks.spawn(async move {
+            let records = scan::read_range(&pc, p.earliest, p.high_watermark).await?;
+            let bytes: usize = records.iter().map(|r| r.record.approximate_size()).sum();
+            Ok::<_, iotflow_redpanda::Error>((records.len() as u64, bytes as u64))
+        });
+    }
+    let (mut records, mut bytes) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        let (r, b) = joined.context("fetch task")??;
+        records += r;
+        bytes += b;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(RawFetch {
+        records,
+        bytes,
+        seconds,
+        records_per_sec: records as f64 / seconds.max(1e-9),
+        mb_per_sec: bytes as f64 / 1e6 / seconds.max(1e-9),
+    })
 }
 
 /// What `scan` found.
@@ -38,6 +86,23 @@ pub struct ScanReport {
 
 pub async fn run(home: &Path, args: ScanArgs) -> Result<()> {
     let target = args.select.connect(home).await?;
+    if args.raw {
+        let r = raw_fetch(&target, &args.topic).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            println!(
+                "fetched {} records ({:.1} MB) from {} in {:.2} s: {:.0} records/s, {:.1} MB/s",
+                r.records,
+                r.bytes as f64 / 1e6,
+                args.topic,
+                r.seconds,
+                r.records_per_sec,
+                r.mb_per_sec
+            );
+        }
+        return Ok(());
+    }
     let report = scan_topic(&target, &args.topic, args.behind).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -67,7 +67,8 @@ fn run(window: WindowSpec, workers: usize) -> (RunOutput, Arc<JobMetrics>) {
     let out = run_bounded(&par, cfg, Arc::clone(&metrics), move |w, p| {
         memory_inputs(&parts, 500, w, p)
     })
-    .unwrap();
+    .unwrap()
+    .sorted();
     (out, metrics)
 }
 

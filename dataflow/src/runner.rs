@@ -89,11 +89,38 @@ impl Parallelism {
     }
 }
 
-/// What this process's workers produced in a bounded run, in epoch order.
+/// What this process's workers produced in a bounded run, in no particular
+/// order (workers finish epochs concurrently); see [`RunOutput::sorted`].
 #[derive(Debug, Default)]
 pub struct RunOutput {
     pub results: Vec<(Epoch, WindowResult)>,
     pub dead: Vec<(Epoch, DeadRecord)>,
+}
+
+impl RunOutput {
+    /// Results by (epoch, device, metric, window start, final), dead letters by
+    /// (epoch, partition, offset): one canonical order to compare runs with.
+    pub fn sorted(mut self) -> Self {
+        self.results.sort_unstable_by(|a, b| {
+            (
+                a.0,
+                &a.1.device_id,
+                &a.1.metric,
+                a.1.window_start,
+                a.1.is_final,
+            )
+                .cmp(&(
+                    b.0,
+                    &b.1.device_id,
+                    &b.1.metric,
+                    b.1.window_start,
+                    b.1.is_final,
+                ))
+        });
+        self.dead
+            .sort_unstable_by_key(|d| (d.0, d.1.record.partition, d.1.record.offset));
+        self
+    }
 }
 
 /// Runs the job over inputs that end, until every window is final and emitted.
@@ -149,28 +176,5 @@ where
         out.results.extend(part.results);
         out.dead.extend(part.dead);
     }
-    out.results.sort_by(|a, b| {
-        (
-            a.0,
-            &a.1.device_id,
-            &a.1.metric,
-            a.1.window_start,
-            a.1.is_final,
-        )
-            .cmp(&(
-                b.0,
-                &b.1.device_id,
-                &b.1.metric,
-                b.1.window_start,
-                b.1.is_final,
-            ))
-    });
-    out.dead.sort_by(|a, b| {
-        (a.0, a.1.record.partition, a.1.record.offset).cmp(&(
-            b.0,
-            b.1.record.partition,
-            b.1.record.offset,
-        ))
-    });
     Ok(out)
 }

@@ -247,7 +247,7 @@ proptest! {
         let par = Parallelism { workers, ..Parallelism::default() };
         let out = run_bounded(&par, cfg, Arc::new(JobMetrics::default()), move |w, peers| {
             memory_inputs(&shared, epoch_records, w, peers)
-        }).unwrap();
+        }).unwrap().sorted();
         prop_assert_eq!(out.dead, want_dead);
         prop_assert_eq!(out.results, want_results);
     }
@@ -303,7 +303,8 @@ fn the_generated_inputs_exercise_every_path() {
     let out = run_bounded(&par, cfg, Arc::clone(&metrics), move |w, p| {
         memory_inputs(&shared, 5, w, p)
     })
-    .unwrap();
+    .unwrap()
+    .sorted();
     assert_eq!(out.results, results);
     assert!(
         metrics
@@ -362,7 +363,8 @@ fn finality_and_lateness_at_the_exact_boundary() {
         Arc::new(JobMetrics::default()),
         move |w, p| memory_inputs(&shared, 1, w, p),
     )
-    .unwrap();
+    .unwrap()
+    .sorted();
     let summary: Vec<(Epoch, i64, u64, f64)> = out
         .results
         .iter()

@@ -221,15 +221,7 @@ pub fn windows<'scope>(
                         .updates_emitted
                         .fetch_add(out.len() as u64 - finals, Ordering::Relaxed);
                     if !out.is_empty() {
-                        // A readable, deterministic order within the epoch.
-                        out.sort_by(|a, b| {
-                            (&a.device_id, &a.metric, a.window_start, a.is_final).cmp(&(
-                                &b.device_id,
-                                &b.metric,
-                                b.window_start,
-                                b.is_final,
-                            ))
-                        });
+                        // Unordered: workers interleave anyway; sinks sort by key.
                         output.session(c).give_iterator(out.into_iter());
                     }
                     if readings_frontier.is_empty()
