@@ -186,9 +186,18 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     };
     source_cfg.until_end = args.until_end;
     source_cfg.idle_timeout = args.idle_timeout;
+    let listed = topics::list_topics(&target.client).await?;
+    let partitions_of = |name: &str| {
+        listed
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.partitions.len())
+            .unwrap_or(1)
+    };
     let sink = |topic: &str| KafkaSinkConfig {
         bootstrap: target.bootstrap.clone(),
         topic: topic.to_owned(),
+        partitions: partitions_of(topic),
         source_topic: args.input.clone(),
     };
     let (agg_cfg, dlq_cfg) = (sink(&args.output_topic), sink(&args.dlq));

@@ -666,3 +666,64 @@ mod tests {
         assert_eq!(codes.len(), RejectReason::ALL.len());
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    //! What the fuzz target (`dataflow/fuzz`) checks, as a stable-toolchain
+    //! property test: arbitrary and mutated input never panics, and a record is
+    //! accepted whole (finite values, valid names) or rejected whole.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let mut out = Vec::new();
+        match parse_record(bytes, &ParseLimits::default(), &mut out) {
+            Ok(()) => {
+                prop_assert!(!out.is_empty());
+                for r in &out {
+                    prop_assert!(r.value.is_finite());
+                    prop_assert!(!r.device_id.contains('|') && !r.metric.contains('|'));
+                }
+            }
+            Err(_) => prop_assert!(out.is_empty()),
+        }
+        Ok(())
+    }
+
+    const SEEDS: [&str; 3] = [
+        r#"{"device_id":"dev-0042","ts":1763787600123,"seq":17,"metrics":{"temperature":21.4,"humidity":40.2}}"#,
+        r#"{"device_id":"sensor_1","timestamp":1763787600.123,"temperature":25.3,"humidity":60.1}"#,
+        r#"{"device_id":"dev-00089","sensor":"humidity","ts_ms":1700000000000,"value":62.56,"seq":0}"#,
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            check(&bytes)?;
+        }
+
+        #[test]
+        fn mutated_valid_records_never_panic(
+            seed in 0usize..3,
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8),
+        ) {
+            let mut bytes = SEEDS[seed].as_bytes().to_vec();
+            for (at, byte, op) in edits {
+                let len = bytes.len();
+                let i = at.index(len.max(1));
+                match op {
+                    0 if len > 0 => bytes[i.min(len - 1)] = byte,
+                    1 => bytes.insert(i.min(len), byte),
+                    _ if len > 0 => {
+                        bytes.remove(i.min(len - 1));
+                    }
+                    _ => {}
+                }
+            }
+            check(&bytes)?;
+        }
+    }
+}

@@ -7,7 +7,9 @@
 //!        = source partition % DLQ partitions (keeps each source partition's order)
 //! ```
 //!
-//! A crash between produce calls can repeat an epoch on restart; the
+//! Each output partition has exactly one publishing worker (partition p is
+//! published by worker p % workers): records are exchanged to it first. A
+//! crash between produce calls can repeat an epoch on restart; the
 //! exactly-once commit protocol replaces this path.
 
 use std::collections::BTreeMap;
@@ -21,7 +23,7 @@ use iotflow_redpanda::partitioner::partition_for;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::records::{AggregateRecord, DeadLetter, EPOCH_HEADER};
@@ -34,6 +36,10 @@ pub type SinkError = Arc<Mutex<Option<String>>>;
 pub struct KafkaSinkConfig {
     pub bootstrap: Vec<String>,
     pub topic: String,
+    /// Partitions of `topic`: records are routed so that each partition has
+    /// exactly one publishing worker (concurrent writers to one partition are
+    /// slow on some brokers, and the commit protocol needs a single writer).
+    pub partitions: usize,
     /// Name of the source topic, for dead letters' headers.
     pub source_topic: String,
 }
@@ -77,6 +83,15 @@ impl Publisher {
     }
 
     fn publish(&self, by_partition: Vec<Vec<Record>>) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let records: usize = by_partition.iter().map(Vec::len).sum();
+        let _timer = scopeguard(move || {
+            tracing::debug!(
+                records,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "published epoch"
+            );
+        });
         self.runtime.block_on(async {
             for (pc, records) in self.partitions.iter().zip(by_partition) {
                 for chunk in records.chunks(5_000) {
@@ -90,6 +105,19 @@ impl Publisher {
             Ok(())
         })
     }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 fn record_failure(slot: &SinkError, stop: &AtomicBool, msg: String) {
@@ -143,7 +171,12 @@ pub fn publish_aggregates(
 ) {
     let mut publisher: Option<Publisher> = None;
     let mut pending: BTreeMap<Epoch, Vec<WindowResult>> = BTreeMap::new();
-    stream.sink(Pipeline, "PublishAggregates", move |(input, frontier)| {
+    let partitions = cfg.partitions.max(1);
+    let route = Exchange::new(move |r: &WindowResult| {
+        let key = format!("{}|{}|{}", r.device_id, r.metric, r.window_start);
+        partition_for(key.as_bytes(), partitions) as u64
+    });
+    stream.sink(route, "PublishAggregates", move |(input, frontier)| {
         input.for_each(|time, data| {
             pending
                 .entry(iotflow_dataflow::job::epoch_of(&time))
@@ -191,7 +224,11 @@ pub fn publish_dead_letters(
 ) {
     let mut publisher: Option<Publisher> = None;
     let mut pending: BTreeMap<Epoch, Vec<DeadRecord>> = BTreeMap::new();
-    stream.sink(Pipeline, "PublishDeadLetters", move |(input, frontier)| {
+    let partitions = cfg.partitions.max(1);
+    let route = Exchange::new(move |d: &DeadRecord| {
+        (d.record.partition.unsigned_abs() as usize % partitions) as u64
+    });
+    stream.sink(route, "PublishDeadLetters", move |(input, frontier)| {
         input.for_each(|time, data| {
             pending
                 .entry(iotflow_dataflow::job::epoch_of(&time))

@@ -8,7 +8,10 @@
 //!     windows with end + lateness ≤ W_e ──▶ WindowResult(final = true); state dropped
 //! ```
 //!
-//! A window keeps its readings until it is final and computes statistics over
+//! Of copies with the same (device, seq, metric) the one from the earliest
+//! epoch survives, and within an epoch the smallest (event time, value), so
+//! even conflicting copies (not producer retries) give the same output in any
+//! arrival order. A window keeps its readings until it is final and computes statistics over
 //! them sorted, so results are bit-identical however records were spread over
 //! workers and epochs. Dedupe entries are dropped once every window their event
 //! time belongs to is final: a later copy is then judged `late` upstream.
@@ -129,23 +132,53 @@ pub fn windows<'scope>(
                     }
                     let wm_before = combiner.watermark();
                     let (mut duplicates, mut partial) = (0u64, 0u64);
-                    for r in pending.remove(&next).unwrap_or_default() {
+                    // Dedupe in two passes so the survivor of conflicting copies does
+                    // not depend on arrival order: an earlier epoch's copy wins, and
+                    // within an epoch the smallest (event time, value).
+                    let readings = pending.remove(&next).unwrap_or_default();
+                    let mut keep = vec![true; readings.len()];
+                    let mut chosen: FxHashMap<SeenKey, usize> = FxHashMap::default();
+                    let mut ids = Vec::with_capacity(readings.len());
+                    for (i, r) in readings.iter().enumerate() {
                         let (device, metric) = (names.id(&r.device_id), names.id(&r.metric));
-                        if let Some(seq) = r.seq {
-                            let key = (device, metric, seq);
-                            if seen.contains(&key) {
-                                duplicates += 1;
-                                continue;
-                            }
-                            let last_end = cfg
-                                .window
-                                .windows_of(r.ts_ms)
-                                .last()
-                                .map(|s| cfg.window.end(s).saturating_add(cfg.lateness_ms))
-                                .unwrap_or(i64::MAX);
-                            seen.insert(key);
-                            seen_expiry.entry(last_end).or_default().push(key);
+                        ids.push((device, metric));
+                        let Some(seq) = r.seq else { continue };
+                        let key = (device, metric, seq);
+                        if seen.contains(&key) {
+                            duplicates += 1;
+                            keep[i] = false;
+                            continue;
                         }
+                        match chosen.entry(key) {
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                v.insert(i);
+                            }
+                            std::collections::hash_map::Entry::Occupied(mut o) => {
+                                duplicates += 1;
+                                let j = *o.get();
+                                let rank = |x: &Reading| (x.ts_ms, x.value.to_bits());
+                                if rank(r) < rank(&readings[j]) {
+                                    keep[j] = false;
+                                    o.insert(i);
+                                } else {
+                                    keep[i] = false;
+                                }
+                            }
+                        }
+                    }
+                    for (key, i) in chosen {
+                        let last_end = cfg
+                            .window
+                            .windows_of(readings[i].ts_ms)
+                            .last()
+                            .map(|s| cfg.window.end(s).saturating_add(cfg.lateness_ms))
+                            .unwrap_or(i64::MAX);
+                        seen.insert(key);
+                        seen_expiry.entry(last_end).or_default().push(key);
+                    }
+                    for ((r, (device, metric)), _) in
+                        readings.iter().zip(ids).zip(&keep).filter(|(_, k)| **k)
+                    {
                         for start in cfg.window.windows_of(r.ts_ms) {
                             if cfg.is_final(start, wm_before) {
                                 partial += 1;
