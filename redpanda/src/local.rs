@@ -117,17 +117,7 @@ impl LocalBrokerBuilder {
     pub async fn start(self) -> Result<LocalBroker> {
         let tansu = match self.tansu.clone() {
             Some(bin) => bin,
-            None => tokio::task::spawn_blocking(|| {
-                install::ensure_tansu(|log| {
-                    tracing::warn!(log = %log.display(), "installing the tansu broker (one-time, ~25 min on 2 cores)");
-                })
-            })
-            .await
-            .map_err(|e| Error::Io {
-                what: "join installer",
-                path: PathBuf::new(),
-                source: std::io::Error::other(e),
-            })??,
+            None => tansu_binary().await?,
         };
         // A free port can be taken between our probe and tansu's bind; retry then.
         let attempts = if self.port.is_some() { 1 } else { 3 };
@@ -166,6 +156,22 @@ impl LocalBrokerBuilder {
             log: PathBuf::new(),
         }))
     }
+}
+
+/// The tansu binary, installed first if needed (off the async threads: a cold
+/// install is a ~25-minute build).
+async fn tansu_binary() -> Result<PathBuf> {
+    tokio::task::spawn_blocking(|| {
+        install::ensure_tansu(|log| {
+            tracing::warn!(log = %log.display(), "installing the tansu broker (one-time, ~25 min on 2 cores)");
+        })
+    })
+    .await
+    .map_err(|e| Error::Io {
+        what: "join installer",
+        path: PathBuf::new(),
+        source: std::io::Error::other(e),
+    })?
 }
 
 /// A tansu broker owned by this process; stopped when dropped.
@@ -513,17 +519,7 @@ pub async fn start_detached(
     if let Some(running) = find_detached(home).await? {
         return Ok(running);
     }
-    let tansu = tokio::task::spawn_blocking(|| {
-        install::ensure_tansu(|log| {
-            tracing::warn!(log = %log.display(), "installing the tansu broker (one-time, ~25 min on 2 cores)");
-        })
-    })
-    .await
-    .map_err(|e| Error::Io {
-        what: "join installer",
-        path: PathBuf::new(),
-        source: std::io::Error::other(e),
-    })??;
+    let tansu = tansu_binary().await?;
     let port = match port {
         Some(p) => p,
         None => free_port()?,

@@ -162,21 +162,26 @@ pub fn aggregate_record(r: &WindowResult, epoch: Epoch) -> Result<(String, Recor
     Ok((key, record))
 }
 
-/// Publishes aggregates to `cfg.topic` as each epoch completes.
-pub fn publish_aggregates(
-    stream: Stream<'_, Epoch, Vec<WindowResult>>,
+/// Turns one epoch's items into `(partition index, record)` in publish order.
+type Encoder<T> = fn(Vec<T>, Epoch, &KafkaSinkConfig) -> Result<Vec<(usize, Record)>, String>;
+
+/// The shared sink: route each item to the worker that owns its output
+/// partition, buffer by epoch, and when the frontier passes an epoch publish its
+/// records in the order `encode` gives them.
+fn publish_by_epoch<T: timely::ExchangeData>(
+    stream: Stream<'_, Epoch, Vec<T>>,
+    name: &str,
     cfg: KafkaSinkConfig,
     error: SinkError,
     stop: Arc<AtomicBool>,
+    partition_of: fn(&T, usize) -> usize,
+    encode: Encoder<T>,
 ) {
-    let mut publisher: Option<Publisher> = None;
-    let mut pending: BTreeMap<Epoch, Vec<WindowResult>> = BTreeMap::new();
     let partitions = cfg.partitions.max(1);
-    let route = Exchange::new(move |r: &WindowResult| {
-        let key = format!("{}|{}|{}", r.device_id, r.metric, r.window_start);
-        partition_for(key.as_bytes(), partitions) as u64
-    });
-    stream.sink(route, "PublishAggregates", move |(input, frontier)| {
+    let route = Exchange::new(move |item: &T| partition_of(item, partitions) as u64);
+    let mut publisher: Option<Publisher> = None;
+    let mut pending: BTreeMap<Epoch, Vec<T>> = BTreeMap::new();
+    stream.sink(route, name, move |(input, frontier)| {
         input.for_each(|time, data| {
             pending
                 .entry(iotflow_dataflow::job::epoch_of(&time))
@@ -188,7 +193,7 @@ pub fn publish_aggregates(
                 break;
             }
             let epoch = *entry.key();
-            let results = entry.remove();
+            let items = entry.remove();
             if publisher.is_none() {
                 match Publisher::connect(&cfg) {
                     Ok(p) => publisher = Some(p),
@@ -196,17 +201,15 @@ pub fn publish_aggregates(
                 }
             }
             let Some(p) = publisher.as_ref() else { return };
-            let mut keyed = Vec::with_capacity(results.len());
-            for r in &results {
-                match aggregate_record(r, epoch) {
-                    Ok(kr) => keyed.push(kr),
-                    Err(e) => return record_failure(&error, &stop, e),
-                }
-            }
-            keyed.sort_by(|a, b| a.0.cmp(&b.0));
+            let records = match encode(items, epoch, &cfg) {
+                Ok(r) => r,
+                Err(e) => return record_failure(&error, &stop, e),
+            };
             let mut by_partition = vec![Vec::new(); p.partitions.len()];
-            for (key, record) in keyed {
-                by_partition[partition_for(key.as_bytes(), p.partitions.len())].push(record);
+            for (partition, record) in records {
+                if let Some(list) = by_partition.get_mut(partition) {
+                    list.push(record);
+                }
             }
             if let Err(e) = p.publish(by_partition) {
                 return record_failure(&error, &stop, e);
@@ -215,61 +218,106 @@ pub fn publish_aggregates(
     });
 }
 
-/// Publishes dead letters to `cfg.topic` as each epoch completes.
+fn aggregate_key(r: &WindowResult) -> String {
+    format!("{}|{}|{}", r.device_id, r.metric, r.window_start)
+}
+
+/// Publishes aggregates to `cfg.topic` as each epoch completes, sorted by key.
+pub fn publish_aggregates(
+    stream: Stream<'_, Epoch, Vec<WindowResult>>,
+    cfg: KafkaSinkConfig,
+    error: SinkError,
+    stop: Arc<AtomicBool>,
+) {
+    publish_by_epoch(
+        stream,
+        "PublishAggregates",
+        cfg,
+        error,
+        stop,
+        |r, partitions| partition_for(aggregate_key(r).as_bytes(), partitions),
+        |results, epoch, cfg| {
+            let mut keyed = results
+                .iter()
+                .map(|r| aggregate_record(r, epoch))
+                .collect::<Result<Vec<_>, String>>()?;
+            keyed.sort_by(|a, b| a.0.cmp(&b.0));
+            let n = cfg.partitions.max(1);
+            Ok(keyed
+                .into_iter()
+                .map(|(key, record)| (partition_for(key.as_bytes(), n), record))
+                .collect())
+        },
+    );
+}
+
+/// Publishes dead letters to `cfg.topic` as each epoch completes: partition =
+/// source partition % DLQ partitions, in source offset order.
 pub fn publish_dead_letters(
     stream: Stream<'_, Epoch, Vec<DeadRecord>>,
     cfg: KafkaSinkConfig,
     error: SinkError,
     stop: Arc<AtomicBool>,
 ) {
-    let mut publisher: Option<Publisher> = None;
-    let mut pending: BTreeMap<Epoch, Vec<DeadRecord>> = BTreeMap::new();
-    let partitions = cfg.partitions.max(1);
-    let route = Exchange::new(move |d: &DeadRecord| {
-        (d.record.partition.unsigned_abs() as usize % partitions) as u64
-    });
-    stream.sink(route, "PublishDeadLetters", move |(input, frontier)| {
-        input.for_each(|time, data| {
-            pending
-                .entry(iotflow_dataflow::job::epoch_of(&time))
-                .or_default()
-                .append(data)
-        });
-        while let Some(entry) = pending.first_entry() {
-            if frontier.less_equal(entry.key()) || stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let mut dead = entry.remove();
-            if publisher.is_none() {
-                match Publisher::connect(&cfg) {
-                    Ok(p) => publisher = Some(p),
-                    Err(e) => return record_failure(&error, &stop, e),
-                }
-            }
-            let Some(p) = publisher.as_ref() else { return };
+    publish_by_epoch(
+        stream,
+        "PublishDeadLetters",
+        cfg,
+        error,
+        stop,
+        |d, partitions| d.record.partition.unsigned_abs() as usize % partitions,
+        |mut dead, _epoch, cfg| {
             dead.sort_by_key(|d| (d.record.partition, d.record.offset));
-            let n = p.partitions.len().max(1);
-            let mut by_partition = vec![Vec::new(); p.partitions.len()];
-            for d in dead {
-                let letter = DeadLetter {
-                    reason: d.reason.code(),
-                    source_topic: cfg.source_topic.clone(),
-                    source_partition: d.record.partition,
-                    source_offset: d.record.offset,
-                    key: d.record.key,
-                    payload: d.record.value.to_vec(),
-                };
-                let target = (d.record.partition.unsigned_abs() as usize) % n;
-                by_partition[target].push(Record {
-                    headers: letter.headers(),
-                    key: letter.key,
-                    value: Some(letter.payload),
-                    timestamp: Utc::now(),
-                });
-            }
-            if let Err(e) = p.publish(by_partition) {
-                return record_failure(&error, &stop, e);
-            }
-        }
-    });
+            let n = cfg.partitions.max(1);
+            Ok(dead
+                .into_iter()
+                .map(|d| {
+                    let letter = DeadLetter {
+                        reason: d.reason.code(),
+                        source_topic: cfg.source_topic.clone(),
+                        source_partition: d.record.partition,
+                        source_offset: d.record.offset,
+                        key: d.record.key,
+                        payload: d.record.value.to_vec(),
+                    };
+                    let partition = d.record.partition.unsigned_abs() as usize % n;
+                    let record = Record {
+                        headers: letter.headers(),
+                        key: letter.key,
+                        value: Some(letter.payload),
+                        timestamp: Utc::now(),
+                    };
+                    (partition, record)
+                })
+                .collect())
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_key_is_the_published_key() {
+        let r = WindowResult {
+            device_id: "dev-1".into(),
+            metric: "t".into(),
+            window_start: 1_763_787_600_000,
+            window_end: 1_763_787_610_000,
+            count: 1,
+            sum: 1.0,
+            min: 1.0,
+            max: 1.0,
+            mean: 1.0,
+            stddev: 0.0,
+            first_ts: 1_763_787_600_001,
+            last_ts: 1_763_787_600_001,
+            is_final: true,
+        };
+        let (key, record) = aggregate_record(&r, 3).unwrap();
+        assert_eq!(key, aggregate_key(&r));
+        assert_eq!(record.key.as_deref(), Some(key.as_bytes()));
+        assert_eq!(record.headers[EPOCH_HEADER], b"3");
+    }
 }

@@ -63,6 +63,11 @@ impl Names {
             .map(|n| n.to_string())
             .unwrap_or_default()
     }
+
+    /// The result of window `key` with statistics `s`.
+    fn result(&self, key: WindowKey, end: i64, s: Stats, is_final: bool) -> WindowResult {
+        WindowResult::new(self.name(key.0), self.name(key.1), key.2, end, s, is_final)
+    }
 }
 
 #[derive(Default)]
@@ -209,14 +214,7 @@ pub fn windows<'scope>(
                                     && let Some(s) = Stats::of(&mut ws.values)
                                 {
                                     let end = cfg.window.end(key.2);
-                                    out.push(WindowResult::new(
-                                        names.name(key.0),
-                                        names.name(key.1),
-                                        key.2,
-                                        end,
-                                        s,
-                                        true,
-                                    ));
+                                    out.push(names.result(key, end, s, true));
                                 }
                             }
                         }
@@ -236,14 +234,7 @@ pub fn windows<'scope>(
                             let mut values = ws.values.clone();
                             if let Some(s) = Stats::of(&mut values) {
                                 let end = cfg.window.end(key.2);
-                                out.push(WindowResult::new(
-                                    names.name(key.0),
-                                    names.name(key.1),
-                                    key.2,
-                                    end,
-                                    s,
-                                    false,
-                                ));
+                                out.push(names.result(*key, end, s, false));
                             }
                         }
                     }
