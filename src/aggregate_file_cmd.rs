@@ -113,11 +113,11 @@ pub fn run(args: AggregateFileArgs) -> Result<()> {
             r.metric,
             r.window_start,
             r.window_end,
-            r.count,
-            r.sum,
-            r.min,
-            r.max,
-            r.mean
+            r.stats.count,
+            r.stats.sum,
+            r.stats.min,
+            r.stats.max,
+            r.stats.mean
         )?;
     }
     w.flush()

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use iotflow_dataflow::{Audit, AuditCounts, ParseLimits};
-use iotflow_redpanda::rskafka::client::partition::UnknownTopicHandling;
+use iotflow_redpanda::rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
+use iotflow_redpanda::topics::PartitionOffsets;
 use iotflow_redpanda::{scan, topics};
 use serde::Serialize;
 
@@ -41,18 +42,31 @@ pub struct RawFetch {
 }
 
 /// Fetches every partition of `topic` to its end, counting only.
-pub async fn raw_fetch(target: &Target, topic: &str) -> Result<RawFetch> {
+/// Every partition of `topic` with its offsets and a client for it.
+async fn partitions(
+    target: &Target,
+    topic: &str,
+) -> Result<Vec<(PartitionOffsets, PartitionClient)>> {
     let info = topics::describe_topic(&target.client, topic)
         .await
         .with_context(|| format!("describing {topic}"))?;
-    let started = std::time::Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut out = Vec::with_capacity(info.len());
     for p in info {
         let pc = target
             .client
             .partition_client(topic, p.partition, UnknownTopicHandling::Retry)
             .await
             .with_context(|| format!("connecting to {topic}/{}", p.partition))?;
+        out.push((p, pc));
+    }
+    Ok(out)
+}
+
+pub async fn raw_fetch(target: &Target, topic: &str) -> Result<RawFetch> {
+    let parts = partitions(target, topic).await?;
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (p, pc) in parts {
         tasks.spawn(async move {
             let records = scan::read_range(&pc, p.earliest, p.high_watermark).await?;
             let bytes: usize = records.iter().map(|r| r.record.approximate_size()).sum();
@@ -114,31 +128,24 @@ pub async fn run(home: &Path, args: ScanArgs) -> Result<()> {
 
 pub async fn scan_topic(target: &Target, topic: &str, behind: Duration) -> Result<ScanReport> {
     let started = std::time::Instant::now();
-    let info = topics::describe_topic(&target.client, topic)
-        .await
-        .with_context(|| format!("describing {topic}"))?;
+    let parts = partitions(target, topic).await?;
     let mut audit = Audit::new(
         ParseLimits::default(),
         i64::try_from(behind.as_millis()).unwrap_or(i64::MAX),
     );
-    let mut partitions = Vec::new();
-    for p in info {
-        let pc = target
-            .client
-            .partition_client(topic, p.partition, UnknownTopicHandling::Retry)
-            .await
-            .with_context(|| format!("connecting to {topic}/{}", p.partition))?;
+    let mut counts = Vec::new();
+    for (p, pc) in parts {
         let records = scan::read_range(&pc, p.earliest, p.high_watermark).await?;
         audit.partition(
             records
                 .iter()
                 .map(|r| r.record.value.as_deref().unwrap_or_default()),
         );
-        partitions.push((p.partition, records.len() as i64));
+        counts.push((p.partition, records.len() as i64));
     }
     Ok(ScanReport {
         topic: topic.to_owned(),
-        partitions,
+        partitions: counts,
         counts: audit.counts().clone(),
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -112,11 +112,11 @@ fn table(out: &RunOutput, metrics: &JobMetrics) -> String {
             r.metric,
             (r.window_start - start) as f64 / 1000.0,
             (r.window_end - start) as f64 / 1000.0,
-            r.count,
-            r.mean,
-            r.min,
-            r.max,
-            r.stddev,
+            r.stats.count,
+            r.stats.mean,
+            r.stats.min,
+            r.stats.max,
+            r.stats.stddev,
             epoch
         )
         .unwrap();

@@ -108,14 +108,7 @@ pub struct WindowResult {
     pub metric: String,
     pub window_start: i64,
     pub window_end: i64,
-    pub count: u64,
-    pub sum: f64,
-    pub min: f64,
-    pub max: f64,
-    pub mean: f64,
-    pub stddev: f64,
-    pub first_ts: i64,
-    pub last_ts: i64,
+    pub stats: Stats,
     pub is_final: bool,
 }
 
@@ -125,7 +118,7 @@ impl WindowResult {
         metric: String,
         start: i64,
         end: i64,
-        s: Stats,
+        stats: Stats,
         is_final: bool,
     ) -> Self {
         Self {
@@ -133,14 +126,7 @@ impl WindowResult {
             metric,
             window_start: start,
             window_end: end,
-            count: s.count,
-            sum: s.sum,
-            min: s.min,
-            max: s.max,
-            mean: s.mean,
-            stddev: s.stddev,
-            first_ts: s.first_ts,
-            last_ts: s.last_ts,
+            stats,
             is_final,
         }
     }

@@ -397,7 +397,7 @@ fn finality_and_lateness_at_the_exact_boundary() {
     let summary: Vec<(Epoch, i64, u64, f64)> = out
         .results
         .iter()
-        .map(|(e, r)| (*e, r.window_start - T0, r.count, r.sum))
+        .map(|(e, r)| (*e, r.window_start - T0, r.stats.count, r.stats.sum))
         .collect();
     // [T0, T0+10s) is final at epoch 2 with the first reading only; the last window at the end.
     assert_eq!(summary, vec![(2, 0, 1, 1.0), (4, 10_000, 3, 10.0)]);
