@@ -202,6 +202,49 @@ async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
         "2 processes vs 1 worker"
     );
 
+    // Updates mode: interim results with final=false, then exactly the final-mode records.
+    let (out, dlq) = (common::unique("out"), common::unique("dlq"));
+    let mut args = run_args(&addr, &input, &out, &dlq);
+    args.extend(["-w", "2", "--emit", "updates"]);
+    common::iotflow(&args);
+    let (updates, _) = outputs(&bootstrap, &out, &dlq).await;
+    let is_final = |v: &str| serde_json::from_str::<AggregateRecord>(v).unwrap().is_final;
+    let finals: Vec<(String, String)> = updates
+        .iter()
+        .filter(|(_, v)| is_final(v))
+        .cloned()
+        .collect();
+    assert_eq!(
+        finals, results[0].0,
+        "final records of updates mode = final mode"
+    );
+    let mut last_final_epoch: BTreeMap<&str, u64> = BTreeMap::new();
+    for (k, v) in &updates {
+        let a: AggregateRecord = serde_json::from_str(v).unwrap();
+        if a.is_final {
+            last_final_epoch.insert(k, a.epoch);
+        }
+    }
+    let interim: Vec<AggregateRecord> = updates
+        .iter()
+        .map(|(_, v)| serde_json::from_str::<AggregateRecord>(v).unwrap())
+        .filter(|a| !a.is_final)
+        .collect();
+    assert!(
+        interim.len() > 100,
+        "updates mode emitted {} interim results",
+        interim.len()
+    );
+    for a in &interim {
+        let key = a.key();
+        let final_epoch = last_final_epoch.get(key.as_str()).copied();
+        assert!(
+            final_epoch.is_some_and(|e| e >= a.epoch),
+            "{key}: update at epoch {} without a later final",
+            a.epoch
+        );
+    }
+
     // The Kafka path equals the same operators over the same records in memory.
     let parts: Vec<(i32, Vec<RawRecord>)> = read_topic(&bootstrap, &input)
         .await
