@@ -309,3 +309,103 @@ async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
     }
     assert_eq!(by_reason, injected);
 }
+
+/// A live run (time epochs): an empty partition goes idle and stops holding the
+/// watermark back, so windows are emitted; Ctrl-C then stops the job cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_partition_does_not_block_a_live_job_and_ctrl_c_stops_it() {
+    use rustix::process::{Pid, Signal, kill_process};
+
+    let broker = common::broker(Storage::Memory).await;
+    let addr = broker.addr().to_owned();
+    let bootstrap = broker.bootstrap();
+    let client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let input = common::unique("in");
+    topics::create_topics(&client, &bootstrap, &[TopicSpec::new(input.as_str(), 2)])
+        .await
+        .unwrap();
+    // One device: every record lands in one partition, the other stays empty.
+    let one_device = SimConfig {
+        devices: 1,
+        interval_ms: 100,
+        ..SimConfig::default()
+    };
+    let pace = Pace {
+        count: Some(2_000),
+        ..Pace::default()
+    };
+    produce(
+        &client,
+        &input,
+        Simulator::new(one_device).unwrap(),
+        pace,
+        ProducerConfig::default(),
+        Arc::new(Counters::default()),
+    )
+    .await
+    .unwrap();
+
+    let (out, dlq) = (common::unique("out"), common::unique("dlq"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iotflow"))
+        .args([
+            "run",
+            "--brokers",
+            &addr,
+            "--input",
+            &input,
+            "--output-topic",
+            &out,
+            "--dlq",
+            &dlq,
+        ])
+        .args([
+            "--idle-timeout",
+            "1s",
+            "--epoch-interval",
+            "100ms",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut emitted = 0;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let listed = topics::list_topics(&client).await.unwrap();
+        if listed.iter().any(|t| t.name == out) {
+            emitted = read_topic(&bootstrap, &out)
+                .await
+                .iter()
+                .map(|(_, r)| r.len())
+                .sum::<usize>();
+            if emitted > 0 {
+                break;
+            }
+        }
+    }
+    kill_process(Pid::from_child(&child), Signal::INT).unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        for _ in 0..150 {
+            if let Ok(Some(_)) = child.try_wait() {
+                return child.wait_with_output();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        child.wait_with_output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        emitted > 0,
+        "no window was emitted: the empty partition held the watermark back"
+    );
+    assert!(output.status.success(), "{:?}", output.status);
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["records"], 2_000);
+    assert!(summary["windows_final"].as_u64().unwrap() > 0);
+}
