@@ -65,6 +65,10 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Command::AggregateFile(args) = cli.command {
+        // Pure timely: no async runtime involved.
+        return finish(aggregate_file_cmd::run(args));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -75,10 +79,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Command::AggregateFile(args) = cli.command {
-        // Pure timely: no async runtime involved.
-        return finish(aggregate_file_cmd::run(args));
-    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::Broker(args) => broker_cmd::broker(&cli.home, args).await,
@@ -87,6 +87,7 @@ fn main() -> ExitCode {
             Command::Scan(args) => scan_cmd::run(&cli.home, args).await,
             Command::Run(args) => run_cmd::run(&cli.home, args).await,
             Command::Demo(args) => demo::run(args).await,
+            // Handled above, without a runtime.
             Command::AggregateFile(_) => Ok(()),
         }
     });
