@@ -186,13 +186,12 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     };
     source_cfg.until_end = args.until_end;
     source_cfg.idle_timeout = args.idle_timeout;
-    let listed = topics::list_topics(&target.client).await?;
+    // Topics created above have the input's partition count.
     let partitions_of = |name: &str| {
         listed
             .iter()
             .find(|t| t.name == name)
-            .map(|t| t.partitions.len())
-            .unwrap_or(1)
+            .map_or(input_partitions as usize, |t| t.partitions.len())
     };
     let sink = |topic: &str| KafkaSinkConfig {
         bootstrap: target.bootstrap.clone(),

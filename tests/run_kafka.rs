@@ -15,10 +15,12 @@ use iotflow_dataflow::job::{EmitMode, JobConfig, RawRecord};
 use iotflow_dataflow::runner::{Parallelism, run_bounded};
 use iotflow_dataflow::source::memory_inputs;
 use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowSpec};
+use iotflow_ingest::producer::ProduceSummary;
 use iotflow_ingest::producer::{Counters, Pace, ProducerConfig, class_name, produce};
 use iotflow_ingest::simulator::{SimConfig, Simulator};
+use iotflow_redpanda::rskafka::client::Client;
 use iotflow_redpanda::rskafka::client::partition::UnknownTopicHandling;
-use iotflow_redpanda::{Storage, TopicSpec, scan, topics};
+use iotflow_redpanda::{LocalBroker, Storage, TopicSpec, scan, topics};
 use iotflow_sink::records::{AggregateRecord, REASON_HEADER};
 
 const COUNT: u64 = 30_000;
@@ -127,32 +129,47 @@ fn run_args<'a>(addr: &'a str, input: &'a str, out: &'a str, dlq: &'a str) -> Ve
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
+/// A private broker with an input topic of `partitions` holding `count` simulated records.
+async fn broker_with_input(
+    partitions: i32,
+    sim: SimConfig,
+    count: u64,
+) -> (LocalBroker, Client, String, ProduceSummary) {
     let broker = common::broker(Storage::Memory).await;
-    let addr = broker.addr().to_owned();
     let bootstrap = broker.bootstrap();
     let client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30))
         .await
         .unwrap();
     let input = common::unique("in");
-    topics::create_topics(&client, &bootstrap, &[TopicSpec::new(input.as_str(), 4)])
-        .await
-        .unwrap();
+    topics::create_topics(
+        &client,
+        &bootstrap,
+        &[TopicSpec::new(input.as_str(), partitions)],
+    )
+    .await
+    .unwrap();
     let pace = Pace {
-        count: Some(COUNT),
+        count: Some(count),
         ..Pace::default()
     };
     let summary = produce(
         &client,
         &input,
-        Simulator::new(sim()).unwrap(),
+        Simulator::new(sim).unwrap(),
         pace,
         ProducerConfig::default(),
         Arc::new(Counters::default()),
     )
     .await
     .unwrap();
+    (broker, client, input, summary)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
+    let (broker, _, input, summary) = broker_with_input(4, sim(), COUNT).await;
+    let addr = broker.addr().to_owned();
+    let bootstrap = broker.bootstrap();
 
     // 1 worker and 2 workers.
     let mut results = Vec::new();
@@ -316,36 +333,15 @@ async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
 async fn an_idle_partition_does_not_block_a_live_job_and_ctrl_c_stops_it() {
     use rustix::process::{Pid, Signal, kill_process};
 
-    let broker = common::broker(Storage::Memory).await;
-    let addr = broker.addr().to_owned();
-    let bootstrap = broker.bootstrap();
-    let client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let input = common::unique("in");
-    topics::create_topics(&client, &bootstrap, &[TopicSpec::new(input.as_str(), 2)])
-        .await
-        .unwrap();
     // One device: every record lands in one partition, the other stays empty.
     let one_device = SimConfig {
         devices: 1,
         interval_ms: 100,
         ..SimConfig::default()
     };
-    let pace = Pace {
-        count: Some(2_000),
-        ..Pace::default()
-    };
-    produce(
-        &client,
-        &input,
-        Simulator::new(one_device).unwrap(),
-        pace,
-        ProducerConfig::default(),
-        Arc::new(Counters::default()),
-    )
-    .await
-    .unwrap();
+    let (broker, client, input, _) = broker_with_input(2, one_device, 2_000).await;
+    let addr = broker.addr().to_owned();
+    let bootstrap = broker.bootstrap();
 
     let (out, dlq) = (common::unique("out"), common::unique("dlq"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_iotflow"))

@@ -123,6 +123,21 @@ impl RunOutput {
     }
 }
 
+/// Appends everything `stream` carries, with its epoch, to one list of `out`.
+fn collect<T: Clone + 'static>(
+    stream: timely::dataflow::Stream<'_, Epoch, Vec<T>>,
+    name: &str,
+    out: Rc<RefCell<RunOutput>>,
+    list: fn(&mut RunOutput) -> &mut Vec<(Epoch, T)>,
+) {
+    stream.sink(Pipeline, name, move |(input, _frontier)| {
+        input.for_each(|time, data| {
+            let t = crate::job::epoch_of(&time);
+            list(&mut out.borrow_mut()).extend(data.drain(..).map(|x| (t, x)));
+        });
+    });
+}
+
 /// Runs the job over inputs that end, until every window is final and emitted.
 /// `inputs(worker, peers)` gives each worker its inputs.
 pub fn run_bounded<F>(
@@ -143,28 +158,15 @@ where
         worker.dataflow::<Epoch, _, _>(|scope| {
             let source = chunked_source(scope, owned);
             let streams = job::build(source, cfg, metrics);
-            let sink = Rc::clone(&collected);
-            streams
-                .results
-                .sink(Pipeline, "CollectResults", move |(input, _frontier)| {
-                    input.for_each(|time, data| {
-                        let t = crate::job::epoch_of(&time);
-                        sink.borrow_mut()
-                            .results
-                            .extend(data.drain(..).map(|r| (t, r)));
-                    });
-                });
-            let sink = Rc::clone(&collected);
-            streams
-                .dead
-                .sink(Pipeline, "CollectDead", move |(input, _frontier)| {
-                    input.for_each(|time, data| {
-                        let t = crate::job::epoch_of(&time);
-                        sink.borrow_mut()
-                            .dead
-                            .extend(data.drain(..).map(|d| (t, d)));
-                    });
-                });
+            collect(
+                streams.results,
+                "CollectResults",
+                Rc::clone(&collected),
+                |o| &mut o.results,
+            );
+            collect(streams.dead, "CollectDead", Rc::clone(&collected), |o| {
+                &mut o.dead
+            });
         });
         while worker.step_or_park(Some(Duration::from_millis(20))) {}
         collected.take()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use iotflow_dataflow::job::{DeadRecord, EmitMode, Epoch, JobConfig, RawRecord, WindowResult};
 use iotflow_dataflow::reading::{ParseLimits, RejectReason, parse_record};
-use iotflow_dataflow::runner::{Parallelism, run_bounded};
+use iotflow_dataflow::runner::{Parallelism, RunOutput, run_bounded};
 use iotflow_dataflow::source::memory_inputs;
 use iotflow_dataflow::{JobMetrics, Stats, TopK, WatermarkConfig, WindowSpec};
 use proptest::prelude::*;
@@ -167,30 +167,8 @@ fn oracle(parts: &Partitions, cfg: &JobConfig, n: u64) -> Outputs {
             }
         }
     }
-    results.sort_by(|a, b| {
-        (
-            a.0,
-            &a.1.device_id,
-            &a.1.metric,
-            a.1.window_start,
-            a.1.is_final,
-        )
-            .cmp(&(
-                b.0,
-                &b.1.device_id,
-                &b.1.metric,
-                b.1.window_start,
-                b.1.is_final,
-            ))
-    });
-    dead.sort_by(|a, b| {
-        (a.0, a.1.record.partition, a.1.record.offset).cmp(&(
-            b.0,
-            b.1.record.partition,
-            b.1.record.offset,
-        ))
-    });
-    (results, dead)
+    let sorted = RunOutput { results, dead }.sorted();
+    (sorted.results, sorted.dead)
 }
 
 const T0: i64 = 1_763_787_600_000;
