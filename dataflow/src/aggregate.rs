@@ -31,13 +31,32 @@ fn canonical(a: &(i64, f64), b: &(i64, f64)) -> Ordering {
     a.0.cmp(&b.0).then_with(|| a.1.total_cmp(&b.1))
 }
 
+/// `v`'s bits mapped so that unsigned order is `f64::total_cmp` order: window
+/// state keeps values as these, so an arrangement's sorted values are already
+/// in the canonical order [`Stats::of_sorted`] wants.
+pub fn ordered_bits(v: f64) -> u64 {
+    let b = v.to_bits();
+    if b >> 63 == 1 { !b } else { b | 1 << 63 }
+}
+
+/// The inverse of [`ordered_bits`].
+pub fn from_ordered_bits(b: u64) -> f64 {
+    f64::from_bits(if b >> 63 == 1 { b & !(1 << 63) } else { !b })
+}
+
 impl Stats {
     /// Statistics of `readings` (sorted in place); `None` when empty.
     pub fn of(readings: &mut [(i64, f64)]) -> Option<Stats> {
+        readings.sort_unstable_by(canonical);
+        Self::of_sorted(readings)
+    }
+
+    /// Statistics of `readings`, already sorted by (event time, `total_cmp`).
+    pub fn of_sorted(readings: &[(i64, f64)]) -> Option<Stats> {
         if readings.is_empty() {
             return None;
         }
-        readings.sort_unstable_by(canonical);
+        debug_assert!(readings.is_sorted_by(|a, b| canonical(a, b).is_le()));
         let count = readings.len() as u64;
         let sum = neumaier_sum(readings.iter().map(|r| r.1));
         let mean = sum / count as f64;
@@ -102,6 +121,13 @@ mod tests {
     }
 
     proptest! {
+        /// Ordered bits sort like `total_cmp` and round-trip every bit.
+        #[test]
+        fn ordered_bits_follow_total_order(a in any::<f64>(), b in any::<f64>()) {
+            prop_assert_eq!(ordered_bits(a).cmp(&ordered_bits(b)), a.total_cmp(&b));
+            prop_assert_eq!(from_ordered_bits(ordered_bits(a)).to_bits(), a.to_bits());
+        }
+
         /// Any permutation gives bit-identical statistics.
         #[test]
         fn order_does_not_change_a_single_bit(

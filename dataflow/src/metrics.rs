@@ -19,6 +19,10 @@ pub struct JobMetrics {
     /// The job watermark, epoch ms (`i64::MIN` until there is one).
     pub watermark_ms: AtomicI64,
     pub last_epoch: AtomicU64,
+    /// Updates held in the window-state arrangements, summed over workers.
+    pub window_state_updates: AtomicI64,
+    /// The most any one worker's window state held.
+    pub window_state_peak: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
 }
 
@@ -33,6 +37,8 @@ impl Default for JobMetrics {
             updates_emitted: AtomicU64::new(0),
             watermark_ms: AtomicI64::new(i64::MIN),
             last_epoch: AtomicU64::new(0),
+            window_state_updates: AtomicI64::new(0),
+            window_state_peak: AtomicU64::new(0),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }

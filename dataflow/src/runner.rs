@@ -18,6 +18,9 @@ use crate::job::{self, DeadRecord, Epoch, JobConfig, WindowResult};
 use crate::metrics::JobMetrics;
 use crate::source::{OwnedInput, chunked_source};
 
+/// Updates an arrangement merges per activation while it has nothing else to do.
+const IDLE_MERGE_EFFORT: isize = 4096;
+
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -60,6 +63,17 @@ impl Parallelism {
         if self.workers == 0 {
             return Err(RunError::Config("at least one worker is needed".into()));
         }
+        let mut config = self.communication_config()?;
+        // Closed windows are retracted from the window state; merging batches
+        // while idle is what turns the retractions into freed memory.
+        differential_dataflow::configure(
+            &mut config.worker,
+            &differential_dataflow::Config::default().idle_merge_effort(Some(IDLE_MERGE_EFFORT)),
+        );
+        Ok(config)
+    }
+
+    fn communication_config(&self) -> Result<timely::Config, RunError> {
         if self.processes <= 1 {
             return Ok(timely::Config::process(self.workers));
         }

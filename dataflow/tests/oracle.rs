@@ -389,3 +389,55 @@ fn finality_and_lateness_at_the_exact_boundary() {
         (3, RejectReason::Late, 3)
     );
 }
+
+/// Closed windows leave the arrangement: over a long stream the window state
+/// stays near what the open windows hold instead of growing with the input.
+#[test]
+fn window_state_forgets_closed_windows() {
+    const WINDOWS: i64 = 200;
+    const PER_WINDOW: i64 = 50;
+    let recs: Vec<RawRecord> = (0..WINDOWS * PER_WINDOW)
+        .map(|i| RawRecord {
+            partition: 0,
+            offset: i,
+            key: None,
+            // 10 s windows, PER_WINDOW readings each, in event-time order.
+            value: reading("a", T0 + i * (10_000 / PER_WINDOW), i as u64, i as f64).into(),
+        })
+        .collect();
+    let shared = Arc::new(vec![(0, recs)]);
+    let metrics = Arc::new(JobMetrics::default());
+    let cfg = JobConfig {
+        window: WindowSpec::tumbling(10_000).unwrap(),
+        lateness_ms: 0,
+        watermark: WatermarkConfig {
+            max_out_of_order_ms: 0,
+            idle_timeout_ms: 0,
+            outliers: 1,
+        },
+        emit: EmitMode::Final,
+        limits: ParseLimits::default(),
+    };
+    let out = run_bounded(
+        &Parallelism::default(),
+        cfg,
+        Arc::clone(&metrics),
+        move |w, p| memory_inputs(&shared, 10, w, p),
+    )
+    .unwrap();
+    assert_eq!(out.results.len(), WINDOWS as usize);
+    assert!(
+        out.results
+            .iter()
+            .all(|(_, r)| r.stats.count == PER_WINDOW as u64)
+    );
+    let peak = metrics
+        .window_state_peak
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // Everything at once would be WINDOWS × PER_WINDOW = 10,000 updates.
+    assert!(peak > 0, "the gauge is fed");
+    assert!(
+        peak <= 4 * PER_WINDOW as u64,
+        "window state peaked at {peak} updates"
+    );
+}

@@ -1,42 +1,74 @@
-//! Windows: dedupe, assign to event-time windows, emit when the frontier says so.
+//! Windows: dedupe, keep each window's readings in a differential arrangement,
+//! emit windows when the frontier and the watermark say so.
 //!
 //! ```text
-//!   Reading@e (exchanged by device) ──(device, seq, metric) seen?──▶ duplicate, dropped
-//!     ──▶ each window of its event time still open under W_{e−1} ──▶ window state
-//!   when both inputs passed e: apply reports of e → W_e
-//!     updates mode: changed open windows ──▶ WindowResult(final = false)
-//!     windows with end + lateness ≤ W_e ──▶ WindowResult(final = true); state dropped
+//!   Reading@e ──exchange by device──▶ Assign
+//!     (device, seq, metric) seen? ──▶ duplicate, dropped
+//!     each window of its event time still open under W_{e−1}
+//!       ──▶ ((device, metric, start), (ts, value)) +1 @e ──▶ WindowState arrangement
+//!     apply reports of e → W_e
+//!       ──▶ WindowEvent @e: closed (end + lateness ≤ W_e) / touched (updates mode)
+//!   Emit @e, once the arrangement is complete through e:
+//!     closed ──values from the trace──▶ WindowResult(final) + the values −1 @e+1 (fed back)
+//!     touched ──values from the trace──▶ WindowResult(final = false)
 //! ```
+//!
+//! The arrangement is the window state: it is sharded like the readings (by
+//! device, so it can use the workers' interned names), it compacts as epochs
+//! complete, and the retraction of a closed window makes the trace forget it.
+//! Its values sort by (event time, `total_cmp`), the canonical order of
+//! [`Stats::of_sorted`], so results are bit-identical however readings were
+//! spread over workers and epochs.
 //!
 //! Of copies with the same (device, seq, metric) the one from the earliest
 //! epoch survives, and within an epoch the smallest (event time, value), so
 //! even conflicting copies (not producer retries) give the same output in any
-//! arrival order. A window keeps its readings until it is final and computes statistics over
-//! them sorted, so results are bit-identical however records were spread over
-//! workers and epochs. Dedupe entries are dropped once every window their event
+//! arrival order. Dedupe entries are dropped once every window their event
 //! time belongs to is final: a later copy is then judged `late` upstream.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
-
-use compact_str::CompactString;
-use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::Ordering;
 
+use compact_str::CompactString;
+use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::operators::arrange::arrangement::arrange_core;
+use differential_dataflow::trace::cursor::{Cursor, cursor_list};
+use differential_dataflow::trace::implementations::spine_fueled::SpineBatch;
+use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
+use differential_dataflow::trace::{SpanOf, TraceReader};
+use rustc_hash::{FxHashMap, FxHashSet};
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::core::{Concat, ConnectLoop, Feedback};
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::progress::frontier::AntichainRef;
 
-use crate::aggregate::Stats;
-use crate::job::{Classified, Epoch, JobConfig, WindowResult};
+use crate::aggregate::{Stats, from_ordered_bits, ordered_bits};
+use crate::job::{Classified, EmitMode, Epoch, JobConfig, WindowResult};
 use crate::metrics::JobMetrics;
 use crate::reading::Reading;
 use crate::watermark::{ShareReport, WatermarkCombiner};
 
 /// (device id, metric id, window start), ids from this worker's [`Names`].
 type WindowKey = (u32, u32, i64);
+/// (event time, [`ordered_bits`] of the value).
+type WindowVal = (i64, u64);
+type Update = ((WindowKey, WindowVal), Epoch, isize);
+type StateSpine = ValSpine<WindowKey, WindowVal, Epoch, isize>;
 /// (device id, metric id, seq).
 type SeenKey = (u32, u32, u64);
+
+/// What Assign tells Emit about a window at an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct WindowEvent {
+    key: WindowKey,
+    /// Final under this epoch's watermark; otherwise it changed and stays open.
+    closed: bool,
+}
 
 /// Interns device and metric names: keys become small `Copy` tuples, hashed
 /// and compared without touching strings.
@@ -63,17 +95,6 @@ impl Names {
             .map(|n| n.to_string())
             .unwrap_or_default()
     }
-
-    /// The result of window `key` with statistics `s`.
-    fn result(&self, key: WindowKey, end: i64, s: Stats, is_final: bool) -> WindowResult {
-        WindowResult::new(self.name(key.0), self.name(key.1), key.2, end, s, is_final)
-    }
-}
-
-#[derive(Default)]
-struct WindowState {
-    values: Vec<(i64, f64)>,
-    changed: bool,
 }
 
 /// A stable hash of the device id: the same worker for a device in every process.
@@ -95,170 +116,350 @@ pub fn windows<'scope>(
     cfg: JobConfig,
     metrics: Arc<JobMetrics>,
 ) -> Stream<'scope, Epoch, Vec<WindowResult>> {
+    let scope = readings.scope();
+    let names = Rc::new(RefCell::new(Names::default()));
+    let (updates, events) = assign(
+        readings,
+        reports,
+        cfg,
+        Rc::clone(&names),
+        Arc::clone(&metrics),
+    );
+    let (retract_handle, retractions) = scope.feedback::<Vec<Update>>(1);
+    // Pipeline: Assign already put each device on its worker, and the ids are per worker.
+    let state = arrange_core::<_, _, ValBatcher<WindowKey, WindowVal, Epoch, isize>, StateSpine>(
+        updates.concat(retractions),
+        Pipeline,
+        "WindowState",
+        ValBatcher::new,
+    );
+    let (results, retractions) = emit(events, state.stream, state.trace, cfg, names, metrics);
+    retractions.connect_loop(retract_handle);
+    results
+}
+
+/// Dedupe, window assignment and window lifecycle; see the module docs.
+fn assign<'scope>(
+    readings: Stream<'scope, Epoch, Vec<Classified>>,
+    reports: Stream<'scope, Epoch, Vec<ShareReport>>,
+    cfg: JobConfig,
+    names: Rc<RefCell<Names>>,
+    metrics: Arc<JobMetrics>,
+) -> (
+    Stream<'scope, Epoch, Vec<Update>>,
+    Stream<'scope, Epoch, Vec<WindowEvent>>,
+) {
     let by_device = Exchange::new(|c: &Classified| match c {
         Classified::Reading(r) => device_hash(&r.device_id),
         _ => 0,
     });
-    readings.binary_frontier(
-        reports,
-        by_device,
-        Pipeline,
-        "Windows",
-        move |cap, _info| {
-            let mut cap = Some(cap);
-            let mut next: Epoch = 0;
-            let mut pending: BTreeMap<Epoch, Vec<Reading>> = BTreeMap::new();
-            let mut pending_reports: BTreeMap<Epoch, Vec<ShareReport>> = BTreeMap::new();
-            let mut combiner = WatermarkCombiner::new(cfg.watermark);
-            let mut names = Names::default();
-            let mut state: FxHashMap<WindowKey, WindowState> = FxHashMap::default();
-            // Windows by the watermark that finalizes them: end + lateness.
-            let mut closing: BTreeMap<i64, Vec<WindowKey>> = BTreeMap::new();
-            let mut seen: FxHashSet<SeenKey> = FxHashSet::default();
-            let mut seen_expiry: BTreeMap<i64, Vec<SeenKey>> = BTreeMap::new();
+    let mut builder = OperatorBuilder::new("Assign".to_owned(), readings.scope());
+    let mut readings_in = builder.new_input(readings, by_device);
+    let mut reports_in = builder.new_input(reports, Pipeline);
+    let (updates_out, updates) = builder.new_output::<Vec<Update>>();
+    let (events_out, events) = builder.new_output::<Vec<WindowEvent>>();
+    let mut updates_out = OutputBuilder::from(updates_out);
+    let mut events_out = OutputBuilder::from(events_out);
 
-            move |(readings_in, readings_frontier), (reports_in, reports_frontier), output| {
-                readings_in.for_each(|time, data| {
-                    let bucket = pending.entry(crate::job::epoch_of(&time)).or_default();
-                    bucket.extend(data.drain(..).filter_map(|c| match c {
-                        Classified::Reading(r) => Some(r),
-                        _ => None,
-                    }));
-                });
-                reports_in.for_each(|time, data| {
-                    pending_reports
-                        .entry(crate::job::epoch_of(&time))
-                        .or_default()
-                        .append(data)
-                });
-                while let Some(c) = cap.as_mut() {
-                    if readings_frontier.less_equal(&next) || reports_frontier.less_equal(&next) {
-                        break;
-                    }
-                    let wm_before = combiner.watermark();
-                    let (mut duplicates, mut partial) = (0u64, 0u64);
-                    // Dedupe in two passes so the survivor of conflicting copies does
-                    // not depend on arrival order: an earlier epoch's copy wins, and
-                    // within an epoch the smallest (event time, value).
-                    let readings = pending.remove(&next).unwrap_or_default();
-                    let mut keep = vec![true; readings.len()];
-                    let mut chosen: FxHashMap<SeenKey, usize> = FxHashMap::default();
-                    let mut ids = Vec::with_capacity(readings.len());
-                    for (i, r) in readings.iter().enumerate() {
-                        let (device, metric) = (names.id(&r.device_id), names.id(&r.metric));
-                        ids.push((device, metric));
-                        let Some(seq) = r.seq else { continue };
-                        let key = (device, metric, seq);
-                        if seen.contains(&key) {
-                            duplicates += 1;
-                            keep[i] = false;
+    builder.build(move |caps| {
+        let mut caps = Some(caps);
+        let mut next: Epoch = 0;
+        let mut pending: BTreeMap<Epoch, Vec<Reading>> = BTreeMap::new();
+        let mut pending_reports: BTreeMap<Epoch, Vec<ShareReport>> = BTreeMap::new();
+        let mut combiner = WatermarkCombiner::new(cfg.watermark);
+        let mut open: FxHashSet<WindowKey> = FxHashSet::default();
+        // Open windows by the watermark that finalizes them: end + lateness.
+        let mut closing: BTreeMap<i64, Vec<WindowKey>> = BTreeMap::new();
+        let mut seen: FxHashSet<SeenKey> = FxHashSet::default();
+        let mut seen_expiry: BTreeMap<i64, Vec<SeenKey>> = BTreeMap::new();
+        let mut touched: FxHashSet<WindowKey> = FxHashSet::default();
+
+        move |frontiers| {
+            readings_in.for_each(|time, data| {
+                let bucket = pending.entry(crate::job::epoch_of(&time)).or_default();
+                bucket.extend(data.drain(..).filter_map(|c| match c {
+                    Classified::Reading(r) => Some(r),
+                    _ => None,
+                }));
+            });
+            reports_in.for_each(|time, data| {
+                pending_reports
+                    .entry(crate::job::epoch_of(&time))
+                    .or_default()
+                    .append(data)
+            });
+            let (readings_frontier, reports_frontier) = (&frontiers[0], &frontiers[1]);
+            while let Some([updates_cap, events_cap]) = caps.as_deref_mut() {
+                if readings_frontier.less_equal(&next) || reports_frontier.less_equal(&next) {
+                    break;
+                }
+                let wm_before = combiner.watermark();
+                let readings = pending.remove(&next).unwrap_or_default();
+                let mut names = names.borrow_mut();
+                let ids: Vec<(u32, u32)> = readings
+                    .iter()
+                    .map(|r| (names.id(&r.device_id), names.id(&r.metric)))
+                    .collect();
+                drop(names);
+                let (keep, duplicates) = dedupe(&readings, &ids, &seen);
+                for (key, i) in keep.iter().enumerate().filter_map(|(i, k)| {
+                    let seq = readings[i].seq?;
+                    k.then_some(((ids[i].0, ids[i].1, seq), i))
+                }) {
+                    let last_end = cfg
+                        .window
+                        .windows_of(readings[i].ts_ms)
+                        .last()
+                        .map(|s| cfg.window.end(s).saturating_add(cfg.lateness_ms))
+                        .unwrap_or(i64::MAX);
+                    seen.insert(key);
+                    seen_expiry.entry(last_end).or_default().push(key);
+                }
+                let mut partial = 0u64;
+                let mut out: Vec<Update> = Vec::with_capacity(readings.len());
+                for ((r, (device, metric)), _) in
+                    readings.iter().zip(ids).zip(&keep).filter(|(_, k)| **k)
+                {
+                    for start in cfg.window.windows_of(r.ts_ms) {
+                        if cfg.is_final(start, wm_before) {
+                            partial += 1;
                             continue;
                         }
-                        match chosen.entry(key) {
-                            std::collections::hash_map::Entry::Vacant(v) => {
-                                v.insert(i);
-                            }
-                            std::collections::hash_map::Entry::Occupied(mut o) => {
-                                duplicates += 1;
-                                let j = *o.get();
-                                let rank = |x: &Reading| (x.ts_ms, x.value.to_bits());
-                                if rank(r) < rank(&readings[j]) {
-                                    keep[j] = false;
-                                    o.insert(i);
-                                } else {
-                                    keep[i] = false;
-                                }
-                            }
+                        let key = (device, metric, start);
+                        if open.insert(key) {
+                            let close_at = cfg.window.end(start).saturating_add(cfg.lateness_ms);
+                            closing.entry(close_at).or_default().push(key);
+                        }
+                        if cfg.emit == EmitMode::Updates {
+                            touched.insert(key);
+                        }
+                        out.push(((key, (r.ts_ms, ordered_bits(r.value))), next, 1));
+                    }
+                }
+                for r in pending_reports.remove(&next).unwrap_or_default() {
+                    combiner.apply(&r);
+                }
+                let mut window_events: Vec<WindowEvent> = Vec::new();
+                if let Some(w) = combiner.watermark() {
+                    while let Some(entry) = closing.first_entry() {
+                        if *entry.key() > w {
+                            break;
+                        }
+                        for key in entry.remove() {
+                            open.remove(&key);
+                            touched.remove(&key);
+                            window_events.push(WindowEvent { key, closed: true });
                         }
                     }
-                    for (key, i) in chosen {
-                        let last_end = cfg
-                            .window
-                            .windows_of(readings[i].ts_ms)
-                            .last()
-                            .map(|s| cfg.window.end(s).saturating_add(cfg.lateness_ms))
-                            .unwrap_or(i64::MAX);
-                        seen.insert(key);
-                        seen_expiry.entry(last_end).or_default().push(key);
-                    }
-                    for ((r, (device, metric)), _) in
-                        readings.iter().zip(ids).zip(&keep).filter(|(_, k)| **k)
-                    {
-                        for start in cfg.window.windows_of(r.ts_ms) {
-                            if cfg.is_final(start, wm_before) {
-                                partial += 1;
-                                continue;
-                            }
-                            let key = (device, metric, start);
-                            let w = state.entry(key).or_insert_with_key(|k| {
-                                let close_at = cfg.window.end(k.2).saturating_add(cfg.lateness_ms);
-                                closing.entry(close_at).or_default().push(*k);
-                                WindowState::default()
-                            });
-                            w.values.push((r.ts_ms, r.value));
-                            w.changed = true;
+                    while let Some(entry) = seen_expiry.first_entry() {
+                        if *entry.key() > w {
+                            break;
+                        }
+                        for key in entry.remove() {
+                            seen.remove(&key);
                         }
                     }
-                    for r in pending_reports.remove(&next).unwrap_or_default() {
-                        combiner.apply(&r);
-                    }
-                    let wm = combiner.watermark();
-                    let mut out: Vec<WindowResult> = Vec::new();
-                    if let Some(w) = wm {
-                        while let Some(entry) = closing.first_entry() {
-                            if *entry.key() > w {
-                                break;
-                            }
-                            for key in entry.remove() {
-                                if let Some(mut ws) = state.remove(&key)
-                                    && let Some(s) = Stats::of(&mut ws.values)
-                                {
-                                    let end = cfg.window.end(key.2);
-                                    out.push(names.result(key, end, s, true));
-                                }
-                            }
-                        }
-                        while let Some(entry) = seen_expiry.first_entry() {
-                            if *entry.key() > w {
-                                break;
-                            }
-                            for key in entry.remove() {
-                                seen.remove(&key);
-                            }
-                        }
-                    }
-                    let finals = out.len() as u64;
-                    if cfg.emit == crate::job::EmitMode::Updates {
-                        for (key, ws) in state.iter_mut().filter(|(_, ws)| ws.changed) {
-                            ws.changed = false;
-                            let mut values = ws.values.clone();
-                            if let Some(s) = Stats::of(&mut values) {
-                                let end = cfg.window.end(key.2);
-                                out.push(names.result(*key, end, s, false));
-                            }
-                        }
-                    }
-                    metrics.duplicates.fetch_add(duplicates, Ordering::Relaxed);
-                    metrics.late_partial.fetch_add(partial, Ordering::Relaxed);
-                    metrics.windows_emitted.fetch_add(finals, Ordering::Relaxed);
-                    metrics
-                        .updates_emitted
-                        .fetch_add(out.len() as u64 - finals, Ordering::Relaxed);
-                    if !out.is_empty() {
-                        // Unordered: workers interleave anyway; sinks sort by key.
-                        output.session(c).give_iterator(out.into_iter());
-                    }
-                    if readings_frontier.is_empty()
-                        && reports_frontier.is_empty()
-                        && pending.is_empty()
-                    {
-                        cap = None;
-                        break;
-                    }
-                    next += 1;
-                    c.downgrade(&next);
+                }
+                window_events.extend(
+                    touched
+                        .drain()
+                        .map(|key| WindowEvent { key, closed: false }),
+                );
+                metrics.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+                metrics.late_partial.fetch_add(partial, Ordering::Relaxed);
+                if !out.is_empty() {
+                    updates_out
+                        .activate()
+                        .session(updates_cap)
+                        .give_container(&mut out);
+                }
+                if !window_events.is_empty() {
+                    events_out
+                        .activate()
+                        .session(events_cap)
+                        .give_container(&mut window_events);
+                }
+                if readings_frontier.frontier().is_empty()
+                    && reports_frontier.frontier().is_empty()
+                    && pending.is_empty()
+                {
+                    caps = None;
+                    break;
+                }
+                next += 1;
+                updates_cap.downgrade(&next);
+                events_cap.downgrade(&next);
+            }
+        }
+    });
+    (updates, events)
+}
+
+/// Which of an epoch's `readings` survive dedupe against `seen` and each
+/// other, and how many did not. `ids` are their (device, metric) ids.
+fn dedupe(readings: &[Reading], ids: &[(u32, u32)], seen: &FxHashSet<SeenKey>) -> (Vec<bool>, u64) {
+    // Two passes so the survivor of conflicting copies does not depend on
+    // arrival order: an earlier epoch's copy wins, and within an epoch the
+    // smallest (event time, value).
+    let mut keep = vec![true; readings.len()];
+    let mut chosen: FxHashMap<SeenKey, usize> = FxHashMap::default();
+    let mut duplicates = 0u64;
+    for (i, r) in readings.iter().enumerate() {
+        let Some(seq) = r.seq else { continue };
+        let key = (ids[i].0, ids[i].1, seq);
+        if seen.contains(&key) {
+            duplicates += 1;
+            keep[i] = false;
+            continue;
+        }
+        match chosen.entry(key) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                duplicates += 1;
+                let j = *o.get();
+                let rank = |x: &Reading| (x.ts_ms, x.value.to_bits());
+                if rank(r) < rank(&readings[j]) {
+                    keep[j] = false;
+                    o.insert(i);
+                } else {
+                    keep[i] = false;
                 }
             }
-        },
-    )
+        }
+    }
+    (keep, duplicates)
+}
+
+/// Reads closed and touched windows out of the arrangement; see the module docs.
+fn emit<'scope>(
+    events: Stream<'scope, Epoch, Vec<WindowEvent>>,
+    batches: Stream<'scope, Epoch, Vec<SpanOf<TraceAgent<StateSpine>>>>,
+    trace: TraceAgent<StateSpine>,
+    cfg: JobConfig,
+    names: Rc<RefCell<Names>>,
+    metrics: Arc<JobMetrics>,
+) -> (
+    Stream<'scope, Epoch, Vec<WindowResult>>,
+    Stream<'scope, Epoch, Vec<Update>>,
+) {
+    let mut builder = OperatorBuilder::new("Emit".to_owned(), events.scope());
+    let mut events_in = builder.new_input(events, Pipeline);
+    // Only its frontier matters: past e, the trace holds every update of e.
+    let mut batches_in = builder.new_input(batches, Pipeline);
+    let (results_out, results) = builder.new_output::<Vec<WindowResult>>();
+    let (retract_out, retractions) = builder.new_output::<Vec<Update>>();
+    let mut results_out = OutputBuilder::from(results_out);
+    let mut retract_out = OutputBuilder::from(retract_out);
+
+    builder.build(move |caps| {
+        let mut caps = Some(caps);
+        let mut trace = Some(trace);
+        let mut next: Epoch = 0;
+        let mut pending: BTreeMap<Epoch, Vec<WindowEvent>> = BTreeMap::new();
+        let mut values: Vec<(i64, f64)> = Vec::new();
+        let mut state_len: i64 = 0;
+
+        move |frontiers| {
+            events_in.for_each(|time, data| {
+                pending
+                    .entry(crate::job::epoch_of(&time))
+                    .or_default()
+                    .append(data)
+            });
+            batches_in.for_each(|_, _| {});
+            let (events_frontier, batches_frontier) = (&frontiers[0], &frontiers[1]);
+            while let (Some([results_cap, retract_cap]), Some(tr)) =
+                (caps.as_deref_mut(), trace.as_mut())
+            {
+                if events_frontier.less_equal(&next) || batches_frontier.less_equal(&next) {
+                    break;
+                }
+                let mut window_events = pending.remove(&next).unwrap_or_default();
+                // Nothing reads the state after the last epoch: forgetting it is wasted work.
+                let retract = !(events_frontier.frontier().is_empty() && pending.is_empty());
+                let mut out: Vec<WindowResult> = Vec::new();
+                let mut undo: Vec<Update> = Vec::new();
+                if !window_events.is_empty() {
+                    window_events.sort_unstable();
+                    // Everything through `next` is in the trace; no update is later (we
+                    // hold the capability for the only input that could add one).
+                    let batches = tr
+                        .batches_through(AntichainRef::new(&[]))
+                        .unwrap_or_default();
+                    let (mut cursor, storage) = cursor_list(batches);
+                    let names = names.borrow();
+                    for ev in window_events {
+                        cursor.seek_key(&storage, &ev.key);
+                        if cursor.get_key(&storage) != Some(&ev.key) {
+                            continue;
+                        }
+                        values.clear();
+                        while let Some(&(ts, bits)) = cursor.get_val(&storage) {
+                            let mut n: isize = 0;
+                            cursor.map_times(&storage, |_, d| n += *d);
+                            if n > 0 {
+                                let v = from_ordered_bits(bits);
+                                values.extend(std::iter::repeat_n((ts, v), n as usize));
+                            }
+                            if ev.closed && retract && n != 0 {
+                                undo.push(((ev.key, (ts, bits)), next + 1, -n));
+                            }
+                            cursor.step_val(&storage);
+                        }
+                        if let Some(s) = Stats::of_sorted(&values) {
+                            let (device, metric, start) = ev.key;
+                            out.push(WindowResult::new(
+                                names.name(device),
+                                names.name(metric),
+                                start,
+                                cfg.window.end(start),
+                                s,
+                                ev.closed,
+                            ));
+                        }
+                    }
+                }
+                let finals = out.iter().filter(|r| r.is_final).count() as u64;
+                metrics.windows_emitted.fetch_add(finals, Ordering::Relaxed);
+                metrics
+                    .updates_emitted
+                    .fetch_add(out.len() as u64 - finals, Ordering::Relaxed);
+                if !out.is_empty() {
+                    // Unordered: workers interleave anyway; sinks sort by key.
+                    results_out
+                        .activate()
+                        .session(results_cap)
+                        .give_container(&mut out);
+                }
+                if !undo.is_empty() {
+                    retract_out
+                        .activate()
+                        .session(retract_cap)
+                        .give_container(&mut undo);
+                }
+                next += 1;
+                tr.set_logical_compaction(AntichainRef::new(&[next]));
+                tr.set_physical_compaction(AntichainRef::new(&[next]));
+                let mut held = 0usize;
+                tr.map_spans(|s| held += s.inner.as_ref().map_or(0, |b| b.len()));
+                metrics
+                    .window_state_updates
+                    .fetch_add(held as i64 - state_len, Ordering::Relaxed);
+                metrics
+                    .window_state_peak
+                    .fetch_max(held as u64, Ordering::Relaxed);
+                state_len = held as i64;
+                if events_frontier.frontier().is_empty() && pending.is_empty() {
+                    caps = None;
+                    trace = None;
+                    break;
+                }
+                results_cap.downgrade(&next);
+                retract_cap.downgrade(&next);
+            }
+        }
+    });
+    (results, retractions)
 }
