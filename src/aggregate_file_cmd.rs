@@ -1,5 +1,5 @@
-//! `iotflow aggregate-file`: the dataflow over a JSON-lines file, results as
-//! CSV. This is the hook the peer benchmarks call (`RUST_BIN`): the same
+//! `iotflow aggregate-file`: the dataflow over a JSON-lines or Parquet file,
+//! results as CSV. This is the hook the peer benchmarks call (`RUST_BIN`): the same
 //! operators as `run`, with a file source instead of Kafka.
 
 use std::io::{BufWriter, Write};
@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use iotflow_dataflow::job::{EmitMode, JobConfig};
+use iotflow_dataflow::parquet_file::{ParquetInputError, parquet_share};
 use iotflow_dataflow::runner::{Parallelism, run_bounded};
 use iotflow_dataflow::source::{InputError, jsonl_share};
 use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowSpec};
 
 #[derive(Debug, Args)]
 pub struct AggregateFileArgs {
-    /// Readings as JSON lines (canonical, flat or long shape).
+    /// Readings as JSON lines, or Parquet if the name ends in `.parquet` (canonical,
+    /// flat or long shape; in Parquet a `metrics` struct or map column is the canonical shape).
     input: PathBuf,
     /// Where to write the CSV: device_id,sensor,window_start,window_end,count,sum,min,max,mean.
     output: PathBuf,
@@ -29,7 +31,8 @@ pub struct AggregateFileArgs {
     /// Bounded out-of-orderness of the watermark.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     max_out_of_order: Duration,
-    /// Bytes of input per epoch: epochs, and so results, do not depend on the worker count.
+    /// Bytes of JSON-lines input per epoch (Parquet: one epoch per row group): epochs, and
+    /// so results, do not depend on the worker count.
     #[arg(long, default_value_t = 8 << 20)]
     epoch_bytes: u64,
 }
@@ -43,9 +46,7 @@ pub fn run(args: AggregateFileArgs) -> Result<()> {
     if !args.input.is_file() {
         bail!("input {} is not a file", args.input.display());
     }
-    if args.input.extension().is_some_and(|e| e == "parquet") {
-        bail!("Parquet input is not supported yet; pass the JSON-lines file");
-    }
+    let parquet = args.input.extension().is_some_and(|e| e == "parquet");
     let cfg = JobConfig {
         window: WindowSpec::tumbling(millis(args.window))?,
         lateness_ms: 0,
@@ -65,17 +66,17 @@ pub fn run(args: AggregateFileArgs) -> Result<()> {
         ..Parallelism::default()
     };
     let epoch_bytes = args.epoch_bytes;
-    let out = run_bounded(
-        &parallelism,
-        cfg,
-        Arc::clone(&metrics),
-        move |w, peers| match jsonl_share(
-            &input,
-            w as u32,
-            peers as u32,
-            epoch_bytes,
-            Arc::clone(&err_slot),
-        ) {
+    let out = run_bounded(&parallelism, cfg, Arc::clone(&metrics), move |w, peers| {
+        let (share, shares, slot) = (w as u32, peers as u32, Arc::clone(&err_slot));
+        let opened = if parquet {
+            parquet_share(&input, share, shares, slot).map_err(|e| match e {
+                ParquetInputError::Io(e) => e,
+                other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
+            })
+        } else {
+            jsonl_share(&input, share, shares, epoch_bytes, slot)
+        };
+        match opened {
             Ok(i) => vec![i],
             Err(e) => {
                 if let Ok(mut slot) = err_slot.lock() {
@@ -83,8 +84,8 @@ pub fn run(args: AggregateFileArgs) -> Result<()> {
                 }
                 Vec::new()
             }
-        },
-    )?;
+        }
+    })?;
     if let Some((path, e)) = error.lock().ok().and_then(|mut s| s.take()) {
         return Err(e).with_context(|| format!("reading {}", path.display()));
     }

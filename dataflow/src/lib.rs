@@ -16,6 +16,7 @@ pub mod job;
 pub mod kafka;
 pub mod metrics;
 pub mod operators;
+pub mod parquet_file;
 pub mod reading;
 pub mod runner;
 pub mod source;

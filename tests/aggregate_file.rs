@@ -1,0 +1,181 @@
+//! `iotflow aggregate-file`, the peers' benchmark hook, end to end: the same
+//! readings as JSON lines and as Parquet give the same CSV for 1 and 2
+//! workers, equal to a naive recomputation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float64Array, Int64Array, LargeStringArray, RecordBatch};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+
+const SENSORS: [&str; 3] = ["temperature", "humidity", "pressure"];
+
+struct Row {
+    device: String,
+    sensor: &'static str,
+    ts_ms: i64,
+    value: f64,
+    seq: i64,
+}
+
+/// Like `peers/gen.py`: arrival order, 15 % of events up to 1999 ms older than their arrival.
+fn rows(n: usize) -> Vec<Row> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut seqs: BTreeMap<u64, i64> = BTreeMap::new();
+    (0..n)
+        .map(|i| {
+            let dev = next() % 40;
+            let delay = if next() % 100 < 15 {
+                (next() % 1999 + 1) as i64
+            } else {
+                0
+            };
+            let seq = seqs.entry(dev).or_default();
+            *seq += 1;
+            Row {
+                device: format!("dev-{dev:05}"),
+                sensor: SENSORS[(next() % 3) as usize],
+                ts_ms: 1_700_000_000_000 + (i as i64 * 1000) / 300 - delay,
+                value: (next() % 100_000) as f64 / 997.0,
+                seq: *seq,
+            }
+        })
+        .collect()
+}
+
+fn write_jsonl(path: &Path, rows: &[Row]) {
+    let text: String = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{{\"device_id\":\"{}\",\"sensor\":\"{}\",\"ts_ms\":{},\"value\":{:?},\"seq\":{}}}\n",
+                r.device, r.sensor, r.ts_ms, r.value, r.seq
+            )
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+fn write_parquet(path: &Path, rows: &[Row]) {
+    let batch = RecordBatch::try_from_iter(vec![
+        (
+            "device_id",
+            Arc::new(LargeStringArray::from_iter_values(
+                rows.iter().map(|r| &r.device),
+            )) as ArrayRef,
+        ),
+        (
+            "sensor",
+            Arc::new(LargeStringArray::from_iter_values(
+                rows.iter().map(|r| r.sensor),
+            )) as ArrayRef,
+        ),
+        (
+            "ts_ms",
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.ts_ms))) as ArrayRef,
+        ),
+        (
+            "value",
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.value))) as ArrayRef,
+        ),
+        (
+            "seq",
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.seq))) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(4_000))
+        .build();
+    let mut w =
+        ArrowWriter::try_new(File::create(path).unwrap(), batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+fn aggregate_file(input: &Path, output: &Path, workers: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_iotflow"))
+        .args(["aggregate-file", "--epoch-bytes", "65536", "-w", workers])
+        .arg(input)
+        .arg(output)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("PROC_SECONDS="), "{stdout}");
+    std::fs::read_to_string(output).unwrap()
+}
+
+#[test]
+fn jsonl_and_parquet_agree_for_1_and_2_workers_and_match_a_naive_recomputation() {
+    let rows = rows(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let (jsonl, parquet) = (dir.path().join("r.jsonl"), dir.path().join("r.parquet"));
+    write_jsonl(&jsonl, &rows);
+    write_parquet(&parquet, &rows);
+
+    let reference = aggregate_file(&jsonl, &dir.path().join("j1.csv"), "1");
+    for (input, workers) in [(&jsonl, "2"), (&parquet, "1"), (&parquet, "2")] {
+        let got = aggregate_file(input, &dir.path().join("x.csv"), workers);
+        assert!(
+            got == reference,
+            "{} with {workers} workers differs",
+            input.display()
+        );
+    }
+
+    // The disorder stays within the 2 s watermark slack, so every reading counts.
+    let mut naive: BTreeMap<(String, &str, i64), Vec<f64>> = BTreeMap::new();
+    for r in &rows {
+        naive
+            .entry((
+                r.device.clone(),
+                r.sensor,
+                r.ts_ms.div_euclid(10_000) * 10_000,
+            ))
+            .or_default()
+            .push(r.value);
+    }
+    let lines: Vec<&str> = reference.lines().collect();
+    assert_eq!(
+        lines[0],
+        "device_id,sensor,window_start,window_end,count,sum,min,max,mean"
+    );
+    assert_eq!(lines.len() - 1, naive.len());
+    for (line, ((device, sensor, start), values)) in lines[1..].iter().zip(&naive) {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(
+            (f[0], f[1], f[2]),
+            (device.as_str(), *sensor, start.to_string().as_str())
+        );
+        assert_eq!(f[3], (start + 10_000).to_string());
+        assert_eq!(f[4], values.len().to_string());
+        let sum: f64 = values.iter().sum();
+        let close = |a: &str, b: f64| {
+            let a: f64 = a.parse().unwrap();
+            (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+        };
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        assert!(
+            close(f[5], sum) && close(f[8], sum / values.len() as f64),
+            "{line}"
+        );
+        assert!(close(f[6], min) && close(f[7], max), "{line}");
+    }
+}
