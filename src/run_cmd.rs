@@ -222,7 +222,8 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
                         Arc::clone(&source_err),
                         Arc::clone(&stop),
                     );
-                    let streams = job::build(source, job_cfg, Arc::clone(&metrics));
+                    let streams =
+                        job::build(source, job_cfg, Arc::clone(&metrics), Arc::clone(&stop));
                     publish_aggregates(
                         streams.results,
                         agg_cfg.clone(),
@@ -271,11 +272,13 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
             }
         })
     };
+    let interrupted = Arc::new(AtomicBool::new(false));
     let ctrl_c = {
-        let stop = Arc::clone(&stop);
+        let (stop, interrupted) = (Arc::clone(&stop), Arc::clone(&interrupted));
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("stopping: finishing the current epoch (open windows are not emitted)");
+                interrupted.store(true, Relaxed);
                 stop.store(true, Relaxed);
             }
         })
@@ -288,6 +291,11 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
         if let Some(e) = slot.lock().ok().and_then(|mut s| s.take()) {
             bail!("the job failed: {e}");
         }
+    }
+    if stop.load(Relaxed) && !interrupted.load(Relaxed) {
+        bail!(
+            "the job stopped because a source in another process stopped (see that process's log)"
+        );
     }
     let s = summary(&metrics, started);
     if args.json {

@@ -405,3 +405,86 @@ async fn an_idle_partition_does_not_block_a_live_job_and_ctrl_c_stops_it() {
     assert_eq!(summary["records"], 2_000);
     assert!(summary["windows_final"].as_u64().unwrap() > 0);
 }
+
+/// Two live processes: Ctrl-C in one stops the other too (a peer that stops
+/// must never leave the rest of the job waiting for it forever), and the
+/// other says why with a non-zero exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_stopping_stops_the_whole_job() {
+    use rustix::process::{Pid, Signal, kill_process};
+
+    let (broker, _, input, _) = broker_with_input(2, sim(), 2_000).await;
+    let addr = broker.addr().to_owned();
+    let (out, dlq) = (common::unique("out"), common::unique("dlq"));
+    let dir = tempfile::tempdir().unwrap();
+    let hostfile = dir.path().join("hosts");
+    let ports = [
+        iotflow_redpanda::local::free_port().unwrap(),
+        iotflow_redpanda::local::free_port().unwrap(),
+    ];
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
+    )
+    .unwrap();
+    let mut children: Vec<_> = ["0", "1"]
+        .iter()
+        .map(|p| {
+            Command::new(env!("CARGO_BIN_EXE_iotflow"))
+                .args(["run", "--brokers", &addr, "--input", &input])
+                .args([
+                    "--output-topic",
+                    &out,
+                    "--dlq",
+                    &dlq,
+                    "--epoch-interval",
+                    "100ms",
+                ])
+                .args(["-n", "2", "-p", p, "--hostfile", hostfile.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Live and caught up: without --until-end neither would ever finish by itself.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for c in children.iter_mut() {
+        assert!(c.try_wait().unwrap().is_none(), "a live job exited early");
+    }
+    kill_process(Pid::from_child(&children[1]), Signal::INT).unwrap();
+    let outputs = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|mut child| {
+                for _ in 0..300 {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return (true, child.wait_with_output().unwrap());
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = child.kill();
+                (false, child.wait_with_output().unwrap())
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let stderr = |i: usize| String::from_utf8_lossy(&outputs[i].1.stderr).into_owned();
+    assert!(
+        outputs[0].0,
+        "process 0 kept running after process 1 stopped"
+    );
+    assert!(
+        outputs[1].0,
+        "process 1 did not stop on Ctrl-C: {}",
+        stderr(1)
+    );
+    assert!(outputs[1].1.status.success(), "{}", stderr(1));
+    assert!(!outputs[0].1.status.success());
+    assert!(
+        stderr(0).contains("another process stopped"),
+        "{}",
+        stderr(0)
+    );
+}

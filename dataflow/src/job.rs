@@ -15,6 +15,7 @@
 //! record-count epochs the output is the same for any number of workers.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
@@ -149,15 +150,17 @@ pub struct JobStreams<'scope> {
     pub reports: Stream<'scope, Epoch, Vec<ShareReport>>,
 }
 
-/// Builds the dataflow over `source` in its scope.
+/// Builds the dataflow over `source` in its scope. `stop` is raised when any
+/// source of the job, in any process, reports [`ShareState::Stopped`].
 pub fn build<'scope>(
     source: Stream<'scope, Epoch, Vec<SourceEvent>>,
     cfg: JobConfig,
     metrics: Arc<JobMetrics>,
+    stop: Arc<AtomicBool>,
 ) -> JobStreams<'scope> {
     let scope = source.scope();
     let (loop_handle, fed_back) = scope.feedback::<Vec<ShareReport>>(1);
-    let classified = classify::classify(source, fed_back, cfg, Arc::clone(&metrics));
+    let classified = classify::classify(source, fed_back, cfg, Arc::clone(&metrics), stop);
     let mut parts = classified
         .partition::<timely::container::CapacityContainerBuilder<Vec<Classified>>, _, _>(3, |c| {
             match c {

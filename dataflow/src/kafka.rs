@@ -162,10 +162,29 @@ pub fn kafka_source<'scope>(
         let mut owned = owned;
         move |output| {
             let Some(c) = cap.as_mut() else { return };
-            if owned.is_empty()
-                || stop.load(Ordering::Relaxed)
-                || error.lock().map(|e| e.is_some()).unwrap_or(true)
-            {
+            if stop.load(Ordering::Relaxed) || error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                // Tell every worker of every process, so none waits for us forever.
+                let mut session = output.session(c);
+                // A worker without partitions still tells the others, as partition −1.
+                let stopped: Vec<(i32, i64)> = if owned.is_empty() {
+                    vec![(-1, 0)]
+                } else {
+                    owned.iter().map(|o| (o.partition, o.next_offset)).collect()
+                };
+                for (partition, next_offset) in stopped {
+                    session.give(SourceEvent::Status(PartitionStatus {
+                        partition,
+                        share: 0,
+                        shares: 1,
+                        state: ShareState::Stopped,
+                        next_offset,
+                    }));
+                }
+                drop(session);
+                cap = None;
+                return;
+            }
+            if owned.is_empty() {
                 cap = None;
                 return;
             }

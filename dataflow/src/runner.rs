@@ -171,7 +171,7 @@ where
         let metrics = Arc::clone(&metrics);
         worker.dataflow::<Epoch, _, _>(|scope| {
             let source = chunked_source(scope, owned);
-            let streams = job::build(source, cfg, metrics);
+            let streams = job::build(source, cfg, metrics, Arc::default());
             collect(
                 streams.results,
                 "CollectResults",

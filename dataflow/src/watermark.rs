@@ -83,6 +83,9 @@ pub enum ShareState {
     Idle,
     /// Bounded input fully read.
     Finished,
+    /// The source stopped early (error or interrupt): every worker of every
+    /// process stops too, and nothing is final because of it.
+    Stopped,
 }
 
 /// What one share of a partition says at the end of an epoch.
@@ -136,7 +139,7 @@ impl WatermarkCombiner {
             entry.0.merge(&r.top);
             entry.2 += 1;
             entry.3 &= r.state == ShareState::Finished;
-            entry.4 &= r.state != ShareState::Active;
+            entry.4 &= matches!(r.state, ShareState::Idle | ShareState::Finished);
         }
         for (top, shares, reported, finished, quiet) in partitions.values() {
             let wm = top
@@ -263,6 +266,23 @@ mod tests {
         assert_eq!(c.watermark(), Some(59_000));
         c.apply(&report(1, &[60_000, 61_000], ShareState::Finished));
         assert_eq!(c.watermark(), Some(i64::MAX));
+    }
+
+    /// A stopped source is not an idle one: everyone else going idle or
+    /// finishing must not close windows it may still hold readings for.
+    #[test]
+    fn a_stopped_partition_still_holds_it_back() {
+        let mut c = WatermarkCombiner::new(cfg());
+        c.apply(&report(0, &[50_000, 51_000], ShareState::Finished));
+        c.apply(&report(1, &[20_000, 21_000], ShareState::Stopped));
+        assert_eq!(c.watermark(), Some(19_000));
+        c.apply(&report(2, &[], ShareState::Stopped));
+        c.apply(&report(1, &[40_000, 41_000], ShareState::Active));
+        assert_eq!(
+            c.watermark(),
+            Some(19_000),
+            "a stopped partition without data blocks"
+        );
     }
 
     #[test]

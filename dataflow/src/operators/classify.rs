@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
@@ -22,7 +22,7 @@ use timely::dataflow::operators::generic::Operator;
 use crate::job::{Classified, DeadRecord, Epoch, JobConfig, PartitionStatus, SourceEvent};
 use crate::metrics::JobMetrics;
 use crate::reading::{Reading, RejectReason, parse_record};
-use crate::watermark::{ShareReport, TopK, WatermarkCombiner};
+use crate::watermark::{ShareReport, ShareState, TopK, WatermarkCombiner};
 
 /// See the module docs. `reports` is the broadcast report stream, fed back with +1.
 pub fn classify<'scope>(
@@ -30,6 +30,7 @@ pub fn classify<'scope>(
     reports: Stream<'scope, Epoch, Vec<ShareReport>>,
     cfg: JobConfig,
     metrics: Arc<JobMetrics>,
+    stop: Arc<AtomicBool>,
 ) -> Stream<'scope, Epoch, Vec<Classified>> {
     source.binary_frontier(
         reports,
@@ -70,6 +71,10 @@ pub fn classify<'scope>(
                             break;
                         }
                         for r in entry.remove() {
+                            if r.state == ShareState::Stopped {
+                                // One stopped source stops the job in every process.
+                                stop.store(true, Ordering::Relaxed);
+                            }
                             combiner.apply(&r);
                         }
                     }
