@@ -9,8 +9,10 @@ DEBUG_BIN := $(CARGO_TARGET_DIR)/debug/iotflow
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release/iotflow
 BENCH_COUNT ?= 1000000
 BENCH_N ?= 2000000
+FUZZ_SECONDS ?= 60
+TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
-.PHONY: help demo test tansu nextest build release lint fmt bench bench-ingest bench-dataflow clean
+.PHONY: help demo test tansu nextest build release lint fmt bench bench-ingest bench-dataflow fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +52,12 @@ bench-ingest: release tansu-release ## Produce throughput into the local broker,
 
 bench-dataflow: release tansu-release ## Dataflow throughput: file source, end to end vs raw fetch, peers
 	BIN=$(RELEASE_BIN) BENCH_N=$(BENCH_N) ./scripts/bench-dataflow.sh
+
+fuzz: ## Fuzz the reading parser with cargo fuzz for FUZZ_SECONDS (needs a nightly toolchain)
+	@rustup run nightly rustc --version >/dev/null 2>&1 || { echo "make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 1; }
+	@test -x $(TOOLS_BIN)/cargo-fuzz || $(CARGO) install cargo-fuzz --locked --root $(HOME)/.cache/iotflow/tools
+	cd dataflow && PATH=$(TOOLS_BIN):$$PATH cargo +nightly fuzz run parse_record \
+		--target-dir $(HOME)/.cache/iotflow/fuzz-target -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
 
 clean: ## Remove build output and local data
 	$(CARGO) clean
