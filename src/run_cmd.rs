@@ -216,14 +216,21 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
         tokio::task::spawn_blocking(move || {
             let guards = timely::execute(timely_config, move |worker| {
                 worker.dataflow::<Epoch, _, _>(|scope| {
+                    let gate = job::Backpressure::new(Arc::clone(&metrics));
                     let source = kafka_source(
                         scope,
                         source_cfg.clone(),
                         Arc::clone(&source_err),
                         Arc::clone(&stop),
+                        gate.clone(),
                     );
-                    let streams =
-                        job::build(source, job_cfg, Arc::clone(&metrics), Arc::clone(&stop));
+                    let streams = job::build(
+                        source,
+                        job_cfg,
+                        Arc::clone(&metrics),
+                        Arc::clone(&stop),
+                        &gate,
+                    );
                     publish_aggregates(
                         streams.results,
                         agg_cfg.clone(),

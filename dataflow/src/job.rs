@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
+use timely::dataflow::ProbeHandle;
 use timely::dataflow::Stream;
-use timely::dataflow::operators::core::{ConnectLoop, Feedback, Partition};
+use timely::dataflow::operators::core::{ConnectLoop, Feedback, Partition, Probe};
 use timely::dataflow::operators::vec::Broadcast;
 
 use crate::aggregate::Stats;
@@ -36,6 +37,44 @@ pub type Epoch = u64;
 /// one capability, so a stamp is a single epoch; its least element is it.
 pub fn epoch_of(cap: &timely::dataflow::operators::InputCapability<Epoch>) -> Epoch {
     cap.least().copied().unwrap_or_default()
+}
+
+/// How many epochs a source may run ahead of the last epoch the dataflow completed.
+pub const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
+
+/// Backpressure from the end of the dataflow to its sources: a source starts
+/// epoch e only once every epoch before e − [`MAX_EPOCHS_IN_FLIGHT`] is
+/// complete at the probed outputs, so a slow operator holds the source (and
+/// the Kafka fetcher's bounded queues hold the broker) instead of buffers
+/// growing between operators. One per worker; `build` attaches it.
+#[derive(Clone, Debug)]
+pub struct Backpressure {
+    probe: ProbeHandle<Epoch>,
+    metrics: Arc<JobMetrics>,
+}
+
+impl Backpressure {
+    pub fn new(metrics: Arc<JobMetrics>) -> Self {
+        Self {
+            probe: ProbeHandle::new(),
+            metrics,
+        }
+    }
+
+    /// Whether a source may start `epoch` now.
+    pub fn admits(&self, epoch: Epoch) -> bool {
+        let done = self
+            .probe
+            .with_frontier(|f| f.iter().min().copied().unwrap_or(Epoch::MAX));
+        let admitted = epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT) <= done;
+        if admitted {
+            self.metrics.epochs_in_flight_peak.fetch_max(
+                epoch.saturating_sub(done),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        admitted
+    }
 }
 
 /// When windows are emitted.
@@ -151,12 +190,14 @@ pub struct JobStreams<'scope> {
 }
 
 /// Builds the dataflow over `source` in its scope. `stop` is raised when any
-/// source of the job, in any process, reports [`ShareState::Stopped`].
+/// source of the job, in any process, reports [`ShareState::Stopped`];
+/// `gate` probes the outputs for the source's backpressure.
 pub fn build<'scope>(
     source: Stream<'scope, Epoch, Vec<SourceEvent>>,
     cfg: JobConfig,
     metrics: Arc<JobMetrics>,
     stop: Arc<AtomicBool>,
+    gate: &Backpressure,
 ) -> JobStreams<'scope> {
     let scope = source.scope();
     let (loop_handle, fed_back) = scope.feedback::<Vec<ShareReport>>(1);
@@ -186,7 +227,8 @@ pub fn build<'scope>(
         })
         .broadcast();
     reports.clone().connect_loop(loop_handle);
-    let results = windows::windows(readings, reports.clone(), cfg, metrics);
+    let results = windows::windows(readings, reports.clone(), cfg, metrics).probe_with(&gate.probe);
+    let dead = dead.probe_with(&gate.probe);
     JobStreams {
         results,
         dead,

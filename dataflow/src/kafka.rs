@@ -23,7 +23,7 @@ use rskafka::client::partition::UnknownTopicHandling;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
-use crate::job::{Epoch, PartitionStatus, RawRecord, SourceEvent};
+use crate::job::{Backpressure, Epoch, PartitionStatus, RawRecord, SourceEvent};
 use crate::watermark::ShareState;
 
 /// How the source cuts epochs.
@@ -127,6 +127,7 @@ pub fn kafka_source<'scope>(
     cfg: KafkaSourceConfig,
     error: SourceError,
     stop: Arc<AtomicBool>,
+    gate: Backpressure,
 ) -> Stream<'scope, Epoch, Vec<SourceEvent>> {
     let (worker, peers) = (scope.index(), scope.peers());
     source(scope, "KafkaSource", move |cap, info| {
@@ -186,6 +187,11 @@ pub fn kafka_source<'scope>(
             }
             if owned.is_empty() {
                 cap = None;
+                return;
+            }
+            if !gate.admits(epoch) {
+                // Records wait in the bounded queues; full queues pause the fetcher.
+                activator.activate_after(crate::source::GATE_RETRY);
                 return;
             }
             let per_epoch = match cfg.epochs {

@@ -23,6 +23,8 @@ pub struct JobMetrics {
     pub window_state_updates: AtomicI64,
     /// The most any one worker's window state held.
     pub window_state_peak: AtomicU64,
+    /// The furthest a source started an epoch ahead of the completed ones.
+    pub epochs_in_flight_peak: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
 }
 
@@ -39,6 +41,7 @@ impl Default for JobMetrics {
             last_epoch: AtomicU64::new(0),
             window_state_updates: AtomicI64::new(0),
             window_state_peak: AtomicU64::new(0),
+            epochs_in_flight_peak: AtomicU64::new(0),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }

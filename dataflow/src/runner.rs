@@ -170,8 +170,9 @@ where
         let owned = inputs(index, peers);
         let metrics = Arc::clone(&metrics);
         worker.dataflow::<Epoch, _, _>(|scope| {
-            let source = chunked_source(scope, owned);
-            let streams = job::build(source, cfg, metrics, Arc::default());
+            let gate = job::Backpressure::new(Arc::clone(&metrics));
+            let source = chunked_source(scope, owned, gate.clone());
+            let streams = job::build(source, cfg, metrics, Arc::default(), &gate);
             collect(
                 streams.results,
                 "CollectResults",

@@ -21,11 +21,13 @@ use bytes::Bytes;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
-use crate::job::{Epoch, PartitionStatus, RawRecord, SourceEvent};
+use crate::job::{Backpressure, Epoch, PartitionStatus, RawRecord, SourceEvent};
 use crate::watermark::ShareState;
 
 /// Records handed to the source per activation, so other operators get to run.
 const BATCH: usize = 16_384;
+/// How soon a source held back by backpressure looks again.
+pub(crate) const GATE_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// One input owned by this worker.
 pub struct OwnedInput {
@@ -68,6 +70,7 @@ impl Cursor {
 pub fn chunked_source<'scope>(
     scope: Scope<'scope, Epoch>,
     inputs: Vec<OwnedInput>,
+    gate: Backpressure,
 ) -> Stream<'scope, Epoch, Vec<SourceEvent>> {
     source(scope, "ChunkedSource", move |cap, info| {
         let activator = scope.activator_for(info.address);
@@ -88,6 +91,10 @@ pub fn chunked_source<'scope>(
             let Some(c) = cap.as_mut() else { return };
             if cursors.is_empty() {
                 cap = None;
+                return;
+            }
+            if !gate.admits(epoch) {
+                activator.activate_after(GATE_RETRY);
                 return;
             }
             let mut budget = BATCH;

@@ -393,7 +393,7 @@ fn finality_and_lateness_at_the_exact_boundary() {
 /// Closed windows leave the arrangement: over a long stream the window state
 /// stays near what the open windows hold instead of growing with the input.
 #[test]
-fn window_state_forgets_closed_windows() {
+fn window_state_forgets_closed_windows_and_the_source_waits_for_the_dataflow() {
     const WINDOWS: i64 = 200;
     const PER_WINDOW: i64 = 50;
     let recs: Vec<RawRecord> = (0..WINDOWS * PER_WINDOW)
@@ -439,5 +439,13 @@ fn window_state_forgets_closed_windows() {
     assert!(
         peak <= 4 * PER_WINDOW as u64,
         "window state peaked at {peak} updates"
+    );
+    // Backpressure: the source never ran more than the allowed epochs ahead.
+    let ahead = metrics
+        .epochs_in_flight_peak
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=iotflow_dataflow::job::MAX_EPOCHS_IN_FLIGHT).contains(&ahead),
+        "source ran {ahead} epochs ahead"
     );
 }
