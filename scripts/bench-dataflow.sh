@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Dataflow benchmarks: figures, not assertions.
-#   1. the file-source job (aggregate-file) at 1 and 2 workers on the peers' data,
+#   1. the file-source job (aggregate-file) at 1 and 2 workers on the peers' data
+#      (JSON lines and Parquet),
 #      checked against DuckDB's output;
 #   2. end to end through the local broker in bounded mode, next to rskafka's raw
 #      fetch rate on the same broker in the same run;
@@ -25,12 +26,14 @@ ref=out/duckdb-jsonl_ref_$N.csv
 [ -f "$ref" ] || $PY job_duckdb.py "$data" "$ref" >/dev/null
 
 echo "== 1. file source: iotflow aggregate-file, $N readings ($(du -h "$data" | cut -f1)), 10 s tumbling, 2 s watermark"
-printf '%-8s %10s %14s %12s %s\n' workers seconds readings/s "peak RSS" "matches DuckDB"
-for w in 1 2; do
-  out=$($BIN aggregate-file "$data" "out/iotflow_w$w.csv" -w "$w" 2>/dev/null)
-  secs=$(sed -n 's/^PROC_SECONDS=//p' <<<"$out")
-  /usr/bin/time -f '%M' -o rss.txt "$BIN" aggregate-file "$data" "out/iotflow_w$w.csv" -w "$w" >/dev/null 2>&1
-  printf '%-8s %10s %14.0f %9s MB %s\n' "$w" "$secs" "$(python3 -c "print($N / $secs)")" "$(( $(cat rss.txt) / 1024 ))" "$($PY compare.py "$ref" "out/iotflow_w$w.csv")"
+printf '%-8s %-8s %10s %14s %12s %s\n' input workers seconds readings/s "peak RSS" "matches DuckDB"
+for input in "$data" "${data%.jsonl}.parquet"; do
+  for w in 1 2; do
+    out=$($BIN aggregate-file "$input" "out/iotflow_w$w.csv" -w "$w" 2>/dev/null)
+    secs=$(sed -n 's/^PROC_SECONDS=//p' <<<"$out")
+    /usr/bin/time -f '%M' -o rss.txt "$BIN" aggregate-file "$input" "out/iotflow_w$w.csv" -w "$w" >/dev/null 2>&1
+    printf '%-8s %-8s %10s %14.0f %9s MB %s\n' "${input##*.}" "$w" "$secs" "$(python3 -c "print($N / $secs)")" "$(( $(cat rss.txt) / 1024 ))" "$($PY compare.py "$ref" "out/iotflow_w$w.csv")"
+  done
 done
 echo "DuckDB on the same file: $($PY job_duckdb.py "$data" out/duckdb_again.csv | sed -n 's/^PROC_SECONDS=//p') s"
 
@@ -59,4 +62,4 @@ echo
 echo "== 3. peers (shared/peers/run_all.sh), N=$N"
 printf '#!/bin/sh\nexec "%s" aggregate-file "$1" "$2" -w 2\n' "$BIN" > iotflow_rust_bin.sh
 chmod +x iotflow_rust_bin.sh
-RUST_BIN=$work/iotflow_rust_bin.sh ENGINES="${PEER_ENGINES:-duckdb-parquet duckdb-jsonl rust-jsonl flink bytewax}" ./run_all.sh "$N" 2>&1 | tail -12
+RUST_BIN=$work/iotflow_rust_bin.sh ENGINES="${PEER_ENGINES:-duckdb-parquet duckdb-jsonl rust-jsonl rust-parquet flink bytewax}" ./run_all.sh "$N" 2>&1 | tail -12

@@ -5,20 +5,20 @@
 //!   Reading@e ──exchange by device──▶ Assign
 //!     (device, seq, metric) seen? ──▶ duplicate, dropped
 //!     each window of its event time still open under W_{e−1}
-//!       ──▶ ((device, metric, start), (ts, value)) +1 @e ──▶ WindowState arrangement
+//!       ──▶ ((device, metric, start), sorted run of (ts, value)) +1 @e ──▶ WindowState arrangement
 //!     apply reports of e → W_e
 //!       ──▶ WindowEvent @e: closed (end + lateness ≤ W_e) / touched (updates mode)
 //!   Emit @e, once the arrangement is complete through e:
-//!     closed ──values from the trace──▶ WindowResult(final) + the values −1 @e+1 (fed back)
-//!     touched ──values from the trace──▶ WindowResult(final = false)
+//!     closed ──runs from the trace, merged──▶ WindowResult(final) + the runs −1 @e+1 (fed back)
+//!     touched ──runs from the trace, merged──▶ WindowResult(final = false)
 //! ```
 //!
 //! The arrangement is the window state: it is sharded like the readings (by
 //! device, so it can use the workers' interned names), it compacts as epochs
 //! complete, and the retraction of a closed window makes the trace forget it.
-//! Its values sort by (event time, `total_cmp`), the canonical order of
-//! [`Stats::of_sorted`], so results are bit-identical however readings were
-//! spread over workers and epochs.
+//! A window's runs merge into (event time, `total_cmp`) order, the canonical
+//! order of [`Stats::of_sorted`], so results are bit-identical however
+//! readings were spread over workers and epochs.
 //!
 //! Of copies with the same (device, seq, metric) the one from the earliest
 //! epoch survives, and within an epoch the smallest (event time, value), so
@@ -55,8 +55,11 @@ use crate::watermark::{ShareReport, WatermarkCombiner};
 
 /// (device id, metric id, window start), ids from this worker's [`Names`].
 type WindowKey = (u32, u32, i64);
-/// (event time, [`ordered_bits`] of the value).
-type WindowVal = (i64, u64);
+/// One epoch's readings of one window on one worker: (event time,
+/// [`ordered_bits`] of the value), sorted. Runs, not single readings, are the
+/// arrangement's values: an update per window and epoch instead of one per
+/// reading, so sorting and merging batches costs a fraction as much.
+type WindowVal = Vec<(i64, u64)>;
 type Update = ((WindowKey, WindowVal), Epoch, isize);
 type StateSpine = ValSpine<WindowKey, WindowVal, Epoch, isize>;
 /// (device id, metric id, seq).
@@ -216,7 +219,7 @@ fn assign<'scope>(
                     seen_expiry.entry(last_end).or_default().push(key);
                 }
                 let mut partial = 0u64;
-                let mut out: Vec<Update> = Vec::with_capacity(readings.len());
+                let mut runs: FxHashMap<WindowKey, WindowVal> = FxHashMap::default();
                 for ((r, (device, metric)), _) in
                     readings.iter().zip(ids).zip(&keep).filter(|(_, k)| **k)
                 {
@@ -226,16 +229,32 @@ fn assign<'scope>(
                             continue;
                         }
                         let key = (device, metric, start);
-                        if open.insert(key) {
-                            let close_at = cfg.window.end(start).saturating_add(cfg.lateness_ms);
-                            closing.entry(close_at).or_default().push(key);
+                        let value = (r.ts_ms, ordered_bits(r.value));
+                        match runs.entry(key) {
+                            std::collections::hash_map::Entry::Occupied(o) => {
+                                o.into_mut().push(value)
+                            }
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                if open.insert(key) {
+                                    let close_at =
+                                        cfg.window.end(start).saturating_add(cfg.lateness_ms);
+                                    closing.entry(close_at).or_default().push(key);
+                                }
+                                if cfg.emit == EmitMode::Updates {
+                                    touched.insert(key);
+                                }
+                                v.insert(vec![value]);
+                            }
                         }
-                        if cfg.emit == EmitMode::Updates {
-                            touched.insert(key);
-                        }
-                        out.push(((key, (r.ts_ms, ordered_bits(r.value))), next, 1));
                     }
                 }
+                let mut out: Vec<Update> = runs
+                    .into_iter()
+                    .map(|(key, mut run)| {
+                        run.sort_unstable();
+                        ((key, run), next, 1)
+                    })
+                    .collect();
                 for r in pending_reports.remove(&next).unwrap_or_default() {
                     combiner.apply(&r);
                 }
@@ -359,6 +378,7 @@ fn emit<'scope>(
         let mut next: Epoch = 0;
         let mut pending: BTreeMap<Epoch, Vec<WindowEvent>> = BTreeMap::new();
         let mut values: Vec<(i64, f64)> = Vec::new();
+        let mut merged: Vec<(i64, u64)> = Vec::new();
         let mut state_len: i64 = 0;
 
         move |frontiers| {
@@ -395,19 +415,22 @@ fn emit<'scope>(
                         if cursor.get_key(&storage) != Some(&ev.key) {
                             continue;
                         }
-                        values.clear();
-                        while let Some(&(ts, bits)) = cursor.get_val(&storage) {
+                        merged.clear();
+                        while let Some(run) = cursor.get_val(&storage) {
                             let mut n: isize = 0;
                             cursor.map_times(&storage, |_, d| n += *d);
-                            if n > 0 {
-                                let v = from_ordered_bits(bits);
-                                values.extend(std::iter::repeat_n((ts, v), n as usize));
+                            for _ in 0..n.max(0) {
+                                merged.extend_from_slice(run);
                             }
                             if ev.closed && retract && n != 0 {
-                                undo.push(((ev.key, (ts, bits)), next + 1, -n));
+                                undo.push(((ev.key, run.clone()), next + 1, -n));
                             }
                             cursor.step_val(&storage);
                         }
+                        // (ts, ordered bits) order is the canonical (ts, total_cmp) order.
+                        merged.sort_unstable();
+                        values.clear();
+                        values.extend(merged.iter().map(|&(ts, b)| (ts, from_ordered_bits(b))));
                         if let Some(s) = Stats::of_sorted(&values) {
                             let (device, metric, start) = ev.key;
                             out.push(WindowResult::new(
