@@ -5,10 +5,11 @@
 //!   [issue 4] stage ▶ commit (`iot.progress`) ▶ publish (Kafka, Parquet) ▶ recover
 //! ```
 //!
-//! Today: the output record formats. The exactly-once commit protocol (a pure
-//! state machine plus Kafka, Parquet and state-dir adapters) lands here next.
+//! Today: the output record formats and the commit protocol's pure core
+//! (`protocol`); its Kafka, Parquet and state-dir adapters land here next.
 
 pub mod kafka;
+pub mod protocol;
 pub mod records;
 
 pub use records::{AggregateRecord, DeadLetter};
