@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub const COMMIT_FORMAT: u32 = 1;
 
 /// What can be wrong with protocol input.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
     #[error("commit record is {0} bytes: too short to hold a checksum")]
     Truncated(usize),
