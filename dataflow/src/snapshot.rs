@@ -1,0 +1,305 @@
+//! What a worker's dataflow state looks like at an epoch boundary, in a form
+//! that survives a restart with a different worker count: names, not the
+//! per-worker ids the operators use, and a checksum over the bytes.
+//!
+//! ```text
+//!   Classify: top event times of its partitions ─┐
+//!   Assign:   dedupe keys + their expiry          ├─▶ WorkerSnapshot ─encode (JSON + CRC)─▶ bytes
+//!   Emit:     open windows' readings              │
+//!   every worker: the latest report of each share ┘
+//!   snapshots of N workers ──reshard──▶ snapshots of M workers
+//!     (partitions round-robin like the Kafka source, devices by `device_hash`)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::operators::windows::device_hash;
+use crate::watermark::ShareReport;
+
+/// Bumped when the layout changes; older binaries refuse newer snapshots.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// Why snapshot bytes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot is {0} bytes: too short to hold a checksum")]
+    Truncated(usize),
+    #[error("snapshot checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("snapshot is not valid: {0}")]
+    Decode(String),
+    #[error("snapshot format {found} is newer than this binary's {SNAPSHOT_FORMAT}")]
+    Format { found: u32 },
+    #[error("snapshots disagree: {0}")]
+    Inconsistent(String),
+}
+
+/// A dedupe key and the watermark at which it is forgotten.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SeenKey {
+    pub device: String,
+    pub metric: String,
+    pub seq: u64,
+    pub expires_at: i64,
+}
+
+/// An open window and the readings it holds, as (event time, value bits).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OpenWindow {
+    pub device: String,
+    pub metric: String,
+    pub start: i64,
+    /// `(ts, f64::to_bits(value))`, sorted: bits, so snapshots compare exactly.
+    pub readings: Vec<(i64, u64)>,
+}
+
+/// One worker's state after an epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSnapshot {
+    pub format: u32,
+    pub epoch: u64,
+    pub worker: u32,
+    pub workers: u32,
+    /// The latest report of every share: the watermark's inputs (the same on every worker).
+    pub reports: Vec<ShareReport>,
+    /// Top event times per input partition this worker reads.
+    pub tops: Vec<(i32, Vec<i64>)>,
+    pub seen: Vec<SeenKey>,
+    pub windows: Vec<OpenWindow>,
+}
+
+impl WorkerSnapshot {
+    /// JSON, then a CRC-32 of it (4 bytes, big endian).
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain structs of strings and integers always serialise.
+        let mut out = serde_json::to_vec(self).unwrap_or_default();
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let Some(split) = bytes.len().checked_sub(4) else {
+            return Err(SnapshotError::Truncated(bytes.len()));
+        };
+        let (json, tail) = bytes.split_at(split);
+        let stored = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]);
+        let computed = crc32fast::hash(json);
+        if stored != computed {
+            return Err(SnapshotError::Checksum { stored, computed });
+        }
+        let s: WorkerSnapshot =
+            serde_json::from_slice(json).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        if s.format > SNAPSHOT_FORMAT {
+            return Err(SnapshotError::Format { found: s.format });
+        }
+        Ok(s)
+    }
+}
+
+/// The worker that reads input partition `partition` when `workers` workers
+/// share `partitions` partitions: round-robin in partition order, as the Kafka
+/// source assigns them.
+pub fn partition_owner(partition: i32, partitions: &[i32], workers: u32) -> u32 {
+    let rank = partitions.iter().filter(|p| **p < partition).count() as u32;
+    rank % workers.max(1)
+}
+
+/// The worker that owns `device`'s windows and dedupe keys among `workers`.
+pub fn device_owner(device: &str, workers: u32) -> u32 {
+    (device_hash(device) % u64::from(workers.max(1))) as u32
+}
+
+/// Redistributes one epoch's snapshots of any number of workers over
+/// `workers` workers; the union of the state is unchanged and every entry
+/// lands where the new workers' routing sends its key. `partitions` are the
+/// input's partitions.
+pub fn reshard(
+    snapshots: &[WorkerSnapshot],
+    workers: u32,
+    partitions: &[i32],
+) -> Result<Vec<WorkerSnapshot>, SnapshotError> {
+    let Some(first) = snapshots.first() else {
+        return Err(SnapshotError::Inconsistent("no snapshots".into()));
+    };
+    if snapshots.len() != first.workers as usize {
+        return Err(SnapshotError::Inconsistent(format!(
+            "{} snapshots for {} workers",
+            snapshots.len(),
+            first.workers
+        )));
+    }
+    if let Some(s) = snapshots.iter().find(|s| s.epoch != first.epoch) {
+        return Err(SnapshotError::Inconsistent(format!(
+            "epochs {} and {}",
+            first.epoch, s.epoch
+        )));
+    }
+    let workers = workers.max(1);
+    let mut out: Vec<WorkerSnapshot> = (0..workers)
+        .map(|worker| WorkerSnapshot {
+            format: SNAPSHOT_FORMAT,
+            epoch: first.epoch,
+            worker,
+            workers,
+            reports: first.reports.clone(),
+            tops: Vec::new(),
+            seen: Vec::new(),
+            windows: Vec::new(),
+        })
+        .collect();
+    for s in snapshots {
+        for (partition, top) in &s.tops {
+            out[partition_owner(*partition, partitions, workers) as usize]
+                .tops
+                .push((*partition, top.clone()));
+        }
+        for k in &s.seen {
+            out[device_owner(&k.device, workers) as usize]
+                .seen
+                .push(k.clone());
+        }
+        for w in &s.windows {
+            out[device_owner(&w.device, workers) as usize]
+                .windows
+                .push(w.clone());
+        }
+    }
+    // One canonical layout: the bytes depend on the state, not on the old sharding.
+    for s in &mut out {
+        s.tops.sort();
+        s.seen.sort();
+        s.windows.sort();
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::watermark::ShareState;
+
+    fn snapshot(worker: u32, workers: u32, devices: &[&str]) -> WorkerSnapshot {
+        WorkerSnapshot {
+            format: SNAPSHOT_FORMAT,
+            epoch: 7,
+            worker,
+            workers,
+            reports: vec![ShareReport {
+                partition: 0,
+                share: 0,
+                shares: 1,
+                top: vec![5, 4],
+                state: ShareState::Active,
+            }],
+            tops: vec![(worker as i32, vec![10, 9])],
+            seen: devices
+                .iter()
+                .map(|d| SeenKey {
+                    device: (*d).into(),
+                    metric: "t".into(),
+                    seq: 1,
+                    expires_at: 100,
+                })
+                .collect(),
+            windows: devices
+                .iter()
+                .map(|d| OpenWindow {
+                    device: (*d).into(),
+                    metric: "t".into(),
+                    start: 0,
+                    readings: vec![(1, 2.5f64.to_bits())],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_every_corruption_is_caught() {
+        let s = snapshot(0, 1, &["a", "b"]);
+        let bytes = s.encode();
+        assert_eq!(WorkerSnapshot::decode(&bytes).unwrap(), s);
+        for i in (0..bytes.len()).step_by(7) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            assert!(
+                WorkerSnapshot::decode(&bad).is_err(),
+                "flip at {i} accepted"
+            );
+        }
+        assert!(WorkerSnapshot::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert_eq!(
+            WorkerSnapshot::decode(&[]),
+            Err(SnapshotError::Truncated(0))
+        );
+    }
+
+    #[test]
+    fn partitions_go_where_the_kafka_source_reads_them() {
+        let parts = [4, 0, 3, 1, 2];
+        let owners: Vec<u32> = (0..5).map(|p| partition_owner(p, &parts, 2)).collect();
+        assert_eq!(owners, [0, 1, 0, 1, 0]);
+        for workers in 1..4usize {
+            for w in 0..workers {
+                for p in crate::kafka::owned_partitions(&parts, w, workers) {
+                    assert_eq!(partition_owner(p, &parts, workers as u32), w as u32);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn inconsistent_sets_are_refused() {
+        let a = snapshot(0, 2, &["a"]);
+        assert!(
+            reshard(&[a.clone()], 1, &[0, 1]).is_err(),
+            "one of two snapshots"
+        );
+        let mut b = snapshot(1, 2, &["b"]);
+        b.epoch = 8;
+        assert!(reshard(&[a, b], 1, &[0, 1]).is_err(), "two epochs");
+        assert!(reshard(&[], 1, &[0]).is_err());
+    }
+
+    proptest! {
+        /// Resharding N → M keeps exactly the same state, puts every key on the
+        /// worker the routing picks, and M → N → M is the identity.
+        #[test]
+        fn resharding_keeps_the_state_and_routes_every_key(
+            devices in prop::collection::btree_set("[a-z]{1,6}", 0..40),
+            from in 1u32..5,
+            to in 1u32..5,
+        ) {
+            let devices: Vec<String> = devices.into_iter().collect();
+            let parts: Vec<i32> = (0..from as i32).collect();
+            let mut shards: Vec<Vec<&str>> = vec![Vec::new(); from as usize];
+            for d in &devices {
+                shards[device_owner(d, from) as usize].push(d);
+            }
+            let before: Vec<WorkerSnapshot> = shards
+                .iter()
+                .enumerate()
+                .map(|(w, ds)| snapshot(w as u32, from, ds))
+                .collect();
+            let after = reshard(&before, to, &parts).unwrap();
+            prop_assert_eq!(after.len(), to as usize);
+            let mut all: Vec<String> = Vec::new();
+            for s in &after {
+                for w in &s.windows {
+                    prop_assert_eq!(device_owner(&w.device, to), s.worker);
+                    all.push(w.device.clone());
+                }
+                for (p, _) in &s.tops {
+                    prop_assert_eq!(partition_owner(*p, &parts, to), s.worker);
+                }
+                prop_assert_eq!(s.seen.len(), s.windows.len());
+            }
+            all.sort();
+            prop_assert_eq!(all, devices);
+            let back = reshard(&reshard(&after, from, &parts).unwrap(), to, &parts).unwrap();
+            prop_assert_eq!(back, after);
+        }
+    }
+}
