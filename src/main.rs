@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod aggregate_file_cmd;
 mod broker_cmd;
 mod demo;
+mod http;
 mod produce_cmd;
 mod run_cmd;
 mod scan_cmd;

@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Serve Prometheus metrics at /metrics and a self-refreshing status page
+    /// at / on this address (e.g. 127.0.0.1:9464; port 0 picks a free one).
+    #[arg(long, env = "IOTFLOW_HTTP")]
+    http: Option<std::net::SocketAddr>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -206,6 +210,14 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     let source_err: Arc<Mutex<Option<String>>> = Arc::default();
     let sink_err: Arc<Mutex<Option<String>>> = Arc::default();
     let started = Instant::now();
+    let status_server = match args.http {
+        Some(addr) => {
+            let (bound, task) = crate::http::serve(addr, Arc::clone(&metrics), started).await?;
+            eprintln!("status page: http://{bound}/  metrics: http://{bound}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     let job = {
         let (metrics, stop, source_err, sink_err) = (
             Arc::clone(&metrics),
@@ -223,6 +235,7 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
                         Arc::clone(&source_err),
                         Arc::clone(&stop),
                         gate.clone(),
+                        Arc::clone(&metrics),
                     );
                     let streams = job::build(
                         source,
@@ -293,6 +306,9 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     let result = job.await.context("job thread")?;
     progress.abort();
     ctrl_c.abort();
+    if let Some(task) = status_server {
+        task.abort();
+    }
     result?;
     for slot in [&source_err, &sink_err] {
         if let Some(e) = slot.lock().ok().and_then(|mut s| s.take()) {

@@ -488,3 +488,93 @@ async fn one_process_stopping_stops_the_whole_job() {
         stderr(0)
     );
 }
+
+/// One HTTP/1.1 request over a fresh connection; (status line, body).
+fn http(addr: &str, request_line: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "{request_line} HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_owned(), body.to_owned()))
+}
+
+/// `run --http`: real HTTP requests to /metrics (Prometheus text with the
+/// job's numbers) and / (the status page), while the job runs live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_server_reports_the_running_job() {
+    use rustix::process::{Pid, Signal, kill_process};
+
+    let (broker, _, input, summary) = broker_with_input(2, sim(), 3_000).await;
+    let addr = broker.addr().to_owned();
+    let (out, dlq) = (common::unique("out"), common::unique("dlq"));
+    let http_addr = format!(
+        "127.0.0.1:{}",
+        iotflow_redpanda::local::free_port().unwrap()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iotflow"))
+        .args(["run", "--brokers", &addr, "--input", &input])
+        .args([
+            "--output-topic",
+            &out,
+            "--dlq",
+            &dlq,
+            "--epoch-interval",
+            "100ms",
+        ])
+        .args(["--idle-timeout", "500ms", "--http", &http_addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let records = summary.records;
+    let metrics = tokio::task::spawn_blocking({
+        let http_addr = http_addr.clone();
+        move || {
+            // Until every record is in and every partition caught up.
+            let mut last = String::new();
+            for _ in 0..100 {
+                std::thread::sleep(Duration::from_millis(200));
+                if let Some((status, body)) = http(&http_addr, "GET /metrics") {
+                    assert_eq!(status, "HTTP/1.1 200 OK");
+                    let done = body.contains(&format!("iotflow_records_in_total {records}\n"))
+                        && body.contains("iotflow_partition_lag_records{partition=\"0\"} 0\n")
+                        && body.contains("iotflow_partition_lag_records{partition=\"1\"} 0\n");
+                    last = body;
+                    if done {
+                        break;
+                    }
+                }
+            }
+            last
+        }
+    })
+    .await
+    .unwrap();
+    let (page_status, page) = http(&http_addr, "GET /").unwrap();
+    let missing = http(&http_addr, "GET /nope").unwrap().0;
+    let post = http(&http_addr, "POST /metrics").unwrap().0;
+    kill_process(Pid::from_child(&child), Signal::INT).unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert!(
+        metrics.contains(&format!("iotflow_records_in_total {records}\n")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("iotflow_watermark_ms "), "{metrics}");
+    assert!(metrics.contains("# TYPE iotflow_dead_letters_total counter"));
+    assert_eq!(page_status, "HTTP/1.1 200 OK");
+    assert!(page.contains("http-equiv=\"refresh\""), "{page}");
+    assert!(
+        page.contains(&format!("<td id=\"records-in\">{records}</td>")),
+        "{page}"
+    );
+    assert_eq!(missing, "HTTP/1.1 404 Not Found");
+    assert_eq!(post, "HTTP/1.1 405 Method Not Allowed");
+    assert!(status.success(), "{status:?}");
+}

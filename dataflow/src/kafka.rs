@@ -24,6 +24,7 @@ use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
 use crate::job::{Backpressure, Epoch, PartitionStatus, RawRecord, SourceEvent};
+use crate::metrics::JobMetrics;
 use crate::watermark::ShareState;
 
 /// How the source cuts epochs.
@@ -128,6 +129,7 @@ pub fn kafka_source<'scope>(
     error: SourceError,
     stop: Arc<AtomicBool>,
     gate: Backpressure,
+    metrics: Arc<JobMetrics>,
 ) -> Stream<'scope, Epoch, Vec<SourceEvent>> {
     let (worker, peers) = (scope.index(), scope.peers());
     source(scope, "KafkaSource", move |cap, info| {
@@ -229,10 +231,13 @@ pub fn kafka_source<'scope>(
                 let mut session = output.session(c);
                 for o in owned.iter_mut() {
                     let (drained, caught_up) = match o.queue.lock() {
-                        Ok(q) => (
-                            q.done && q.records.is_empty(),
-                            q.records.is_empty() && o.next_offset >= q.high_watermark,
-                        ),
+                        Ok(q) => {
+                            metrics.set_lag(o.partition, q.high_watermark - o.next_offset);
+                            (
+                                q.done && q.records.is_empty(),
+                                q.records.is_empty() && o.next_offset >= q.high_watermark,
+                            )
+                        }
                         Err(_) => (true, true),
                     };
                     let state = share_state(

@@ -1,0 +1,159 @@
+//! `run --http ADDR`: Prometheus metrics at `/metrics` and a status page at
+//! `/` that refreshes itself. A deliberately small HTTP/1.1 server: GET only,
+//! one response per connection; nothing here needs more.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use iotflow_dataflow::JobMetrics;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Binds `addr` (port 0 picks a free one) and serves until the task is aborted.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<JobMetrics>,
+    started: Instant,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the status server to {addr}"))?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, &metrics, started).await {
+                    tracing::debug!(error = %e, "status request failed");
+                }
+            });
+        }
+    });
+    Ok((bound, task))
+}
+
+async fn answer(mut stream: TcpStream, metrics: &JobMetrics, started: Instant) -> Result<()> {
+    let mut buf = vec![0u8; 8192];
+    let mut len = 0;
+    // Read the request head; slow or oversized clients are dropped.
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        if len == buf.len() {
+            return Ok(());
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf[len..]))
+            .await
+            .context("request timed out")??;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.prometheus(),
+        ),
+        ("GET", "/") => (
+            "200 OK",
+            "text/html; charset=utf-8",
+            status_page(metrics, started),
+        ),
+        ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "GET only\n".to_owned(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// The numbers a person watching the job wants, refreshed every 2 s.
+fn status_page(m: &JobMetrics, started: Instant) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    let accepted = m.readings_accepted.load(Relaxed);
+    let wm = m.watermark_ms.load(Relaxed);
+    let watermark = chrono::DateTime::from_timestamp_millis(wm)
+        .filter(|_| wm != i64::MIN)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string())
+        .unwrap_or_else(|| "none yet".into());
+    let mut rows = String::new();
+    let mut row = |k: &str, v: String| {
+        let _ = write!(
+            rows,
+            "<tr><th>{k}</th><td id=\"{}\">{v}</td></tr>",
+            k.replace(' ', "-")
+        );
+    };
+    row("uptime", format!("{secs:.0} s"));
+    row("records in", m.records_in.load(Relaxed).to_string());
+    row("readings accepted", accepted.to_string());
+    row(
+        "readings per second",
+        format!("{:.0}", accepted as f64 / secs),
+    );
+    row("watermark", watermark);
+    row("last epoch", m.last_epoch.load(Relaxed).to_string());
+    row("final windows", m.windows_emitted.load(Relaxed).to_string());
+    row("updates", m.updates_emitted.load(Relaxed).to_string());
+    row("duplicates", m.duplicates.load(Relaxed).to_string());
+    row(
+        "window state updates",
+        m.window_state_updates.load(Relaxed).to_string(),
+    );
+    let mut dead = String::new();
+    for (reason, n) in m.rejected() {
+        let _ = write!(dead, "<tr><th>{reason}</th><td>{n}</td></tr>");
+    }
+    if dead.is_empty() {
+        dead.push_str("<tr><td colspan=2>none</td></tr>");
+    }
+    let mut lag = String::new();
+    for (p, n) in m.lag() {
+        let _ = write!(lag, "<tr><th>partition {p}</th><td>{n}</td></tr>");
+    }
+    if lag.is_empty() {
+        lag.push_str("<tr><td colspan=2>no partitions read yet</td></tr>");
+    }
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
+<title>iotflow status</title>
+<style>
+body {{ font: 15px system-ui, sans-serif; margin: 2em; color: #222; }}
+h1 {{ font-size: 1.4em; }} h2 {{ font-size: 1.1em; margin-top: 1.5em; }}
+table {{ border-collapse: collapse; min-width: 24em; }}
+th, td {{ text-align: left; padding: .25em 1em .25em 0; border-bottom: 1px solid #ddd; }}
+td {{ font-variant-numeric: tabular-nums; }}
+</style></head>
+<body><h1>iotflow run</h1>
+<table>{rows}</table>
+<h2>Dead letters by reason</h2><table>{dead}</table>
+<h2>Lag per partition (records)</h2><table>{lag}</table>
+<p><a href="/metrics">/metrics</a> (Prometheus)</p>
+</body></html>
+"#
+    )
+}
