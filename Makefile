@@ -12,7 +12,7 @@ BENCH_N ?= 2000000
 FUZZ_SECONDS ?= 60
 TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
-.PHONY: help demo test tansu nextest build release lint fmt bench bench-ingest bench-dataflow fuzz clean
+.PHONY: help demo test tansu chromium nextest build release lint fmt bench bench-ingest bench-dataflow fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ help: ## List the targets
 demo: release tansu-release ## Run the demo: local broker, topics, simulated devices, read-back summary
 	$(RELEASE_BIN) demo
 
-test: lint nextest build tansu ## Run every check and test (what CI runs)
+test: lint nextest build tansu chromium ## Run every check and test (what CI runs)
 	$(CARGO) nextest run --workspace --all-targets --no-fail-fast
 
 nextest: ## Install cargo-nextest if it is missing
@@ -37,6 +37,11 @@ tansu: build ## Install the tansu broker into ~/.cache/iotflow if missing (~25 m
 
 tansu-release: release
 	$(RELEASE_BIN) broker install
+
+chromium: ## Install Debian's chromium if missing (the status-page test renders in it)
+	@command -v chromium >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get install -y -qq chromium || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }; }
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check

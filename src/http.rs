@@ -2,15 +2,43 @@
 //! `/` that refreshes itself. A deliberately small HTTP/1.1 server: GET only,
 //! one response per connection; nothing here needs more.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use iotflow_dataflow::JobMetrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// Seconds of history behind the page's current rate.
+const RATE_WINDOW: usize = 10;
+
+/// What the page shows besides the metrics: when the job started and
+/// recent (time, readings accepted) samples for a current rate.
+struct PageState {
+    metrics: Arc<JobMetrics>,
+    started: Instant,
+    samples: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+impl PageState {
+    /// Readings per second over the last `RATE_WINDOW` seconds.
+    fn recent_rate(&self) -> f64 {
+        let now = (Instant::now(), self.metrics.readings_accepted.load(Relaxed));
+        let oldest = self
+            .samples
+            .lock()
+            .ok()
+            .and_then(|s| s.front().copied())
+            .unwrap_or((self.started, 0));
+        let secs = now.0.duration_since(oldest.0).as_secs_f64().max(1e-3);
+        now.1.saturating_sub(oldest.1) as f64 / secs
+    }
+}
 
 /// Binds `addr` (port 0 picks a free one) and serves until the task is aborted.
 pub async fn serve(
@@ -22,14 +50,39 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding the status server to {addr}"))?;
     let bound = listener.local_addr()?;
+    let state = Arc::new(PageState {
+        metrics,
+        started,
+        samples: Mutex::new(VecDeque::new()),
+    });
     let task = tokio::spawn(async move {
+        let sampler = {
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let sample = (
+                        Instant::now(),
+                        state.metrics.readings_accepted.load(Relaxed),
+                    );
+                    if let Ok(mut s) = state.samples.lock() {
+                        s.push_back(sample);
+                        while s.len() > RATE_WINDOW + 1 {
+                            s.pop_front();
+                        }
+                    }
+                }
+            })
+        };
+        let _stop_sampler = AbortOnDrop(sampler);
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let metrics = Arc::clone(&metrics);
+            let state = Arc::clone(&state);
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, &metrics, started).await {
+                if let Err(e) = answer(stream, &state).await {
                     tracing::debug!(error = %e, "status request failed");
                 }
             });
@@ -38,7 +91,16 @@ pub async fn serve(
     Ok((bound, task))
 }
 
-async fn answer(mut stream: TcpStream, metrics: &JobMetrics, started: Instant) -> Result<()> {
+/// Aborts the sampler when the server task is aborted (and so dropped).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn answer(mut stream: TcpStream, state: &PageState) -> Result<()> {
     let mut buf = vec![0u8; 8192];
     let mut len = 0;
     // Read the request head; slow or oversized clients are dropped.
@@ -61,13 +123,9 @@ async fn answer(mut stream: TcpStream, metrics: &JobMetrics, started: Instant) -
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
-            metrics.prometheus(),
+            state.metrics.prometheus(),
         ),
-        ("GET", "/") => (
-            "200 OK",
-            "text/html; charset=utf-8",
-            status_page(metrics, started),
-        ),
+        ("GET", "/") => ("200 OK", "text/html; charset=utf-8", status_page(state)),
         ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
         ("GET", _) => (
             "404 Not Found",
@@ -90,9 +148,9 @@ async fn answer(mut stream: TcpStream, metrics: &JobMetrics, started: Instant) -
 }
 
 /// The numbers a person watching the job wants, refreshed every 2 s.
-fn status_page(m: &JobMetrics, started: Instant) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let secs = started.elapsed().as_secs_f64().max(1e-3);
+fn status_page(state: &PageState) -> String {
+    let m = &state.metrics;
+    let secs = state.started.elapsed().as_secs_f64().max(1e-3);
     let accepted = m.readings_accepted.load(Relaxed);
     let wm = m.watermark_ms.load(Relaxed);
     let watermark = chrono::DateTime::from_timestamp_millis(wm)
@@ -112,7 +170,11 @@ fn status_page(m: &JobMetrics, started: Instant) -> String {
     row("readings accepted", accepted.to_string());
     row(
         "readings per second",
-        format!("{:.0}", accepted as f64 / secs),
+        format!(
+            "{:.0} (last {RATE_WINDOW} s), {:.0} (since start)",
+            state.recent_rate(),
+            accepted as f64 / secs
+        ),
     );
     row("watermark", watermark);
     row("last epoch", m.last_epoch.load(Relaxed).to_string());
@@ -146,6 +208,7 @@ body {{ font: 15px system-ui, sans-serif; margin: 2em; color: #222; }}
 h1 {{ font-size: 1.4em; }} h2 {{ font-size: 1.1em; margin-top: 1.5em; }}
 table {{ border-collapse: collapse; min-width: 24em; }}
 th, td {{ text-align: left; padding: .25em 1em .25em 0; border-bottom: 1px solid #ddd; }}
+th {{ width: 14em; }}
 td {{ font-variant-numeric: tabular-nums; }}
 </style></head>
 <body><h1>iotflow run</h1>

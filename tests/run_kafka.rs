@@ -556,6 +556,12 @@ async fn the_status_server_reports_the_running_job() {
     let (page_status, page) = http(&http_addr, "GET /").unwrap();
     let missing = http(&http_addr, "GET /nope").unwrap().0;
     let post = http(&http_addr, "POST /metrics").unwrap().0;
+    let (dom, shot) = tokio::task::spawn_blocking({
+        let url = format!("http://{http_addr}/");
+        move || in_chromium(&url)
+    })
+    .await
+    .unwrap();
     kill_process(Pid::from_child(&child), Signal::INT).unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
@@ -574,7 +580,55 @@ async fn the_status_server_reports_the_running_job() {
         page.contains(&format!("<td id=\"records-in\">{records}</td>")),
         "{page}"
     );
+    // Rendered by a real browser: the numbers are on the page it shows.
+    assert!(
+        dom.contains(&format!("<td id=\"records-in\">{records}</td>")),
+        "{dom}"
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{}",
+        shot.display()
+    );
+    eprintln!("status page screenshot: {}", shot.display());
     assert_eq!(missing, "HTTP/1.1 404 Not Found");
     assert_eq!(post, "HTTP/1.1 405 Method Not Allowed");
     assert!(status.success(), "{status:?}");
+}
+
+/// Headless Chromium (Debian's; `make test` installs it): the DOM it renders
+/// for `url`, and a screenshot of it under the test's temporary directory.
+fn in_chromium(url: &str) -> (String, std::path::PathBuf) {
+    let profile = tempfile::tempdir().unwrap();
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let chromium = |extra: &[&str]| {
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+            ])
+            .args(["--no-first-run", "--disable-background-networking"])
+            .args([
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=800,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("chromium runs (make test installs Debian's chromium)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = chromium(&["--dump-dom"]);
+    chromium(&[&format!("--screenshot={}", shot.display())]);
+    (dom, shot)
 }
