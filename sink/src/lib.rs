@@ -9,6 +9,7 @@
 //! (`protocol`); its Kafka, Parquet and state-dir adapters land here next.
 
 pub mod kafka;
+pub mod parquet;
 pub mod progress;
 pub mod protocol;
 pub mod records;

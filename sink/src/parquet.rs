@@ -1,0 +1,318 @@
+//! The Parquet dataset of final windows: files are written into a staging
+//! directory outside the dataset, and enter it only by an atomic rename once
+//! their epoch is committed, so readers never see a partial or uncommitted file.
+//!
+//! ```text
+//!   final AggregateRecords of epoch e on worker w
+//!     ──group by UTC date of window_start, sort by (device, metric, start)──▶
+//!   <staging>/e<e>-w<w>-<date>.parquet (written, fsynced)        stage_epoch
+//!     ──commit record lists them (path, bytes, CRC)──▶
+//!   <dataset>/aggregates/date=<date>/part-<e>-<w>.parquet         publish
+//!     (rename, then fsync of the date directory; idempotent)
+//! ```
+//!
+//! The schema uses real types: timestamps are `Timestamp(ms, "UTC")`, the
+//! count is `UInt64`, the statistics `Float64`.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{
+    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    UInt64Array,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::protocol::FileEntry;
+use crate::records::AggregateRecord;
+
+/// Where the dataset lives under the Parquet directory.
+pub const DATASET: &str = "aggregates";
+
+/// What can go wrong writing or publishing Parquet files.
+#[derive(Debug, thiserror::Error)]
+pub enum ParquetSinkError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("encoding Parquet: {0}")]
+    Encode(String),
+    #[error("{path}: staged file missing and not yet published")]
+    Lost { path: PathBuf },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ParquetSinkError + '_ {
+    move |source| ParquetSinkError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn ts_field(name: &str) -> Field {
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        false,
+    )
+}
+
+/// The dataset's Arrow schema.
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("metric", DataType::Utf8, false),
+        ts_field("window_start"),
+        ts_field("window_end"),
+        Field::new("count", DataType::UInt64, false),
+        Field::new("sum", DataType::Float64, false),
+        Field::new("min", DataType::Float64, false),
+        Field::new("max", DataType::Float64, false),
+        Field::new("mean", DataType::Float64, false),
+        Field::new("stddev", DataType::Float64, false),
+        ts_field("first_ts"),
+        ts_field("last_ts"),
+        Field::new("final", DataType::Boolean, false),
+        Field::new("epoch", DataType::UInt64, false),
+    ]))
+}
+
+/// `records` as one Arrow batch, in the order given.
+pub fn to_batch(records: &[AggregateRecord]) -> Result<RecordBatch, ParquetSinkError> {
+    let ts = |f: fn(&AggregateRecord) -> i64| -> ArrayRef {
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(records.iter().map(f)).with_timezone("UTC"),
+        )
+    };
+    let float = |f: fn(&AggregateRecord) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(records.iter().map(f)))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            records.iter().map(|r| r.device_id.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            records.iter().map(|r| r.metric.as_str()),
+        )),
+        ts(|r| r.window_start),
+        ts(|r| r.window_end),
+        Arc::new(UInt64Array::from_iter_values(
+            records.iter().map(|r| r.count),
+        )),
+        float(|r| r.sum),
+        float(|r| r.min),
+        float(|r| r.max),
+        float(|r| r.mean),
+        float(|r| r.stddev),
+        ts(|r| r.first_ts),
+        ts(|r| r.last_ts),
+        Arc::new(BooleanArray::from_iter(
+            records.iter().map(|r| Some(r.is_final)),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            records.iter().map(|r| r.epoch),
+        )),
+    ];
+    RecordBatch::try_new(schema(), columns).map_err(|e| ParquetSinkError::Encode(e.to_string()))
+}
+
+/// The UTC date (`YYYY-MM-DD`) of an epoch-millisecond time.
+pub fn date_of(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "invalid".into())
+}
+
+/// Writes epoch `epoch`'s final windows on `worker` into `staging`, one file
+/// per UTC date, each sorted by (device, metric, window start) and fsynced.
+/// Returns the entries for the commit record (paths relative to the Parquet
+/// directory).
+pub fn stage_epoch(
+    staging: &Path,
+    epoch: u64,
+    worker: u32,
+    records: &[AggregateRecord],
+) -> Result<Vec<FileEntry>, ParquetSinkError> {
+    let mut finals: Vec<&AggregateRecord> = records.iter().filter(|r| r.is_final).collect();
+    finals.sort_by(|a, b| {
+        (&a.device_id, &a.metric, a.window_start).cmp(&(&b.device_id, &b.metric, b.window_start))
+    });
+    let mut by_date: std::collections::BTreeMap<String, Vec<AggregateRecord>> =
+        std::collections::BTreeMap::new();
+    for r in finals {
+        by_date
+            .entry(date_of(r.window_start))
+            .or_default()
+            .push(r.clone());
+    }
+    fs::create_dir_all(staging).map_err(io_err(staging))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let mut entries = Vec::new();
+    for (date, rows) in by_date {
+        let name = format!("e{epoch:012}-w{worker:04}-{date}.parquet");
+        let staged = staging.join(&name);
+        let mut bytes = Vec::new();
+        {
+            let mut w = ArrowWriter::try_new(&mut bytes, schema(), Some(props.clone()))
+                .map_err(|e| ParquetSinkError::Encode(e.to_string()))?;
+            w.write(&to_batch(&rows)?)
+                .map_err(|e| ParquetSinkError::Encode(e.to_string()))?;
+            w.close()
+                .map_err(|e| ParquetSinkError::Encode(e.to_string()))?;
+        }
+        let mut f = File::create(&staged).map_err(io_err(&staged))?;
+        f.write_all(&bytes).map_err(io_err(&staged))?;
+        f.sync_all().map_err(io_err(&staged))?;
+        entries.push(FileEntry {
+            staged: name,
+            path: format!("{DATASET}/date={date}/part-e{epoch:012}-w{worker:04}.parquet"),
+            bytes: bytes.len() as u64,
+            checksum: crc32fast::hash(&bytes),
+        });
+    }
+    sync_dir(staging)?;
+    Ok(entries)
+}
+
+/// Moves a committed file from `staging` into the dataset under `root`:
+/// rename, then fsync of its directory. Publishing again is a no-op, so
+/// recovery can simply publish every file of the recovered commit.
+pub fn publish(staging: &Path, root: &Path, entry: &FileEntry) -> Result<(), ParquetSinkError> {
+    let from = staging.join(&entry.staged);
+    let to = root.join(&entry.path);
+    if !from.exists() {
+        return if to.exists() {
+            Ok(())
+        } else {
+            Err(ParquetSinkError::Lost { path: from })
+        };
+    }
+    let dir = to.parent().unwrap_or(root);
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // The new directory's own entry must be durable too.
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    fs::rename(&from, &to).map_err(io_err(&to))?;
+    sync_dir(dir)
+}
+
+/// Whether a staged or published file still has the bytes the commit record says.
+pub fn verify(path: &Path, entry: &FileEntry) -> Result<bool, ParquetSinkError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            Ok(bytes.len() as u64 == entry.bytes && crc32fast::hash(&bytes) == entry.checksum)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ParquetSinkError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::TimestampMillisecondType;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+
+    fn record(device: &str, start: i64, is_final: bool) -> AggregateRecord {
+        AggregateRecord {
+            device_id: device.into(),
+            metric: "temperature".into(),
+            window_start: start,
+            window_end: start + 10_000,
+            count: 3,
+            sum: 63.0,
+            min: 20.0,
+            max: 22.0,
+            mean: 21.0,
+            stddev: 0.816_496_580_927_726,
+            first_ts: start + 1,
+            last_ts: start + 9_999,
+            is_final,
+            epoch: 4,
+        }
+    }
+
+    #[test]
+    fn staged_files_are_per_date_sorted_typed_and_enter_the_dataset_only_on_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let (staging, root) = (dir.path().join("staging"), dir.path().join("parquet"));
+        let day = 1_763_769_600_000; // 2025-11-22T00:00:00Z
+        let records = vec![
+            record("b", day + 20_000, true),
+            record("a", day - 10_000, true), // the day before
+            record("a", day + 20_000, true),
+            record("c", day, false), // not final: never in the dataset
+        ];
+        let entries = stage_epoch(&staging, 4, 1, &records).unwrap();
+        assert_eq!(
+            entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            [
+                "aggregates/date=2025-11-21/part-e000000000004-w0001.parquet",
+                "aggregates/date=2025-11-22/part-e000000000004-w0001.parquet"
+            ]
+        );
+        assert!(!root.exists(), "nothing is visible before publishing");
+        for e in &entries {
+            assert!(verify(&staging.join(&e.staged), e).unwrap());
+            publish(&staging, &root, e).unwrap();
+            publish(&staging, &root, e).unwrap(); // again: a no-op
+            assert!(verify(&root.join(&e.path), e).unwrap());
+        }
+        let file = File::open(root.join(&entries[1].path)).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        assert_eq!(reader.schema().as_ref(), schema().as_ref());
+        let batch = reader.build().unwrap().next().unwrap().unwrap();
+        let devices: Vec<&str> = batch
+            .column(0)
+            .as_string::<i32>()
+            .iter()
+            .flatten()
+            .collect();
+        assert_eq!(devices, ["a", "b"]);
+        let starts = batch.column(2).as_primitive::<TimestampMillisecondType>();
+        assert_eq!(starts.value(0), day + 20_000);
+        assert_eq!(starts.timezone(), Some("UTC"));
+
+        // A staged file that vanished before it was published is an error, not silence.
+        let mut lost = entries[0].clone();
+        lost.staged = "gone.parquet".into();
+        lost.path = "aggregates/date=2025-11-20/x.parquet".into();
+        assert!(matches!(
+            publish(&staging, &root, &lost),
+            Err(ParquetSinkError::Lost { .. })
+        ));
+        // A changed byte is caught.
+        let p = root.join(&entries[0].path);
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[10] ^= 1;
+        fs::write(&p, bytes).unwrap();
+        assert!(!verify(&p, &entries[0]).unwrap());
+    }
+
+    #[test]
+    fn an_epoch_without_final_windows_stages_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries = stage_epoch(dir.path(), 1, 0, &[record("a", 0, false)]).unwrap();
+        assert!(entries.is_empty());
+    }
+}
