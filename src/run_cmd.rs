@@ -13,6 +13,7 @@ use iotflow_dataflow::runner::Parallelism;
 use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowSpec};
 use iotflow_redpanda::topics::{self, TopicSpec};
 use iotflow_sink::kafka::{KafkaSinkConfig, publish_aggregates, publish_dead_letters};
+use iotflow_sink::parquet::write_dataset;
 use serde::Serialize;
 
 use crate::target::BrokerSelect;
@@ -84,6 +85,10 @@ pub struct RunArgs {
     /// at / on this address (e.g. 127.0.0.1:9464; port 0 picks a free one).
     #[arg(long, env = "IOTFLOW_HTTP")]
     http: Option<std::net::SocketAddr>,
+    /// Also write final windows as Parquet under DIR/aggregates/date=YYYY-MM-DD/
+    /// (files enter the dataset by atomic rename; at least once for now).
+    #[arg(long, env = "IOTFLOW_PARQUET_DIR")]
+    parquet_dir: Option<PathBuf>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -204,6 +209,7 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
         source_topic: args.input.clone(),
     };
     let (agg_cfg, dlq_cfg) = (sink(&args.output_topic), sink(&args.dlq));
+    let parquet_dir = args.parquet_dir.clone();
 
     let metrics = Arc::new(JobMetrics::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -244,6 +250,14 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
                         Arc::clone(&stop),
                         &gate,
                     );
+                    if let Some(dir) = &parquet_dir {
+                        write_dataset(
+                            streams.results.clone(),
+                            dir.clone(),
+                            Arc::clone(&sink_err),
+                            Arc::clone(&stop),
+                        );
+                    }
                     publish_aggregates(
                         streams.results,
                         agg_cfg.clone(),

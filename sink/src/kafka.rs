@@ -130,22 +130,7 @@ fn record_failure(slot: &SinkError, stop: &AtomicBool, msg: String) {
 
 /// The Kafka value and headers of an aggregate.
 pub fn aggregate_record(r: &WindowResult, epoch: Epoch) -> Result<(String, Record), String> {
-    let agg = AggregateRecord {
-        device_id: r.device_id.clone(),
-        metric: r.metric.clone(),
-        window_start: r.window_start,
-        window_end: r.window_end,
-        count: r.stats.count,
-        sum: r.stats.sum,
-        min: r.stats.min,
-        max: r.stats.max,
-        mean: r.stats.mean,
-        stddev: r.stats.stddev,
-        first_ts: r.stats.first_ts,
-        last_ts: r.stats.last_ts,
-        is_final: r.is_final,
-        epoch,
-    };
+    let agg = AggregateRecord::of(r, epoch);
     let key = agg.key();
     let value = agg
         .to_json()

@@ -28,11 +28,22 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use iotflow_dataflow::job::{Epoch, WindowResult};
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::kafka::SinkError;
 use crate::protocol::FileEntry;
 use crate::records::AggregateRecord;
 
 /// Where the dataset lives under the Parquet directory.
 pub const DATASET: &str = "aggregates";
+/// Staged files, outside the dataset (readers glob `aggregates/`).
+pub const STAGING: &str = ".staging";
 
 /// What can go wrong writing or publishing Parquet files.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +228,47 @@ pub fn verify(path: &Path, entry: &FileEntry) -> Result<bool, ParquetSinkError> 
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_err(path)(e)),
     }
+}
+
+/// Writes each completed epoch's final windows into the dataset under `root`
+/// (each worker its own files). At least once until the commit protocol sits
+/// between staging and publishing: a crash can replay an epoch's files.
+pub fn write_dataset(
+    stream: Stream<'_, Epoch, Vec<WindowResult>>,
+    root: PathBuf,
+    error: SinkError,
+    stop: Arc<AtomicBool>,
+) {
+    let worker = stream.scope().index() as u32;
+    let staging = root.join(STAGING).join(format!("w{worker:04}"));
+    let mut pending: BTreeMap<Epoch, Vec<AggregateRecord>> = BTreeMap::new();
+    stream.sink(Pipeline, "WriteParquet", move |(input, frontier)| {
+        input.for_each(|time, data| {
+            let epoch = iotflow_dataflow::job::epoch_of(&time);
+            pending.entry(epoch).or_default().extend(
+                data.iter()
+                    .filter(|r| r.is_final)
+                    .map(|r| AggregateRecord::of(r, epoch)),
+            );
+        });
+        while let Some(entry) = pending.first_entry() {
+            if frontier.less_equal(entry.key()) || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let epoch = *entry.key();
+            let records = entry.remove();
+            let written = stage_epoch(&staging, epoch, worker, &records)
+                .and_then(|entries| entries.iter().try_for_each(|e| publish(&staging, &root, e)));
+            if let Err(e) = written {
+                tracing::error!(error = %e, "parquet sink failed");
+                if let Ok(mut slot) = error.lock() {
+                    slot.get_or_insert(e.to_string());
+                }
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    });
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ParquetSinkError> {

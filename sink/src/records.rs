@@ -46,6 +46,26 @@ pub struct AggregateRecord {
 }
 
 impl AggregateRecord {
+    /// The record of window result `r` emitted at `epoch`.
+    pub fn of(r: &iotflow_dataflow::job::WindowResult, epoch: u64) -> Self {
+        Self {
+            device_id: r.device_id.clone(),
+            metric: r.metric.clone(),
+            window_start: r.window_start,
+            window_end: r.window_end,
+            count: r.stats.count,
+            sum: r.stats.sum,
+            min: r.stats.min,
+            max: r.stats.max,
+            mean: r.stats.mean,
+            stddev: r.stats.stddev,
+            first_ts: r.stats.first_ts,
+            last_ts: r.stats.last_ts,
+            is_final: r.is_final,
+            epoch,
+        }
+    }
+
     /// The Kafka key: `device|metric|window_start`.
     pub fn key(&self) -> String {
         format!("{}|{}|{}", self.device_id, self.metric, self.window_start)
