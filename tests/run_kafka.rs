@@ -603,7 +603,9 @@ fn in_chromium(url: &str) -> (String, std::path::PathBuf) {
     let profile = tempfile::tempdir().unwrap();
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let chromium = |extra: &[&str]| {
-        let out = Command::new("chromium")
+        // `timeout` bounds a browser that hangs instead of failing.
+        let out = Command::new("timeout")
+            .args(["60", "chromium"])
             .args([
                 "--headless",
                 "--no-sandbox",
