@@ -756,3 +756,82 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         })
         .collect()
 }
+
+/// Every published record carries its epoch and its index among that epoch's
+/// records in its partition: indexes run 0..n without gaps, epochs never go
+/// back, and `tail_mark` reads where each partition stands (and refuses a
+/// partition someone else wrote last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_records_are_indexed_per_epoch_and_partition() {
+    use iotflow_sink::kafka::tail_mark;
+    use iotflow_sink::protocol::TailMark;
+    use iotflow_sink::records::{EPOCH_HEADER, INDEX_HEADER};
+
+    let (broker, client, input, _) = broker_with_input(2, sim(), 6_000).await;
+    let addr = broker.addr().to_owned();
+    let bootstrap = broker.bootstrap();
+    let (out, dlq) = (common::unique("out"), common::unique("dlq"));
+    let mut args = run_args(&addr, &input, &out, &dlq);
+    args.extend(["-w", "2"]);
+    common::iotflow(&args);
+
+    for topic in [&out, &dlq] {
+        for (partition, records) in read_topic(&bootstrap, topic).await {
+            assert!(!records.is_empty(), "{topic}/{partition} is empty");
+            let marks: Vec<TailMark> = records
+                .iter()
+                .map(|r| {
+                    let h = |n: &str| -> u64 {
+                        String::from_utf8(r.record.headers[n].clone())
+                            .unwrap()
+                            .parse()
+                            .unwrap()
+                    };
+                    TailMark {
+                        epoch: h(EPOCH_HEADER),
+                        index: h(INDEX_HEADER),
+                    }
+                })
+                .collect();
+            for pair in marks.windows(2) {
+                let (a, b) = (pair[0], pair[1]);
+                let next_in_epoch = b.epoch == a.epoch && b.index == a.index + 1;
+                let new_epoch = b.epoch > a.epoch && b.index == 0;
+                assert!(
+                    next_in_epoch || new_epoch,
+                    "{topic}/{partition}: {a:?} then {b:?}"
+                );
+            }
+            assert_eq!(marks[0].index, 0);
+            let pc = client
+                .partition_client(topic.as_str(), partition, UnknownTopicHandling::Error)
+                .await
+                .unwrap();
+            assert_eq!(tail_mark(&pc).await.unwrap(), marks.last().copied());
+        }
+    }
+
+    // An empty partition has no tail; one another writer wrote last is refused.
+    let other = common::unique("other");
+    topics::create_topics(&client, &bootstrap, &[TopicSpec::new(other.as_str(), 1)])
+        .await
+        .unwrap();
+    let pc = client
+        .partition_client(other.as_str(), 0, UnknownTopicHandling::Error)
+        .await
+        .unwrap();
+    assert_eq!(tail_mark(&pc).await.unwrap(), None);
+    let foreign = iotflow_redpanda::rskafka::record::Record {
+        key: None,
+        value: Some(b"x".to_vec()),
+        headers: Default::default(),
+        timestamp: chrono::Utc::now(),
+    };
+    pc.produce(
+        vec![foreign],
+        iotflow_redpanda::rskafka::client::partition::Compression::NoCompression,
+    )
+    .await
+    .unwrap();
+    assert!(tail_mark(&pc).await.is_err());
+}

@@ -26,7 +26,8 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::records::{AggregateRecord, DeadLetter, EPOCH_HEADER};
+use crate::protocol::TailMark;
+use crate::records::{AggregateRecord, DeadLetter, EPOCH_HEADER, INDEX_HEADER};
 
 /// The first error a sink hit; the job stops and fails with it.
 pub type SinkError = Arc<Mutex<Option<String>>>;
@@ -82,7 +83,7 @@ impl Publisher {
         })
     }
 
-    fn publish(&self, by_partition: Vec<Vec<Record>>) -> Result<(), String> {
+    fn publish(&self, epoch: Epoch, by_partition: Vec<Vec<Record>>) -> Result<(), String> {
         let started = std::time::Instant::now();
         let records: usize = by_partition.iter().map(Vec::len).sum();
         let _timer = scopeguard(move || {
@@ -93,7 +94,13 @@ impl Publisher {
             );
         });
         self.runtime.block_on(async {
-            for (pc, records) in self.partitions.iter().zip(by_partition) {
+            for (pc, mut records) in self.partitions.iter().zip(by_partition) {
+                for (i, r) in records.iter_mut().enumerate() {
+                    r.headers
+                        .insert(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes());
+                    r.headers
+                        .insert(INDEX_HEADER.to_owned(), i.to_string().into_bytes());
+                }
                 for chunk in records.chunks(5_000) {
                     pc.produce(chunk.to_vec(), Compression::NoCompression)
                         .await
@@ -104,6 +111,58 @@ impl Publisher {
             }
             Ok(())
         })
+    }
+}
+
+/// Where partition `pc`'s tail stands: the epoch and index headers of its
+/// last record, `None` when it is empty. A last record without them was not
+/// written by a publisher of ours, and that is an error: the partition is not
+/// ours alone.
+pub async fn tail_mark(pc: &PartitionClient) -> Result<Option<TailMark>, String> {
+    let place = || format!("{}/{}", pc.topic(), pc.partition());
+    let (earliest, end) = iotflow_redpanda::scan::offsets(pc)
+        .await
+        .map_err(|e| format!("{}: {e}", place()))?;
+    if end <= earliest {
+        return Ok(None);
+    }
+    // tansu answers a fetch from inside a batch with nothing (docs/brokers.md),
+    // so step back until a fetch returns the batch that holds the last record.
+    let mut back = 1i64;
+    let last = loop {
+        let from = (end - back).max(earliest);
+        let (records, _) = pc
+            .fetch_records(from, 1..iotflow_redpanda::scan::FETCH_MAX_BYTES, 0)
+            .await
+            .map_err(|e| format!("{}: fetch at {from}: {e}", place()))?;
+        if let Some(r) = records
+            .into_iter()
+            .filter(|r| r.offset < end)
+            .max_by_key(|r| r.offset)
+            && r.offset == end - 1
+        {
+            break r;
+        }
+        if from == earliest {
+            return Err(format!("{}: no record found below offset {end}", place()));
+        }
+        back *= 2;
+    };
+    let r = &last;
+    let header = |name: &str| -> Option<u64> {
+        std::str::from_utf8(r.record.headers.get(name)?)
+            .ok()?
+            .parse()
+            .ok()
+    };
+    match (header(EPOCH_HEADER), header(INDEX_HEADER)) {
+        (Some(epoch), Some(index)) => Ok(Some(TailMark { epoch, index })),
+        _ => Err(format!(
+            "{} offset {}: the last record has no {EPOCH_HEADER}/{INDEX_HEADER} headers; \
+             another writer uses this partition",
+            place(),
+            r.offset
+        )),
     }
 }
 
@@ -196,7 +255,7 @@ fn publish_by_epoch<T: timely::ExchangeData>(
                     list.push(record);
                 }
             }
-            if let Err(e) = p.publish(by_partition) {
+            if let Err(e) = p.publish(epoch, by_partition) {
                 return record_failure(&error, &stop, e);
             }
         }

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 /// Header carrying the epoch of an aggregate.
 pub const EPOCH_HEADER: &str = "iotflow.epoch";
+/// Position of a record among its epoch's records in its partition (0-based):
+/// with the epoch, where a partition's tail stands (`protocol::TailMark`).
+pub const INDEX_HEADER: &str = "iotflow.index";
 pub const REASON_HEADER: &str = "iotflow.reason";
 pub const SOURCE_TOPIC_HEADER: &str = "iotflow.source.topic";
 pub const SOURCE_PARTITION_HEADER: &str = "iotflow.source.partition";
