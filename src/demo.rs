@@ -96,6 +96,12 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         "5. running the dataflow: 10 s tumbling windows, 2 workers, epochs of 1,000 records per partition, until the end of the input…"
     );
     let exe = std::env::current_exe().context("locating the iotflow binary")?;
+    // Demo output only: a rerun starts from an empty dataset.
+    let parquet_dir = std::path::Path::new(DEMO_PARQUET);
+    if parquet_dir.exists() {
+        std::fs::remove_dir_all(parquet_dir)
+            .with_context(|| format!("clearing {}", parquet_dir.display()))?;
+    }
     let status = tokio::process::Command::new(&exe)
         .args([
             "run",
@@ -108,6 +114,8 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
             "1000",
             "-w",
             "2",
+            "--parquet-dir",
+            DEMO_PARQUET,
         ])
         .status()
         .await
@@ -117,10 +125,39 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
     }
     println!("6. a sample of {}:", topics::AGGREGATES);
     print_aggregates_sample(&target, 8).await?;
+    let (files, rows) = parquet_dataset_size(&parquet_dir.join(iotflow_sink::parquet::DATASET))?;
+    println!(
+        "7. Parquet: {rows} final windows in {files} files under {DEMO_PARQUET}/aggregates/date=*/ \
+         (e.g. duckdb -c \"select metric, count(*), avg(mean) from '{DEMO_PARQUET}/aggregates/*/*.parquet' group by 1\")"
+    );
     println!(
         "done. Next: `iotflow run --help`, `iotflow produce --help`, and docs/brokers.md for Redpanda."
     );
     Ok(())
+}
+
+/// Where the demo's job writes its Parquet dataset.
+const DEMO_PARQUET: &str = "data/demo/parquet";
+
+/// (files, rows) of the Parquet dataset under `dir`, from the files' footers.
+fn parquet_dataset_size(dir: &std::path::Path) -> Result<(usize, i64)> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let (mut files, mut rows) = (0, 0);
+    let Ok(days) = std::fs::read_dir(dir) else {
+        return Ok((0, 0));
+    };
+    for day in days {
+        for f in std::fs::read_dir(day?.path())? {
+            let path = f?.path();
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let reader = SerializedFileReader::new(file)
+                .with_context(|| format!("reading {}", path.display()))?;
+            rows += reader.metadata().file_metadata().num_rows();
+            files += 1;
+        }
+    }
+    Ok((files, rows))
 }
 
 /// The first `n` aggregates of partition 0 as a small table.
