@@ -82,7 +82,10 @@ async fn commits_round_trip_and_untrusted_records_are_reported() {
     let (commits, untrusted) = log.read_all().await.unwrap();
     assert_eq!(commits, written);
     assert_eq!(untrusted.len(), 2);
-    assert!(matches!(untrusted[0].error, ProtocolError::Checksum { .. }));
+    assert!(matches!(
+        untrusted[0].error,
+        ProtocolError::Sealed(iotflow_dataflow::sealed::Unsealed::Checksum { .. })
+    ));
     assert!(untrusted[0].offset < untrusted[1].offset);
 
     match plan_recovery("a", &commits, &BTreeSet::from([5]), |_| true) {

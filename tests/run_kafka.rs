@@ -129,6 +129,21 @@ fn run_args<'a>(addr: &'a str, input: &'a str, out: &'a str, dlq: &'a str) -> Ve
     ]
 }
 
+/// A hostfile for two processes on free loopback ports, in `dir`.
+fn loopback_hostfile(dir: &std::path::Path) -> std::path::PathBuf {
+    let hostfile = dir.join("hosts");
+    let ports = [
+        iotflow_redpanda::local::free_port().unwrap(),
+        iotflow_redpanda::local::free_port().unwrap(),
+    ];
+    std::fs::write(
+        &hostfile,
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
+    )
+    .unwrap();
+    hostfile
+}
+
 /// A private broker with an input topic of `partitions` holding `count` simulated records.
 async fn broker_with_input(
     partitions: i32,
@@ -186,16 +201,7 @@ async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
     // 2 processes on loopback, one worker each.
     let (out, dlq) = (common::unique("out"), common::unique("dlq"));
     let dir = tempfile::tempdir().unwrap();
-    let hostfile = dir.path().join("hosts");
-    let ports = [
-        iotflow_redpanda::local::free_port().unwrap(),
-        iotflow_redpanda::local::free_port().unwrap(),
-    ];
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .unwrap();
+    let hostfile = loopback_hostfile(dir.path());
     let children: Vec<_> = ["0", "1"]
         .iter()
         .map(|p| {
@@ -417,16 +423,7 @@ async fn one_process_stopping_stops_the_whole_job() {
     let addr = broker.addr().to_owned();
     let (out, dlq) = (common::unique("out"), common::unique("dlq"));
     let dir = tempfile::tempdir().unwrap();
-    let hostfile = dir.path().join("hosts");
-    let ports = [
-        iotflow_redpanda::local::free_port().unwrap(),
-        iotflow_redpanda::local::free_port().unwrap(),
-    ];
-    std::fs::write(
-        &hostfile,
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1]),
-    )
-    .unwrap();
+    let hostfile = loopback_hostfile(dir.path());
     let mut children: Vec<_> = ["0", "1"]
         .iter()
         .map(|p| {

@@ -19,6 +19,7 @@ pub mod operators;
 pub mod parquet_file;
 pub mod reading;
 pub mod runner;
+pub mod sealed;
 pub mod snapshot;
 pub mod source;
 pub mod watermark;

@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::operators::windows::device_hash;
+use crate::sealed::{Unsealed, seal, unseal};
 use crate::watermark::ShareReport;
 
 /// Bumped when the layout changes; older binaries refuse newer snapshots.
@@ -22,12 +23,8 @@ pub const SNAPSHOT_FORMAT: u32 = 1;
 /// Why snapshot bytes were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("snapshot is {0} bytes: too short to hold a checksum")]
-    Truncated(usize),
-    #[error("snapshot checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
-    Checksum { stored: u32, computed: u32 },
-    #[error("snapshot is not valid: {0}")]
-    Decode(String),
+    #[error("snapshot: {0}")]
+    Sealed(#[from] Unsealed),
     #[error("snapshot format {found} is newer than this binary's {SNAPSHOT_FORMAT}")]
     Format { found: u32 },
     #[error("snapshots disagree: {0}")]
@@ -69,27 +66,13 @@ pub struct WorkerSnapshot {
 }
 
 impl WorkerSnapshot {
-    /// JSON, then a CRC-32 of it (4 bytes, big endian).
+    /// Checksummed JSON (`sealed`).
     pub fn encode(&self) -> Vec<u8> {
-        // Plain structs of strings and integers always serialise.
-        let mut out = serde_json::to_vec(self).unwrap_or_default();
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_be_bytes());
-        out
+        seal(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
-        let Some(split) = bytes.len().checked_sub(4) else {
-            return Err(SnapshotError::Truncated(bytes.len()));
-        };
-        let (json, tail) = bytes.split_at(split);
-        let stored = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]);
-        let computed = crc32fast::hash(json);
-        if stored != computed {
-            return Err(SnapshotError::Checksum { stored, computed });
-        }
-        let s: WorkerSnapshot =
-            serde_json::from_slice(json).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        let s: WorkerSnapshot = unseal(bytes)?;
         if s.format > SNAPSHOT_FORMAT {
             return Err(SnapshotError::Format { found: s.format });
         }
@@ -232,7 +215,7 @@ mod tests {
         assert!(WorkerSnapshot::decode(&bytes[..bytes.len() - 1]).is_err());
         assert_eq!(
             WorkerSnapshot::decode(&[]),
-            Err(SnapshotError::Truncated(0))
+            Err(SnapshotError::Sealed(Unsealed::Truncated(0)))
         );
     }
 

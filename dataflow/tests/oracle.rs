@@ -279,17 +279,7 @@ fn the_generated_inputs_exercise_every_path() {
         })
         .collect();
     let parts = build_partitions(spec);
-    let cfg = JobConfig {
-        window: WindowSpec::tumbling(2_000).unwrap(),
-        lateness_ms: 0,
-        watermark: WatermarkConfig {
-            max_out_of_order_ms: 0,
-            idle_timeout_ms: 0,
-            outliers: 1,
-        },
-        emit: EmitMode::Final,
-        limits: ParseLimits::default(),
-    };
+    let cfg = tumbling_final(2_000, 0);
     let (results, dead) = oracle(&parts, &cfg, 5);
     let reasons: HashSet<RejectReason> = dead.iter().map(|d| d.1.reason).collect();
     assert!(results.len() > 20, "{}", results.len());
@@ -322,6 +312,21 @@ fn the_generated_inputs_exercise_every_path() {
     );
 }
 
+/// Tumbling windows of `size_ms`, final mode, no out-of-order slack, one outlier guard.
+fn tumbling_final(size_ms: i64, lateness_ms: i64) -> JobConfig {
+    JobConfig {
+        window: WindowSpec::tumbling(size_ms).unwrap(),
+        lateness_ms,
+        watermark: WatermarkConfig {
+            max_out_of_order_ms: 0,
+            idle_timeout_ms: 0,
+            outliers: 1,
+        },
+        emit: EmitMode::Final,
+        limits: ParseLimits::default(),
+    }
+}
+
 fn reading(device: &str, ts: i64, seq: u64, value: f64) -> Vec<u8> {
     format!(r#"{{"device_id":"{device}","ts":{ts},"seq":{seq},"metrics":{{"t":{value}}}}}"#)
         .into_bytes()
@@ -352,17 +357,7 @@ fn finality_and_lateness_at_the_exact_boundary() {
             })
             .collect(),
     )];
-    let cfg = JobConfig {
-        window: WindowSpec::tumbling(10_000).unwrap(),
-        lateness_ms: 1_000,
-        watermark: WatermarkConfig {
-            max_out_of_order_ms: 0,
-            idle_timeout_ms: 0,
-            outliers: 1,
-        },
-        emit: EmitMode::Final,
-        limits: ParseLimits::default(),
-    };
+    let cfg = tumbling_final(10_000, 1_000);
     let shared = Arc::new(parts);
     let out = run_bounded(
         &Parallelism::default(),
@@ -407,17 +402,7 @@ fn window_state_forgets_closed_windows_and_the_source_waits_for_the_dataflow() {
         .collect();
     let shared = Arc::new(vec![(0, recs)]);
     let metrics = Arc::new(JobMetrics::default());
-    let cfg = JobConfig {
-        window: WindowSpec::tumbling(10_000).unwrap(),
-        lateness_ms: 0,
-        watermark: WatermarkConfig {
-            max_out_of_order_ms: 0,
-            idle_timeout_ms: 0,
-            outliers: 1,
-        },
-        emit: EmitMode::Final,
-        limits: ParseLimits::default(),
-    };
+    let cfg = tumbling_final(10_000, 0);
     let out = run_bounded(
         &Parallelism::default(),
         cfg,

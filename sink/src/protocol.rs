@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
+use iotflow_dataflow::sealed::{Unsealed, seal, unseal};
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the record's meaning changes; older readers refuse newer records.
@@ -23,12 +24,8 @@ pub const COMMIT_FORMAT: u32 = 1;
 /// What can be wrong with protocol input.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
-    #[error("commit record is {0} bytes: too short to hold a checksum")]
-    Truncated(usize),
-    #[error("commit record checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
-    Checksum { stored: u32, computed: u32 },
-    #[error("commit record is not valid JSON: {0}")]
-    Json(String),
+    #[error("commit record: {0}")]
+    Sealed(#[from] Unsealed),
     #[error("commit record format {found} is newer than this binary's {COMMIT_FORMAT}")]
     Format { found: u32 },
     #[error("worker {worker} staged epoch {epoch} twice")]
@@ -83,27 +80,13 @@ pub struct CommitRecord {
 }
 
 impl CommitRecord {
-    /// JSON, then the CRC-32 of the JSON (4 bytes, big endian).
+    /// Checksummed JSON (`iotflow_dataflow::sealed`).
     pub fn encode(&self) -> Vec<u8> {
-        // Serialising plain structs of strings and integers cannot fail.
-        let mut out = serde_json::to_vec(self).unwrap_or_default();
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_be_bytes());
-        out
+        seal(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
-        let Some(split) = bytes.len().checked_sub(4) else {
-            return Err(ProtocolError::Truncated(bytes.len()));
-        };
-        let (json, tail) = bytes.split_at(split);
-        let stored = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]);
-        let computed = crc32fast::hash(json);
-        if stored != computed {
-            return Err(ProtocolError::Checksum { stored, computed });
-        }
-        let record: CommitRecord =
-            serde_json::from_slice(json).map_err(|e| ProtocolError::Json(e.to_string()))?;
+        let record: CommitRecord = unseal(bytes)?;
         if record.format > COMMIT_FORMAT {
             return Err(ProtocolError::Format {
                 found: record.format,
@@ -336,7 +319,7 @@ mod tests {
         assert_eq!(CommitRecord::decode(&bytes).unwrap(), c);
         assert_eq!(
             CommitRecord::decode(&bytes[..3]),
-            Err(ProtocolError::Truncated(3))
+            Err(ProtocolError::Sealed(Unsealed::Truncated(3)))
         );
         for i in [0, bytes.len() / 2, bytes.len() - 5, bytes.len() - 1] {
             let mut bad = bytes.clone();

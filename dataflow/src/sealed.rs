@@ -1,0 +1,41 @@
+//! Checksummed JSON, the storage form of snapshots and commit records: the
+//! JSON text, then a CRC-32 of it (4 bytes, big endian), so torn or flipped
+//! bytes are recognised instead of trusted.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why sealed bytes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsealed {
+    #[error("{0} bytes: too short to hold a checksum")]
+    Truncated(usize),
+    #[error("checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("not valid: {0}")]
+    Decode(String),
+}
+
+/// `value` as JSON followed by its CRC-32.
+pub fn seal<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our records are plain structs of strings, integers and vectors: they
+    // always serialise; an empty body would fail its own checksum check anyway.
+    let mut out = serde_json::to_vec(value).unwrap_or_default();
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// The value sealed in `bytes`, if the checksum holds and the JSON parses.
+pub fn unseal<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Unsealed> {
+    let Some(split) = bytes.len().checked_sub(4) else {
+        return Err(Unsealed::Truncated(bytes.len()));
+    };
+    let (json, tail) = bytes.split_at(split);
+    let stored = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    let computed = crc32fast::hash(json);
+    if stored != computed {
+        return Err(Unsealed::Checksum { stored, computed });
+    }
+    serde_json::from_slice(json).map_err(|e| Unsealed::Decode(e.to_string()))
+}
