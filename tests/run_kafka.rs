@@ -129,6 +129,22 @@ fn run_args<'a>(addr: &'a str, input: &'a str, out: &'a str, dlq: &'a str) -> Ve
     ]
 }
 
+/// `iotflow run` without `--until-end`, cutting 100 ms epochs: it runs until stopped.
+fn live_run(addr: &str, input: &str, out: &str, dlq: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_iotflow"));
+    c.args([
+        "run",
+        "--brokers",
+        addr,
+        "--input",
+        input,
+        "--output-topic",
+        out,
+    ])
+    .args(["--dlq", dlq, "--epoch-interval", "100ms"]);
+    c
+}
+
 /// A hostfile for two processes on free loopback ports, in `dir`.
 fn loopback_hostfile(dir: &std::path::Path) -> std::path::PathBuf {
     let hostfile = dir.join("hosts");
@@ -427,16 +443,7 @@ async fn one_process_stopping_stops_the_whole_job() {
     let mut children: Vec<_> = ["0", "1"]
         .iter()
         .map(|p| {
-            Command::new(env!("CARGO_BIN_EXE_iotflow"))
-                .args(["run", "--brokers", &addr, "--input", &input])
-                .args([
-                    "--output-topic",
-                    &out,
-                    "--dlq",
-                    &dlq,
-                    "--epoch-interval",
-                    "100ms",
-                ])
+            live_run(&addr, &input, &out, &dlq)
                 .args(["-n", "2", "-p", p, "--hostfile", hostfile.to_str().unwrap()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -511,16 +518,7 @@ async fn the_status_server_reports_the_running_job() {
         "127.0.0.1:{}",
         iotflow_redpanda::local::free_port().unwrap()
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iotflow"))
-        .args(["run", "--brokers", &addr, "--input", &input])
-        .args([
-            "--output-topic",
-            &out,
-            "--dlq",
-            &dlq,
-            "--epoch-interval",
-            "100ms",
-        ])
+    let mut child = live_run(&addr, &input, &out, &dlq)
         .args(["--idle-timeout", "500ms", "--http", &http_addr])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
