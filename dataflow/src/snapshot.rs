@@ -237,7 +237,7 @@ mod tests {
     fn inconsistent_sets_are_refused() {
         let a = snapshot(0, 2, &["a"]);
         assert!(
-            reshard(&[a.clone()], 1, &[0, 1]).is_err(),
+            reshard(std::slice::from_ref(&a), 1, &[0, 1]).is_err(),
             "one of two snapshots"
         );
         let mut b = snapshot(1, 2, &["b"]);
