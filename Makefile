@@ -12,7 +12,7 @@ BENCH_N ?= 2000000
 FUZZ_SECONDS ?= 60
 TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
-.PHONY: help demo test tansu chromium nextest build release lint fmt bench bench-ingest bench-dataflow fuzz clean
+.PHONY: help demo notebooks test tansu chromium nextest build release lint fmt bench bench-ingest bench-dataflow fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -20,8 +20,12 @@ help: ## List the targets
 demo: release tansu-release ## Run the demo: local broker, topics, simulated devices, read-back summary
 	$(RELEASE_BIN) demo
 
+notebooks: ## Execute the notebooks headless against the demo's output (run make demo first); HTML in data/notebooks
+	BIN=$(RELEASE_BIN) ./scripts/notebooks.sh demo
+
 test: lint nextest build tansu chromium ## Run every check and test (what CI runs)
 	$(CARGO) nextest run --workspace --all-targets --no-fail-fast
+	BIN=$(DEBUG_BIN) ./scripts/notebooks.sh test
 
 nextest: ## Install cargo-nextest if it is missing
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked

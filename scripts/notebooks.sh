@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Executes the notebooks headless into HTML; a cell that raises (a failed
+# check included) fails the run.
+#   scripts/notebooks.sh demo   against the demo's dataset (make notebooks)
+#   scripts/notebooks.sh test   against a small dataset the real pipeline makes here (make test)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=$here/.venv
+if [ ! -x "$venv/bin/jupyter-nbconvert" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r "$here/notebooks/requirements-lock.txt"
+fi
+
+case "${1:-}" in
+  demo)
+    dataset=$here/data/demo/parquet
+    [ -d "$dataset/aggregates" ] || { echo "no demo output in $dataset: run make demo first"; exit 1; }
+    out=$here/data/notebooks
+    ;;
+  test)
+    BIN=$(realpath "${BIN:?set BIN to the iotflow binary}")
+    work=$(mktemp -d)
+    home=$work/home
+    trap '"$BIN" --home "$home" broker stop >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+    addr=$("$BIN" --home "$home" broker --detach 2>/dev/null)
+    "$BIN" --home "$home" topics create --brokers "$addr" --partitions 2 >/dev/null
+    "$BIN" produce --brokers "$addr" --devices 20 --count 6000 --duplicates 0.01 --bad 0.01 --late 0.01 --json >/dev/null
+    "$BIN" run --brokers "$addr" --until-end --epoch-records 500 -w 2 --parquet-dir "$work/parquet" --json >/dev/null
+    dataset=$work/parquet
+    out=$work/html
+    ;;
+  *) echo "usage: $0 demo|test"; exit 2 ;;
+esac
+
+mkdir -p "$out"
+for nb in "$here"/notebooks/*.ipynb; do
+  name=$(basename "${nb%.ipynb}")
+  rm -f "$out/$name.html"
+  start=$(date +%s%N)
+  if ! IOTFLOW_PARQUET=$dataset "$venv/bin/jupyter-nbconvert" --to html --execute "$nb" \
+      --output-dir "$out" >"$out/$name.log" 2>&1; then
+    cat "$out/$name.log"
+    echo "notebook $name.ipynb failed (log above)"
+    exit 1
+  fi
+  ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  echo "$name.ipynb: ok in ${ms} ms -> $out/$name.html"
+done
