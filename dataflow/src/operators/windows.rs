@@ -405,9 +405,10 @@ fn emit<'scope>(
                     window_events.sort_unstable();
                     // Everything through `next` is in the trace; no update is later (we
                     // hold the capability for the only input that could add one).
-                    let batches = tr
-                        .batches_through(AntichainRef::new(&[]))
-                        .unwrap_or_default();
+                    let Some(batches) = tr.batches_through(AntichainRef::new(&[])) else {
+                        // The empty upper is beyond every compaction frontier we set.
+                        unreachable!("the window-state trace refused a cursor over all of it")
+                    };
                     let (mut cursor, storage) = cursor_list(batches);
                     let names = names.borrow();
                     for ev in window_events {
