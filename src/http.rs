@@ -77,8 +77,14 @@ pub async fn serve(
         };
         let _stop_sampler = AbortOnDrop(sampler);
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // E.g. out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "status server accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let state = Arc::clone(&state);
             tokio::spawn(async move {
