@@ -105,8 +105,9 @@ async fn outputs(
     (aggs, dead)
 }
 
-fn run_args<'a>(addr: &'a str, input: &'a str, out: &'a str, dlq: &'a str) -> Vec<&'a str> {
-    vec![
+/// `run` with its broker, input and outputs: what every job in these tests shares.
+fn job<'a>(addr: &'a str, input: &'a str, out: &'a str, dlq: &'a str) -> [&'a str; 9] {
+    [
         "run",
         "--brokers",
         addr,
@@ -116,6 +117,13 @@ fn run_args<'a>(addr: &'a str, input: &'a str, out: &'a str, dlq: &'a str) -> Ve
         out,
         "--dlq",
         dlq,
+    ]
+}
+
+/// A bounded job with deterministic epochs.
+fn run_args<'a>(addr: &'a str, input: &'a str, out: &'a str, dlq: &'a str) -> Vec<&'a str> {
+    let mut args = job(addr, input, out, dlq).to_vec();
+    args.extend([
         "--until-end",
         "--epoch-records",
         EPOCH_RECORDS,
@@ -126,22 +134,15 @@ fn run_args<'a>(addr: &'a str, input: &'a str, out: &'a str, dlq: &'a str) -> Ve
         "--lateness",
         "1s",
         "--json",
-    ]
+    ]);
+    args
 }
 
-/// `iotflow run` without `--until-end`, cutting 100 ms epochs: it runs until stopped.
+/// A job without `--until-end`, cutting 100 ms epochs: it runs until stopped.
 fn live_run(addr: &str, input: &str, out: &str, dlq: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_iotflow"));
-    c.args([
-        "run",
-        "--brokers",
-        addr,
-        "--input",
-        input,
-        "--output-topic",
-        out,
-    ])
-    .args(["--dlq", dlq, "--epoch-interval", "100ms"]);
+    c.args(job(addr, input, out, dlq))
+        .args(["--epoch-interval", "100ms"]);
     c
 }
 
@@ -366,25 +367,8 @@ async fn an_idle_partition_does_not_block_a_live_job_and_ctrl_c_stops_it() {
     let bootstrap = broker.bootstrap();
 
     let (out, dlq) = (common::unique("out"), common::unique("dlq"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iotflow"))
-        .args([
-            "run",
-            "--brokers",
-            &addr,
-            "--input",
-            &input,
-            "--output-topic",
-            &out,
-            "--dlq",
-            &dlq,
-        ])
-        .args([
-            "--idle-timeout",
-            "1s",
-            "--epoch-interval",
-            "100ms",
-            "--json",
-        ])
+    let mut child = live_run(&addr, &input, &out, &dlq)
+        .args(["--idle-timeout", "1s", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
