@@ -17,7 +17,7 @@ TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-demo: release tansu-release ## Run the demo: local broker, topics, simulated devices, read-back summary
+demo: release tansu-release ## Run the demo: local broker, topics, simulated devices, read-back audit, the job, a Parquet dataset
 	$(RELEASE_BIN) demo
 
 notebooks: ## Execute the notebooks headless against the demo's output (run make demo first); HTML in data/notebooks
