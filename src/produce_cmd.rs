@@ -238,10 +238,9 @@ pub async fn produce_to(
     partitions: i32,
     sim: &SimArgs,
 ) -> Result<ProduceSummary> {
-    let exists = topics::list_topics(&target.client)
+    let exists = topics::partitions_of(&target.client, topic)
         .await?
-        .iter()
-        .any(|t| t.name == topic);
+        .is_some();
     if !exists {
         if partitions < 1 {
             bail!("--partitions must be at least 1");

@@ -292,11 +292,9 @@ fn start_fetcher(
         let client = iotflow_redpanda::connect(&cfg.bootstrap, Duration::from_secs(30))
             .await
             .map_err(|e| e.to_string())?;
-        let topics = iotflow_redpanda::topics::list_topics(&client).await.map_err(|e| e.to_string())?;
-        let all = topics
-            .into_iter()
-            .find(|t| t.name == cfg.topic)
-            .map(|t| t.partitions)
+        let all = iotflow_redpanda::topics::partitions_of(&client, &cfg.topic)
+            .await
+            .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("input topic {} does not exist", cfg.topic))?;
         let mut owned = Vec::new();
         for p in owned_partitions(&all, worker, peers) {

@@ -139,11 +139,8 @@ pub async fn produce(
     config: ProducerConfig,
     counters: Arc<Counters>,
 ) -> Result<ProduceSummary, ProduceError> {
-    let partitions = iotflow_redpanda::topics::list_topics(client)
+    let partitions = iotflow_redpanda::topics::partitions_of(client, topic)
         .await?
-        .into_iter()
-        .find(|t| t.name == topic)
-        .map(|t| t.partitions)
         .filter(|p| !p.is_empty())
         .ok_or_else(|| ProduceError::NoSuchTopic(topic.to_owned()))?;
 

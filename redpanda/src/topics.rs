@@ -284,6 +284,15 @@ pub async fn list_topics(client: &Client) -> Result<Vec<TopicInfo>> {
     Ok(topics)
 }
 
+/// The partitions of `topic`, or `None` if the cluster does not know it.
+pub async fn partitions_of(client: &Client, topic: &str) -> Result<Option<Vec<i32>>> {
+    Ok(list_topics(client)
+        .await?
+        .into_iter()
+        .find(|t| t.name == topic)
+        .map(|t| t.partitions))
+}
+
 /// Offsets of one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PartitionOffsets {

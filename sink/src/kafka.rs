@@ -60,14 +60,12 @@ impl Publisher {
             let client = iotflow_redpanda::connect(&cfg.bootstrap, Duration::from_secs(30))
                 .await
                 .map_err(|e| e.to_string())?;
-            let info = iotflow_redpanda::topics::list_topics(&client)
+            let partitions = iotflow_redpanda::topics::partitions_of(&client, &cfg.topic)
                 .await
                 .map_err(|e| e.to_string())?
-                .into_iter()
-                .find(|t| t.name == cfg.topic)
                 .ok_or_else(|| format!("output topic {} does not exist", cfg.topic))?;
             let mut pcs = Vec::new();
-            for p in info.partitions {
+            for p in partitions {
                 pcs.push(
                     client
                         .partition_client(cfg.topic.as_str(), p, UnknownTopicHandling::Retry)
