@@ -3,14 +3,16 @@
 //! duplicates, late and bad records.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use iotflow_dataflow::job::{EmitMode, JobConfig, RawRecord};
+use iotflow_dataflow::job::RawRecord;
 use iotflow_dataflow::runner::{Parallelism, RunOutput, run_bounded};
 use iotflow_dataflow::source::memory_inputs;
-use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowSpec};
+use iotflow_dataflow::{JobMetrics, WindowSpec};
 use iotflow_ingest::producer::partition_for;
 use iotflow_ingest::simulator::{SimConfig, Simulator};
 
@@ -47,17 +49,7 @@ fn seeded_partitions() -> Vec<(i32, Vec<RawRecord>)> {
 }
 
 fn run(window: WindowSpec, workers: usize) -> (RunOutput, Arc<JobMetrics>) {
-    let cfg = JobConfig {
-        window,
-        lateness_ms: 1_000,
-        watermark: WatermarkConfig {
-            max_out_of_order_ms: 2_000,
-            idle_timeout_ms: 0,
-            outliers: 1,
-        },
-        emit: EmitMode::Final,
-        limits: ParseLimits::default(),
-    };
+    let cfg = common::final_job(window);
     let parts = Arc::new(seeded_partitions());
     let metrics = Arc::new(JobMetrics::default());
     let par = Parallelism {

@@ -11,10 +11,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use iotflow_dataflow::job::{EmitMode, JobConfig, RawRecord};
+use iotflow_dataflow::job::RawRecord;
 use iotflow_dataflow::runner::{Parallelism, run_bounded};
 use iotflow_dataflow::source::memory_inputs;
-use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowSpec};
+use iotflow_dataflow::{JobMetrics, WindowSpec};
 use iotflow_ingest::producer::ProduceSummary;
 use iotflow_ingest::producer::{Counters, Pace, ProducerConfig, class_name, produce};
 use iotflow_ingest::simulator::{SimConfig, Simulator};
@@ -302,17 +302,7 @@ async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
             (p, raw)
         })
         .collect();
-    let cfg = JobConfig {
-        window: WindowSpec::tumbling(10_000).unwrap(),
-        lateness_ms: 1_000,
-        watermark: WatermarkConfig {
-            max_out_of_order_ms: 2_000,
-            idle_timeout_ms: 0,
-            outliers: 1,
-        },
-        emit: EmitMode::Final,
-        limits: ParseLimits::default(),
-    };
+    let cfg = common::final_job(WindowSpec::tumbling(10_000).unwrap());
     let shared = Arc::new(parts);
     let mem = run_bounded(
         &Parallelism::default(),

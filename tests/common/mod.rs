@@ -5,6 +5,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use iotflow_dataflow::job::{EmitMode, JobConfig};
+use iotflow_dataflow::{ParseLimits, WatermarkConfig, WindowSpec};
 use iotflow_redpanda::{LocalBroker, Storage};
 
 /// Starts a private broker for one test (memory storage unless told otherwise).
@@ -55,4 +57,20 @@ pub fn iotflow_unchecked(args: &[&str]) -> Output {
 
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Final-mode windows with 2 s out-of-orderness and 1 s lateness: what the
+/// seeded-input tests use, and `run_args` passes to the CLI.
+pub fn final_job(window: WindowSpec) -> JobConfig {
+    JobConfig {
+        window,
+        lateness_ms: 1_000,
+        watermark: WatermarkConfig {
+            max_out_of_order_ms: 2_000,
+            idle_timeout_ms: 0,
+            outliers: 1,
+        },
+        emit: EmitMode::Final,
+        limits: ParseLimits::default(),
+    }
 }
