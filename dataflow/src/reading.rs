@@ -22,6 +22,8 @@ use compact_str::CompactString;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+mod scan;
+
 /// One accepted measurement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
@@ -128,11 +130,17 @@ pub fn parse_record(
         return Err(RejectReason::Oversized);
     }
     let text = std::str::from_utf8(payload).map_err(|_| RejectReason::InvalidUtf8)?;
-    let raw: RawRecord<'_> = match serde_json::from_str(text) {
-        Ok(raw) => raw,
-        Err(e) => return Err(classify_json_error(text, &e)),
+    let raw = match scan::record(text) {
+        Some(raw) => raw,
+        None => parse_with_serde(text)?,
     };
     raw.into_readings(limits, out)
+}
+
+/// The general JSON path: every record the scanner passes on, with serde_json's
+/// verdict on malformed input.
+fn parse_with_serde(text: &str) -> Result<RawRecord<'_>, RejectReason> {
+    serde_json::from_str(text).map_err(|e| classify_json_error(text, &e))
 }
 
 /// serde_json rejects `NaN`/`Infinity` (what Python's json.dumps writes) and
@@ -244,7 +252,7 @@ struct RawRecord<'a> {
     metrics_not_object: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TsKey {
     Millis,
     Auto,
@@ -309,26 +317,14 @@ impl<'de> Deserialize<'de> for RawRecord<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut raw = RawRecord::default();
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    match key.as_ref() {
-                        "device_id" | "deviceId" | "device" => {
-                            raw.device_id = Some(map.next_value()?)
-                        }
-                        "ts_ms" => raw.ts = Some((TsKey::Millis, map.next_value()?)),
-                        "ts" | "timestamp" | "time" | "event_time" => {
-                            raw.ts = Some((TsKey::Auto, map.next_value()?))
-                        }
-                        "seq" => raw.seq = Some(map.next_value()?),
-                        "sensor" | "metric" => raw.metric_name = Some(map.next_value()?),
-                        "value" => raw.value = Some(map.next_value()?),
-                        "metrics" => match map.next_value::<MetricsField<'de>>()? {
+                    if Field::of(&key) == Field::Metrics {
+                        match map.next_value::<MetricsField<'de>>()? {
                             MetricsField::Object(m) => raw.metrics.extend(m),
                             // Well-formed JSON with a wrong-typed `metrics` is a bad value.
                             MetricsField::NotAnObject => raw.metrics_not_object = true,
-                        },
-                        _ => {
-                            let v: Scalar<'de> = map.next_value()?;
-                            raw.metrics.push((key, v));
                         }
+                    } else {
+                        raw.set(key, map.next_value()?);
                     }
                 }
                 Ok(raw)
@@ -338,7 +334,47 @@ impl<'de> Deserialize<'de> for RawRecord<'de> {
     }
 }
 
-impl RawRecord<'_> {
+/// What a top-level key means; both parsers dispatch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    DeviceId,
+    Ts(TsKey),
+    Seq,
+    MetricName,
+    Value,
+    Metrics,
+    /// Any other key is a metric of the flat shape.
+    Other,
+}
+
+impl Field {
+    fn of(key: &str) -> Self {
+        match key {
+            "device_id" | "deviceId" | "device" => Field::DeviceId,
+            "ts_ms" => Field::Ts(TsKey::Millis),
+            "ts" | "timestamp" | "time" | "event_time" => Field::Ts(TsKey::Auto),
+            "seq" => Field::Seq,
+            "sensor" | "metric" => Field::MetricName,
+            "value" => Field::Value,
+            "metrics" => Field::Metrics,
+            _ => Field::Other,
+        }
+    }
+}
+
+impl<'a> RawRecord<'a> {
+    /// Records a top-level field other than `metrics`; a repeated key wins.
+    fn set(&mut self, key: Cow<'a, str>, v: Scalar<'a>) {
+        match Field::of(&key) {
+            Field::DeviceId => self.device_id = Some(v),
+            Field::Ts(unit) => self.ts = Some((unit, v)),
+            Field::Seq => self.seq = Some(v),
+            Field::MetricName => self.metric_name = Some(v),
+            Field::Value => self.value = Some(v),
+            Field::Metrics | Field::Other => self.metrics.push((key, v)),
+        }
+    }
+
     fn into_readings(
         self,
         limits: &ParseLimits,
