@@ -10,9 +10,10 @@ RELEASE_BIN := $(CARGO_TARGET_DIR)/release/iotflow
 BENCH_COUNT ?= 1000000
 BENCH_N ?= 2000000
 FUZZ_SECONDS ?= 60
+CHAOS_KILLS ?= 200
 TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
-.PHONY: help demo notebooks test tansu chromium nextest build release lint fmt bench bench-ingest bench-dataflow fuzz clean
+.PHONY: help demo notebooks test tansu chromium nextest build release lint fmt bench bench-ingest bench-dataflow chaos fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -61,6 +62,9 @@ bench-ingest: release tansu-release ## Produce throughput into the local broker,
 
 bench-dataflow: release tansu-release ## Dataflow throughput: file source, end to end vs raw fetch, peers
 	BIN=$(RELEASE_BIN) BENCH_N=$(BENCH_N) ./scripts/bench-dataflow.sh
+
+chaos: build tansu ## SIGKILL the exactly-once job CHAOS_KILLS times at random moments and compare with a clean run
+	IOTFLOW_CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) nextest run --test exactly_once --run-ignored only --no-capture
 
 fuzz: ## Fuzz the reading parser with cargo fuzz for FUZZ_SECONDS (needs a nightly toolchain)
 	@rustup run nightly rustc --version >/dev/null 2>&1 || { echo "make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 1; }

@@ -96,12 +96,16 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         "5. running the dataflow: 10 s tumbling windows, 2 workers, epochs of 1,000 records per partition, until the end of the input…"
     );
     let exe = std::env::current_exe().context("locating the iotflow binary")?;
-    // Demo output only: a rerun starts from an empty dataset.
+    // Demo output only: a rerun starts from an empty dataset and empty job state,
+    // under a job name of its own (a kept cluster still has the last run's commits).
     let parquet_dir = std::path::Path::new(DEMO_PARQUET);
-    if parquet_dir.exists() {
-        std::fs::remove_dir_all(parquet_dir)
-            .with_context(|| format!("clearing {}", parquet_dir.display()))?;
+    for dir in [DEMO_PARQUET, DEMO_STATE] {
+        let dir = std::path::Path::new(dir);
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
     }
+    let job = format!("demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"));
     let status = tokio::process::Command::new(&exe)
         .args([
             "run",
@@ -116,6 +120,10 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
             "2",
             "--parquet-dir",
             DEMO_PARQUET,
+            "--state-dir",
+            DEMO_STATE,
+            "--job",
+            &job,
         ])
         .status()
         .await
@@ -138,6 +146,7 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
 
 /// Where the demo's job writes its Parquet dataset.
 const DEMO_PARQUET: &str = "data/demo/parquet";
+const DEMO_STATE: &str = "data/demo/state";
 
 /// (files, rows) of the Parquet dataset under `dir`, from the files' footers.
 fn parquet_dataset_size(dir: &std::path::Path) -> Result<(usize, i64)> {

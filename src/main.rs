@@ -11,6 +11,7 @@ mod broker_cmd;
 mod demo;
 mod http;
 mod produce_cmd;
+mod recovery;
 mod run_cmd;
 mod scan_cmd;
 mod target;

@@ -1,17 +1,21 @@
-//! `iotflow run`: the streaming job, Kafka in, Kafka out (at least once for now).
+//! `iotflow run`: the streaming job, Kafka in, Kafka (and Parquet) out, exactly
+//! once through the commit protocol unless `--at-least-once`.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use iotflow_dataflow::job::{self, EmitMode, Epoch, JobConfig};
+use iotflow_dataflow::job::{self, EmitMode, Epoch, JobConfig, StateHooks};
 use iotflow_dataflow::kafka::{EpochMode, KafkaSourceConfig, kafka_source};
+use iotflow_dataflow::operators::windows::Captures;
 use iotflow_dataflow::runner::Parallelism;
 use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowSpec};
 use iotflow_redpanda::topics::{self, TopicSpec};
+use iotflow_sink::exactly_once::{ExactlyOnceConfig, commit_outputs};
 use iotflow_sink::kafka::{KafkaSinkConfig, publish_aggregates, publish_dead_letters};
 use iotflow_sink::parquet::write_dataset;
 use serde::Serialize;
@@ -85,10 +89,24 @@ pub struct RunArgs {
     /// at / on this address (e.g. 127.0.0.1:9464; port 0 picks a free one).
     #[arg(long, env = "IOTFLOW_HTTP")]
     http: Option<std::net::SocketAddr>,
-    /// Also write final windows as Parquet under DIR/aggregates/date=YYYY-MM-DD/
-    /// (files enter the dataset by atomic rename; at least once for now).
+    /// Final windows as Parquet under DIR/aggregates/date=YYYY-MM-DD/ (files enter the
+    /// dataset by atomic rename once their epoch commits) [default: data/parquet/<job>].
     #[arg(long, env = "IOTFLOW_PARQUET_DIR")]
     parquet_dir: Option<PathBuf>,
+    /// Staged outputs and snapshots of the exactly-once protocol; a restart on the same
+    /// directory resumes after the last commit [default: data/state/<job>].
+    #[arg(long, env = "IOTFLOW_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// The job's name in commit records [default: <input>-to-<output topic>].
+    #[arg(long, env = "IOTFLOW_JOB")]
+    job: Option<String>,
+    /// The commit log topic (one partition, compacted; created if missing).
+    #[arg(long, env = "IOTFLOW_PROGRESS_TOPIC", default_value = topics::PROGRESS)]
+    progress_topic: String,
+    /// Skip the commit protocol: publish each epoch as it completes (a crash can repeat
+    /// output) and write Parquet only with --parquet-dir. For comparisons.
+    #[arg(long)]
+    at_least_once: bool,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -209,7 +227,48 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
         source_topic: args.input.clone(),
     };
     let (agg_cfg, dlq_cfg) = (sink(&args.output_topic), sink(&args.dlq));
-    let parquet_dir = args.parquet_dir.clone();
+    let job_name = args
+        .job
+        .clone()
+        .unwrap_or_else(|| format!("{}-to-{}", args.input, args.output_topic));
+    let exactly_once = if args.at_least_once {
+        None
+    } else {
+        let mut cfg = ExactlyOnceConfig {
+            job: job_name.clone(),
+            generation: 0,
+            state_dir: args.state_dir.clone().unwrap_or_else(|| {
+                PathBuf::from("data/state").join(crate::recovery::dir_name(&job_name))
+            }),
+            parquet_dir: args.parquet_dir.clone().unwrap_or_else(|| {
+                PathBuf::from("data/parquet").join(crate::recovery::dir_name(&job_name))
+            }),
+            bootstrap: target.bootstrap.clone(),
+            progress_topic: args.progress_topic.clone(),
+            topics: [
+                (args.output_topic.clone(), partitions_of(&args.output_topic)),
+                (args.dlq.clone(), partitions_of(&args.dlq)),
+            ],
+            source_topic: args.input.clone(),
+        };
+        let workers = (args.workers * args.processes) as u32;
+        let start = crate::recovery::prepare(
+            &target.client,
+            &target.bootstrap,
+            &mut cfg,
+            workers,
+            args.process,
+        )
+        .await?;
+        source_cfg.start_epoch = start.epoch;
+        source_cfg.start_offsets = start.offsets.clone();
+        Some((cfg, Arc::new(start)))
+    };
+    let parquet_dir = if exactly_once.is_some() {
+        None
+    } else {
+        args.parquet_dir.clone()
+    };
 
     let metrics = Arc::new(JobMetrics::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -243,13 +302,36 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
                         gate.clone(),
                         Arc::clone(&metrics),
                     );
-                    let streams = job::build(
+                    let captures: Captures = Rc::default();
+                    let hooks = match &exactly_once {
+                        Some((_, start)) => StateHooks {
+                            start: start.epoch,
+                            restore: start.snapshots.get(scope.index()).cloned(),
+                            capture: Some(Rc::clone(&captures)),
+                        },
+                        None => StateHooks::default(),
+                    };
+                    let streams = job::build_with_state(
                         source,
                         job_cfg,
                         Arc::clone(&metrics),
                         Arc::clone(&stop),
                         &gate,
+                        hooks,
                     );
+                    if let Some((cfg, start)) = &exactly_once {
+                        let published = commit_outputs(
+                            streams.results,
+                            streams.dead,
+                            captures,
+                            start.epoch,
+                            cfg.clone(),
+                            Arc::clone(&sink_err),
+                            Arc::clone(&stop),
+                        );
+                        gate.also_wait_for(published);
+                        return;
+                    }
                     if let Some(dir) = &parquet_dir {
                         write_dataset(
                             streams.results.clone(),

@@ -106,7 +106,13 @@ async fn outputs(
 }
 
 /// `run` with its broker, input and outputs: what every job in these tests shares.
-fn job<'a>(addr: &'a str, input: &'a str, out: &'a str, dlq: &'a str) -> [&'a str; 9] {
+/// The job's state and Parquet directories live in the temp dir, named after
+/// the (unique) output topic, so every process of one job shares them.
+fn job<'a>(addr: &'a str, input: &'a str, out: &'a str, dlq: &'a str) -> [&'a str; 13] {
+    let dir = |kind: &str| -> &'static str {
+        let path = std::env::temp_dir().join(format!("iotflow-test-{out}-{kind}"));
+        Box::leak(path.to_string_lossy().into_owned().into_boxed_str())
+    };
     [
         "run",
         "--brokers",
@@ -117,6 +123,10 @@ fn job<'a>(addr: &'a str, input: &'a str, out: &'a str, dlq: &'a str) -> [&'a st
         out,
         "--dlq",
         dlq,
+        "--state-dir",
+        dir("state"),
+        "--parquet-dir",
+        dir("parquet"),
     ]
 }
 
@@ -659,9 +669,10 @@ async fn the_parquet_dataset_holds_each_final_window_once() {
     let addr = broker.addr().to_owned();
     let bootstrap = broker.bootstrap();
     let (out, dlq) = (common::unique("out"), common::unique("dlq"));
-    let dir = tempfile::tempdir().unwrap();
+    // `job` puts the Parquet dataset under the temp dir, named after the output topic.
+    let dir = std::env::temp_dir().join(format!("iotflow-test-{out}-parquet"));
     let mut args = run_args(&addr, &input, &out, &dlq);
-    args.extend(["-w", "2", "--parquet-dir", dir.path().to_str().unwrap()]);
+    args.extend(["-w", "2"]);
     common::iotflow(&args);
 
     let (aggs, _) = outputs(&bootstrap, &out, &dlq).await;
@@ -673,7 +684,7 @@ async fn the_parquet_dataset_holds_each_final_window_once() {
         })
         .collect();
     expected.sort();
-    let files = parquet_rows(dir.path());
+    let files = parquet_rows(&dir);
     assert!(files.len() > 1, "one file per epoch, worker and date");
     for (path, rows) in &files {
         let date = path
@@ -710,7 +721,7 @@ async fn the_parquet_dataset_holds_each_final_window_once() {
         got.len(),
         expected.len()
     );
-    let staged: Vec<_> = walk(&dir.path().join(iotflow_sink::parquet::STAGING));
+    let staged: Vec<_> = walk(&dir.join(iotflow_sink::parquet::STAGING));
     assert!(staged.is_empty(), "left staged: {staged:?}");
 }
 

@@ -25,8 +25,10 @@ use timely::dataflow::operators::vec::Broadcast;
 
 use crate::aggregate::Stats;
 use crate::metrics::JobMetrics;
+use crate::operators::windows::Captures;
 use crate::operators::{classify, windows};
 use crate::reading::{ParseLimits, Reading, RejectReason};
+use crate::snapshot::WorkerSnapshot;
 use crate::watermark::{ShareReport, ShareState, WatermarkConfig};
 use crate::window::WindowSpec;
 
@@ -51,6 +53,16 @@ pub const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
 pub struct Backpressure {
     probe: ProbeHandle<Epoch>,
     metrics: Arc<JobMetrics>,
+}
+
+impl Backpressure {
+    /// Makes the source also wait for `stream` (e.g. a sink's progress).
+    pub fn also_wait_for<'scope, D: timely::Container>(
+        &self,
+        stream: Stream<'scope, Epoch, D>,
+    ) -> Stream<'scope, Epoch, D> {
+        stream.probe_with(&self.probe)
+    }
 }
 
 impl Backpressure {
@@ -189,6 +201,17 @@ pub struct JobStreams<'scope> {
     pub reports: Stream<'scope, Epoch, Vec<ShareReport>>,
 }
 
+/// Where a worker's dataflow starts and what it keeps: the first epoch, the
+/// state to start from (this worker's share of the snapshot of the epoch
+/// before), and, when the job commits, where each epoch's snapshot is left.
+#[derive(Default)]
+#[allow(missing_debug_implementations)] // holds an `Rc` cell of snapshots
+pub struct StateHooks {
+    pub start: Epoch,
+    pub restore: Option<WorkerSnapshot>,
+    pub capture: Option<Captures>,
+}
+
 /// Builds the dataflow over `source` in its scope. `stop` is raised when any
 /// source of the job, in any process, reports [`ShareState::Stopped`];
 /// `gate` probes the outputs for the source's backpressure.
@@ -199,9 +222,30 @@ pub fn build<'scope>(
     stop: Arc<AtomicBool>,
     gate: &Backpressure,
 ) -> JobStreams<'scope> {
+    build_with_state(source, cfg, metrics, stop, gate, StateHooks::default())
+}
+
+/// [`build`], starting from `hooks.start` with `hooks.restore`, leaving each
+/// epoch's snapshot in `hooks.capture`.
+pub fn build_with_state<'scope>(
+    source: Stream<'scope, Epoch, Vec<SourceEvent>>,
+    cfg: JobConfig,
+    metrics: Arc<JobMetrics>,
+    stop: Arc<AtomicBool>,
+    gate: &Backpressure,
+    hooks: StateHooks,
+) -> JobStreams<'scope> {
     let scope = source.scope();
     let (loop_handle, fed_back) = scope.feedback::<Vec<ShareReport>>(1);
-    let classified = classify::classify(source, fed_back, cfg, Arc::clone(&metrics), stop);
+    let classified = classify::classify(
+        source,
+        fed_back,
+        cfg,
+        Arc::clone(&metrics),
+        stop,
+        hooks.start,
+        hooks.restore.as_ref(),
+    );
     let mut parts = classified
         .partition::<timely::container::CapacityContainerBuilder<Vec<Classified>>, _, _>(3, |c| {
             match c {
@@ -227,7 +271,8 @@ pub fn build<'scope>(
         })
         .broadcast();
     reports.clone().connect_loop(loop_handle);
-    let results = windows::windows(readings, reports.clone(), cfg, metrics).probe_with(&gate.probe);
+    let results =
+        windows::windows(readings, reports.clone(), cfg, metrics, hooks).probe_with(&gate.probe);
     let dead = dead.probe_with(&gate.probe);
     JobStreams {
         results,

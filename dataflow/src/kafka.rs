@@ -50,6 +50,8 @@ pub struct KafkaSourceConfig {
     pub max_buffered_bytes: usize,
     /// Where to start per partition (default: the earliest offset).
     pub start_offsets: BTreeMap<i32, i64>,
+    /// The first epoch (a resumed job goes on after its last commit).
+    pub start_epoch: Epoch,
 }
 
 impl KafkaSourceConfig {
@@ -62,6 +64,7 @@ impl KafkaSourceConfig {
             idle_timeout: Duration::from_secs(5),
             max_buffered_bytes: 16 << 20,
             start_offsets: BTreeMap::new(),
+            start_epoch: 0,
         }
     }
 }
@@ -135,8 +138,10 @@ pub fn kafka_source<'scope>(
     source(scope, "KafkaSource", move |cap, info| {
         let activator = scope.activator_for(Rc::clone(&info.address));
         let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
+        let mut cap = cap;
+        cap.downgrade(&cfg.start_epoch);
         let mut cap = Some(cap);
-        let mut epoch: Epoch = 0;
+        let mut epoch: Epoch = cfg.start_epoch;
         let mut epoch_started = Instant::now();
         let deterministic = matches!(cfg.epochs, EpochMode::Records(_));
         let owned: Vec<Owned> = match start_fetcher(

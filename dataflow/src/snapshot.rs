@@ -3,13 +3,14 @@
 //! per-worker ids the operators use, and a checksum over the bytes.
 //!
 //! ```text
-//!   Classify: top event times of its partitions ─┐
-//!   Assign:   dedupe keys + their expiry          ├─▶ WorkerSnapshot ─encode (JSON + CRC)─▶ bytes
-//!   Emit:     open windows' readings              │
-//!   every worker: the latest report of each share ┘
-//!   snapshots of N workers ──reshard──▶ snapshots of M workers
-//!     (partitions round-robin like the Kafka source, devices by `device_hash`)
+//!   Assign:   latest report of each share + watermark ─┐
+//!             dedupe keys + their expiry               ├─▶ WorkerSnapshot ─encode (JSON + CRC)─▶ bytes
+//!   Emit:     open windows' readings                   ┘
+//!   snapshots of N workers ──reshard (devices by `device_hash`)──▶ snapshots of M workers
 //! ```
+//!
+//! A partition's top event times are in its latest report, so Classify
+//! restores from the reports and needs no part of its own.
 
 use serde::{Deserialize, Serialize};
 
@@ -59,8 +60,8 @@ pub struct WorkerSnapshot {
     pub workers: u32,
     /// The latest report of every share: the watermark's inputs (the same on every worker).
     pub reports: Vec<ShareReport>,
-    /// Top event times per input partition this worker reads.
-    pub tops: Vec<(i32, Vec<i64>)>,
+    /// The job watermark after this epoch (it never goes back).
+    pub watermark: Option<i64>,
     pub seen: Vec<SeenKey>,
     pub windows: Vec<OpenWindow>,
 }
@@ -80,14 +81,6 @@ impl WorkerSnapshot {
     }
 }
 
-/// The worker that reads input partition `partition` when `workers` workers
-/// share `partitions` partitions: round-robin in partition order, as the Kafka
-/// source assigns them.
-pub fn partition_owner(partition: i32, partitions: &[i32], workers: u32) -> u32 {
-    let rank = partitions.iter().filter(|p| **p < partition).count() as u32;
-    rank % workers.max(1)
-}
-
 /// The worker that owns `device`'s windows and dedupe keys among `workers`.
 pub fn device_owner(device: &str, workers: u32) -> u32 {
     (device_hash(device) % u64::from(workers.max(1))) as u32
@@ -95,12 +88,10 @@ pub fn device_owner(device: &str, workers: u32) -> u32 {
 
 /// Redistributes one epoch's snapshots of any number of workers over
 /// `workers` workers; the union of the state is unchanged and every entry
-/// lands where the new workers' routing sends its key. `partitions` are the
-/// input's partitions.
+/// lands where the new workers' routing sends its key.
 pub fn reshard(
     snapshots: &[WorkerSnapshot],
     workers: u32,
-    partitions: &[i32],
 ) -> Result<Vec<WorkerSnapshot>, SnapshotError> {
     let Some(first) = snapshots.first() else {
         return Err(SnapshotError::Inconsistent("no snapshots".into()));
@@ -126,17 +117,12 @@ pub fn reshard(
             worker,
             workers,
             reports: first.reports.clone(),
-            tops: Vec::new(),
+            watermark: first.watermark,
             seen: Vec::new(),
             windows: Vec::new(),
         })
         .collect();
     for s in snapshots {
-        for (partition, top) in &s.tops {
-            out[partition_owner(*partition, partitions, workers) as usize]
-                .tops
-                .push((*partition, top.clone()));
-        }
         for k in &s.seen {
             out[device_owner(&k.device, workers) as usize]
                 .seen
@@ -150,7 +136,6 @@ pub fn reshard(
     }
     // One canonical layout: the bytes depend on the state, not on the old sharding.
     for s in &mut out {
-        s.tops.sort();
         s.seen.sort();
         s.windows.sort();
     }
@@ -176,8 +161,9 @@ mod tests {
                 shares: 1,
                 top: vec![5, 4],
                 state: ShareState::Active,
+                next_offset: 12,
             }],
-            tops: vec![(worker as i32, vec![10, 9])],
+            watermark: Some(3),
             seen: devices
                 .iter()
                 .map(|d| SeenKey {
@@ -220,30 +206,16 @@ mod tests {
     }
 
     #[test]
-    fn partitions_go_where_the_kafka_source_reads_them() {
-        let parts = [4, 0, 3, 1, 2];
-        let owners: Vec<u32> = (0..5).map(|p| partition_owner(p, &parts, 2)).collect();
-        assert_eq!(owners, [0, 1, 0, 1, 0]);
-        for workers in 1..4usize {
-            for w in 0..workers {
-                for p in crate::kafka::owned_partitions(&parts, w, workers) {
-                    assert_eq!(partition_owner(p, &parts, workers as u32), w as u32);
-                }
-            }
-        }
-    }
-
-    #[test]
     fn inconsistent_sets_are_refused() {
         let a = snapshot(0, 2, &["a"]);
         assert!(
-            reshard(std::slice::from_ref(&a), 1, &[0, 1]).is_err(),
+            reshard(std::slice::from_ref(&a), 1).is_err(),
             "one of two snapshots"
         );
         let mut b = snapshot(1, 2, &["b"]);
         b.epoch = 8;
-        assert!(reshard(&[a, b], 1, &[0, 1]).is_err(), "two epochs");
-        assert!(reshard(&[], 1, &[0]).is_err());
+        assert!(reshard(&[a, b], 1).is_err(), "two epochs");
+        assert!(reshard(&[], 1).is_err());
     }
 
     proptest! {
@@ -256,7 +228,6 @@ mod tests {
             to in 1u32..5,
         ) {
             let devices: Vec<String> = devices.into_iter().collect();
-            let parts: Vec<i32> = (0..from as i32).collect();
             let mut shards: Vec<Vec<&str>> = vec![Vec::new(); from as usize];
             for d in &devices {
                 shards[device_owner(d, from) as usize].push(d);
@@ -266,7 +237,7 @@ mod tests {
                 .enumerate()
                 .map(|(w, ds)| snapshot(w as u32, from, ds))
                 .collect();
-            let after = reshard(&before, to, &parts).unwrap();
+            let after = reshard(&before, to).unwrap();
             prop_assert_eq!(after.len(), to as usize);
             let mut all: Vec<String> = Vec::new();
             for s in &after {
@@ -274,14 +245,11 @@ mod tests {
                     prop_assert_eq!(device_owner(&w.device, to), s.worker);
                     all.push(w.device.clone());
                 }
-                for (p, _) in &s.tops {
-                    prop_assert_eq!(partition_owner(*p, &parts, to), s.worker);
-                }
                 prop_assert_eq!(s.seen.len(), s.windows.len());
             }
             all.sort();
             prop_assert_eq!(all, devices);
-            let back = reshard(&reshard(&after, from, &parts).unwrap(), to, &parts).unwrap();
+            let back = reshard(&reshard(&after, from).unwrap(), to).unwrap();
             prop_assert_eq!(back, after);
         }
     }

@@ -98,6 +98,9 @@ pub struct ShareReport {
     /// The share's largest event times so far (cumulative), descending.
     pub top: Vec<i64>,
     pub state: ShareState,
+    /// The next source offset to read: the share covered every offset below it.
+    #[serde(default)]
+    pub next_offset: i64,
 }
 
 /// Folds share reports into the job watermark. Pure; the same reports in any
@@ -122,6 +125,27 @@ impl WatermarkCombiner {
     pub fn apply(&mut self, report: &ShareReport) {
         self.shares
             .insert((report.partition, report.share), report.clone());
+    }
+
+    /// The latest report of every share, in (partition, share) order.
+    pub fn reports(&self) -> Vec<ShareReport> {
+        self.shares.values().cloned().collect()
+    }
+
+    /// Rebuilds the combiner a snapshot describes: its reports and the
+    /// watermark it had emitted (which never goes back).
+    pub fn restored(cfg: WatermarkConfig, reports: &[ShareReport], emitted: Option<i64>) -> Self {
+        let mut c = Self::new(cfg);
+        for r in reports {
+            c.apply(r);
+        }
+        c.emitted = emitted;
+        c
+    }
+
+    /// The watermark last returned by [`Self::watermark`], without recomputing.
+    pub fn emitted(&self) -> Option<i64> {
+        self.emitted
     }
 
     /// The watermark after every report applied so far; `None` while some
@@ -197,6 +221,7 @@ mod tests {
             shares: 1,
             top: top.values().to_vec(),
             state,
+            next_offset: 0,
         }
     }
 

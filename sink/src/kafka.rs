@@ -260,7 +260,8 @@ fn publish_by_epoch<T: timely::ExchangeData>(
     });
 }
 
-fn aggregate_key(r: &WindowResult) -> String {
+/// The Kafka key of an aggregate: `device|metric|window_start`.
+pub fn aggregate_key(r: &WindowResult) -> String {
     format!("{}|{}|{}", r.device_id, r.metric, r.window_start)
 }
 

@@ -8,6 +8,7 @@
 //! Today: the output record formats and the commit protocol's pure core
 //! (`protocol`); its Kafka, Parquet and state-dir adapters land here next.
 
+pub mod exactly_once;
 pub mod kafka;
 pub mod parquet;
 pub mod progress;

@@ -105,7 +105,7 @@ pub struct EpochStaging {
 }
 
 /// What one worker staged.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Staged {
     pub publish: Vec<PublishTarget>,
     pub files: Vec<FileEntry>,

@@ -22,6 +22,7 @@ use timely::dataflow::operators::generic::Operator;
 use crate::job::{Classified, DeadRecord, Epoch, JobConfig, PartitionStatus, SourceEvent};
 use crate::metrics::JobMetrics;
 use crate::reading::{Reading, RejectReason, parse_record};
+use crate::snapshot::WorkerSnapshot;
 use crate::watermark::{ShareReport, ShareState, TopK, WatermarkCombiner};
 
 /// See the module docs. `reports` is the broadcast report stream, fed back with +1.
@@ -31,22 +32,41 @@ pub fn classify<'scope>(
     cfg: JobConfig,
     metrics: Arc<JobMetrics>,
     stop: Arc<AtomicBool>,
+    start: Epoch,
+    restore: Option<&WorkerSnapshot>,
 ) -> Stream<'scope, Epoch, Vec<Classified>> {
+    let k = cfg.watermark.outliers + 1;
+    // A partition's top event times are in its latest report.
+    let (combiner, tops) = match restore {
+        Some(s) => (
+            WatermarkCombiner::restored(cfg.watermark, &s.reports, s.watermark),
+            s.reports
+                .iter()
+                .map(|r| {
+                    let mut top = TopK::new(k);
+                    top.merge(&r.top);
+                    (r.partition, top)
+                })
+                .collect(),
+        ),
+        None => (WatermarkCombiner::new(cfg.watermark), FxHashMap::default()),
+    };
     source.binary_frontier(
         reports,
         Pipeline,
         Pipeline,
         "Classify",
         move |cap, _info| {
+            let mut cap = cap;
+            cap.downgrade(&start);
             let mut cap = Some(cap);
-            let mut next: Epoch = 0;
+            let mut next: Epoch = start;
             let mut pending: BTreeMap<Epoch, Vec<SourceEvent>> = BTreeMap::new();
             let mut pending_reports: BTreeMap<Epoch, Vec<ShareReport>> = BTreeMap::new();
-            let mut combiner = WatermarkCombiner::new(cfg.watermark);
-            let mut tops: FxHashMap<i32, TopK> = FxHashMap::default();
+            let mut combiner = combiner;
+            let mut tops: FxHashMap<i32, TopK> = tops;
             let mut statuses: Vec<PartitionStatus> = Vec::new();
             let mut scratch: Vec<Reading> = Vec::new();
-            let k = cfg.watermark.outliers + 1;
 
             move |(source_in, source_frontier), (reports_in, reports_frontier), output| {
                 source_in.for_each(|time, data| {
@@ -151,6 +171,7 @@ pub fn classify<'scope>(
                                 shares: s.shares,
                                 top,
                                 state: s.state,
+                                next_offset: s.next_offset,
                             }));
                         }
                     }

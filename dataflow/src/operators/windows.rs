@@ -48,9 +48,10 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::frontier::AntichainRef;
 
 use crate::aggregate::{Stats, from_ordered_bits, ordered_bits};
-use crate::job::{Classified, EmitMode, Epoch, JobConfig, WindowResult};
+use crate::job::{Classified, EmitMode, Epoch, JobConfig, StateHooks, WindowResult};
 use crate::metrics::JobMetrics;
 use crate::reading::Reading;
+use crate::snapshot::{self, WorkerSnapshot};
 use crate::watermark::{ShareReport, WatermarkCombiner};
 
 /// (device id, metric id, window start), ids from this worker's [`Names`].
@@ -64,6 +65,26 @@ type Update = ((WindowKey, WindowVal), Epoch, isize);
 type StateSpine = ValSpine<WindowKey, WindowVal, Epoch, isize>;
 /// (device id, metric id, seq).
 type SeenKey = (u32, u32, u64);
+
+/// Each epoch's snapshot of this worker as its operators finish the epoch:
+/// Assign leaves reports, watermark, dedupe keys and which windows are open;
+/// Emit adds those windows' readings from the trace. A sink takes it.
+#[derive(Default)]
+#[allow(missing_debug_implementations)] // holds operator-internal keys
+pub struct Snapshots {
+    partial: BTreeMap<Epoch, (WorkerSnapshot, Vec<WindowKey>)>,
+    ready: BTreeMap<Epoch, WorkerSnapshot>,
+}
+
+impl Snapshots {
+    /// The snapshot of `epoch`, once every operator of this worker finished it.
+    pub fn take(&mut self, epoch: Epoch) -> Option<WorkerSnapshot> {
+        self.ready.remove(&epoch)
+    }
+}
+
+/// Where a worker's operators leave their snapshots; shared by one worker's operators.
+pub type Captures = Rc<RefCell<Snapshots>>;
 
 /// What Assign tells Emit about a window at an epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -118,15 +139,19 @@ pub fn windows<'scope>(
     reports: Stream<'scope, Epoch, Vec<ShareReport>>,
     cfg: JobConfig,
     metrics: Arc<JobMetrics>,
+    hooks: StateHooks,
 ) -> Stream<'scope, Epoch, Vec<WindowResult>> {
     let scope = readings.scope();
     let names = Rc::new(RefCell::new(Names::default()));
+    let capture = hooks.capture.clone();
+    let start = hooks.start;
     let (updates, events) = assign(
         readings,
         reports,
         cfg,
         Rc::clone(&names),
         Arc::clone(&metrics),
+        hooks,
     );
     let (retract_handle, retractions) = scope.feedback::<Vec<Update>>(1);
     // Pipeline: Assign already put each device on its worker, and the ids are per worker.
@@ -136,7 +161,16 @@ pub fn windows<'scope>(
         "WindowState",
         ValBatcher::new,
     );
-    let (results, retractions) = emit(events, state.stream, state.trace, cfg, names, metrics);
+    let (results, retractions) = emit(
+        events,
+        state.stream,
+        state.trace,
+        cfg,
+        names,
+        metrics,
+        capture,
+        start,
+    );
     retractions.connect_loop(retract_handle);
     results
 }
@@ -148,10 +182,15 @@ fn assign<'scope>(
     cfg: JobConfig,
     names: Rc<RefCell<Names>>,
     metrics: Arc<JobMetrics>,
+    hooks: StateHooks,
 ) -> (
     Stream<'scope, Epoch, Vec<Update>>,
     Stream<'scope, Epoch, Vec<WindowEvent>>,
 ) {
+    let (worker, workers) = (
+        readings.scope().index() as u32,
+        readings.scope().peers() as u32,
+    );
     let by_device = Exchange::new(|c: &Classified| match c {
         Classified::Reading(r) => device_hash(&r.device_id),
         _ => 0,
@@ -164,9 +203,17 @@ fn assign<'scope>(
     let mut updates_out = OutputBuilder::from(updates_out);
     let mut events_out = OutputBuilder::from(events_out);
 
-    builder.build(move |caps| {
+    builder.build(move |mut caps| {
+        let StateHooks {
+            start,
+            restore,
+            capture,
+        } = hooks;
+        for c in caps.iter_mut() {
+            c.downgrade(&start);
+        }
         let mut caps = Some(caps);
-        let mut next: Epoch = 0;
+        let mut next: Epoch = start;
         let mut pending: BTreeMap<Epoch, Vec<Reading>> = BTreeMap::new();
         let mut pending_reports: BTreeMap<Epoch, Vec<ShareReport>> = BTreeMap::new();
         let mut combiner = WatermarkCombiner::new(cfg.watermark);
@@ -176,6 +223,39 @@ fn assign<'scope>(
         let mut seen: FxHashSet<SeenKey> = FxHashSet::default();
         let mut seen_expiry: BTreeMap<i64, Vec<SeenKey>> = BTreeMap::new();
         let mut touched: FxHashSet<WindowKey> = FxHashSet::default();
+        // The restored windows' readings enter the arrangement at the first epoch.
+        let mut restored: Vec<Update> = Vec::new();
+        if let Some(snap) = restore {
+            combiner = WatermarkCombiner::restored(cfg.watermark, &snap.reports, snap.watermark);
+            let mut names = names.borrow_mut();
+            for k in snap.seen {
+                let key = (
+                    names.id(&k.device.into()),
+                    names.id(&k.metric.into()),
+                    k.seq,
+                );
+                seen.insert(key);
+                seen_expiry.entry(k.expires_at).or_default().push(key);
+            }
+            for w in snap.windows {
+                let key = (
+                    names.id(&w.device.into()),
+                    names.id(&w.metric.into()),
+                    w.start,
+                );
+                if open.insert(key) {
+                    let close_at = cfg.window.end(w.start).saturating_add(cfg.lateness_ms);
+                    closing.entry(close_at).or_default().push(key);
+                }
+                let mut run: WindowVal = w
+                    .readings
+                    .iter()
+                    .map(|&(ts, bits)| (ts, ordered_bits(f64::from_bits(bits))))
+                    .collect();
+                run.sort_unstable();
+                restored.push(((key, run), start, 1));
+            }
+        }
 
         move |frontiers| {
             readings_in.for_each(|time, data| {
@@ -198,12 +278,12 @@ fn assign<'scope>(
                 }
                 let wm_before = combiner.watermark();
                 let readings = pending.remove(&next).unwrap_or_default();
-                let mut names = names.borrow_mut();
+                let mut interned = names.borrow_mut();
                 let ids: Vec<(u32, u32)> = readings
                     .iter()
-                    .map(|r| (names.id(&r.device_id), names.id(&r.metric)))
+                    .map(|r| (interned.id(&r.device_id), interned.id(&r.metric)))
                     .collect();
-                drop(names);
+                drop(interned);
                 let (keep, duplicates) = dedupe(&readings, &ids, &seen);
                 for (key, i) in keep.iter().enumerate().filter_map(|(i, k)| {
                     let seq = readings[i].seq?;
@@ -248,13 +328,11 @@ fn assign<'scope>(
                         }
                     }
                 }
-                let mut out: Vec<Update> = runs
-                    .into_iter()
-                    .map(|(key, mut run)| {
-                        run.sort_unstable();
-                        ((key, run), next, 1)
-                    })
-                    .collect();
+                let mut out: Vec<Update> = std::mem::take(&mut restored);
+                out.extend(runs.into_iter().map(|(key, mut run)| {
+                    run.sort_unstable();
+                    ((key, run), next, 1)
+                }));
                 for r in pending_reports.remove(&next).unwrap_or_default() {
                     combiner.apply(&r);
                 }
@@ -284,6 +362,34 @@ fn assign<'scope>(
                         .drain()
                         .map(|key| WindowEvent { key, closed: false }),
                 );
+                if let Some(capture) = &capture {
+                    let names = names.borrow();
+                    let mut keys: Vec<snapshot::SeenKey> = seen_expiry
+                        .iter()
+                        .flat_map(|(at, keys)| {
+                            keys.iter().map(|&(device, metric, seq)| snapshot::SeenKey {
+                                device: names.name(device),
+                                metric: names.name(metric),
+                                seq,
+                                expires_at: *at,
+                            })
+                        })
+                        .collect();
+                    keys.sort_unstable();
+                    let mut windows: Vec<WindowKey> = open.iter().copied().collect();
+                    windows.sort_unstable();
+                    let snap = WorkerSnapshot {
+                        format: snapshot::SNAPSHOT_FORMAT,
+                        epoch: next,
+                        worker,
+                        workers,
+                        reports: combiner.reports(),
+                        watermark: combiner.emitted(),
+                        seen: keys,
+                        windows: Vec::new(),
+                    };
+                    capture.borrow_mut().partial.insert(next, (snap, windows));
+                }
                 metrics.duplicates.fetch_add(duplicates, Ordering::Relaxed);
                 metrics.late_partial.fetch_add(partial, Ordering::Relaxed);
                 if !out.is_empty() {
@@ -351,7 +457,58 @@ fn dedupe(readings: &[Reading], ids: &[(u32, u32)], seen: &FxHashSet<SeenKey>) -
     (keep, duplicates)
 }
 
+/// The readings of the `open` windows (sorted keys) as of `epoch`, from the trace.
+fn open_windows(
+    trace: &mut TraceAgent<StateSpine>,
+    open: &[WindowKey],
+    epoch: Epoch,
+    names: &Names,
+) -> Vec<snapshot::OpenWindow> {
+    let mut windows = Vec::with_capacity(open.len());
+    if open.is_empty() {
+        return windows;
+    }
+    let Some(batches) = trace.batches_through(AntichainRef::new(&[])) else {
+        unreachable!("the window-state trace refused a cursor over all of it")
+    };
+    let (mut cursor, storage) = cursor_list(batches);
+    for &key in open {
+        cursor.seek_key(&storage, &key);
+        if cursor.get_key(&storage) != Some(&key) {
+            continue;
+        }
+        let mut readings: Vec<(i64, u64)> = Vec::new();
+        while let Some(run) = cursor.get_val(&storage) {
+            let mut n: isize = 0;
+            // Later epochs may already be in the trace; the snapshot is of `epoch`.
+            cursor.map_times(&storage, |t, d| {
+                if *t <= epoch {
+                    n += *d
+                }
+            });
+            for _ in 0..n.max(0) {
+                readings.extend(
+                    run.iter()
+                        .map(|&(ts, b)| (ts, from_ordered_bits(b).to_bits())),
+                );
+            }
+            cursor.step_val(&storage);
+        }
+        readings.sort_unstable_by_key(|&(ts, bits)| (ts, ordered_bits(f64::from_bits(bits))));
+        let (device, metric, start) = key;
+        windows.push(snapshot::OpenWindow {
+            device: names.name(device),
+            metric: names.name(metric),
+            start,
+            readings,
+        });
+    }
+    windows.sort_unstable();
+    windows
+}
+
 /// Reads closed and touched windows out of the arrangement; see the module docs.
+#[allow(clippy::too_many_arguments)] // the streams and the state an operator needs
 fn emit<'scope>(
     events: Stream<'scope, Epoch, Vec<WindowEvent>>,
     batches: Stream<'scope, Epoch, Vec<SpanOf<TraceAgent<StateSpine>>>>,
@@ -359,6 +516,8 @@ fn emit<'scope>(
     cfg: JobConfig,
     names: Rc<RefCell<Names>>,
     metrics: Arc<JobMetrics>,
+    capture: Option<Captures>,
+    start: Epoch,
 ) -> (
     Stream<'scope, Epoch, Vec<WindowResult>>,
     Stream<'scope, Epoch, Vec<Update>>,
@@ -372,10 +531,13 @@ fn emit<'scope>(
     let mut results_out = OutputBuilder::from(results_out);
     let mut retract_out = OutputBuilder::from(retract_out);
 
-    builder.build(move |caps| {
+    builder.build(move |mut caps| {
+        for c in caps.iter_mut() {
+            c.downgrade(&start);
+        }
         let mut caps = Some(caps);
         let mut trace = Some(trace);
-        let mut next: Epoch = 0;
+        let mut next: Epoch = start;
         let mut pending: BTreeMap<Epoch, Vec<WindowEvent>> = BTreeMap::new();
         let mut values: Vec<(i64, f64)> = Vec::new();
         let mut merged: Vec<(i64, u64)> = Vec::new();
@@ -443,6 +605,13 @@ fn emit<'scope>(
                                 ev.closed,
                             ));
                         }
+                    }
+                }
+                if let Some(capture) = &capture {
+                    let mut capture = capture.borrow_mut();
+                    if let Some((mut snap, open)) = capture.partial.remove(&next) {
+                        snap.windows = open_windows(tr, &open, next, &names.borrow());
+                        capture.ready.insert(next, snap);
                     }
                 }
                 let finals = out.iter().filter(|r| r.is_final).count() as u64;

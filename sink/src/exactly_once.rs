@@ -1,0 +1,719 @@
+//! The exactly-once sinks: the commit protocol (`protocol`) driven by the
+//! dataflow's frontiers, with its I/O on the state directory, the progress
+//! topic, the output partitions and the Parquet dataset.
+//!
+//! ```text
+//!   every worker, frontier past e:
+//!     Stage   outputs of e for its partitions ─▶ <state>/epochs/e/w<w>.out   (sealed, fsync)
+//!             final windows of e              ─▶ <parquet>/.staging/*.parquet (fsync)
+//!             its snapshot of e               ─▶ <state>/epochs/e/w<w>.snap  (sealed, fsync)
+//!             ──Staged(e)──▶ worker 0
+//!   worker 0, every Staged(e) in and every Published(e−1) back:
+//!     Commit  CommitRecord(e) appended to the progress topic   ← the commit point
+//!             Parquet files of e renamed into the dataset (+ dir fsync)
+//!             ──Committed(e) (broadcast)──▶ every worker
+//!   every worker:
+//!     Publish its partitions' records of e, skipping what each tail shows is there
+//!             ──Published(e), fed back +1──▶ Commit (the next commit waits for it)
+//! ```
+//!
+//! So at most the latest commit can be partly published, and recovery
+//! ([`finish_publishing`]) completes it from the staged files before the job
+//! goes on with the next epoch. Records of an epoch go out in one
+//! deterministic order per partition, each with its epoch and index in
+//! headers: a partition's last record says exactly how far it got.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult, epoch_of};
+use iotflow_dataflow::operators::windows::Captures;
+use iotflow_dataflow::sealed::{seal, unseal};
+use iotflow_redpanda::partitioner::partition_for;
+use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::record::Record;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::core::{ConnectLoop, Feedback};
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::vec::Broadcast;
+
+use crate::kafka::{SinkError, aggregate_key, aggregate_record, tail_mark};
+use crate::parquet;
+use crate::progress::{KEPT_COMMITS, ProgressLog};
+use crate::protocol::{
+    CommitRecord, EpochStaging, FileEntry, PublishTarget, SnapshotEntry, Staged, TailMark,
+    unpublished,
+};
+use crate::records::{AggregateRecord, DeadLetter, EPOCH_HEADER, INDEX_HEADER};
+
+/// Epoch directories under the state directory.
+pub const EPOCHS: &str = "epochs";
+
+/// Where and how the job commits.
+#[derive(Debug, Clone)]
+pub struct ExactlyOnceConfig {
+    pub job: String,
+    pub generation: u64,
+    pub state_dir: PathBuf,
+    pub parquet_dir: PathBuf,
+    pub bootstrap: Vec<String>,
+    pub progress_topic: String,
+    /// The output topics with their partition counts: aggregates, then dead letters.
+    pub topics: [(String, usize); 2],
+    pub source_topic: String,
+}
+
+const AGGREGATES: u8 = 0;
+const DEAD_LETTERS: u8 = 1;
+
+/// One output record, staged before it is published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outgoing {
+    /// Index into [`ExactlyOnceConfig::topics`].
+    pub topic: u8,
+    pub partition: i32,
+    /// The publish order within (topic, partition): aggregates by key, dead
+    /// letters by source position.
+    pub order: (String, i32, i64),
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, Vec<u8>>,
+    pub timestamp_ms: i64,
+}
+
+impl Outgoing {
+    fn record(&self, epoch: Epoch, index: u64) -> Record {
+        let mut headers = self.headers.clone();
+        headers.insert(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes());
+        headers.insert(INDEX_HEADER.to_owned(), index.to_string().into_bytes());
+        Record {
+            key: self.key.clone(),
+            value: Some(self.value.clone()),
+            headers,
+            timestamp: Utc
+                .timestamp_millis_opt(self.timestamp_ms)
+                .single()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// What a worker tells the committer about an epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StagedMsg {
+    worker: u32,
+    staged: Staged,
+}
+
+fn epoch_dir(state_dir: &Path, epoch: Epoch) -> PathBuf {
+    state_dir.join(EPOCHS).join(format!("{epoch:012}"))
+}
+
+fn outputs_path(state_dir: &Path, epoch: Epoch, worker: u32) -> PathBuf {
+    epoch_dir(state_dir, epoch).join(format!("w{worker:04}.out"))
+}
+
+/// Where worker `worker`'s snapshot of `epoch` lives, relative to the state directory.
+pub fn snapshot_path(epoch: Epoch, worker: u32) -> String {
+    format!("{EPOCHS}/{epoch:012}/w{worker:04}.snap")
+}
+
+/// Epochs with a directory under `<state>/epochs`.
+pub fn staged_epochs(state_dir: &Path) -> std::io::Result<BTreeSet<Epoch>> {
+    let dir = state_dir.join(EPOCHS);
+    let mut out = BTreeSet::new();
+    match fs::read_dir(&dir) {
+        Ok(entries) => {
+            for entry in entries {
+                if let Some(e) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+                    out.insert(e);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(out)
+}
+
+/// Removes what an epoch staged: its directory and its Parquet staging files.
+pub fn discard_epoch(state_dir: &Path, parquet_dir: &Path, epoch: Epoch) -> std::io::Result<()> {
+    match fs::remove_dir_all(epoch_dir(state_dir, epoch)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let staging = parquet_dir.join(parquet::STAGING);
+    let prefix = format!("e{epoch:012}-");
+    if let Ok(entries) = fs::read_dir(&staging) {
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                fs::remove_file(entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` durably: file fsync, then its directory's.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+/// Whether every snapshot a commit names is on disk with its size and checksum.
+pub fn snapshots_ok(state_dir: &Path, commit: &CommitRecord) -> bool {
+    commit.snapshots.len() == commit.workers as usize
+        && commit.snapshots.iter().all(|s| {
+            fs::read(state_dir.join(&s.path))
+                .is_ok_and(|b| b.len() as u64 == s.bytes && crc32fast::hash(&b) == s.checksum)
+        })
+}
+
+/// Publishing clients for the output topics, on a runtime of their own.
+struct Clients {
+    runtime: tokio::runtime::Runtime,
+    /// `[topic index][partition]`.
+    partitions: Vec<Vec<PartitionClient>>,
+    /// Where each partition's tail stands, once read.
+    tails: BTreeMap<(u8, i32), Option<TailMark>>,
+    progress: Option<ProgressLog>,
+}
+
+impl Clients {
+    fn connect(cfg: &ExactlyOnceConfig, progress: bool) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("sink runtime: {e}"))?;
+        let (partitions, progress) = runtime.block_on(async {
+            let client = iotflow_redpanda::connect(&cfg.bootstrap, Duration::from_secs(30))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut all = Vec::new();
+            for (topic, n) in &cfg.topics {
+                let mut pcs = Vec::new();
+                for p in 0..*n as i32 {
+                    pcs.push(
+                        client
+                            .partition_client(topic.as_str(), p, UnknownTopicHandling::Retry)
+                            .await
+                            .map_err(|e| format!("{topic}/{p}: {e}"))?,
+                    );
+                }
+                all.push(pcs);
+            }
+            let progress = if progress {
+                Some(
+                    ProgressLog::open(&client, &cfg.progress_topic)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                )
+            } else {
+                None
+            };
+            Ok::<_, String>((all, progress))
+        })?;
+        Ok(Self {
+            runtime,
+            partitions,
+            tails: BTreeMap::new(),
+            progress,
+        })
+    }
+
+    /// Publishes `records` (one epoch's, in publish order) of each partition,
+    /// skipping the prefix its tail shows is already there.
+    fn publish(&mut self, epoch: Epoch, records: &[Outgoing]) -> Result<(), String> {
+        let mut by_partition: BTreeMap<(u8, i32), Vec<&Outgoing>> = BTreeMap::new();
+        for r in records {
+            by_partition
+                .entry((r.topic, r.partition))
+                .or_default()
+                .push(r);
+        }
+        for ((topic, partition), list) in by_partition {
+            let pc = self
+                .partitions
+                .get(topic as usize)
+                .and_then(|t| t.get(partition as usize))
+                .ok_or_else(|| format!("no client for topic {topic} partition {partition}"))?;
+            let tail = match self.tails.get(&(topic, partition)) {
+                Some(t) => *t,
+                None => self.runtime.block_on(tail_mark(pc))?,
+            };
+            let todo = unpublished(tail, epoch, list.len() as u64);
+            let batch: Vec<Record> = todo
+                .clone()
+                .map(|i| list[i as usize].record(epoch, i))
+                .collect();
+            for chunk in batch.chunks(5_000) {
+                self.runtime
+                    .block_on(pc.produce(chunk.to_vec(), Compression::NoCompression))
+                    .map_err(|e| format!("producing to {}/{}: {e}", pc.topic(), pc.partition()))?;
+            }
+            let last = TailMark {
+                epoch,
+                index: list.len() as u64 - 1,
+            };
+            self.tails
+                .insert((topic, partition), Some(tail.map_or(last, |t| t.max(last))));
+        }
+        Ok(())
+    }
+
+    fn append(&self, commit: &CommitRecord) -> Result<(), String> {
+        let log = self
+            .progress
+            .as_ref()
+            .ok_or_else(|| "no progress log on this worker".to_owned())?;
+        self.runtime
+            .block_on(log.append(commit))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Completes the publishing of `commit` (the latest commit found at start):
+/// its staged records and Parquet files, all idempotent.
+pub fn finish_publishing(cfg: &ExactlyOnceConfig, commit: &CommitRecord) -> Result<(), String> {
+    let mut clients = Clients::connect(cfg, false)?;
+    let mut records: Vec<Outgoing> = Vec::new();
+    for w in 0..commit.workers {
+        let path = outputs_path(&cfg.state_dir, commit.epoch, w);
+        match fs::read(&path) {
+            Ok(bytes) => records.extend(
+                unseal::<Vec<Outgoing>>(&bytes).map_err(|e| format!("{}: {e}", path.display()))?,
+            ),
+            // A worker with nothing to publish in that epoch wrote no file.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    let staged: u64 = records.len() as u64;
+    let expected: u64 = commit.publish.iter().map(|t| t.records).sum();
+    if staged != expected {
+        return Err(format!(
+            "epoch {}: {staged} staged records on disk, the commit names {expected}",
+            commit.epoch
+        ));
+    }
+    clients.publish(commit.epoch, &records)?;
+    publish_files(cfg, &commit.files)
+}
+
+fn publish_files(cfg: &ExactlyOnceConfig, files: &[FileEntry]) -> Result<(), String> {
+    let staging = cfg.parquet_dir.join(parquet::STAGING);
+    for f in files {
+        parquet::publish(&staging, &cfg.parquet_dir, f).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The aggregate's outgoing record.
+fn aggregate_outgoing(
+    r: &WindowResult,
+    epoch: Epoch,
+    partitions: usize,
+) -> Result<Outgoing, String> {
+    let (key, record) = aggregate_record(r, epoch)?;
+    Ok(Outgoing {
+        topic: AGGREGATES,
+        partition: partition_for(key.as_bytes(), partitions.max(1)) as i32,
+        order: (key, 0, 0),
+        key: record.key,
+        value: record.value.unwrap_or_default(),
+        headers: BTreeMap::new(),
+        timestamp_ms: r.window_end,
+    })
+}
+
+fn dead_outgoing(d: DeadRecord, source_topic: &str, partitions: usize) -> Outgoing {
+    let source = (d.record.partition, d.record.offset);
+    let letter = DeadLetter {
+        reason: d.reason.code(),
+        source_topic: source_topic.to_owned(),
+        source_partition: d.record.partition,
+        source_offset: d.record.offset,
+        key: d.record.key,
+        payload: d.record.value.to_vec(),
+    };
+    let headers = letter.headers();
+    Outgoing {
+        topic: DEAD_LETTERS,
+        partition: (source.0.unsigned_abs() as usize % partitions.max(1)) as i32,
+        order: (String::new(), source.0, source.1),
+        key: letter.key,
+        value: letter.payload,
+        headers,
+        timestamp_ms: 0,
+    }
+}
+
+fn fail(slot: &SinkError, stop: &AtomicBool, msg: String) {
+    tracing::error!(error = %msg, "exactly-once sink failed");
+    if let Ok(mut s) = slot.lock() {
+        s.get_or_insert(msg);
+    }
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// Attaches the exactly-once sinks to a worker's dataflow, starting at epoch
+/// `start`; `captures` are this worker's snapshots. Returns the stream of
+/// published epochs (for the sources' backpressure).
+#[allow(clippy::too_many_arguments)]
+pub fn commit_outputs<'scope>(
+    results: Stream<'scope, Epoch, Vec<WindowResult>>,
+    dead: Stream<'scope, Epoch, Vec<DeadRecord>>,
+    captures: Captures,
+    start: Epoch,
+    cfg: ExactlyOnceConfig,
+    error: SinkError,
+    stop: Arc<AtomicBool>,
+) -> Stream<'scope, Epoch, Vec<Epoch>> {
+    let scope = results.scope();
+    let (worker, workers) = (scope.index() as u32, scope.peers() as u32);
+    use timely::dataflow::operators::vec::Map;
+    let agg_partitions = cfg.topics[0].1;
+    let dlq_partitions = cfg.topics[1].1;
+    let source_topic = cfg.source_topic.clone();
+    let outgoing_dead = dead.map(move |d| dead_outgoing(d, &source_topic, dlq_partitions));
+    // Staged records stay in memory until published; files are for recovery.
+    let held: Rc<RefCell<BTreeMap<Epoch, Vec<Outgoing>>>> = Rc::default();
+
+    // ---- Stage ----
+    let mut builder = OperatorBuilder::new("Stage".to_owned(), scope);
+    // Partition p of either topic is published by worker p % workers.
+    let mut aggs_in = builder.new_input(
+        results.clone(),
+        Exchange::new(move |r: &WindowResult| {
+            partition_for(aggregate_key(r).as_bytes(), agg_partitions.max(1)) as u64
+        }),
+    );
+    let mut dead_in = builder.new_input(
+        outgoing_dead,
+        Exchange::new(|o: &Outgoing| o.partition as u64),
+    );
+    let mut finals_in = builder.new_input(results, Pipeline);
+    let (staged_out, staged) = builder.new_output::<Vec<StagedMsg>>();
+    let mut staged_out = OutputBuilder::from(staged_out);
+    {
+        let (cfg, error, stop, held) = (
+            cfg.clone(),
+            error.clone(),
+            Arc::clone(&stop),
+            Rc::clone(&held),
+        );
+        builder.build(move |mut caps| {
+            for c in caps.iter_mut() {
+                c.downgrade(&start);
+            }
+            let mut caps = Some(caps);
+            let mut next = start;
+            let mut outgoing: BTreeMap<Epoch, Vec<Outgoing>> = BTreeMap::new();
+            let mut finals: BTreeMap<Epoch, Vec<AggregateRecord>> = BTreeMap::new();
+            let staging = cfg.parquet_dir.join(parquet::STAGING);
+            move |frontiers| {
+                let mut encode_error = None;
+                aggs_in.for_each(|time, data| {
+                    let e = epoch_of(&time);
+                    let list = outgoing.entry(e).or_default();
+                    for r in data.iter() {
+                        match aggregate_outgoing(r, e, agg_partitions) {
+                            Ok(o) => list.push(o),
+                            Err(err) => encode_error = Some(err),
+                        }
+                    }
+                });
+                if let Some(e) = encode_error {
+                    fail(&error, &stop, e);
+                }
+                dead_in.for_each(|time, data| {
+                    outgoing.entry(epoch_of(&time)).or_default().append(data);
+                });
+                finals_in.for_each(|time, data| {
+                    let e = epoch_of(&time);
+                    finals.entry(e).or_default().extend(
+                        data.iter()
+                            .filter(|r| r.is_final)
+                            .map(|r| AggregateRecord::of(r, e)),
+                    );
+                });
+                while let Some([cap]) = caps.as_deref_mut() {
+                    if frontiers.iter().any(|f| f.less_equal(&next)) {
+                        break;
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        caps = None;
+                        break;
+                    }
+                    let mut records = outgoing.remove(&next).unwrap_or_default();
+                    records.sort_by(|a, b| {
+                        (a.topic, a.partition, &a.order).cmp(&(b.topic, b.partition, &b.order))
+                    });
+                    let epoch_finals = finals.remove(&next).unwrap_or_default();
+                    match stage(
+                        &cfg,
+                        &staging,
+                        next,
+                        worker,
+                        &records,
+                        &epoch_finals,
+                        &captures,
+                    ) {
+                        Ok(staged) => {
+                            held.borrow_mut().insert(next, records);
+                            staged_out
+                                .activate()
+                                .session(&cap)
+                                .give(StagedMsg { worker, staged });
+                        }
+                        Err(e) => {
+                            fail(&error, &stop, format!("staging epoch {next}: {e}"));
+                            caps = None;
+                            break;
+                        }
+                    }
+                    if frontiers.iter().all(|f| f.is_empty()) && outgoing.is_empty() {
+                        caps = None;
+                        break;
+                    }
+                    next += 1;
+                    cap.downgrade(&next);
+                }
+            }
+        });
+    }
+
+    // ---- Commit (worker 0) ----
+    let (ack_handle, acks) = scope.feedback::<Vec<Epoch>>(1);
+    let mut builder = OperatorBuilder::new("Commit".to_owned(), scope);
+    let mut staged_in = builder.new_input(staged, Exchange::new(|_: &StagedMsg| 0));
+    let mut acks_in = builder.new_input(acks, Exchange::new(|_: &Epoch| 0));
+    // Acks only hold commits back and never lead to output: connected, acks and
+    // commits would chase each other's frontiers forever.
+    let (committed_out, committed) = builder.new_output_connection::<Vec<Epoch>, _>([(
+        0,
+        timely::progress::Antichain::from_elem(Default::default()),
+    )]);
+    let mut committed_out = OutputBuilder::from(committed_out);
+    {
+        let (cfg, error, stop) = (cfg.clone(), error.clone(), Arc::clone(&stop));
+        builder.build(move |mut caps| {
+            for c in caps.iter_mut() {
+                c.downgrade(&start);
+            }
+            let mut caps = Some(caps);
+            let mut next = start;
+            let mut pending: BTreeMap<Epoch, Vec<StagedMsg>> = BTreeMap::new();
+            let mut clients: Option<Clients> = None;
+            move |frontiers| {
+                staged_in.for_each(|time, data| {
+                    pending.entry(epoch_of(&time)).or_default().append(data)
+                });
+                acks_in.for_each(|_, _| {});
+                while let Some([cap]) = caps.as_deref_mut() {
+                    // Epoch e commits once all of it is staged and e − 1 is published
+                    // (acks of e − 1 arrive at e).
+                    if frontiers.iter().any(|f| f.less_equal(&next)) {
+                        break;
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        caps = None;
+                        break;
+                    }
+                    let msgs = pending.remove(&next).unwrap_or_default();
+                    if worker == 0 && msgs.len() != workers as usize {
+                        // A worker only skips staging when it stops (its own error or
+                        // a stop anywhere in the job): this epoch never commits.
+                        tracing::warn!(
+                            epoch = next,
+                            staged = msgs.len(),
+                            "not every worker staged; stopping commits"
+                        );
+                        caps = None;
+                        break;
+                    }
+                    if worker == 0 {
+                        let result = (|| {
+                            let mut staging = EpochStaging::new(next, workers);
+                            for m in msgs {
+                                staging
+                                    .stage(m.worker, m.staged)
+                                    .map_err(|e| e.to_string())?;
+                            }
+                            let commit = staging
+                                .commit(&cfg.job, cfg.generation)
+                                .ok_or_else(|| format!("epoch {next}: not every worker staged"))?;
+                            if clients.is_none() {
+                                clients = Some(Clients::connect(&cfg, true)?);
+                            }
+                            let Some(c) = clients.as_ref() else {
+                                return Err("no clients".to_owned());
+                            };
+                            c.append(&commit)?;
+                            publish_files(&cfg, &commit.files)?;
+                            // Older epochs are published: keep the last few for fallback.
+                            if let Some(old) = next.checked_sub(KEPT_COMMITS) {
+                                for e in staged_epochs(&cfg.state_dir)
+                                    .map_err(|e| e.to_string())?
+                                    .range(..=old)
+                                {
+                                    discard_epoch(&cfg.state_dir, &cfg.parquet_dir, *e)
+                                        .map_err(|e| e.to_string())?;
+                                }
+                            }
+                            Ok::<_, String>(())
+                        })();
+                        if let Err(e) = result {
+                            fail(&error, &stop, format!("committing epoch {next}: {e}"));
+                            caps = None;
+                            break;
+                        }
+                        committed_out.activate().session(&cap).give(next);
+                    }
+                    if frontiers[0].is_empty() && pending.is_empty() {
+                        caps = None;
+                        break;
+                    }
+                    next += 1;
+                    cap.downgrade(&next);
+                }
+            }
+        });
+    }
+
+    // ---- Publish ----
+    let mut builder = OperatorBuilder::new("Publish".to_owned(), scope);
+    let mut committed_in = builder.new_input(committed.broadcast(), Pipeline);
+    let (acks_out, acks) = builder.new_output::<Vec<Epoch>>();
+    let mut acks_out = OutputBuilder::from(acks_out);
+    {
+        builder.build(move |mut caps| {
+            for c in caps.iter_mut() {
+                c.downgrade(&start);
+            }
+            let mut caps = Some(caps);
+            let mut clients: Option<Clients> = None;
+            let mut todo: BTreeMap<Epoch, ()> = BTreeMap::new();
+            move |frontiers| {
+                committed_in.for_each(|_, data| {
+                    for e in data.drain(..) {
+                        todo.insert(e, ());
+                    }
+                });
+                let Some([cap]) = caps.as_deref_mut() else {
+                    return;
+                };
+                while let Some((&epoch, ())) = todo.first_key_value() {
+                    if stop.load(Ordering::Relaxed) {
+                        caps = None;
+                        return;
+                    }
+                    todo.remove(&epoch);
+                    let records = held.borrow_mut().remove(&epoch).unwrap_or_default();
+                    // Everything older was committed (and so published) before.
+                    held.borrow_mut().retain(|e, _| *e > epoch);
+                    if !records.is_empty() {
+                        if clients.is_none() {
+                            match Clients::connect(&cfg, false) {
+                                Ok(c) => clients = Some(c),
+                                Err(e) => {
+                                    fail(&error, &stop, e);
+                                    caps = None;
+                                    return;
+                                }
+                            }
+                        }
+                        if let Some(c) = clients.as_mut()
+                            && let Err(e) = c.publish(epoch, &records)
+                        {
+                            fail(&error, &stop, format!("publishing epoch {epoch}: {e}"));
+                            caps = None;
+                            return;
+                        }
+                    }
+                    // The ack is stamped with its epoch; the commit of epoch + 1 waits for it.
+                    let at = cap.delayed(&epoch.max(*cap.time()));
+                    acks_out.activate().session(&at).give(epoch);
+                }
+                match frontiers[0].frontier().first() {
+                    Some(f) => {
+                        let to = (*f).max(*cap.time());
+                        cap.downgrade(&to);
+                    }
+                    None => caps = None,
+                }
+            }
+        });
+    }
+    acks.clone().connect_loop(ack_handle);
+    acks
+}
+
+/// Writes one worker's share of epoch `epoch` durably and says what it wrote.
+fn stage(
+    cfg: &ExactlyOnceConfig,
+    staging: &Path,
+    epoch: Epoch,
+    worker: u32,
+    records: &[Outgoing],
+    finals: &[AggregateRecord],
+    captures: &Captures,
+) -> Result<Staged, String> {
+    let snapshot = captures
+        .borrow_mut()
+        .take(epoch)
+        .ok_or_else(|| format!("no snapshot of epoch {epoch} on worker {worker}"))?;
+    let mut staged = Staged::default();
+    for r in &snapshot.reports {
+        staged.source_offsets.insert(r.partition, r.next_offset);
+    }
+    if !records.is_empty() {
+        let path = outputs_path(&cfg.state_dir, epoch, worker);
+        write_durably(&path, &seal(&records)).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut by_partition: BTreeMap<(u8, i32), (u64, crc32fast::Hasher)> = BTreeMap::new();
+        for r in records {
+            let (n, h) = by_partition.entry((r.topic, r.partition)).or_default();
+            *n += 1;
+            h.update(&r.value);
+        }
+        for ((topic, partition), (n, h)) in by_partition {
+            staged.publish.push(PublishTarget {
+                topic: cfg.topics[topic as usize].0.clone(),
+                partition,
+                records: n,
+                checksum: h.finalize(),
+            });
+        }
+    }
+    staged.files =
+        parquet::stage_epoch(staging, epoch, worker, finals).map_err(|e| e.to_string())?;
+    let bytes = snapshot.encode();
+    let rel = snapshot_path(epoch, worker);
+    write_durably(&cfg.state_dir.join(&rel), &bytes).map_err(|e| format!("{rel}: {e}"))?;
+    staged.snapshot = Some(SnapshotEntry {
+        worker,
+        path: rel,
+        bytes: bytes.len() as u64,
+        checksum: crc32fast::hash(&bytes),
+    });
+    Ok(staged)
+}
