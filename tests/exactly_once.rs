@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use iotflow_ingest::producer::{Counters, Pace, ProducerConfig, produce};
 use iotflow_ingest::simulator::{SimConfig, Simulator};
-use iotflow_redpanda::rskafka::client::partition::UnknownTopicHandling;
-use iotflow_redpanda::{Storage, TopicSpec, scan, topics};
+use iotflow_redpanda::{Storage, TopicSpec, topics};
 
 /// Kills in `make test`; `IOTFLOW_CHAOS_KILLS` raises it (`make chaos`).
 fn kills_wanted() -> u32 {
@@ -28,24 +27,17 @@ fn kills_wanted() -> u32 {
 type Partitions = BTreeMap<i32, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, BTreeMap<String, Vec<u8>>)>>;
 
 async fn partitions(bootstrap: &[String], topic: &str) -> Partitions {
-    let client = iotflow_redpanda::connect(bootstrap, Duration::from_secs(30))
+    common::read_topic(bootstrap, topic)
         .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for p in topics::describe_topic(&client, topic).await.unwrap() {
-        let pc = client
-            .partition_client(topic, p.partition, UnknownTopicHandling::Retry)
-            .await
-            .unwrap();
-        let records = scan::read_range(&pc, p.earliest, p.high_watermark)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.record.key, r.record.value, r.record.headers))
-            .collect();
-        out.insert(p.partition, records);
-    }
-    out
+        .into_iter()
+        .map(|(p, records)| {
+            let records = records
+                .into_iter()
+                .map(|r| (r.record.key, r.record.value, r.record.headers))
+                .collect();
+            (p, records)
+        })
+        .collect()
 }
 
 /// Every file under `root` (relative path → bytes), staging excluded.

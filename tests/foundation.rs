@@ -7,14 +7,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use iotflow_dataflow::{Audit, ParseLimits};
 use iotflow_ingest::producer::{ProduceSummary, partition_for};
 use iotflow_ingest::simulator::{Format, RecordClass, SimConfig, Simulator};
-use iotflow_redpanda::rskafka::client::partition::UnknownTopicHandling;
-use iotflow_redpanda::rskafka::record::RecordAndOffset;
-use iotflow_redpanda::{Storage, scan, topics};
+use iotflow_redpanda::{Storage, topics};
 
 const COUNT: usize = 120_000;
 
@@ -32,26 +29,6 @@ fn expected_config() -> SimConfig {
         late_by_ms: 60_000,
         ..SimConfig::default()
     }
-}
-
-async fn read_all(bootstrap: &[String], topic: &str) -> BTreeMap<i32, Vec<RecordAndOffset>> {
-    let client = iotflow_redpanda::connect(bootstrap, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    for p in topics::describe_topic(&client, topic).await.unwrap() {
-        let pc = client
-            .partition_client(topic, p.partition, UnknownTopicHandling::Retry)
-            .await
-            .unwrap();
-        out.insert(
-            p.partition,
-            scan::read_range(&pc, p.earliest, p.high_watermark)
-                .await
-                .unwrap(),
-        );
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +122,7 @@ async fn produce_then_read_back_every_partition_exactly() {
             .or_default()
             .push(rec);
     }
-    let actual = read_all(&broker.bootstrap(), &topic).await;
+    let actual = common::read_topic(&broker.bootstrap(), &topic).await;
     assert_eq!(actual.len(), 4);
     for (p, records) in &actual {
         let want = &expected_by_partition[p];

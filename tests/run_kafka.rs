@@ -20,7 +20,7 @@ use iotflow_ingest::producer::{Counters, Pace, ProducerConfig, class_name, produ
 use iotflow_ingest::simulator::{SimConfig, Simulator};
 use iotflow_redpanda::rskafka::client::Client;
 use iotflow_redpanda::rskafka::client::partition::UnknownTopicHandling;
-use iotflow_redpanda::{LocalBroker, Storage, TopicSpec, scan, topics};
+use iotflow_redpanda::{LocalBroker, Storage, TopicSpec, topics};
 use iotflow_sink::records::{AggregateRecord, REASON_HEADER};
 
 const COUNT: u64 = 30_000;
@@ -45,39 +45,16 @@ fn sim() -> SimConfig {
     }
 }
 
-async fn read_topic(
-    bootstrap: &[String],
-    topic: &str,
-) -> Vec<(i32, Vec<iotflow_redpanda::rskafka::record::RecordAndOffset>)> {
-    let client = iotflow_redpanda::connect(bootstrap, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    for p in topics::describe_topic(&client, topic).await.unwrap() {
-        let pc = client
-            .partition_client(topic, p.partition, UnknownTopicHandling::Retry)
-            .await
-            .unwrap();
-        out.push((
-            p.partition,
-            scan::read_range(&pc, p.earliest, p.high_watermark)
-                .await
-                .unwrap(),
-        ));
-    }
-    out
-}
-
 /// Aggregates as sorted (key, JSON) and dead letters as sorted (reason, source partition, offset).
 async fn outputs(
     bootstrap: &[String],
     out: &str,
     dlq: &str,
 ) -> (Vec<(String, String)>, Vec<(String, String)>) {
-    let mut aggs: Vec<(String, String)> = read_topic(bootstrap, out)
+    let mut aggs: Vec<(String, String)> = common::read_topic(bootstrap, out)
         .await
-        .into_iter()
-        .flat_map(|(_, recs)| recs)
+        .into_values()
+        .flatten()
         .map(|r| {
             (
                 String::from_utf8(r.record.key.unwrap()).unwrap(),
@@ -86,10 +63,10 @@ async fn outputs(
         })
         .collect();
     aggs.sort();
-    let mut dead: Vec<(String, String)> = read_topic(bootstrap, dlq)
+    let mut dead: Vec<(String, String)> = common::read_topic(bootstrap, dlq)
         .await
-        .into_iter()
-        .flat_map(|(_, recs)| recs)
+        .into_values()
+        .flatten()
         .map(|r| {
             let h = &r.record.headers;
             let reason = String::from_utf8(h[REASON_HEADER].clone()).unwrap();
@@ -296,7 +273,7 @@ async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
     }
 
     // The Kafka path equals the same operators over the same records in memory.
-    let parts: Vec<(i32, Vec<RawRecord>)> = read_topic(&bootstrap, &input)
+    let parts: Vec<(i32, Vec<RawRecord>)> = common::read_topic(&bootstrap, &input)
         .await
         .into_iter()
         .map(|(p, recs)| {
@@ -378,10 +355,10 @@ async fn an_idle_partition_does_not_block_a_live_job_and_ctrl_c_stops_it() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let listed = topics::list_topics(&client).await.unwrap();
         if listed.iter().any(|t| t.name == out) {
-            emitted = read_topic(&bootstrap, &out)
+            emitted = common::read_topic(&bootstrap, &out)
                 .await
-                .iter()
-                .map(|(_, r)| r.len())
+                .values()
+                .map(Vec::len)
                 .sum::<usize>();
             if emitted > 0 {
                 break;
@@ -756,7 +733,7 @@ async fn published_records_are_indexed_per_epoch_and_partition() {
     common::iotflow(&args);
 
     for topic in [&out, &dlq] {
-        for (partition, records) in read_topic(&bootstrap, topic).await {
+        for (partition, records) in common::read_topic(&bootstrap, topic).await {
             assert!(!records.is_empty(), "{topic}/{partition} is empty");
             let marks: Vec<TailMark> = records
                 .iter()

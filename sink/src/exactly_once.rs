@@ -48,7 +48,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 
-use crate::kafka::{SinkError, aggregate_key, aggregate_record, tail_mark};
+use crate::kafka::{SinkError, aggregate_key, aggregate_record, record_failure, tail_mark};
 use crate::parquet;
 use crate::progress::{KEPT_COMMITS, ProgressLog};
 use crate::protocol::{
@@ -367,14 +367,6 @@ fn dead_outgoing(d: DeadRecord, source_topic: &str, partitions: usize) -> Outgoi
     }
 }
 
-fn fail(slot: &SinkError, stop: &AtomicBool, msg: String) {
-    tracing::error!(error = %msg, "exactly-once sink failed");
-    if let Ok(mut s) = slot.lock() {
-        s.get_or_insert(msg);
-    }
-    stop.store(true, Ordering::Relaxed);
-}
-
 /// Attaches the exactly-once sinks to a worker's dataflow, starting at epoch
 /// `start`; `captures` are this worker's snapshots. Returns the stream of
 /// published epochs (for the sources' backpressure).
@@ -443,7 +435,7 @@ pub fn commit_outputs<'scope>(
                     }
                 });
                 if let Some(e) = encode_error {
-                    fail(&error, &stop, e);
+                    record_failure(&error, &stop, e);
                 }
                 dead_in.for_each(|time, data| {
                     outgoing.entry(epoch_of(&time)).or_default().append(data);
@@ -486,7 +478,7 @@ pub fn commit_outputs<'scope>(
                                 .give(StagedMsg { worker, staged });
                         }
                         Err(e) => {
-                            fail(&error, &stop, format!("staging epoch {next}: {e}"));
+                            record_failure(&error, &stop, format!("staging epoch {next}: {e}"));
                             caps = None;
                             break;
                         }
@@ -583,7 +575,7 @@ pub fn commit_outputs<'scope>(
                             Ok::<_, String>(())
                         })();
                         if let Err(e) = result {
-                            fail(&error, &stop, format!("committing epoch {next}: {e}"));
+                            record_failure(&error, &stop, format!("committing epoch {next}: {e}"));
                             caps = None;
                             break;
                         }
@@ -636,7 +628,7 @@ pub fn commit_outputs<'scope>(
                             match Clients::connect(&cfg, false) {
                                 Ok(c) => clients = Some(c),
                                 Err(e) => {
-                                    fail(&error, &stop, e);
+                                    record_failure(&error, &stop, e);
                                     caps = None;
                                     return;
                                 }
@@ -645,7 +637,7 @@ pub fn commit_outputs<'scope>(
                         if let Some(c) = clients.as_mut()
                             && let Err(e) = c.publish(epoch, &records)
                         {
-                            fail(&error, &stop, format!("publishing epoch {epoch}: {e}"));
+                            record_failure(&error, &stop, format!("publishing epoch {epoch}: {e}"));
                             caps = None;
                             return;
                         }

@@ -177,8 +177,9 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
     Guard(Some(f))
 }
 
-fn record_failure(slot: &SinkError, stop: &AtomicBool, msg: String) {
-    tracing::error!(error = %msg, "kafka sink failed");
+/// Records a sink's first failure and stops the job: every sink fails this way.
+pub(crate) fn record_failure(slot: &SinkError, stop: &AtomicBool, msg: String) {
+    tracing::error!(error = %msg, "sink failed");
     if let Ok(mut s) = slot.lock() {
         s.get_or_insert(msg);
     }

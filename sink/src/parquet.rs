@@ -260,12 +260,7 @@ pub fn write_dataset(
             let written = stage_epoch(&staging, epoch, worker, &records)
                 .and_then(|entries| entries.iter().try_for_each(|e| publish(&staging, &root, e)));
             if let Err(e) = written {
-                tracing::error!(error = %e, "parquet sink failed");
-                if let Ok(mut slot) = error.lock() {
-                    slot.get_or_insert(e.to_string());
-                }
-                stop.store(true, Ordering::Relaxed);
-                return;
+                return crate::kafka::record_failure(&error, &stop, e.to_string());
             }
         }
     });

@@ -1,13 +1,16 @@
 //! Helpers for tests that run a real local broker.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use iotflow_dataflow::job::{EmitMode, JobConfig};
 use iotflow_dataflow::{ParseLimits, WatermarkConfig, WindowSpec};
-use iotflow_redpanda::{LocalBroker, Storage};
+use iotflow_redpanda::rskafka::client::partition::UnknownTopicHandling;
+use iotflow_redpanda::rskafka::record::RecordAndOffset;
+use iotflow_redpanda::{LocalBroker, Storage, scan, topics};
 
 /// Starts a private broker for one test (memory storage unless told otherwise).
 /// The tansu binary comes from the cache that `make test` fills.
@@ -73,4 +76,23 @@ pub fn final_job(window: WindowSpec) -> JobConfig {
         emit: EmitMode::Final,
         limits: ParseLimits::default(),
     }
+}
+
+/// Every record of every partition of `topic`, earliest to the high watermark.
+pub async fn read_topic(bootstrap: &[String], topic: &str) -> BTreeMap<i32, Vec<RecordAndOffset>> {
+    let client = iotflow_redpanda::connect(bootstrap, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for p in topics::describe_topic(&client, topic).await.unwrap() {
+        let pc = client
+            .partition_client(topic, p.partition, UnknownTopicHandling::Retry)
+            .await
+            .unwrap();
+        let records = scan::read_range(&pc, p.earliest, p.high_watermark)
+            .await
+            .unwrap();
+        out.insert(p.partition, records);
+    }
+    out
 }
