@@ -64,7 +64,7 @@ bench-dataflow: release tansu-release ## Dataflow throughput: file source, end t
 	BIN=$(RELEASE_BIN) BENCH_N=$(BENCH_N) ./scripts/bench-dataflow.sh
 
 chaos: build tansu ## SIGKILL the exactly-once job CHAOS_KILLS times at random moments and compare with a clean run
-	IOTFLOW_CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) nextest run --test exactly_once --run-ignored only --no-capture
+	IOTFLOW_CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) nextest run --test exactly_once --no-capture sigkill
 
 fuzz: ## Fuzz the reading parser with cargo fuzz for FUZZ_SECONDS (needs a nightly toolchain)
 	@rustup run nightly rustc --version >/dev/null 2>&1 || { echo "make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 1; }

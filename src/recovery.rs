@@ -166,8 +166,8 @@ pub async fn prepare(
                     .with_context(|| format!("finishing the publishing of epoch {}", from.epoch))?;
             }
             eprintln!(
-                "resuming after committed epoch {} (generation {generation})",
-                from.epoch
+                "resuming after committed epoch {} (generation {generation}) at input offsets {:?}",
+                from.epoch, from.source_offsets
             );
             Ok(Start {
                 epoch: from.epoch + 1,

@@ -77,7 +77,6 @@ impl Moments {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a resumed run can stall after some kill moments (issue 4 notes); `make chaos` runs it"]
 async fn sigkill_at_random_moments_leaves_the_output_of_a_run_never_killed() {
     let broker = common::broker(Storage::Memory).await;
     let bootstrap = broker.bootstrap();

@@ -27,6 +27,9 @@ use crate::job::{Backpressure, Epoch, PartitionStatus, RawRecord, SourceEvent};
 use crate::metrics::JobMetrics;
 use crate::watermark::ShareState;
 
+/// Bytes asked for per fetch.
+const FETCH_BYTES: i32 = 4 * 1024 * 1024;
+
 /// How the source cuts epochs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EpochMode {
@@ -253,6 +256,13 @@ pub fn kafka_source<'scope>(
                         deterministic,
                     );
                     all_finished &= state == ShareState::Finished;
+                    tracing::debug!(
+                        epoch,
+                        partition = o.partition,
+                        next_offset = o.next_offset,
+                        ?state,
+                        "epoch cut"
+                    );
                     session.give(SourceEvent::Status(PartitionStatus {
                         partition: o.partition,
                         share: 0,
@@ -397,18 +407,30 @@ async fn fetch_partition(
             tokio::time::sleep(Duration::from_millis(2)).await;
             continue;
         }
-        let (records, high_watermark) = pc
-            .fetch_records(next, 1..4 * 1024 * 1024, 100)
-            .await
-            .map_err(|e| match e {
-                rskafka::client::error::Error::ServerError {
-                    protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
-                    ..
-                } => format!(
+        // A resumed source starts at a committed offset, often inside a batch.
+        let (records, high_watermark) = iotflow_redpanda::scan::fetch_from(
+            pc,
+            next,
+            FETCH_BYTES,
+            100,
+        )
+        .await
+        .map_err(|e| match e {
+            iotflow_redpanda::Error::Partition { source, .. }
+                if matches!(
+                    *source,
+                    rskafka::client::error::Error::ServerError {
+                        protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
+                        ..
+                    }
+                ) =>
+            {
+                format!(
                     "offset {next} is out of range (no longer retained?); refusing to skip data"
-                ),
-                other => other.to_string(),
-            })?;
+                )
+            }
+            other => other.to_string(),
+        })?;
         let limit = if until_end { end } else { i64::MAX };
         let mut batch: Vec<RawRecord> = Vec::with_capacity(records.len());
         for r in records {

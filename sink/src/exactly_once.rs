@@ -561,6 +561,12 @@ pub fn commit_outputs<'scope>(
                                 return Err("no clients".to_owned());
                             };
                             c.append(&commit)?;
+                            tracing::debug!(
+                                epoch = next,
+                                generation = cfg.generation,
+                                offsets = ?commit.source_offsets,
+                                "committed"
+                            );
                             publish_files(&cfg, &commit.files)?;
                             // Older epochs are published: keep the last few for fallback.
                             if let Some(old) = next.checked_sub(KEPT_COMMITS) {

@@ -20,6 +20,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult};
 use iotflow_redpanda::partitioner::partition_for;
+use iotflow_redpanda::scan::FETCH_MAX_BYTES;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
 use timely::dataflow::Stream;
@@ -124,27 +125,11 @@ pub async fn tail_mark(pc: &PartitionClient) -> Result<Option<TailMark>, String>
     if end <= earliest {
         return Ok(None);
     }
-    // tansu answers a fetch from inside a batch with nothing (docs/brokers.md),
-    // so step back until a fetch returns the batch that holds the last record.
-    let mut back = 1i64;
-    let last = loop {
-        let from = (end - back).max(earliest);
-        let (records, _) = pc
-            .fetch_records(from, 1..iotflow_redpanda::scan::FETCH_MAX_BYTES, 0)
-            .await
-            .map_err(|e| format!("{}: fetch at {from}: {e}", place()))?;
-        if let Some(r) = records
-            .into_iter()
-            .filter(|r| r.offset < end)
-            .max_by_key(|r| r.offset)
-            && r.offset == end - 1
-        {
-            break r;
-        }
-        if from == earliest {
-            return Err(format!("{}: no record found below offset {end}", place()));
-        }
-        back *= 2;
+    let (records, _) = iotflow_redpanda::scan::fetch_from(pc, end - 1, FETCH_MAX_BYTES, 0)
+        .await
+        .map_err(|e| format!("{}: {e}", place()))?;
+    let Some(last) = records.into_iter().find(|r| r.offset == end - 1) else {
+        return Err(format!("{}: no record at offset {}", place(), end - 1));
     };
     let r = &last;
     let header = |name: &str| -> Option<u64> {
