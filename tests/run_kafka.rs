@@ -591,52 +591,6 @@ fn in_chromium(url: &str) -> (String, std::path::PathBuf) {
     (dom, shot)
 }
 
-/// (device|metric|window_start key, count, sum bits) of a window.
-type Row = (String, u64, u64);
-
-/// Every Parquet file under `root/aggregates/`, as (path, its rows).
-fn parquet_rows(root: &std::path::Path) -> Vec<(String, Vec<Row>)> {
-    use arrow_array::Array;
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt64Type};
-    let mut files = Vec::new();
-    for day in std::fs::read_dir(root.join("aggregates")).unwrap() {
-        for f in std::fs::read_dir(day.unwrap().path()).unwrap() {
-            let path = f.unwrap().path();
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                std::fs::File::open(&path).unwrap(),
-            )
-            .unwrap()
-            .build()
-            .unwrap();
-            let mut rows = Vec::new();
-            for batch in reader {
-                let b = batch.unwrap();
-                let (dev, met) = (
-                    b.column(0).as_string::<i32>(),
-                    b.column(1).as_string::<i32>(),
-                );
-                let start = b.column(2).as_primitive::<TimestampMillisecondType>();
-                let (count, sum) = (
-                    b.column(4).as_primitive::<UInt64Type>(),
-                    b.column(5).as_primitive::<Float64Type>(),
-                );
-                for i in 0..b.num_rows() {
-                    rows.push((
-                        format!("{}|{}|{}", dev.value(i), met.value(i), start.value(i)),
-                        count.value(i),
-                        sum.value(i).to_bits(),
-                    ));
-                }
-                assert_eq!(start.timezone(), Some("UTC"));
-                assert!(!count.is_nullable() || count.null_count() == 0);
-            }
-            files.push((path.display().to_string(), rows));
-        }
-    }
-    files
-}
-
 /// `run --parquet-dir`: the dataset holds exactly the final windows that
 /// went to Kafka, each once, in files under the date of their window, and
 /// nothing is left staged.
@@ -653,7 +607,7 @@ async fn the_parquet_dataset_holds_each_final_window_once() {
     common::iotflow(&args);
 
     let (aggs, _) = outputs(&bootstrap, &out, &dlq).await;
-    let mut expected: Vec<Row> = aggs
+    let mut expected: Vec<common::Row> = aggs
         .iter()
         .map(|(k, v)| {
             let a: AggregateRecord = serde_json::from_str(v).unwrap();
@@ -661,7 +615,7 @@ async fn the_parquet_dataset_holds_each_final_window_once() {
         })
         .collect();
     expected.sort();
-    let files = parquet_rows(&dir);
+    let files = common::parquet_rows(&dir);
     assert!(files.len() > 1, "one file per epoch, worker and date");
     for (path, rows) in &files {
         let date = path
@@ -680,7 +634,7 @@ async fn the_parquet_dataset_holds_each_final_window_once() {
             );
         }
     }
-    let mut got: Vec<Row> = files.into_iter().flat_map(|(_, r)| r).collect();
+    let mut got: Vec<common::Row> = files.into_iter().flat_map(|(_, r)| r).collect();
     got.sort();
     let missing: Vec<_> = expected
         .iter()

@@ -48,6 +48,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 
+use crate::failpoint::{self, Site};
 use crate::kafka::{SinkError, aggregate_key, aggregate_record, record_failure, tail_mark};
 use crate::parquet;
 use crate::progress::{KEPT_COMMITS, ProgressLog};
@@ -168,11 +169,22 @@ pub fn discard_epoch(state_dir: &Path, parquet_dir: &Path, epoch: Epoch) -> std:
 
 /// Writes `bytes` to `path` durably: file fsync, then its directory's.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_durably_via(path, bytes, None)
+}
+
+/// [`write_durably`], passing `halfway` once half of the bytes are written.
+fn write_durably_via(path: &Path, bytes: &[u8], halfway: Option<Site>) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
+    let (first, rest) = bytes.split_at(bytes.len() / 2);
+    f.write_all(first)?;
+    if let Some(site) = halfway {
+        f.flush()?;
+        failpoint::hit(site);
+    }
+    f.write_all(rest)?;
     f.sync_all()?;
     fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
@@ -268,6 +280,7 @@ impl Clients {
                 self.runtime
                     .block_on(pc.produce(chunk.to_vec(), Compression::NoCompression))
                     .map_err(|e| format!("producing to {}/{}: {e}", pc.topic(), pc.partition()))?;
+                failpoint::hit(Site::PublishBatch);
             }
             let last = TailMark {
                 epoch,
@@ -471,6 +484,7 @@ pub fn commit_outputs<'scope>(
                         &captures,
                     ) {
                         Ok(staged) => {
+                            failpoint::hit(Site::AfterStage);
                             held.borrow_mut().insert(next, records);
                             staged_out
                                 .activate()
@@ -560,7 +574,9 @@ pub fn commit_outputs<'scope>(
                             let Some(c) = clients.as_ref() else {
                                 return Err("no clients".to_owned());
                             };
+                            failpoint::hit(Site::BeforeCommit);
                             c.append(&commit)?;
+                            failpoint::hit(Site::AfterCommit);
                             tracing::debug!(
                                 epoch = next,
                                 generation = cfg.generation,
@@ -706,7 +722,8 @@ fn stage(
         parquet::stage_epoch(staging, epoch, worker, finals).map_err(|e| e.to_string())?;
     let bytes = snapshot.encode();
     let rel = snapshot_path(epoch, worker);
-    write_durably(&cfg.state_dir.join(&rel), &bytes).map_err(|e| format!("{rel}: {e}"))?;
+    write_durably_via(&cfg.state_dir.join(&rel), &bytes, Some(Site::MidSnapshot))
+        .map_err(|e| format!("{rel}: {e}"))?;
     staged.snapshot = Some(SnapshotEntry {
         worker,
         path: rel,

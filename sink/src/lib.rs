@@ -2,13 +2,15 @@
 //!
 //! ```text
 //!   aggregates, dead letters ──records──▶ Kafka records (keys, JSON values, headers)
-//!   [issue 4] stage ▶ commit (`iot.progress`) ▶ publish (Kafka, Parquet) ▶ recover
+//!   exactly once: stage ▶ commit (`iot.progress`) ▶ publish (Kafka, Parquet) ▶ recover
 //! ```
 //!
-//! Today: the output record formats and the commit protocol's pure core
-//! (`protocol`); its Kafka, Parquet and state-dir adapters land here next.
+//! The commit protocol's pure core is `protocol`; `exactly_once` drives it
+//! from the dataflow's frontiers with its I/O in `kafka`, `parquet`,
+//! `progress` and the state directory; `failpoint` holds its crash sites.
 
 pub mod exactly_once;
+pub mod failpoint;
 pub mod kafka;
 pub mod parquet;
 pub mod progress;

@@ -36,6 +36,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::failpoint::{self, Site};
 use crate::kafka::SinkError;
 use crate::protocol::FileEntry;
 use crate::records::AggregateRecord;
@@ -183,6 +184,7 @@ pub fn stage_epoch(
         let mut f = File::create(&staged).map_err(io_err(&staged))?;
         f.write_all(&bytes).map_err(io_err(&staged))?;
         f.sync_all().map_err(io_err(&staged))?;
+        failpoint::hit(Site::ParquetTemp);
         entries.push(FileEntry {
             staged: name,
             path: format!("{DATASET}/date={date}/part-e{epoch:012}-w{worker:04}.parquet"),
@@ -216,6 +218,7 @@ pub fn publish(staging: &Path, root: &Path, entry: &FileEntry) -> Result<(), Par
         }
     }
     fs::rename(&from, &to).map_err(io_err(&to))?;
+    failpoint::hit(Site::BeforeDirSync);
     sync_dir(dir)
 }
 

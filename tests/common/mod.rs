@@ -96,3 +96,49 @@ pub async fn read_topic(bootstrap: &[String], topic: &str) -> BTreeMap<i32, Vec<
     }
     out
 }
+
+/// (device|metric|window_start key, count, sum bits) of a window.
+pub type Row = (String, u64, u64);
+
+/// Every Parquet file under `root/aggregates/`, as (path, its rows).
+pub fn parquet_rows(root: &std::path::Path) -> Vec<(String, Vec<Row>)> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt64Type};
+    let mut files = Vec::new();
+    for day in std::fs::read_dir(root.join("aggregates")).unwrap() {
+        for f in std::fs::read_dir(day.unwrap().path()).unwrap() {
+            let path = f.unwrap().path();
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&path).unwrap(),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+            let mut rows = Vec::new();
+            for batch in reader {
+                let b = batch.unwrap();
+                let (dev, met) = (
+                    b.column(0).as_string::<i32>(),
+                    b.column(1).as_string::<i32>(),
+                );
+                let start = b.column(2).as_primitive::<TimestampMillisecondType>();
+                let (count, sum) = (
+                    b.column(4).as_primitive::<UInt64Type>(),
+                    b.column(5).as_primitive::<Float64Type>(),
+                );
+                for i in 0..b.num_rows() {
+                    rows.push((
+                        format!("{}|{}|{}", dev.value(i), met.value(i), start.value(i)),
+                        count.value(i),
+                        sum.value(i).to_bits(),
+                    ));
+                }
+                assert_eq!(start.timezone(), Some("UTC"));
+                assert!(!count.is_nullable() || count.null_count() == 0);
+            }
+            files.push((path.display().to_string(), rows));
+        }
+    }
+    files
+}
