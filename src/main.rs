@@ -14,6 +14,7 @@ mod produce_cmd;
 mod recovery;
 mod run_cmd;
 mod scan_cmd;
+mod tail_cmd;
 mod target;
 
 #[derive(Debug, Parser)]
@@ -53,6 +54,8 @@ enum Command {
     Run(run_cmd::RunArgs),
     /// Read a topic to its end and audit it: records per partition, rejects by reason, duplicates.
     Scan(scan_cmd::ScanArgs),
+    /// Follow the committed output: each epoch's aggregates once it is committed and published.
+    Tail(tail_cmd::TailArgs),
     /// The demo: local broker, topics, simulated devices, read-back summary.
     Demo(demo::DemoArgs),
     /// Run the windowed dataflow over a JSON-lines file and write the final windows as CSV.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
             Command::Produce(args) => produce_cmd::run(&cli.home, args).await,
             Command::Scan(args) => scan_cmd::run(&cli.home, args).await,
             Command::Run(args) => run_cmd::run(&cli.home, args).await,
+            Command::Tail(args) => tail_cmd::run(&cli.home, args).await,
             Command::Demo(args) => demo::run(args).await,
             // Handled above, without a runtime.
             Command::AggregateFile(_) => Ok(()),

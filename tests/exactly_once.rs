@@ -234,6 +234,27 @@ impl Fixture {
         assert!(got == want, "{name}: Parquet bytes differ");
     }
 
+    /// The reference's aggregate values in read-committed order: by epoch,
+    /// then partition, then offset (what `iotflow tail --json` prints).
+    async fn reference_in_commit_order(&self) -> Vec<Vec<u8>> {
+        let mut by_epoch: BTreeMap<(u64, i32), Vec<Vec<u8>>> = BTreeMap::new();
+        for (p, records) in
+            common::read_topic(&self.broker.bootstrap(), "reference.aggregates").await
+        {
+            for r in records {
+                let epoch: u64 = std::str::from_utf8(&r.record.headers["iotflow.epoch"])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                by_epoch
+                    .entry((epoch, p))
+                    .or_default()
+                    .push(r.record.value.unwrap());
+            }
+        }
+        by_epoch.into_values().flatten().collect()
+    }
+
     /// The commits of job `name` on the progress topic, in log order.
     async fn commits(&self, name: &str) -> Vec<CommitRecord> {
         let client = iotflow_redpanda::connect(&self.broker.bootstrap(), Duration::from_secs(30))
@@ -290,6 +311,21 @@ async fn sigkill_at_random_moments_leaves_the_output_of_a_run_never_killed() {
         });
     eprintln!("kill moments seed: {seed} (IOTFLOW_CHAOS_SEED to replay)");
     let mut moments = Moments(seed);
+    // A reader following the committed output through all the kills.
+    let tail_out = fx.dir.path().join("tail.jsonl");
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_iotflow"))
+        .args([
+            "tail",
+            "--brokers",
+            fx.broker.addr(),
+            "--topic",
+            "chaos.aggregates",
+        ])
+        .args(["--from-beginning", "--json"])
+        .stdout(std::fs::File::create(&tail_out).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (wanted, mut kills, mut runs) = (kills_wanted(), 0u32, 0u32);
     let chaos = Arc::clone(&fx);
     let (kills, runs) = tokio::task::spawn_blocking(move || {
@@ -320,6 +356,38 @@ async fn sigkill_at_random_moments_leaves_the_output_of_a_run_never_killed() {
     eprintln!("{kills} kills, {runs} runs");
     assert!(kills >= wanted, "only {kills} kills landed");
     fx.assert_matches("chaos").await;
+
+    // The tail saw whole committed epochs only: its output, which it only
+    // ever appended to, is the reference's in commit order.
+    let want = fx.reference_in_commit_order().await;
+    let lines = || -> Vec<Vec<u8>> {
+        std::fs::read(&tail_out)
+            .unwrap()
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    let started = Instant::now();
+    while lines().len() < want.len() && started.elapsed() < RUN_BOUND {
+        assert!(tail.try_wait().unwrap().is_none(), "the tail exited early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tail.kill().unwrap();
+    let tail_err = tail.wait_with_output().unwrap().stderr;
+    let got = lines();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "the tail showed {} aggregates, the reference has {}: {}",
+        got.len(),
+        want.len(),
+        String::from_utf8_lossy(&tail_err)
+    );
+    assert!(
+        got == want,
+        "the tail's aggregates differ from the reference's"
+    );
 }
 
 /// Every failpoint site, hit at its 1st, 2nd and 4th pass in successive

@@ -9,6 +9,7 @@
 //! from the dataflow's frontiers with its I/O in `kafka`, `parquet`,
 //! `progress` and the state directory; `failpoint` holds its crash sites.
 
+pub mod committed;
 pub mod exactly_once;
 pub mod failpoint;
 pub mod kafka;

@@ -74,9 +74,19 @@ impl ProgressLog {
     /// log order, and the records that could not be trusted (torn, corrupt,
     /// from a newer format, or not ours at all).
     pub async fn read_all(&self) -> Result<(Vec<CommitRecord>, Vec<Untrusted>), ProgressError> {
+        let (commits, untrusted, _) = self.read_from(0).await?;
+        Ok((commits, untrusted))
+    }
+
+    /// [`Self::read_all`] from `offset` on (or the earliest retained), and the
+    /// offset to read from next time.
+    pub async fn read_from(
+        &self,
+        offset: i64,
+    ) -> Result<(Vec<CommitRecord>, Vec<Untrusted>, i64), ProgressError> {
         let topic = self.pc.topic().to_owned();
         let (earliest, end) = offsets(&self.pc).await.map_err(|e| broker_err(&topic, e))?;
-        let records = read_range(&self.pc, earliest, end)
+        let records = read_range(&self.pc, offset.max(earliest), end)
             .await
             .map_err(|e| broker_err(&topic, e))?;
         let (mut commits, mut untrusted) = (Vec::new(), Vec::new());
@@ -93,7 +103,7 @@ impl ProgressLog {
                 }),
             }
         }
-        Ok((commits, untrusted))
+        Ok((commits, untrusted, end.max(offset)))
     }
 }
 

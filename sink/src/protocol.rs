@@ -188,10 +188,47 @@ pub fn unpublished(tail: Option<TailMark>, epoch: u64, records: u64) -> Range<u6
     }
 }
 
-/// Whether an instance of generation `ours` may publish, given the highest
-/// generation on the progress topic: a newer instance fences this one off.
-pub fn may_publish(ours: u64, highest_seen: u64) -> bool {
-    ours >= highest_seen
+/// The valid commits of one job, fed in log order. An instance commits
+/// under a generation above every earlier one. A newer generation's first
+/// commit, at epoch s, voids every older generation's commits from s on (it
+/// resumed before them, so they are another history); a record from an older
+/// generation after that is a stale instance's and is void too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobCommits {
+    owner: u64,
+    highest: u64,
+    by_epoch: BTreeMap<u64, CommitRecord>,
+}
+
+impl JobCommits {
+    /// Takes the next record of the job from the log; whether it is valid.
+    pub fn push(&mut self, commit: CommitRecord) -> bool {
+        self.highest = self.highest.max(commit.generation);
+        if commit.generation < self.owner {
+            return false;
+        }
+        if commit.generation > self.owner {
+            self.owner = commit.generation;
+            self.by_epoch.retain(|e, _| *e < commit.epoch);
+        }
+        // Same generation, same epoch again: a retried append; the latest counts.
+        self.by_epoch.insert(commit.epoch, commit);
+        true
+    }
+
+    /// The generation the next instance takes: above every one seen, void or not.
+    pub fn next_generation(&self) -> u64 {
+        self.highest + 1
+    }
+
+    /// Valid commits, newest epoch first.
+    pub fn newest_first(&self) -> impl Iterator<Item = &CommitRecord> {
+        self.by_epoch.values().rev()
+    }
+
+    pub fn get(&self, epoch: u64) -> Option<&CommitRecord> {
+        self.by_epoch.get(&epoch)
+    }
 }
 
 /// What a starting instance does.
@@ -221,25 +258,23 @@ pub fn plan_recovery(
     staged_on_disk: &BTreeSet<u64>,
     snapshots_ok: impl Fn(&CommitRecord) -> bool,
 ) -> Plan {
-    let mine: Vec<&CommitRecord> = commits.iter().filter(|c| c.job == job).collect();
-    let generation = mine.iter().map(|c| c.generation).max().map_or(1, |g| g + 1);
-    // The latest record per epoch counts: a re-run after a fallback commits the same epoch again.
-    let mut by_epoch: BTreeMap<u64, &CommitRecord> = BTreeMap::new();
-    for c in &mine {
-        by_epoch.insert(c.epoch, c);
+    let mut valid = JobCommits::default();
+    for c in commits.iter().filter(|c| c.job == job) {
+        valid.push(c.clone());
     }
+    let generation = valid.next_generation();
     let mut skipped = Vec::new();
-    for (epoch, c) in by_epoch.iter().rev() {
+    for c in valid.newest_first() {
         if snapshots_ok(c) {
-            let discard = staged_on_disk.range(epoch + 1..).copied().collect();
+            let discard = staged_on_disk.range(c.epoch + 1..).copied().collect();
             return Plan::Resume {
                 generation,
-                from: Box::new((*c).clone()),
+                from: Box::new(c.clone()),
                 discard,
                 skipped,
             };
         }
-        skipped.push(*epoch);
+        skipped.push(c.epoch);
     }
     Plan::Fresh {
         generation,
@@ -357,7 +392,35 @@ mod tests {
             unpublished(Some(TailMark { epoch: 6, index: 0 }), 5, 3),
             3..3
         );
-        assert!(may_publish(4, 4) && may_publish(5, 4) && !may_publish(3, 4));
+    }
+
+    #[test]
+    fn a_newer_generation_voids_the_older_history_from_where_it_resumed() {
+        let mut log = JobCommits::default();
+        for (epoch, generation) in [(0, 1), (1, 1), (2, 1), (3, 1)] {
+            assert!(log.push(commit_of(epoch, generation, 1)));
+        }
+        // Generation 2 resumed after epoch 1: its epoch 2 voids generation 1's 2 and 3.
+        assert!(log.push(commit_of(2, 2, 1)));
+        // A stale generation-1 instance appends epoch 4 afterwards: void.
+        assert!(!log.push(commit_of(4, 1, 1)));
+        let valid: Vec<(u64, u64)> = log
+            .newest_first()
+            .map(|c| (c.epoch, c.generation))
+            .collect();
+        assert_eq!(valid, vec![(2, 2), (1, 1), (0, 1)]);
+        assert_eq!(log.next_generation(), 3);
+        // Recovery never resumes from the stale record.
+        let records: Vec<CommitRecord> = [(0, 1), (1, 1), (2, 1), (3, 1), (2, 2), (4, 1)]
+            .into_iter()
+            .map(|(e, g)| commit_of(e, g, 1))
+            .collect();
+        match plan_recovery("job", &records, &BTreeSet::new(), |_| true) {
+            Plan::Resume {
+                generation, from, ..
+            } => assert_eq!((generation, from.epoch), (3, 2)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
