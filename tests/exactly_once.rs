@@ -102,14 +102,31 @@ fn finish(child: Child, what: &str) -> Output {
 
 /// A broker with a seeded input topic, and the jobs that read it.
 struct Fixture {
-    broker: LocalBroker,
+    broker: std::sync::Mutex<LocalBroker>,
+    addr: String,
+    storage: Storage,
     input: String,
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
     async fn new() -> Self {
-        let broker = common::broker(Storage::Memory).await;
+        Self::on(Storage::Memory, tempfile::tempdir().unwrap()).await
+    }
+
+    /// A broker storing in SQLite under the fixture's directory: it can be restarted.
+    async fn durable() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::on(Storage::Sqlite(dir.path().join("broker.db")), dir).await
+    }
+
+    async fn on(storage: Storage, dir: tempfile::TempDir) -> Self {
+        let broker = LocalBroker::builder()
+            .storage(storage.clone())
+            .log_path(dir.path().join("broker.log"))
+            .start()
+            .await
+            .expect("local broker starts (run `make tansu` if it is not installed)");
         let bootstrap = broker.bootstrap();
         let client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30))
             .await
@@ -143,10 +160,34 @@ impl Fixture {
         .await
         .unwrap();
         Self {
-            broker,
+            addr: broker.addr().to_owned(),
+            broker: std::sync::Mutex::new(broker),
+            storage,
             input,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
         }
+    }
+
+    fn bootstrap(&self) -> Vec<String> {
+        vec![self.addr.clone()]
+    }
+
+    /// SIGKILLs the broker, as a crash would.
+    fn kill_broker(&self) {
+        self.broker.lock().unwrap().kill();
+    }
+
+    /// Starts the broker again on its port and storage.
+    async fn start_broker(&self) {
+        let port: u16 = self.addr.rsplit(':').next().unwrap().parse().unwrap();
+        let broker = LocalBroker::builder()
+            .storage(self.storage.clone())
+            .port(port)
+            .log_path(self.dir.path().join("broker.log"))
+            .start()
+            .await
+            .unwrap();
+        *self.broker.lock().unwrap() = broker;
     }
 
     fn state_dir(&self, name: &str) -> PathBuf {
@@ -163,7 +204,7 @@ impl Fixture {
         c.args([
             "run",
             "--brokers",
-            self.broker.addr(),
+            &self.addr,
             "--input",
             &self.input,
             "--output-topic",
@@ -196,7 +237,7 @@ impl Fixture {
 
     /// `name`'s Kafka output is the reference's, record for record.
     async fn assert_kafka_matches(&self, name: &str) {
-        let bootstrap = self.broker.bootstrap();
+        let bootstrap = self.bootstrap();
         for kind in ["aggregates", "dlq"] {
             let (a, b) = (format!("reference.{kind}"), format!("{name}.{kind}"));
             let (want, got) = (
@@ -238,9 +279,7 @@ impl Fixture {
     /// then partition, then offset (what `iotflow tail --json` prints).
     async fn reference_in_commit_order(&self) -> Vec<Vec<u8>> {
         let mut by_epoch: BTreeMap<(u64, i32), Vec<Vec<u8>>> = BTreeMap::new();
-        for (p, records) in
-            common::read_topic(&self.broker.bootstrap(), "reference.aggregates").await
-        {
+        for (p, records) in common::read_topic(&self.bootstrap(), "reference.aggregates").await {
             for r in records {
                 let epoch: u64 = std::str::from_utf8(&r.record.headers["iotflow.epoch"])
                     .unwrap()
@@ -257,7 +296,7 @@ impl Fixture {
 
     /// The commits of job `name` on the progress topic, in log order.
     async fn commits(&self, name: &str) -> Vec<CommitRecord> {
-        let client = iotflow_redpanda::connect(&self.broker.bootstrap(), Duration::from_secs(30))
+        let client = iotflow_redpanda::connect(&self.bootstrap(), Duration::from_secs(30))
             .await
             .unwrap();
         let log = ProgressLog::open(&client, "iot.progress").await.unwrap();
@@ -314,13 +353,7 @@ async fn sigkill_at_random_moments_leaves_the_output_of_a_run_never_killed() {
     // A reader following the committed output through all the kills.
     let tail_out = fx.dir.path().join("tail.jsonl");
     let mut tail = Command::new(env!("CARGO_BIN_EXE_iotflow"))
-        .args([
-            "tail",
-            "--brokers",
-            fx.broker.addr(),
-            "--topic",
-            "chaos.aggregates",
-        ])
+        .args(["tail", "--brokers", &fx.addr, "--topic", "chaos.aggregates"])
         .args(["--from-beginning", "--json"])
         .stdout(std::fs::File::create(&tail_out).unwrap())
         .stderr(Stdio::piped())
@@ -506,4 +539,137 @@ async fn a_job_killed_with_one_worker_resumes_with_two() {
     let want = rows("reference");
     assert!(!want.is_empty());
     assert_eq!(rows("rescale"), want);
+}
+
+/// The broker (SQLite storage) SIGKILLed and restarted under a running job,
+/// three times, each after the job committed more: the job rides it out or
+/// fails and is started again; the output is the reference's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_and_restarted_mid_run_leaves_the_output_of_a_run_never_killed() {
+    let fx = Fixture::durable().await;
+    fx.reference();
+    let (mut runs, mut restarts) = (0, 0);
+    loop {
+        runs += 1;
+        assert!(runs <= 10, "the job never finished");
+        let mut child = fx.command("restart", 2).spawn().unwrap();
+        while restarts < 3 {
+            let committed = fx.commits("restart").await.len();
+            let started = Instant::now();
+            while fx.commits("restart").await.len() <= committed {
+                assert!(started.elapsed() < RUN_BOUND, "the job did not commit");
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            fx.kill_broker();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            fx.start_broker().await;
+            restarts += 1;
+        }
+        let out = wait_bounded(child, &format!("run {runs}"));
+        if out.status.success() {
+            break;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "run {runs} failed across the broker restart: {}",
+            stderr.lines().last().unwrap_or_default()
+        );
+    }
+    eprintln!("{restarts} broker restarts, {runs} runs");
+    assert_eq!(restarts, 3);
+    fx.assert_matches("restart").await;
+}
+
+/// The state and Parquet directories on a small tmpfs (a private mount in a
+/// user namespace, so no root is needed): the job fills it, fails staging
+/// with ENOSPC and commits nothing for that epoch; with space back, a restart
+/// resumes and the output is the reference's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_commits_and_the_job_recovers_when_space_returns() {
+    let fx = Fixture::new().await;
+    fx.reference();
+    let mnt = fx.dir.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let copy = fx.parquet_dir("full");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    let (state, parquet) = (mnt.join("state"), mnt.join("parquet"));
+    let run = |c: &Command| -> String {
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_str().unwrap().to_owned())
+            .collect();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if *a == fx.state_dir("full").to_str().unwrap() {
+                    state.display().to_string()
+                } else if *a == copy.to_str().unwrap() {
+                    parquet.display().to_string()
+                } else {
+                    a.clone()
+                }
+            })
+            .map(|a| format!("'{a}'"))
+            .collect();
+        format!("'{}' {}", env!("CARGO_BIN_EXE_iotflow"), args.join(" "))
+    };
+    let job = run(&fx.command("full", 2));
+    let script = format!(
+        "set -u
+         mount -t tmpfs -o size=2m tmpfs '{mnt}' || exit 97
+         {job} 2> '{mnt}/../first.err'; echo \"first run: $?\" >&2
+         mount -o remount,size=256m '{mnt}' || exit 98
+         {job} || exit $?
+         cp -a '{parquet}' '{copy}'",
+        mnt = mnt.display(),
+        parquet = parquet.display(),
+        copy = copy.display(),
+    );
+    let out = Command::new("unshare")
+        .args([
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "bash",
+            "-c",
+            &script,
+        ])
+        .output()
+        .expect("unshare (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() != Some(97),
+        "cannot mount a tmpfs in a user namespace here (unprivileged user namespaces disabled?): {stderr}"
+    );
+    assert!(out.status.success(), "{stderr}");
+    let first = std::fs::read_to_string(fx.dir.path().join("first.err")).unwrap();
+    assert!(
+        stderr.contains("first run: 1"),
+        "the small disk did not stop the first run: {stderr}"
+    );
+    let failed_epoch: u64 = first
+        .split("staging epoch ")
+        .nth(1)
+        .and_then(|s| s.split(':').next())
+        .and_then(|e| e.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no staging failure reported: {first}"));
+    assert!(first.contains("No space left on device"), "{first}");
+    eprintln!("the disk filled up staging epoch {failed_epoch}");
+    fx.assert_matches("full").await;
+    // Every epoch committed once except re-runs after the failure: the failed
+    // epoch was committed only by the second run, after space returned.
+    let commits = fx.commits("full").await;
+    let first_generation = commits.iter().map(|c| c.generation).min().unwrap();
+    assert!(
+        commits
+            .iter()
+            .all(|c| c.generation > first_generation || c.epoch < failed_epoch),
+        "an epoch at or after {failed_epoch} committed in the run that ran out of space"
+    );
 }
