@@ -13,7 +13,7 @@ FUZZ_SECONDS ?= 60
 CHAOS_KILLS ?= 200
 TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
-.PHONY: help demo notebooks test tansu chromium nextest build release lint fmt bench bench-ingest bench-dataflow chaos fuzz clean
+.PHONY: help demo notebooks test tansu chromium nextest build release lint fmt bench bench-ingest bench-dataflow bench-exactly-once chaos fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -55,10 +55,13 @@ lint: ## cargo fmt --check and clippy -D warnings
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: bench-ingest bench-dataflow ## Print every benchmark figure
+bench: bench-ingest bench-dataflow bench-exactly-once ## Print every benchmark figure
 
 bench-ingest: release tansu-release ## Produce throughput into the local broker, 1 and 4 partitions
 	BIN=$(RELEASE_BIN) COUNT=$(BENCH_COUNT) ./scripts/bench-ingest.sh
+
+bench-exactly-once: release tansu-release ## Exactly-once vs at-least-once throughput, commit latency, recovery after kill -9
+	BIN=$(RELEASE_BIN) ./scripts/bench-exactly-once.sh
 
 bench-dataflow: release tansu-release ## Dataflow throughput: file source, end to end vs raw fetch, peers
 	BIN=$(RELEASE_BIN) BENCH_N=$(BENCH_N) ./scripts/bench-dataflow.sh

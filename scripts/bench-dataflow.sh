@@ -47,13 +47,14 @@ records=$((N / 3))
   --devices 1000 --interval 100ms --json >/dev/null 2>&1
 raw=$("$BIN" scan --brokers "$addr" --topic bench.readings --raw --json)
 run=$(/usr/bin/time -f '%M' -o rss.txt "$BIN" run --brokers "$addr" --input bench.readings \
-  --output-topic bench.aggregates --dlq bench.dlq --until-end -w 2 --json 2>/dev/null)
+  --output-topic bench.aggregates --dlq bench.dlq --until-end -w 2 --json \
+  --state-dir "$home/state" --parquet-dir "$home/parquet" 2>/dev/null)
 python3 - "$raw" "$run" "$(cat rss.txt)" <<'PY'
 import json, sys
 raw, run, rss = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
 e2e = run["records"] / run["seconds"]
 print(f"raw rskafka fetch: {raw['records']:,} records in {raw['seconds']:.2f} s = {raw['records_per_sec']:,.0f} records/s ({raw['mb_per_sec']:.1f} MB/s)")
-print(f"iotflow run -w 2:  {run['records']:,} records ({run['readings_accepted']:,} readings) in {run['seconds']:.2f} s = "
+print(f"iotflow run -w 2 (exactly once):  {run['records']:,} records ({run['readings_accepted']:,} readings) in {run['seconds']:.2f} s = "
       f"{e2e:,.0f} records/s, {run['readings_accepted'] / run['seconds']:,.0f} readings/s, peak RSS {rss // 1024} MB")
 print(f"end to end / raw fetch: {e2e / raw['records_per_sec']:.0%}")
 PY

@@ -11,8 +11,10 @@ use anyhow::{Context, Result, bail};
 use iotflow_dataflow::job::Epoch;
 use iotflow_dataflow::snapshot::{WorkerSnapshot, reshard};
 use iotflow_redpanda::topics::{self, TopicSpec};
+use iotflow_dataflow::operators::windows::device_hash;
 use iotflow_sink::exactly_once::{
-    ExactlyOnceConfig, discard_epoch, finish_publishing, snapshots_ok, staged_epochs,
+    ExactlyOnceConfig, PendingRows, discard_epoch, finish_publishing, read_pending, snapshots_ok,
+    staged_epochs,
 };
 use iotflow_sink::progress::ProgressLog;
 use iotflow_sink::protocol::{Plan, plan_recovery};
@@ -25,6 +27,8 @@ pub struct Start {
     pub offsets: BTreeMap<i32, i64>,
     /// Per worker (global index); empty when starting fresh.
     pub snapshots: Vec<WorkerSnapshot>,
+    /// Final windows not yet in a Parquet file, per worker (global index).
+    pub pending: Vec<PendingRows>,
     /// Held for the whole run: one live instance per state directory.
     pub _lock: File,
 }
@@ -101,7 +105,7 @@ pub async fn prepare(
     let discard = match &plan {
         Plan::Fresh { discard, .. } | Plan::Resume { discard, .. } => discard.clone(),
     };
-    for e in discard {
+    for &e in &discard {
         discard_epoch(&cfg.state_dir, &cfg.parquet_dir, e)
             .with_context(|| format!("discarding staged epoch {e}"))?;
     }
@@ -121,6 +125,7 @@ pub async fn prepare(
                 epoch: 0,
                 offsets: BTreeMap::new(),
                 snapshots: Vec::new(),
+                pending: Vec::new(),
                 _lock: lock,
             })
         }
@@ -156,6 +161,11 @@ pub async fn prepare(
                 );
             }
             let snapshots = reshard(&snapshots, workers).context("re-sharding the snapshots")?;
+            let pending = regroup_pending(
+                read_pending(&cfg.state_dir, &from.pending).map_err(anyhow::Error::msg)?,
+                from.workers,
+                workers,
+            );
             if process == 0 {
                 // The publishing clients block on a runtime of their own.
                 let (eo, commit) = (cfg.clone(), (*from).clone());
@@ -166,15 +176,47 @@ pub async fn prepare(
                     .with_context(|| format!("finishing the publishing of epoch {}", from.epoch))?;
             }
             eprintln!(
-                "resuming after committed epoch {} (generation {generation}) at input offsets {:?}",
-                from.epoch, from.source_offsets
+                "resuming after committed epoch {} (generation {generation}) at input offsets {:?}; \
+                 {} staged epochs discarded",
+                from.epoch,
+                from.source_offsets,
+                discard.len()
             );
             Ok(Start {
                 epoch: from.epoch + 1,
                 offsets: from.source_offsets.clone(),
                 snapshots,
+                pending,
                 _lock: lock,
             })
         }
     }
+}
+
+/// Each worker's pending Parquet rows for `workers` workers: as they were when
+/// the count is unchanged, else regrouped by device like the window state.
+fn regroup_pending(
+    entries: Vec<(iotflow_sink::protocol::PendingEntry, Vec<iotflow_sink::AggregateRecord>)>,
+    was: u32,
+    workers: u32,
+) -> Vec<PendingRows> {
+    let mut out: Vec<PendingRows> = vec![PendingRows::default(); workers as usize];
+    if was == workers {
+        for (entry, rows) in entries {
+            if let Some(slot) = out.get_mut(entry.worker as usize) {
+                *slot = PendingRows::restored(entry.since, rows);
+            }
+        }
+        return out;
+    }
+    let since = entries.iter().map(|(e, _)| e.since).min().unwrap_or_default();
+    let mut rows: Vec<Vec<iotflow_sink::AggregateRecord>> = vec![Vec::new(); workers as usize];
+    for r in entries.into_iter().flat_map(|(_, rows)| rows) {
+        let w = (device_hash(&r.device_id) % u64::from(workers.max(1))) as usize;
+        rows[w].push(r);
+    }
+    for (slot, rows) in out.iter_mut().zip(rows) {
+        *slot = PendingRows::restored(since, rows);
+    }
+    out
 }

@@ -15,7 +15,7 @@ use iotflow_dataflow::operators::windows::Captures;
 use iotflow_dataflow::runner::Parallelism;
 use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowSpec};
 use iotflow_redpanda::topics::{self, TopicSpec};
-use iotflow_sink::exactly_once::{ExactlyOnceConfig, commit_outputs};
+use iotflow_sink::exactly_once::{ExactlyOnceConfig, Roll, commit_outputs};
 use iotflow_sink::kafka::{KafkaSinkConfig, publish_aggregates, publish_dead_letters};
 use iotflow_sink::parquet::write_dataset;
 use serde::Serialize;
@@ -107,6 +107,14 @@ pub struct RunArgs {
     /// output) and write Parquet only with --parquet-dir. For comparisons.
     #[arg(long)]
     at_least_once: bool,
+    /// Roll a worker's final windows into a Parquet file once this many are pending.
+    #[arg(long, env = "IOTFLOW_PARQUET_ROLL_ROWS", default_value_t = 500_000)]
+    parquet_roll_rows: u64,
+    /// Also roll once the oldest pending window is this many epochs old (240 × 250 ms = 1 min),
+    /// or at the end of the input. Rolls count rows and epochs, never time, so replays
+    /// write the same files.
+    #[arg(long, env = "IOTFLOW_PARQUET_ROLL_EPOCHS", default_value_t = 240)]
+    parquet_roll_epochs: u64,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -137,11 +145,17 @@ pub struct RunSummary {
     pub window_updates: u64,
     pub last_epoch: u64,
     pub watermark_ms: Option<i64>,
+    /// Exactly-once runs: the last committed epoch, and this run's commits.
+    pub last_committed_epoch: Option<u64>,
+    pub commits: u64,
+    pub commit_latency_ms_mean: Option<f64>,
+    pub commit_latency_ms_max: Option<f64>,
     pub seconds: f64,
 }
 
 fn summary(m: &JobMetrics, started: Instant) -> RunSummary {
     let wm = m.watermark_ms.load(Relaxed);
+    let commits = m.commits.load(Relaxed);
     RunSummary {
         records: m.records_in.load(Relaxed),
         readings_accepted: m.readings_accepted.load(Relaxed),
@@ -152,6 +166,12 @@ fn summary(m: &JobMetrics, started: Instant) -> RunSummary {
         window_updates: m.updates_emitted.load(Relaxed),
         last_epoch: m.last_epoch.load(Relaxed),
         watermark_ms: (wm != i64::MIN).then_some(wm),
+        last_committed_epoch: u64::try_from(m.last_committed_epoch.load(Relaxed)).ok(),
+        commits,
+        commit_latency_ms_mean: (commits > 0)
+            .then(|| m.commit_latency_micros_sum.load(Relaxed) as f64 / commits as f64 / 1e3),
+        commit_latency_ms_max: (commits > 0)
+            .then(|| m.commit_latency_micros_max.load(Relaxed) as f64 / 1e3),
         seconds: started.elapsed().as_secs_f64(),
     }
 }
@@ -250,6 +270,10 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
                 (args.dlq.clone(), partitions_of(&args.dlq)),
             ],
             source_topic: args.input.clone(),
+            roll: Roll {
+                rows: args.parquet_roll_rows,
+                epochs: args.parquet_roll_epochs,
+            },
         };
         let workers = (args.workers * args.processes) as u32;
         let start = crate::recovery::prepare(
@@ -328,6 +352,8 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
                             cfg.clone(),
                             Arc::clone(&sink_err),
                             Arc::clone(&stop),
+                            Arc::clone(&metrics),
+                            start.pending.get(scope.index()).cloned().unwrap_or_default(),
                         );
                         gate.also_wait_for(published);
                         return;
@@ -371,8 +397,10 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
                 tick.tick().await;
                 let s = summary(&metrics, started);
                 eprintln!(
-                    "epoch {:>6} | {:>10} records | {:>9.0} readings/s | watermark {} | dlq {} | windows {}",
+                    "epoch {:>6} | committed {:>6} | {:>10} records | {:>9.0} readings/s | watermark {} | dlq {} | windows {}",
                     s.last_epoch,
+                    s.last_committed_epoch
+                        .map_or_else(|| "-".to_owned(), |e| e.to_string()),
                     s.records,
                     s.readings_accepted as f64 / s.seconds.max(1e-3),
                     s.watermark_ms
@@ -431,6 +459,16 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
             s.window_updates,
             s.last_epoch
         );
+        if let (Some(epoch), Some(mean), Some(max)) = (
+            s.last_committed_epoch,
+            s.commit_latency_ms_mean,
+            s.commit_latency_ms_max,
+        ) {
+            println!(
+                "  committed through epoch {epoch}: {} commits by this run, latency {mean:.1} ms mean, {max:.1} ms max",
+                s.commits
+            );
+        }
         for (reason, n) in &s.rejected {
             println!("  dead letter: {reason:<20} {n:>10}");
         }

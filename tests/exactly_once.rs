@@ -220,6 +220,11 @@ impl Fixture {
             self.state_dir(name).to_str().unwrap(),
             "--parquet-dir",
             self.parquet_dir(name).to_str().unwrap(),
+            // Several rolls per run, by rows and by age, so crashes meet them.
+            "--parquet-roll-rows",
+            "100",
+            "--parquet-roll-epochs",
+            "25",
         ])
         .env_remove(failpoint::ENV)
         .stdout(Stdio::null())

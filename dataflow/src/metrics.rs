@@ -28,6 +28,15 @@ pub struct JobMetrics {
     pub window_state_peak: AtomicU64,
     /// The furthest a source started an epoch ahead of the completed ones.
     pub epochs_in_flight_peak: AtomicU64,
+    /// The last epoch whose commit record is on the progress topic (−1: none yet).
+    pub last_committed_epoch: AtomicI64,
+    pub commits: AtomicU64,
+    /// From the start of an epoch's staging (worker 0) to its commit record
+    /// acknowledged: the sum, for the mean, and the largest.
+    pub commit_latency_micros_sum: AtomicU64,
+    pub commit_latency_micros_max: AtomicU64,
+    /// Bytes of the last snapshot a worker of this process wrote.
+    pub snapshot_bytes_last: AtomicU64,
     /// Records between each input partition's next offset and its high watermark.
     lag: Mutex<BTreeMap<i32, i64>>,
     rejected: [AtomicU64; RejectReason::ALL.len()],
@@ -47,6 +56,11 @@ impl Default for JobMetrics {
             window_state_updates: AtomicI64::new(0),
             window_state_peak: AtomicU64::new(0),
             epochs_in_flight_peak: AtomicU64::new(0),
+            last_committed_epoch: AtomicI64::new(-1),
+            commits: AtomicU64::new(0),
+            commit_latency_micros_sum: AtomicU64::new(0),
+            commit_latency_micros_max: AtomicU64::new(0),
+            snapshot_bytes_last: AtomicU64::new(0),
             lag: Mutex::new(BTreeMap::new()),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -180,6 +194,40 @@ impl JobMetrics {
             "The furthest a source ran ahead of completed epochs.",
             &load(&self.epochs_in_flight_peak),
         );
+        let committed = self.last_committed_epoch.load(Ordering::Relaxed);
+        if committed >= 0 {
+            metric(
+                "iotflow_last_committed_epoch",
+                "gauge",
+                "The last epoch committed on the progress topic.",
+                &[(String::new(), committed as f64)],
+            );
+        }
+        metric(
+            "iotflow_commits_total",
+            "counter",
+            "Epochs committed by this process.",
+            &load(&self.commits),
+        );
+        let secs = |a: &AtomicU64| vec![(String::new(), a.load(Ordering::Relaxed) as f64 / 1e6)];
+        metric(
+            "iotflow_commit_latency_seconds_sum",
+            "counter",
+            "Staging start to commit acknowledged, summed over commits.",
+            &secs(&self.commit_latency_micros_sum),
+        );
+        metric(
+            "iotflow_commit_latency_seconds_max",
+            "gauge",
+            "The longest staging start to commit acknowledged.",
+            &secs(&self.commit_latency_micros_max),
+        );
+        metric(
+            "iotflow_snapshot_bytes",
+            "gauge",
+            "Bytes of the last state snapshot written.",
+            &load(&self.snapshot_bytes_last),
+        );
         let lag: Vec<(String, f64)> = self
             .lag()
             .into_iter()
@@ -192,6 +240,18 @@ impl JobMetrics {
             &lag,
         );
         out
+    }
+
+    /// Epoch `epoch` committed `latency` after its staging started.
+    pub fn observe_commit(&self, epoch: u64, latency: std::time::Duration) {
+        let micros = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.last_committed_epoch
+            .fetch_max(epoch.min(i64::MAX as u64) as i64, Ordering::Relaxed);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_latency_micros_sum
+            .fetch_add(micros, Ordering::Relaxed);
+        self.commit_latency_micros_max
+            .fetch_max(micros, Ordering::Relaxed);
     }
 
     pub fn observe_watermark(&self, wm: Option<i64>) {

@@ -31,10 +31,11 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult, epoch_of};
+use iotflow_dataflow::metrics::JobMetrics;
 use iotflow_dataflow::operators::windows::Captures;
 use iotflow_dataflow::sealed::{seal, unseal};
 use iotflow_redpanda::partitioner::partition_for;
@@ -53,8 +54,8 @@ use crate::kafka::{SinkError, aggregate_key, aggregate_record, record_failure, t
 use crate::parquet;
 use crate::progress::{KEPT_COMMITS, ProgressLog};
 use crate::protocol::{
-    CommitRecord, EpochStaging, FileEntry, PublishTarget, SnapshotEntry, Staged, TailMark,
-    unpublished,
+    CommitRecord, EpochStaging, FileEntry, PendingEntry, PublishTarget, SnapshotEntry, Staged,
+    TailMark, unpublished,
 };
 use crate::records::{AggregateRecord, DeadLetter, EPOCH_HEADER, INDEX_HEADER};
 
@@ -73,6 +74,101 @@ pub struct ExactlyOnceConfig {
     /// The output topics with their partition counts: aggregates, then dead letters.
     pub topics: [(String, usize); 2],
     pub source_topic: String,
+    pub roll: Roll,
+}
+
+/// When a worker's final windows go from segments into a Parquet file: at
+/// `rows` pending rows, `epochs` epochs after the oldest, or at the end of the
+/// input. Both count data and epochs, never time, so a replay rolls the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roll {
+    pub rows: u64,
+    pub epochs: u64,
+}
+
+impl Roll {
+    /// Whether `rows` pending since epoch `since` roll at `epoch` (`last`: the input ended).
+    pub fn due(&self, since: Epoch, rows: u64, epoch: Epoch, last: bool) -> bool {
+        last || rows >= self.rows || epoch >= since.saturating_add(self.epochs)
+    }
+}
+
+/// Where pending final windows live under the state directory.
+pub const PENDING: &str = "parquet-pending";
+
+/// A worker's final windows not yet rolled into a Parquet file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PendingRows {
+    pub since: Option<u64>,
+    pub rows: Vec<AggregateRecord>,
+    /// Segment files (relative to the state directory) holding `rows`.
+    segments: Vec<String>,
+}
+
+impl PendingRows {
+    /// Rows restored from a commit; written to a segment of this run when it first stages.
+    pub fn restored(since: u64, rows: Vec<AggregateRecord>) -> Self {
+        Self {
+            since: (!rows.is_empty()).then_some(since),
+            rows,
+            segments: Vec::new(),
+        }
+    }
+
+    /// Appends `rows` of `epoch`, durably in a segment named `tag`.
+    fn add(
+        &mut self,
+        state_dir: &Path,
+        worker: u32,
+        epoch: Epoch,
+        tag: &str,
+        rows: Vec<AggregateRecord>,
+        all: bool,
+    ) -> std::io::Result<()> {
+        let rel = format!("{PENDING}/w{worker:04}-e{epoch:012}.{tag}");
+        let body = if all { &self.rows } else { &rows };
+        write_durably(&state_dir.join(&rel), &seal(body))?;
+        self.segments.push(rel);
+        if !all {
+            self.since.get_or_insert(epoch);
+            self.rows.extend(rows);
+        }
+        Ok(())
+    }
+}
+
+/// The rows that the segments of `entries` hold, read from `state_dir`.
+pub fn read_pending(
+    state_dir: &Path,
+    entries: &[PendingEntry],
+) -> Result<Vec<(PendingEntry, Vec<AggregateRecord>)>, String> {
+    let mut out = Vec::new();
+    for e in entries {
+        let mut rows = Vec::new();
+        for seg in &e.segments {
+            let path = state_dir.join(seg);
+            let bytes = fs::read(&path).map_err(|err| format!("{}: {err}", path.display()))?;
+            rows.extend(
+                unseal::<Vec<AggregateRecord>>(&bytes)
+                    .map_err(|err| format!("{}: {err}", path.display()))?,
+            );
+        }
+        if rows.len() as u64 != e.rows {
+            return Err(format!(
+                "worker {}: {} pending rows in its segments, the commit names {}",
+                e.worker,
+                rows.len(),
+                e.rows
+            ));
+        }
+        out.push((e.clone(), rows));
+    }
+    Ok(out)
+}
+
+/// The epoch a segment file name carries (`w0001-e000000000012.rows`).
+fn segment_epoch(name: &str) -> Option<Epoch> {
+    name.split_once("-e")?.1.split('.').next()?.parse().ok()
 }
 
 const AGGREGATES: u8 = 0;
@@ -190,13 +286,38 @@ fn write_durably_via(path: &Path, bytes: &[u8], halfway: Option<Site>) -> std::i
     File::open(dir)?.sync_all()
 }
 
-/// Whether every snapshot a commit names is on disk with its size and checksum.
+/// Whether every snapshot a commit names is on disk with its size and
+/// checksum, and its pending Parquet rows are intact.
 pub fn snapshots_ok(state_dir: &Path, commit: &CommitRecord) -> bool {
     commit.snapshots.len() == commit.workers as usize
         && commit.snapshots.iter().all(|s| {
             fs::read(state_dir.join(&s.path))
                 .is_ok_and(|b| b.len() as u64 == s.bytes && crc32fast::hash(&b) == s.checksum)
         })
+        && read_pending(state_dir, &commit.pending).is_ok()
+}
+
+/// Removes pending segments of epochs up to `upto` that none of `kept` (the
+/// latest commits, the ones recovery may still fall back to) names.
+fn collect_segments(state_dir: &Path, upto: Epoch, kept: &[CommitRecord]) -> std::io::Result<()> {
+    let named: BTreeSet<&str> = kept
+        .iter()
+        .flat_map(|c| &c.pending)
+        .flat_map(|p| &p.segments)
+        .map(String::as_str)
+        .collect();
+    let dir = state_dir.join(PENDING);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let rel = format!("{PENDING}/{name}");
+        if segment_epoch(&name).is_some_and(|e| e <= upto) && !named.contains(rel.as_str()) {
+            fs::remove_file(dir.join(&name))?;
+        }
+    }
+    Ok(())
 }
 
 /// Publishing clients for the output topics, on a runtime of their own.
@@ -392,6 +513,8 @@ pub fn commit_outputs<'scope>(
     cfg: ExactlyOnceConfig,
     error: SinkError,
     stop: Arc<AtomicBool>,
+    metrics: Arc<JobMetrics>,
+    restored: PendingRows,
 ) -> Stream<'scope, Epoch, Vec<Epoch>> {
     let scope = results.scope();
     let (worker, workers) = (scope.index() as u32, scope.peers() as u32);
@@ -402,6 +525,8 @@ pub fn commit_outputs<'scope>(
     let outgoing_dead = dead.map(move |d| dead_outgoing(d, &source_topic, dlq_partitions));
     // Staged records stay in memory until published; files are for recovery.
     let held: Rc<RefCell<BTreeMap<Epoch, Vec<Outgoing>>>> = Rc::default();
+    // When this worker began staging each epoch: worker 0's commit latency.
+    let staging_began: Rc<RefCell<BTreeMap<Epoch, Instant>>> = Rc::default();
 
     // ---- Stage ----
     let mut builder = OperatorBuilder::new("Stage".to_owned(), scope);
@@ -420,11 +545,13 @@ pub fn commit_outputs<'scope>(
     let (staged_out, staged) = builder.new_output::<Vec<StagedMsg>>();
     let mut staged_out = OutputBuilder::from(staged_out);
     {
-        let (cfg, error, stop, held) = (
+        let (cfg, error, stop, held, began, metrics) = (
             cfg.clone(),
             error.clone(),
             Arc::clone(&stop),
             Rc::clone(&held),
+            Rc::clone(&staging_began),
+            Arc::clone(&metrics),
         );
         builder.build(move |mut caps| {
             for c in caps.iter_mut() {
@@ -435,6 +562,7 @@ pub fn commit_outputs<'scope>(
             let mut outgoing: BTreeMap<Epoch, Vec<Outgoing>> = BTreeMap::new();
             let mut finals: BTreeMap<Epoch, Vec<AggregateRecord>> = BTreeMap::new();
             let staging = cfg.parquet_dir.join(parquet::STAGING);
+            let mut pending = restored;
             move |frontiers| {
                 let mut encode_error = None;
                 aggs_in.for_each(|time, data| {
@@ -474,14 +602,20 @@ pub fn commit_outputs<'scope>(
                         (a.topic, a.partition, &a.order).cmp(&(b.topic, b.partition, &b.order))
                     });
                     let epoch_finals = finals.remove(&next).unwrap_or_default();
+                    // Nothing more will ever arrive: roll whatever is pending.
+                    let last = frontiers.iter().all(|f| f.is_empty())
+                        && outgoing.is_empty()
+                        && finals.is_empty();
+                    began.borrow_mut().insert(next, Instant::now());
                     match stage(
                         &cfg,
                         &staging,
                         next,
                         worker,
                         &records,
-                        &epoch_finals,
+                        (epoch_finals, &mut pending, last),
                         &captures,
+                        &metrics,
                     ) {
                         Ok(staged) => {
                             failpoint::hit(Site::AfterStage);
@@ -522,6 +656,8 @@ pub fn commit_outputs<'scope>(
     let mut committed_out = OutputBuilder::from(committed_out);
     {
         let (cfg, error, stop) = (cfg.clone(), error.clone(), Arc::clone(&stop));
+        let (began, metrics) = (staging_began, Arc::clone(&metrics));
+        let built = Instant::now();
         builder.build(move |mut caps| {
             for c in caps.iter_mut() {
                 c.downgrade(&start);
@@ -530,6 +666,7 @@ pub fn commit_outputs<'scope>(
             let mut next = start;
             let mut pending: BTreeMap<Epoch, Vec<StagedMsg>> = BTreeMap::new();
             let mut clients: Option<Clients> = None;
+            let mut kept: std::collections::VecDeque<CommitRecord> = Default::default();
             move |frontiers| {
                 staged_in.for_each(|time, data| {
                     pending.entry(epoch_of(&time)).or_default().append(data)
@@ -577,6 +714,15 @@ pub fn commit_outputs<'scope>(
                             failpoint::hit(Site::BeforeCommit);
                             c.append(&commit)?;
                             failpoint::hit(Site::AfterCommit);
+                            let began = began.borrow_mut().remove(&next);
+                            metrics.observe_commit(next, began.map_or(Duration::ZERO, |b| b.elapsed()));
+                            if metrics.commits.load(Ordering::Relaxed) == 1 {
+                                tracing::info!(
+                                    epoch = next,
+                                    after_ms = built.elapsed().as_millis() as u64,
+                                    "first commit of this run"
+                                );
+                            }
                             tracing::debug!(
                                 epoch = next,
                                 generation = cfg.generation,
@@ -585,6 +731,14 @@ pub fn commit_outputs<'scope>(
                             );
                             publish_files(&cfg, &commit.files)?;
                             // Older epochs are published: keep the last few for fallback.
+                            kept.push_back(commit);
+                            if kept.len() > KEPT_COMMITS as usize {
+                                kept.pop_front();
+                            }
+                            if kept.len() == KEPT_COMMITS as usize {
+                                collect_segments(&cfg.state_dir, next, kept.make_contiguous())
+                                    .map_err(|e| format!("{PENDING}: {e}"))?;
+                            }
                             if let Some(old) = next.checked_sub(KEPT_COMMITS) {
                                 for e in staged_epochs(&cfg.state_dir)
                                     .map_err(|e| e.to_string())?
@@ -689,8 +843,9 @@ fn stage(
     epoch: Epoch,
     worker: u32,
     records: &[Outgoing],
-    finals: &[AggregateRecord],
+    (finals, pending, last): (Vec<AggregateRecord>, &mut PendingRows, bool),
     captures: &Captures,
+    metrics: &JobMetrics,
 ) -> Result<Staged, String> {
     let snapshot = captures
         .borrow_mut()
@@ -718,9 +873,36 @@ fn stage(
             });
         }
     }
-    staged.files =
-        parquet::stage_epoch(staging, epoch, worker, finals).map_err(|e| e.to_string())?;
+    let segment_err = |e: std::io::Error| format!("{PENDING} of epoch {epoch}: {e}");
+    if pending.segments.is_empty() && !pending.rows.is_empty() {
+        // Restored rows: this run's own segment for them.
+        pending
+            .add(&cfg.state_dir, worker, epoch, "carry", Vec::new(), true)
+            .map_err(segment_err)?;
+    }
+    let finals: Vec<AggregateRecord> = finals.into_iter().filter(|r| r.is_final).collect();
+    if !finals.is_empty() {
+        pending
+            .add(&cfg.state_dir, worker, epoch, "rows", finals, false)
+            .map_err(segment_err)?;
+    }
+    if let Some(since) = pending.since {
+        if cfg.roll.due(since, pending.rows.len() as u64, epoch, last) {
+            staged.files = parquet::stage_rows(staging, epoch, since, worker, &pending.rows)
+                .map_err(|e| e.to_string())?;
+            *pending = PendingRows::default();
+        }
+    }
+    staged.pending = pending.since.map(|since| PendingEntry {
+        worker,
+        since,
+        rows: pending.rows.len() as u64,
+        segments: pending.segments.clone(),
+    });
     let bytes = snapshot.encode();
+    metrics
+        .snapshot_bytes_last
+        .store(bytes.len() as u64, Ordering::Relaxed);
     let rel = snapshot_path(epoch, worker);
     write_durably_via(&cfg.state_dir.join(&rel), &bytes, Some(Site::MidSnapshot))
         .map_err(|e| format!("{rel}: {e}"))?;
@@ -731,4 +913,25 @@ fn stage(
         checksum: crc32fast::hash(&bytes),
     });
     Ok(staged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_roll_is_due_at_the_row_limit_the_age_limit_or_the_end() {
+        let roll = Roll { rows: 100, epochs: 10 };
+        assert!(!roll.due(5, 99, 14, false));
+        assert!(roll.due(5, 100, 6, false), "rows");
+        assert!(roll.due(5, 1, 15, false), "age");
+        assert!(roll.due(5, 1, 6, true), "end of input");
+    }
+
+    #[test]
+    fn segment_names_carry_their_epoch() {
+        assert_eq!(segment_epoch("w0001-e000000000012.rows"), Some(12));
+        assert_eq!(segment_epoch("w0000-e000000000003.carry"), Some(3));
+        assert_eq!(segment_epoch("LOCK"), None);
+    }
 }

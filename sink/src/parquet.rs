@@ -152,6 +152,20 @@ pub fn stage_epoch(
     worker: u32,
     records: &[AggregateRecord],
 ) -> Result<Vec<FileEntry>, ParquetSinkError> {
+    stage_rows(staging, epoch, epoch, worker, records)
+}
+
+/// [`stage_epoch`] for rows gathered since epoch `first` and staged at epoch
+/// `epoch` (a roll): the dataset file is named after `first`, so it is the
+/// same whichever epoch happens to stage it; the staging file after `epoch`,
+/// so discarding that epoch's staging removes it.
+pub fn stage_rows(
+    staging: &Path,
+    epoch: u64,
+    first: u64,
+    worker: u32,
+    records: &[AggregateRecord],
+) -> Result<Vec<FileEntry>, ParquetSinkError> {
     let mut finals: Vec<&AggregateRecord> = records.iter().filter(|r| r.is_final).collect();
     finals.sort_by(|a, b| {
         (&a.device_id, &a.metric, a.window_start).cmp(&(&b.device_id, &b.metric, b.window_start))
@@ -171,6 +185,7 @@ pub fn stage_epoch(
     let mut entries = Vec::new();
     for (date, rows) in by_date {
         let name = format!("e{epoch:012}-w{worker:04}-{date}.parquet");
+        let part = format!("part-e{first:012}-w{worker:04}.parquet");
         let staged = staging.join(&name);
         let mut bytes = Vec::new();
         {
@@ -187,7 +202,7 @@ pub fn stage_epoch(
         failpoint::hit(Site::ParquetTemp);
         entries.push(FileEntry {
             staged: name,
-            path: format!("{DATASET}/date={date}/part-e{epoch:012}-w{worker:04}.parquet"),
+            path: format!("{DATASET}/date={date}/{part}"),
             bytes: bytes.len() as u64,
             checksum: crc32fast::hash(&bytes),
         });

@@ -77,6 +77,20 @@ pub struct CommitRecord {
     pub snapshots: Vec<SnapshotEntry>,
     /// Workers that staged the epoch (snapshots are sharded over them).
     pub workers: u32,
+    /// Final windows written to segments but not yet rolled into a Parquet file.
+    #[serde(default)]
+    pub pending: Vec<PendingEntry>,
+}
+
+/// One worker's final windows waiting for the next Parquet roll: in
+/// `segments` (sealed row lists, relative to the state directory), since
+/// epoch `since`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEntry {
+    pub worker: u32,
+    pub since: u64,
+    pub rows: u64,
+    pub segments: Vec<String>,
 }
 
 impl CommitRecord {
@@ -111,6 +125,7 @@ pub struct Staged {
     pub files: Vec<FileEntry>,
     pub snapshot: Option<SnapshotEntry>,
     pub source_offsets: BTreeMap<i32, i64>,
+    pub pending: Option<PendingEntry>,
 }
 
 impl EpochStaging {
@@ -154,12 +169,14 @@ impl EpochStaging {
             files: Vec::new(),
             snapshots: Vec::new(),
             workers: self.workers,
+            pending: Vec::new(),
         };
         for s in self.staged.values() {
             record.source_offsets.extend(&s.source_offsets);
             record.publish.extend(s.publish.iter().cloned());
             record.files.extend(s.files.iter().cloned());
             record.snapshots.extend(s.snapshot.iter().cloned());
+            record.pending.extend(s.pending.iter().cloned());
         }
         // One canonical order: the record's bytes depend only on what was staged.
         record
@@ -309,6 +326,7 @@ mod tests {
                 checksum: 3,
             }),
             source_offsets: BTreeMap::from([(partition, 1_000 + i64::from(worker))]),
+            pending: None,
         }
     }
 
