@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use iotflow_dataflow::job::Epoch;
+use iotflow_dataflow::operators::windows::device_hash;
 use iotflow_dataflow::snapshot::{WorkerSnapshot, reshard};
 use iotflow_redpanda::topics::{self, TopicSpec};
-use iotflow_dataflow::operators::windows::device_hash;
 use iotflow_sink::exactly_once::{
     ExactlyOnceConfig, PendingRows, discard_epoch, finish_publishing, read_pending, snapshots_ok,
     staged_epochs,
@@ -196,7 +196,10 @@ pub async fn prepare(
 /// Each worker's pending Parquet rows for `workers` workers: as they were when
 /// the count is unchanged, else regrouped by device like the window state.
 fn regroup_pending(
-    entries: Vec<(iotflow_sink::protocol::PendingEntry, Vec<iotflow_sink::AggregateRecord>)>,
+    entries: Vec<(
+        iotflow_sink::protocol::PendingEntry,
+        Vec<iotflow_sink::AggregateRecord>,
+    )>,
     was: u32,
     workers: u32,
 ) -> Vec<PendingRows> {
@@ -209,7 +212,11 @@ fn regroup_pending(
         }
         return out;
     }
-    let since = entries.iter().map(|(e, _)| e.since).min().unwrap_or_default();
+    let since = entries
+        .iter()
+        .map(|(e, _)| e.since)
+        .min()
+        .unwrap_or_default();
     let mut rows: Vec<Vec<iotflow_sink::AggregateRecord>> = vec![Vec::new(); workers as usize];
     for r in entries.into_iter().flat_map(|(_, rows)| rows) {
         let w = (device_hash(&r.device_id) % u64::from(workers.max(1))) as usize;

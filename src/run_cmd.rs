@@ -353,7 +353,11 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
                             Arc::clone(&sink_err),
                             Arc::clone(&stop),
                             Arc::clone(&metrics),
-                            start.pending.get(scope.index()).cloned().unwrap_or_default(),
+                            start
+                                .pending
+                                .get(scope.index())
+                                .cloned()
+                                .unwrap_or_default(),
                         );
                         gate.also_wait_for(published);
                         return;

@@ -115,24 +115,32 @@ impl PendingRows {
         }
     }
 
-    /// Appends `rows` of `epoch`, durably in a segment named `tag`.
-    fn add(
+    /// Writes the restored rows to a segment of this run, at its first epoch.
+    fn save_restored(
         &mut self,
         state_dir: &Path,
         worker: u32,
         epoch: Epoch,
-        tag: &str,
-        rows: Vec<AggregateRecord>,
-        all: bool,
     ) -> std::io::Result<()> {
-        let rel = format!("{PENDING}/w{worker:04}-e{epoch:012}.{tag}");
-        let body = if all { &self.rows } else { &rows };
-        write_durably(&state_dir.join(&rel), &seal(body))?;
+        let rel = format!("{PENDING}/w{worker:04}-e{epoch:012}.carry");
+        write_durably(&state_dir.join(&rel), &seal(&self.rows))?;
         self.segments.push(rel);
-        if !all {
-            self.since.get_or_insert(epoch);
-            self.rows.extend(rows);
-        }
+        Ok(())
+    }
+
+    /// Appends epoch `epoch`'s final windows, durably in a segment of their own.
+    fn append(
+        &mut self,
+        state_dir: &Path,
+        worker: u32,
+        epoch: Epoch,
+        rows: Vec<AggregateRecord>,
+    ) -> std::io::Result<()> {
+        let rel = format!("{PENDING}/w{worker:04}-e{epoch:012}.rows");
+        write_durably(&state_dir.join(&rel), &seal(&rows))?;
+        self.segments.push(rel);
+        self.since.get_or_insert(epoch);
+        self.rows.extend(rows);
         Ok(())
     }
 }
@@ -715,7 +723,10 @@ pub fn commit_outputs<'scope>(
                             c.append(&commit)?;
                             failpoint::hit(Site::AfterCommit);
                             let began = began.borrow_mut().remove(&next);
-                            metrics.observe_commit(next, began.map_or(Duration::ZERO, |b| b.elapsed()));
+                            metrics.observe_commit(
+                                next,
+                                began.map_or(Duration::ZERO, |b| b.elapsed()),
+                            );
                             if metrics.commits.load(Ordering::Relaxed) == 1 {
                                 tracing::info!(
                                     epoch = next,
@@ -877,13 +888,13 @@ fn stage(
     if pending.segments.is_empty() && !pending.rows.is_empty() {
         // Restored rows: this run's own segment for them.
         pending
-            .add(&cfg.state_dir, worker, epoch, "carry", Vec::new(), true)
+            .save_restored(&cfg.state_dir, worker, epoch)
             .map_err(segment_err)?;
     }
     let finals: Vec<AggregateRecord> = finals.into_iter().filter(|r| r.is_final).collect();
     if !finals.is_empty() {
         pending
-            .add(&cfg.state_dir, worker, epoch, "rows", finals, false)
+            .append(&cfg.state_dir, worker, epoch, finals)
             .map_err(segment_err)?;
     }
     if let Some(since) = pending.since {
@@ -921,7 +932,10 @@ mod tests {
 
     #[test]
     fn a_roll_is_due_at_the_row_limit_the_age_limit_or_the_end() {
-        let roll = Roll { rows: 100, epochs: 10 };
+        let roll = Roll {
+            rows: 100,
+            epochs: 10,
+        };
         assert!(!roll.due(5, 99, 14, false));
         assert!(roll.due(5, 100, 6, false), "rows");
         assert!(roll.due(5, 1, 15, false), "age");
