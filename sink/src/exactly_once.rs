@@ -569,7 +569,6 @@ pub fn commit_outputs<'scope>(
             let mut next = start;
             let mut outgoing: BTreeMap<Epoch, Vec<Outgoing>> = BTreeMap::new();
             let mut finals: BTreeMap<Epoch, Vec<AggregateRecord>> = BTreeMap::new();
-            let staging = cfg.parquet_dir.join(parquet::STAGING);
             let mut pending = restored;
             move |frontiers| {
                 let mut encode_error = None;
@@ -617,7 +616,6 @@ pub fn commit_outputs<'scope>(
                     began.borrow_mut().insert(next, Instant::now());
                     match stage(
                         &cfg,
-                        &staging,
                         next,
                         worker,
                         &records,
@@ -850,7 +848,6 @@ pub fn commit_outputs<'scope>(
 /// Writes one worker's share of epoch `epoch` durably and says what it wrote.
 fn stage(
     cfg: &ExactlyOnceConfig,
-    staging: &Path,
     epoch: Epoch,
     worker: u32,
     records: &[Outgoing],
@@ -897,12 +894,13 @@ fn stage(
             .append(&cfg.state_dir, worker, epoch, finals)
             .map_err(segment_err)?;
     }
-    if let Some(since) = pending.since {
-        if cfg.roll.due(since, pending.rows.len() as u64, epoch, last) {
-            staged.files = parquet::stage_rows(staging, epoch, since, worker, &pending.rows)
-                .map_err(|e| e.to_string())?;
-            *pending = PendingRows::default();
-        }
+    if let Some(since) = pending.since
+        && cfg.roll.due(since, pending.rows.len() as u64, epoch, last)
+    {
+        let staging = cfg.parquet_dir.join(parquet::STAGING);
+        staged.files = parquet::stage_rows(&staging, epoch, since, worker, &pending.rows)
+            .map_err(|e| e.to_string())?;
+        *pending = PendingRows::default();
     }
     staged.pending = pending.since.map(|since| PendingEntry {
         worker,
