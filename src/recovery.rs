@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use iotflow_dataflow::job::Epoch;
@@ -13,8 +13,8 @@ use iotflow_dataflow::operators::windows::device_hash;
 use iotflow_dataflow::snapshot::{WorkerSnapshot, reshard};
 use iotflow_redpanda::topics::{self, TopicSpec};
 use iotflow_sink::exactly_once::{
-    ExactlyOnceConfig, PendingRows, discard_epoch, finish_publishing, read_pending, snapshots_ok,
-    staged_epochs,
+    ExactlyOnceConfig, PendingRows, discard_epoch, finish_publishing, load_snapshot, read_pending,
+    snapshots_ok, staged_epochs,
 };
 use iotflow_sink::progress::ProgressLog;
 use iotflow_sink::protocol::{Plan, plan_recovery};
@@ -144,12 +144,10 @@ pub async fn prepare(
             }
             let mut snapshots = Vec::new();
             for s in &from.snapshots {
-                let path: PathBuf = cfg.state_dir.join(&s.path);
-                let bytes =
-                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
                 snapshots.push(
-                    WorkerSnapshot::decode(&bytes)
-                        .with_context(|| format!("decoding {}", path.display()))?,
+                    load_snapshot(cfg, s)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("loading the snapshot of worker {}", s.worker))?,
                 );
             }
             snapshots.sort_by_key(|s| s.worker);

@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// write the same files.
     #[arg(long, env = "IOTFLOW_PARQUET_ROLL_EPOCHS", default_value_t = 240)]
     parquet_roll_epochs: u64,
+    /// Snapshots are deltas per epoch; they fold into a whole one once they add up to
+    /// this many bytes or the last whole one, whichever is more.
+    #[arg(long, env = "IOTFLOW_SNAPSHOT_FOLD_BYTES", default_value_t = 1 << 20)]
+    snapshot_fold_bytes: u64,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -274,6 +278,9 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
                 rows: args.parquet_roll_rows,
                 epochs: args.parquet_roll_epochs,
             },
+            window: job_cfg.window,
+            lateness_ms: job_cfg.lateness_ms,
+            fold_bytes: args.snapshot_fold_bytes,
         };
         let workers = (args.workers * args.processes) as u32;
         let start = crate::recovery::prepare(

@@ -225,6 +225,9 @@ impl Fixture {
             "100",
             "--parquet-roll-epochs",
             "25",
+            // Snapshot deltas fold into whole ones every few epochs.
+            "--snapshot-fold-bytes",
+            "20000",
         ])
         .env_remove(failpoint::ENV)
         .stdout(Stdio::null())

@@ -51,7 +51,17 @@ pub struct OpenWindow {
     pub readings: Vec<(i64, u64)>,
 }
 
-/// One worker's state after an epoch.
+/// Where a delta snapshot's predecessor is: the same worker's snapshot file
+/// of `epoch`, with its size and checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub epoch: u64,
+    pub bytes: u64,
+    pub checksum: u32,
+}
+
+/// One worker's state after an epoch: whole (`previous` is `None`), or what
+/// the epoch added on top of the snapshot `previous` names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSnapshot {
     pub format: u32,
@@ -64,6 +74,11 @@ pub struct WorkerSnapshot {
     pub watermark: Option<i64>,
     pub seen: Vec<SeenKey>,
     pub windows: Vec<OpenWindow>,
+    /// A delta's predecessor. A delta's `seen` and `windows` hold what its epoch
+    /// added (new keys, each window's new readings); what the watermark closed
+    /// is dropped when the chain is put together ([`materialize`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Link>,
 }
 
 impl WorkerSnapshot {
@@ -79,6 +94,75 @@ impl WorkerSnapshot {
         }
         Ok(s)
     }
+}
+
+/// The whole state at the head of `chain` (a whole snapshot, then deltas,
+/// oldest first): every key and reading added along it, less what the head's
+/// watermark has closed: keys expiring at or below it and windows whose
+/// `close_at(start)` (end + lateness) is at or below it, as Assign drops them.
+pub fn materialize(
+    chain: Vec<WorkerSnapshot>,
+    close_at: impl Fn(i64) -> i64,
+) -> Result<WorkerSnapshot, SnapshotError> {
+    let mut chain = chain.into_iter();
+    let Some(mut whole) = chain.next() else {
+        return Err(SnapshotError::Inconsistent(
+            "an empty snapshot chain".into(),
+        ));
+    };
+    if whole.previous.is_some() {
+        return Err(SnapshotError::Inconsistent(format!(
+            "the chain starts with a delta (epoch {})",
+            whole.epoch
+        )));
+    }
+    // A window can appear more than once in one snapshot (a first epoch holds
+    // the restored run and the epoch's own): readings add up, never replace.
+    let mut windows: std::collections::BTreeMap<(String, String, i64), Vec<(i64, u64)>> =
+        std::collections::BTreeMap::new();
+    for w in whole.windows.drain(..) {
+        windows
+            .entry((w.device, w.metric, w.start))
+            .or_default()
+            .extend(w.readings);
+    }
+    for delta in chain {
+        if delta.previous.map(|l| l.epoch) != Some(whole.epoch) {
+            return Err(SnapshotError::Inconsistent(format!(
+                "epoch {} does not follow epoch {}",
+                delta.epoch, whole.epoch
+            )));
+        }
+        whole.epoch = delta.epoch;
+        whole.reports = delta.reports;
+        whole.watermark = delta.watermark;
+        whole.seen.extend(delta.seen);
+        for w in delta.windows {
+            windows
+                .entry((w.device, w.metric, w.start))
+                .or_default()
+                .extend(w.readings);
+        }
+    }
+    let open = |at: i64| whole.watermark.is_none_or(|wm| at > wm);
+    whole.seen.retain(|k| open(k.expires_at));
+    whole.seen.sort();
+    whole.windows = windows
+        .into_iter()
+        .filter(|((_, _, start), _)| open(close_at(*start)))
+        .map(|((device, metric, start), mut readings)| {
+            readings.sort_unstable_by_key(|&(ts, bits)| {
+                (ts, crate::aggregate::ordered_bits(f64::from_bits(bits)))
+            });
+            OpenWindow {
+                device,
+                metric,
+                start,
+                readings,
+            }
+        })
+        .collect();
+    Ok(whole)
 }
 
 /// The worker that owns `device`'s windows and dedupe keys among `workers`.
@@ -120,8 +204,15 @@ pub fn reshard(
             watermark: first.watermark,
             seen: Vec::new(),
             windows: Vec::new(),
+            previous: None,
         })
         .collect();
+    if let Some(s) = snapshots.iter().find(|s| s.previous.is_some()) {
+        return Err(SnapshotError::Inconsistent(format!(
+            "worker {}'s snapshot is a delta: materialize it first",
+            s.worker
+        )));
+    }
     for s in snapshots {
         for k in &s.seen {
             out[device_owner(&k.device, workers) as usize]
@@ -182,6 +273,7 @@ mod tests {
                     readings: vec![(1, 2.5f64.to_bits())],
                 })
                 .collect(),
+            previous: None,
         }
     }
 
@@ -202,6 +294,71 @@ mod tests {
         assert_eq!(
             WorkerSnapshot::decode(&[]),
             Err(SnapshotError::Sealed(Unsealed::Truncated(0)))
+        );
+    }
+
+    #[test]
+    fn a_chain_puts_together_what_each_epoch_added_less_what_closed() {
+        // Windows of 10: start 0 closes at 10, start 10 at 20.
+        let close_at = |start: i64| start + 10;
+        let key = |device: &str, seq, expires_at| SeenKey {
+            device: device.into(),
+            metric: "t".into(),
+            seq,
+            expires_at,
+        };
+        let window = |device: &str, start, readings: &[(i64, f64)]| OpenWindow {
+            device: device.into(),
+            metric: "t".into(),
+            start,
+            readings: readings.iter().map(|&(t, v)| (t, v.to_bits())).collect(),
+        };
+        let mut whole = snapshot(0, 1, &[]);
+        whole.epoch = 4;
+        whole.watermark = Some(5);
+        whole.seen = vec![key("a", 1, 10)];
+        // The same window twice: a restored run and the epoch's own.
+        whole.windows = vec![window("a", 0, &[(3, 1.0)]), window("a", 0, &[(4, 0.5)])];
+        let delta = |epoch: u64, wm, seen, windows| {
+            let mut d = snapshot(0, 1, &[]);
+            (d.epoch, d.watermark, d.seen, d.windows) = (epoch, Some(wm), seen, windows);
+            d.previous = Some(Link {
+                epoch: epoch - 1,
+                bytes: 0,
+                checksum: 0,
+            });
+            d
+        };
+        let five = delta(
+            5,
+            8,
+            vec![key("a", 2, 20)],
+            vec![window("a", 0, &[(1, 2.0)]), window("a", 10, &[(12, 4.0)])],
+        );
+        let six = delta(6, 10, vec![], vec![window("a", 10, &[(11, 5.0)])]);
+        let got = materialize(vec![whole.clone(), five.clone(), six.clone()], close_at).unwrap();
+        assert_eq!(got.epoch, 6);
+        assert_eq!(got.watermark, Some(10));
+        assert_eq!(got.previous, None);
+        assert_eq!(got.seen, vec![key("a", 2, 20)], "a/1 expired at 10");
+        assert_eq!(
+            got.windows,
+            vec![window("a", 10, &[(11, 5.0), (12, 4.0)])],
+            "window 0 closed at 10; window 10's readings sorted"
+        );
+        let at_five = materialize(vec![whole.clone(), five.clone()], close_at).unwrap();
+        assert_eq!(
+            at_five.windows[0],
+            window("a", 0, &[(1, 2.0), (3, 1.0), (4, 0.5)])
+        );
+        assert!(
+            materialize(vec![five.clone(), six.clone()], close_at).is_err(),
+            "no whole start"
+        );
+        assert!(materialize(vec![whole, six], close_at).is_err(), "a gap");
+        assert!(
+            reshard(&[five], 1).is_err(),
+            "deltas are put together first"
         );
     }
 

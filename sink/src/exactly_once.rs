@@ -38,6 +38,8 @@ use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult, epoch_of};
 use iotflow_dataflow::metrics::JobMetrics;
 use iotflow_dataflow::operators::windows::Captures;
 use iotflow_dataflow::sealed::{seal, unseal};
+use iotflow_dataflow::snapshot::{Link, WorkerSnapshot, materialize};
+use iotflow_dataflow::window::WindowSpec;
 use iotflow_redpanda::partitioner::partition_for;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
@@ -75,6 +77,74 @@ pub struct ExactlyOnceConfig {
     pub topics: [(String, usize); 2],
     pub source_topic: String,
     pub roll: Roll,
+    /// Which windows a snapshot chain's watermark has closed.
+    pub window: WindowSpec,
+    pub lateness_ms: i64,
+    /// Deltas fold into a whole snapshot once they add up to this many bytes or
+    /// the last whole one, whichever is more: recovery reads at most about
+    /// twice the state, and writing costs at most about twice the deltas.
+    pub fold_bytes: u64,
+}
+
+impl ExactlyOnceConfig {
+    /// When the window starting at `start` closes: its end plus the lateness.
+    fn close_at(&self) -> impl Fn(i64) -> i64 + use<> {
+        let (window, lateness) = (self.window, self.lateness_ms);
+        move |start| window.end(start).saturating_add(lateness)
+    }
+}
+
+/// A worker's snapshot chain as Stage writes it: whole snapshots, then deltas
+/// until the deltas outweigh the whole one, then whole again.
+#[derive(Debug, Clone, Copy, Default)]
+struct Chain {
+    last: Option<Link>,
+    base: Epoch,
+    base_bytes: u64,
+    delta_bytes: u64,
+}
+
+/// The chain of snapshot files ending at `head` (worker `worker`'s), oldest
+/// first, every link checked against the size and checksum its successor names.
+fn load_chain(state_dir: &Path, worker: u32, head: Link) -> Result<Vec<WorkerSnapshot>, String> {
+    let mut chain = Vec::new();
+    let mut link = Some(head);
+    while let Some(l) = link {
+        let rel = snapshot_path(l.epoch, worker);
+        let bytes = fs::read(state_dir.join(&rel)).map_err(|e| format!("{rel}: {e}"))?;
+        if bytes.len() as u64 != l.bytes || crc32fast::hash(&bytes) != l.checksum {
+            return Err(format!(
+                "{rel}: size or checksum differs from what its successor names"
+            ));
+        }
+        let snap = WorkerSnapshot::decode(&bytes).map_err(|e| format!("{rel}: {e}"))?;
+        link = snap.previous;
+        chain.push(snap);
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// The whole state `entry` names: its chain, checked and put together.
+pub fn load_snapshot(
+    cfg: &ExactlyOnceConfig,
+    entry: &SnapshotEntry,
+) -> Result<WorkerSnapshot, String> {
+    let head = Link {
+        epoch: snapshot_epoch(&entry.path)?,
+        bytes: entry.bytes,
+        checksum: entry.checksum,
+    };
+    let chain = load_chain(&cfg.state_dir, entry.worker, head)?;
+    materialize(chain, cfg.close_at()).map_err(|e| format!("{}: {e}", entry.path))
+}
+
+/// The epoch in a snapshot path (`epochs/<epoch>/w<worker>.snap`).
+fn snapshot_epoch(path: &str) -> Result<Epoch, String> {
+    path.split('/')
+        .nth(1)
+        .and_then(|e| e.parse().ok())
+        .ok_or_else(|| format!("{path}: not a snapshot path"))
 }
 
 /// When a worker's final windows go from segments into a Parquet file: at
@@ -294,13 +364,19 @@ fn write_durably_via(path: &Path, bytes: &[u8], halfway: Option<Site>) -> std::i
     File::open(dir)?.sync_all()
 }
 
-/// Whether every snapshot a commit names is on disk with its size and
-/// checksum, and its pending Parquet rows are intact.
+/// Whether every snapshot a commit names is intact with its whole chain (each
+/// file's size and checksum as named), and its pending Parquet rows too.
 pub fn snapshots_ok(state_dir: &Path, commit: &CommitRecord) -> bool {
     commit.snapshots.len() == commit.workers as usize
         && commit.snapshots.iter().all(|s| {
-            fs::read(state_dir.join(&s.path))
-                .is_ok_and(|b| b.len() as u64 == s.bytes && crc32fast::hash(&b) == s.checksum)
+            snapshot_epoch(&s.path).is_ok_and(|epoch| {
+                let head = Link {
+                    epoch,
+                    bytes: s.bytes,
+                    checksum: s.checksum,
+                };
+                load_chain(state_dir, s.worker, head).is_ok()
+            })
         })
         && read_pending(state_dir, &commit.pending).is_ok()
 }
@@ -570,6 +646,7 @@ pub fn commit_outputs<'scope>(
             let mut outgoing: BTreeMap<Epoch, Vec<Outgoing>> = BTreeMap::new();
             let mut finals: BTreeMap<Epoch, Vec<AggregateRecord>> = BTreeMap::new();
             let mut pending = restored;
+            let mut chain = Chain::default();
             move |frontiers| {
                 let mut encode_error = None;
                 aggs_in.for_each(|time, data| {
@@ -620,7 +697,7 @@ pub fn commit_outputs<'scope>(
                         worker,
                         &records,
                         (epoch_finals, &mut pending, last),
-                        &captures,
+                        (&captures, &mut chain),
                         &metrics,
                     ) {
                         Ok(staged) => {
@@ -748,7 +825,20 @@ pub fn commit_outputs<'scope>(
                                 collect_segments(&cfg.state_dir, next, kept.make_contiguous())
                                     .map_err(|e| format!("{PENDING}: {e}"))?;
                             }
-                            if let Some(old) = next.checked_sub(KEPT_COMMITS) {
+                            // Only with KEPT_COMMITS of this run in view: a restart's
+                            // first snapshot is whole, so their chains start in this run.
+                            let oldest_base = kept
+                                .iter()
+                                .flat_map(|c| &c.snapshots)
+                                .map(|s| s.base)
+                                .min()
+                                .filter(|_| kept.len() == KEPT_COMMITS as usize)
+                                .unwrap_or(0);
+                            if let Some(old) = next
+                                .checked_sub(KEPT_COMMITS)
+                                .map(|old| old.min(oldest_base.saturating_sub(1)))
+                                .filter(|_| oldest_base > 0)
+                            {
                                 for e in staged_epochs(&cfg.state_dir)
                                     .map_err(|e| e.to_string())?
                                     .range(..=old)
@@ -852,13 +942,27 @@ fn stage(
     worker: u32,
     records: &[Outgoing],
     (finals, pending, last): (Vec<AggregateRecord>, &mut PendingRows, bool),
-    captures: &Captures,
+    (captures, chain): (&Captures, &mut Chain),
     metrics: &JobMetrics,
 ) -> Result<Staged, String> {
-    let snapshot = captures
+    let mut snapshot = captures
         .borrow_mut()
         .take(epoch)
         .ok_or_else(|| format!("no snapshot of epoch {epoch} on worker {worker}"))?;
+    if snapshot.previous.is_some() {
+        let Some(last) = chain.last.filter(|l| l.epoch + 1 == epoch) else {
+            return Err(format!(
+                "worker {worker}: no snapshot of epoch {} to chain to",
+                epoch.saturating_sub(1)
+            ));
+        };
+        snapshot.previous = Some(last);
+        if chain.delta_bytes >= chain.base_bytes.max(cfg.fold_bytes) {
+            let mut whole = load_chain(&cfg.state_dir, worker, last)?;
+            whole.push(snapshot);
+            snapshot = materialize(whole, cfg.close_at()).map_err(|e| e.to_string())?;
+        }
+    }
     let mut staged = Staged::default();
     for r in &snapshot.reports {
         staged.source_offsets.insert(r.partition, r.next_offset);
@@ -912,14 +1016,26 @@ fn stage(
     metrics
         .snapshot_bytes_last
         .store(bytes.len() as u64, Ordering::Relaxed);
+    let link = Link {
+        epoch,
+        bytes: bytes.len() as u64,
+        checksum: crc32fast::hash(&bytes),
+    };
     let rel = snapshot_path(epoch, worker);
     write_durably_via(&cfg.state_dir.join(&rel), &bytes, Some(Site::MidSnapshot))
         .map_err(|e| format!("{rel}: {e}"))?;
+    if snapshot.previous.is_none() {
+        (chain.base, chain.base_bytes, chain.delta_bytes) = (epoch, link.bytes, 0);
+    } else {
+        chain.delta_bytes += link.bytes;
+    }
+    chain.last = Some(link);
     staged.snapshot = Some(SnapshotEntry {
         worker,
         path: rel,
-        bytes: bytes.len() as u64,
-        checksum: crc32fast::hash(&bytes),
+        bytes: link.bytes,
+        checksum: link.checksum,
+        base: chain.base,
     });
     Ok(staged)
 }

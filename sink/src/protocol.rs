@@ -60,6 +60,9 @@ pub struct SnapshotEntry {
     pub path: String,
     pub bytes: u64,
     pub checksum: u32,
+    /// The epoch of the whole snapshot this one's delta chain starts from.
+    #[serde(default)]
+    pub base: u64,
 }
 
 /// The commit point of one epoch: everything recovery needs to finish it.
@@ -324,6 +327,7 @@ mod tests {
                 path: format!("snap/w{worker}"),
                 bytes: 10,
                 checksum: 3,
+                base: 0,
             }),
             source_offsets: BTreeMap::from([(partition, 1_000 + i64::from(worker))]),
             pending: None,

@@ -66,18 +66,17 @@ type StateSpine = ValSpine<WindowKey, WindowVal, Epoch, isize>;
 /// (device id, metric id, seq).
 type SeenKey = (u32, u32, u64);
 
-/// Each epoch's snapshot of this worker as its operators finish the epoch:
-/// Assign leaves reports, watermark, dedupe keys and which windows are open;
-/// Emit adds those windows' readings from the trace. A sink takes it.
-#[derive(Default)]
-#[allow(missing_debug_implementations)] // holds operator-internal keys
+/// Each epoch's snapshot of this worker, as Assign finishes the epoch: a
+/// delta (reports, watermark, the dedupe keys and window readings the epoch
+/// added) on the epoch before, or whole at the first epoch of a run (which
+/// re-adds everything restored). A sink takes it and links the chain.
+#[derive(Debug, Default)]
 pub struct Snapshots {
-    partial: BTreeMap<Epoch, (WorkerSnapshot, Vec<WindowKey>)>,
     ready: BTreeMap<Epoch, WorkerSnapshot>,
 }
 
 impl Snapshots {
-    /// The snapshot of `epoch`, once every operator of this worker finished it.
+    /// The snapshot of `epoch`, once this worker's Assign finished it.
     pub fn take(&mut self, epoch: Epoch) -> Option<WorkerSnapshot> {
         self.ready.remove(&epoch)
     }
@@ -143,7 +142,6 @@ pub fn windows<'scope>(
 ) -> Stream<'scope, Epoch, Vec<WindowResult>> {
     let scope = readings.scope();
     let names = Rc::new(RefCell::new(Names::default()));
-    let capture = hooks.capture.clone();
     let start = hooks.start;
     let (updates, events) = assign(
         readings,
@@ -168,7 +166,6 @@ pub fn windows<'scope>(
         cfg,
         names,
         metrics,
-        capture,
         start,
     );
     retractions.connect_loop(retract_handle);
@@ -225,6 +222,8 @@ fn assign<'scope>(
         let mut touched: FxHashSet<WindowKey> = FxHashSet::default();
         // The restored windows' readings enter the arrangement at the first epoch.
         let mut restored: Vec<Update> = Vec::new();
+        // Dedupe keys added this epoch, for the snapshot delta (restored ones at the first).
+        let mut seen_added: Vec<(SeenKey, i64)> = Vec::new();
         if let Some(snap) = restore {
             combiner = WatermarkCombiner::restored(cfg.watermark, &snap.reports, snap.watermark);
             let mut names = names.borrow_mut();
@@ -236,6 +235,9 @@ fn assign<'scope>(
                 );
                 seen.insert(key);
                 seen_expiry.entry(k.expires_at).or_default().push(key);
+                if capture.is_some() {
+                    seen_added.push((key, k.expires_at));
+                }
             }
             for w in snap.windows {
                 let key = (
@@ -297,6 +299,9 @@ fn assign<'scope>(
                         .unwrap_or(i64::MAX);
                     seen.insert(key);
                     seen_expiry.entry(last_end).or_default().push(key);
+                    if capture.is_some() {
+                        seen_added.push((key, last_end));
+                    }
                 }
                 let mut partial = 0u64;
                 let mut runs: FxHashMap<WindowKey, WindowVal> = FxHashMap::default();
@@ -364,19 +369,30 @@ fn assign<'scope>(
                 );
                 if let Some(capture) = &capture {
                     let names = names.borrow();
-                    let mut keys: Vec<snapshot::SeenKey> = seen_expiry
-                        .iter()
-                        .flat_map(|(at, keys)| {
-                            keys.iter().map(|&(device, metric, seq)| snapshot::SeenKey {
-                                device: names.name(device),
-                                metric: names.name(metric),
-                                seq,
-                                expires_at: *at,
-                            })
+                    let mut keys: Vec<snapshot::SeenKey> = seen_added
+                        .drain(..)
+                        .map(|((device, metric, seq), expires_at)| snapshot::SeenKey {
+                            device: names.name(device),
+                            metric: names.name(metric),
+                            seq,
+                            expires_at,
                         })
                         .collect();
                     keys.sort_unstable();
-                    let mut windows: Vec<WindowKey> = open.iter().copied().collect();
+                    let mut windows: Vec<snapshot::OpenWindow> = out
+                        .iter()
+                        .map(
+                            |(((device, metric, start), run), _, _)| snapshot::OpenWindow {
+                                device: names.name(*device),
+                                metric: names.name(*metric),
+                                start: *start,
+                                readings: run
+                                    .iter()
+                                    .map(|&(ts, b)| (ts, from_ordered_bits(b).to_bits()))
+                                    .collect(),
+                            },
+                        )
+                        .collect();
                     windows.sort_unstable();
                     let snap = WorkerSnapshot {
                         format: snapshot::SNAPSHOT_FORMAT,
@@ -386,9 +402,15 @@ fn assign<'scope>(
                         reports: combiner.reports(),
                         watermark: combiner.emitted(),
                         seen: keys,
-                        windows: Vec::new(),
+                        windows,
+                        // The sink fills in the predecessor's size and checksum.
+                        previous: (next > start).then(|| snapshot::Link {
+                            epoch: next - 1,
+                            bytes: 0,
+                            checksum: 0,
+                        }),
                     };
-                    capture.borrow_mut().partial.insert(next, (snap, windows));
+                    capture.borrow_mut().ready.insert(next, snap);
                 }
                 metrics.duplicates.fetch_add(duplicates, Ordering::Relaxed);
                 metrics.late_partial.fetch_add(partial, Ordering::Relaxed);
@@ -457,56 +479,6 @@ fn dedupe(readings: &[Reading], ids: &[(u32, u32)], seen: &FxHashSet<SeenKey>) -
     (keep, duplicates)
 }
 
-/// The readings of the `open` windows (sorted keys) as of `epoch`, from the trace.
-fn open_windows(
-    trace: &mut TraceAgent<StateSpine>,
-    open: &[WindowKey],
-    epoch: Epoch,
-    names: &Names,
-) -> Vec<snapshot::OpenWindow> {
-    let mut windows = Vec::with_capacity(open.len());
-    if open.is_empty() {
-        return windows;
-    }
-    let Some(batches) = trace.batches_through(AntichainRef::new(&[])) else {
-        unreachable!("the window-state trace refused a cursor over all of it")
-    };
-    let (mut cursor, storage) = cursor_list(batches);
-    for &key in open {
-        cursor.seek_key(&storage, &key);
-        if cursor.get_key(&storage) != Some(&key) {
-            continue;
-        }
-        let mut readings: Vec<(i64, u64)> = Vec::new();
-        while let Some(run) = cursor.get_val(&storage) {
-            let mut n: isize = 0;
-            // Later epochs may already be in the trace; the snapshot is of `epoch`.
-            cursor.map_times(&storage, |t, d| {
-                if *t <= epoch {
-                    n += *d
-                }
-            });
-            for _ in 0..n.max(0) {
-                readings.extend(
-                    run.iter()
-                        .map(|&(ts, b)| (ts, from_ordered_bits(b).to_bits())),
-                );
-            }
-            cursor.step_val(&storage);
-        }
-        readings.sort_unstable_by_key(|&(ts, bits)| (ts, ordered_bits(f64::from_bits(bits))));
-        let (device, metric, start) = key;
-        windows.push(snapshot::OpenWindow {
-            device: names.name(device),
-            metric: names.name(metric),
-            start,
-            readings,
-        });
-    }
-    windows.sort_unstable();
-    windows
-}
-
 /// Reads closed and touched windows out of the arrangement; see the module docs.
 #[allow(clippy::too_many_arguments)] // the streams and the state an operator needs
 fn emit<'scope>(
@@ -516,7 +488,6 @@ fn emit<'scope>(
     cfg: JobConfig,
     names: Rc<RefCell<Names>>,
     metrics: Arc<JobMetrics>,
-    capture: Option<Captures>,
     start: Epoch,
 ) -> (
     Stream<'scope, Epoch, Vec<WindowResult>>,
@@ -605,13 +576,6 @@ fn emit<'scope>(
                                 ev.closed,
                             ));
                         }
-                    }
-                }
-                if let Some(capture) = &capture {
-                    let mut capture = capture.borrow_mut();
-                    if let Some((mut snap, open)) = capture.partial.remove(&next) {
-                        snap.windows = open_windows(tr, &open, next, &names.borrow());
-                        capture.ready.insert(next, snap);
                     }
                 }
                 let finals = out.iter().filter(|r| r.is_final).count() as u64;
