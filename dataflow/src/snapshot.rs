@@ -15,11 +15,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::operators::windows::device_hash;
-use crate::sealed::{Unsealed, seal, unseal};
+use crate::sealed::{Unsealed, unseal};
 use crate::watermark::ShareReport;
 
 /// Bumped when the layout changes; older binaries refuse newer snapshots.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// 1: sealed JSON (still read); 2: the compact binary form ([`WorkerSnapshot::encode`]).
+pub const SNAPSHOT_FORMAT: u32 = 2;
 
 /// Why snapshot bytes were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,18 +82,157 @@ pub struct WorkerSnapshot {
     pub previous: Option<Link>,
 }
 
+/// The stored form: each name once, keys and readings as varints, so a
+/// snapshot costs a few bytes per reading, not a JSON object.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    format: u32,
+    epoch: u64,
+    worker: u32,
+    workers: u32,
+    reports: Vec<ShareReport>,
+    watermark: Option<i64>,
+    names: Vec<String>,
+    /// (device name, metric name, seq, expires at).
+    seen: Vec<(u32, u32, u64, i64)>,
+    /// (device name, metric name, start, readings).
+    windows: Vec<(u32, u32, i64, Vec<(i64, u64)>)>,
+    previous: Option<Link>,
+}
+
+/// Each distinct name once, in order of first use.
+#[derive(Default)]
+struct Interner<'a> {
+    ids: rustc_hash::FxHashMap<&'a str, u32>,
+    names: Vec<String>,
+}
+
+impl<'a> Interner<'a> {
+    fn id(&mut self, name: &'a str) -> u32 {
+        *self.ids.entry(name).or_insert_with(|| {
+            self.names.push(name.to_owned());
+            self.names.len() as u32 - 1
+        })
+    }
+}
+
+fn codec() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new().with_varint_encoding()
+}
+
 impl WorkerSnapshot {
-    /// Checksummed JSON (`sealed`).
+    /// The compact binary form followed by its CRC-32 (4 bytes, big endian).
     pub fn encode(&self) -> Vec<u8> {
-        seal(self)
+        use bincode::Options;
+        let mut names = Interner::default();
+        let seen = self
+            .seen
+            .iter()
+            .map(|k| {
+                (
+                    names.id(&k.device),
+                    names.id(&k.metric),
+                    k.seq,
+                    k.expires_at,
+                )
+            })
+            .collect();
+        let windows = self
+            .windows
+            .iter()
+            .map(|w| {
+                (
+                    names.id(&w.device),
+                    names.id(&w.metric),
+                    w.start,
+                    w.readings.clone(),
+                )
+            })
+            .collect();
+        let names = names.names;
+        let stored = Stored {
+            format: SNAPSHOT_FORMAT,
+            epoch: self.epoch,
+            worker: self.worker,
+            workers: self.workers,
+            reports: self.reports.clone(),
+            watermark: self.watermark,
+            names,
+            seen,
+            windows,
+            previous: self.previous,
+        };
+        // Plain integers, strings and vectors always serialise.
+        let mut out = codec().serialize(&stored).unwrap_or_default();
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
-        let s: WorkerSnapshot = unseal(bytes)?;
+        use bincode::Options;
+        let Some(split) = bytes.len().checked_sub(4) else {
+            return Err(Unsealed::Truncated(bytes.len()).into());
+        };
+        let (body, tail) = bytes.split_at(split);
+        let stored = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]);
+        let computed = crc32fast::hash(body);
+        if stored != computed {
+            return Err(Unsealed::Checksum { stored, computed }.into());
+        }
+        if body.first() == Some(&b'{') {
+            // Format 1: sealed JSON.
+            let s: WorkerSnapshot = unseal(bytes)?;
+            return Ok(s);
+        }
+        let s: Stored = codec()
+            .deserialize(body)
+            .map_err(|e| Unsealed::Decode(e.to_string()))?;
         if s.format > SNAPSHOT_FORMAT {
             return Err(SnapshotError::Format { found: s.format });
         }
-        Ok(s)
+        let name = |i: u32| -> Result<String, SnapshotError> {
+            s.names
+                .get(i as usize)
+                .cloned()
+                .ok_or_else(|| Unsealed::Decode(format!("name {i} out of range")).into())
+        };
+        let seen = s
+            .seen
+            .iter()
+            .map(|&(d, m, seq, expires_at)| {
+                Ok(SeenKey {
+                    device: name(d)?,
+                    metric: name(m)?,
+                    seq,
+                    expires_at,
+                })
+            })
+            .collect::<Result<_, SnapshotError>>()?;
+        let windows = s
+            .windows
+            .into_iter()
+            .map(|(d, m, start, readings)| {
+                Ok(OpenWindow {
+                    device: name(d)?,
+                    metric: name(m)?,
+                    start,
+                    readings,
+                })
+            })
+            .collect::<Result<_, SnapshotError>>()?;
+        Ok(WorkerSnapshot {
+            format: s.format,
+            epoch: s.epoch,
+            worker: s.worker,
+            workers: s.workers,
+            reports: s.reports,
+            watermark: s.watermark,
+            seen,
+            windows,
+            previous: s.previous,
+        })
     }
 }
 
@@ -282,6 +422,18 @@ mod tests {
         let s = snapshot(0, 1, &["a", "b"]);
         let bytes = s.encode();
         assert_eq!(WorkerSnapshot::decode(&bytes).unwrap(), s);
+        let json = crate::sealed::seal(&s);
+        assert!(
+            json.len() > 2 * bytes.len(),
+            "{} vs {} bytes",
+            json.len(),
+            bytes.len()
+        );
+        assert_eq!(
+            WorkerSnapshot::decode(&json).unwrap(),
+            s,
+            "format 1 still reads"
+        );
         for i in (0..bytes.len()).step_by(7) {
             let mut bad = bytes.clone();
             bad[i] ^= 1;
