@@ -82,6 +82,9 @@ pub struct WorkerSnapshot {
     pub previous: Option<Link>,
 }
 
+/// (device name, metric name, start, readings).
+type StoredWindow = (u32, u32, i64, Vec<(i64, u64)>);
+
 /// The stored form: each name once, keys and readings as varints, so a
 /// snapshot costs a few bytes per reading, not a JSON object.
 #[derive(Serialize, Deserialize)]
@@ -95,8 +98,7 @@ struct Stored {
     names: Vec<String>,
     /// (device name, metric name, seq, expires at).
     seen: Vec<(u32, u32, u64, i64)>,
-    /// (device name, metric name, start, readings).
-    windows: Vec<(u32, u32, i64, Vec<(i64, u64)>)>,
+    windows: Vec<StoredWindow>,
     previous: Option<Link>,
 }
 
