@@ -13,8 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iotflow_ingest::producer::{Counters, Pace, ProducerConfig, produce};
-use iotflow_ingest::simulator::{SimConfig, Simulator};
+use iotflow_ingest::simulator::SimConfig;
 use iotflow_redpanda::{LocalBroker, Storage, TopicSpec, topics};
 use iotflow_sink::failpoint::{self, Site};
 use iotflow_sink::progress::ProgressLog;
@@ -145,20 +144,7 @@ impl Fixture {
             late_by_ms: 30_000,
             ..SimConfig::default()
         };
-        let pace = Pace {
-            count: Some(12_000),
-            ..Pace::default()
-        };
-        produce(
-            &client,
-            &input,
-            Simulator::new(sim).unwrap(),
-            pace,
-            ProducerConfig::default(),
-            Arc::new(Counters::default()),
-        )
-        .await
-        .unwrap();
+        common::produce_sim(&client, &input, sim, 12_000).await;
         Self {
             addr: broker.addr().to_owned(),
             broker: std::sync::Mutex::new(broker),

@@ -16,8 +16,8 @@ use iotflow_dataflow::runner::{Parallelism, run_bounded};
 use iotflow_dataflow::source::memory_inputs;
 use iotflow_dataflow::{JobMetrics, WindowSpec};
 use iotflow_ingest::producer::ProduceSummary;
-use iotflow_ingest::producer::{Counters, Pace, ProducerConfig, class_name, produce};
-use iotflow_ingest::simulator::{SimConfig, Simulator};
+use iotflow_ingest::producer::class_name;
+use iotflow_ingest::simulator::SimConfig;
 use iotflow_redpanda::rskafka::client::Client;
 use iotflow_redpanda::rskafka::client::partition::UnknownTopicHandling;
 use iotflow_redpanda::{LocalBroker, Storage, TopicSpec, topics};
@@ -167,20 +167,7 @@ async fn broker_with_input(
     )
     .await
     .unwrap();
-    let pace = Pace {
-        count: Some(count),
-        ..Pace::default()
-    };
-    let summary = produce(
-        &client,
-        &input,
-        Simulator::new(sim).unwrap(),
-        pace,
-        ProducerConfig::default(),
-        Arc::new(Counters::default()),
-    )
-    .await
-    .unwrap();
+    let summary = common::produce_sim(&client, &input, sim, count).await;
     (broker, client, input, summary)
 }
 

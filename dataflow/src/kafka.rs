@@ -111,6 +111,19 @@ pub fn owned_partitions(all: &[i32], worker: usize, peers: usize) -> Vec<i32> {
         .collect()
 }
 
+/// Where a partition's reading starts: the committed offset, or the earliest
+/// without one. A committed offset the broker no longer retains stops the job:
+/// skipping to the earliest would silently lose the records in between.
+pub fn start_offset(committed: Option<i64>, earliest: i64) -> Result<i64, String> {
+    match committed {
+        Some(s) if s < earliest => Err(format!(
+            "offset {s} is no longer retained (earliest is {earliest}); refusing to skip data"
+        )),
+        Some(s) => Ok(s),
+        None => Ok(earliest),
+    }
+}
+
 /// Decides a partition's state at the end of an epoch.
 pub fn share_state(
     done_and_drained: bool,
@@ -317,17 +330,11 @@ fn start_fetcher(
                 .partition_client(cfg.topic.as_str(), p, UnknownTopicHandling::Retry)
                 .await
                 .map_err(|e| format!("{}/{p}: {e}", cfg.topic))?;
-            let (earliest, end) = iotflow_redpanda::scan::offsets(&pc).await.map_err(|e| e.to_string())?;
-            let start = match cfg.start_offsets.get(&p) {
-                Some(&s) if s < earliest => {
-                    return Err(format!(
-                        "{}/{p}: offset {s} is no longer retained (earliest is {earliest}); refusing to skip data",
-                        cfg.topic
-                    ));
-                }
-                Some(&s) => s,
-                None => earliest,
-            };
+            let (earliest, end) = iotflow_redpanda::scan::offsets(&pc)
+                .await
+                .map_err(|e| e.to_string())?;
+            let start = start_offset(cfg.start_offsets.get(&p).copied(), earliest)
+                .map_err(|e| format!("{}/{p}: {e}", cfg.topic))?;
             owned.push((p, start, end, pc));
         }
         Ok::<_, String>((client, owned))
@@ -474,6 +481,18 @@ mod tests {
         assert_eq!(owned_partitions(&all, 1, 2), vec![1, 3]);
         assert_eq!(owned_partitions(&all, 2, 3), vec![2]);
         assert!(owned_partitions(&all, 5, 8).is_empty());
+    }
+
+    #[test]
+    fn a_committed_offset_out_of_retention_stops_the_job() {
+        assert_eq!(start_offset(None, 40), Ok(40));
+        assert_eq!(start_offset(Some(57), 40), Ok(57));
+        assert_eq!(start_offset(Some(40), 40), Ok(40));
+        let err = start_offset(Some(12), 40).unwrap_err();
+        assert!(
+            err.contains("offset 12 is no longer retained (earliest is 40)"),
+            "{err}"
+        );
     }
 
     #[test]

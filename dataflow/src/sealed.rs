@@ -20,22 +20,31 @@ pub enum Unsealed {
 pub fn seal<T: Serialize>(value: &T) -> Vec<u8> {
     // Our records are plain structs of strings, integers and vectors: they
     // always serialise; an empty body would fail its own checksum check anyway.
-    let mut out = serde_json::to_vec(value).unwrap_or_default();
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_be_bytes());
-    out
+    with_checksum(serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// `body` followed by its CRC-32 (4 bytes, big endian).
+pub fn with_checksum(mut body: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(&body);
+    body.extend_from_slice(&crc.to_be_bytes());
+    body
+}
+
+/// The body of `bytes` written by [`with_checksum`], if the checksum holds.
+pub fn checked_body(bytes: &[u8]) -> Result<&[u8], Unsealed> {
+    let Some(split) = bytes.len().checked_sub(4) else {
+        return Err(Unsealed::Truncated(bytes.len()));
+    };
+    let (body, tail) = bytes.split_at(split);
+    let stored = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    let computed = crc32fast::hash(body);
+    if stored != computed {
+        return Err(Unsealed::Checksum { stored, computed });
+    }
+    Ok(body)
 }
 
 /// The value sealed in `bytes`, if the checksum holds and the JSON parses.
 pub fn unseal<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Unsealed> {
-    let Some(split) = bytes.len().checked_sub(4) else {
-        return Err(Unsealed::Truncated(bytes.len()));
-    };
-    let (json, tail) = bytes.split_at(split);
-    let stored = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]);
-    let computed = crc32fast::hash(json);
-    if stored != computed {
-        return Err(Unsealed::Checksum { stored, computed });
-    }
-    serde_json::from_slice(json).map_err(|e| Unsealed::Decode(e.to_string()))
+    serde_json::from_slice(checked_body(bytes)?).map_err(|e| Unsealed::Decode(e.to_string()))
 }

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::operators::windows::device_hash;
-use crate::sealed::{Unsealed, unseal};
+use crate::sealed::{Unsealed, checked_body, unseal, with_checksum};
 use crate::watermark::ShareReport;
 
 /// Bumped when the layout changes; older binaries refuse newer snapshots.
@@ -166,23 +166,12 @@ impl WorkerSnapshot {
             previous: self.previous,
         };
         // Plain integers, strings and vectors always serialise.
-        let mut out = codec().serialize(&stored).unwrap_or_default();
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_be_bytes());
-        out
+        with_checksum(codec().serialize(&stored).unwrap_or_default())
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
         use bincode::Options;
-        let Some(split) = bytes.len().checked_sub(4) else {
-            return Err(Unsealed::Truncated(bytes.len()).into());
-        };
-        let (body, tail) = bytes.split_at(split);
-        let stored = u32::from_be_bytes([tail[0], tail[1], tail[2], tail[3]]);
-        let computed = crc32fast::hash(body);
-        if stored != computed {
-            return Err(Unsealed::Checksum { stored, computed }.into());
-        }
+        let body = checked_body(bytes)?;
         if body.first() == Some(&b'{') {
             // Format 1: sealed JSON.
             let s: WorkerSnapshot = unseal(bytes)?;

@@ -142,3 +142,27 @@ pub fn parquet_rows(root: &std::path::Path) -> Vec<(String, Vec<Row>)> {
     }
     files
 }
+
+/// Writes `count` records of the simulator `sim` to `topic`, in order.
+pub async fn produce_sim(
+    client: &iotflow_redpanda::rskafka::client::Client,
+    topic: &str,
+    sim: iotflow_ingest::simulator::SimConfig,
+    count: u64,
+) -> iotflow_ingest::producer::ProduceSummary {
+    use iotflow_ingest::producer::{Counters, Pace, ProducerConfig, produce};
+    let pace = Pace {
+        count: Some(count),
+        ..Pace::default()
+    };
+    produce(
+        client,
+        topic,
+        iotflow_ingest::simulator::Simulator::new(sim).unwrap(),
+        pace,
+        ProducerConfig::default(),
+        std::sync::Arc::new(Counters::default()),
+    )
+    .await
+    .unwrap()
+}
