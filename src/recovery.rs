@@ -95,9 +95,7 @@ pub async fn prepare(
     }
     let log = ProgressLog::open(client, &cfg.progress_topic).await?;
     let (commits, untrusted) = log.read_all().await?;
-    for u in &untrusted {
-        tracing::warn!(offset = u.offset, error = %u.error, "progress record not trusted");
-    }
+    iotflow_sink::progress::report_untrusted(&untrusted);
     let staged = staged_epochs(&cfg.state_dir)
         .with_context(|| format!("listing {}", cfg.state_dir.display()))?;
     let state_dir = cfg.state_dir.clone();

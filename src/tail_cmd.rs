@@ -109,9 +109,7 @@ pub async fn run(home: &Path, args: TailArgs) -> Result<()> {
     loop {
         let (records, untrusted, next) = progress.read_from(log_next).await?;
         log_next = next;
-        for u in untrusted {
-            tracing::warn!(offset = u.offset, error = %u.error, "progress record not trusted");
-        }
+        iotflow_sink::progress::report_untrusted(&untrusted);
         if job.is_none() {
             job = records
                 .iter()

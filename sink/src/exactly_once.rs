@@ -171,8 +171,9 @@ pub const PENDING: &str = "parquet-pending";
 pub struct PendingRows {
     pub since: Option<u64>,
     pub rows: Vec<AggregateRecord>,
-    /// Segment files (relative to the state directory) holding `rows`.
-    segments: Vec<String>,
+    /// The segment file of this run holding `rows` (relative to the state
+    /// directory), and its length so far.
+    segment: Option<(String, u64)>,
 }
 
 impl PendingRows {
@@ -181,24 +182,58 @@ impl PendingRows {
         Self {
             since: (!rows.is_empty()).then_some(since),
             rows,
-            segments: Vec::new(),
+            segment: None,
         }
     }
 
-    /// Writes the restored rows to a segment of this run, at its first epoch.
+    /// Appends `rows` as one frame (length, then sealed JSON) to this run's
+    /// segment, durably; the first frame starts a new file named after `epoch`.
+    fn write_frame(
+        &mut self,
+        state_dir: &Path,
+        worker: u32,
+        epoch: Epoch,
+        rows: &[AggregateRecord],
+    ) -> std::io::Result<()> {
+        let body = seal(&rows);
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        match &mut self.segment {
+            Some((rel, len)) => {
+                let mut f = File::options().append(true).open(state_dir.join(&*rel))?;
+                f.write_all(&frame)?;
+                f.sync_data()?;
+                *len += frame.len() as u64;
+            }
+            None => {
+                let rel = format!("{PENDING}/w{worker:04}-e{epoch:012}.rows");
+                let path = state_dir.join(&rel);
+                let dir = path.parent().unwrap_or(state_dir);
+                fs::create_dir_all(dir)?;
+                let mut f = File::create(&path)?;
+                f.write_all(&frame)?;
+                f.sync_all()?;
+                File::open(dir)?.sync_all()?;
+                self.segment = Some((rel, frame.len() as u64));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the restored rows to this run's segment, at its first epoch.
     fn save_restored(
         &mut self,
         state_dir: &Path,
         worker: u32,
         epoch: Epoch,
     ) -> std::io::Result<()> {
-        let rel = format!("{PENDING}/w{worker:04}-e{epoch:012}.carry");
-        write_durably(&state_dir.join(&rel), &seal(&self.rows))?;
-        self.segments.push(rel);
-        Ok(())
+        let rows = std::mem::take(&mut self.rows);
+        let written = self.write_frame(state_dir, worker, epoch, &rows);
+        self.rows = rows;
+        written
     }
 
-    /// Appends epoch `epoch`'s final windows, durably in a segment of their own.
+    /// Appends epoch `epoch`'s final windows to the segment, durably.
     fn append(
         &mut self,
         state_dir: &Path,
@@ -206,38 +241,51 @@ impl PendingRows {
         epoch: Epoch,
         rows: Vec<AggregateRecord>,
     ) -> std::io::Result<()> {
-        let rel = format!("{PENDING}/w{worker:04}-e{epoch:012}.rows");
-        write_durably(&state_dir.join(&rel), &seal(&rows))?;
-        self.segments.push(rel);
+        self.write_frame(state_dir, worker, epoch, &rows)?;
         self.since.get_or_insert(epoch);
         self.rows.extend(rows);
         Ok(())
     }
 }
 
-/// The rows that the segments of `entries` hold, read from `state_dir`.
+/// The rows the segments of `entries` hold: the frames in each file's first
+/// `bytes` bytes (a torn frame past them is a crash's, never committed).
 pub fn read_pending(
     state_dir: &Path,
     entries: &[PendingEntry],
 ) -> Result<Vec<(PendingEntry, Vec<AggregateRecord>)>, String> {
     let mut out = Vec::new();
     for e in entries {
+        let path = state_dir.join(&e.path);
+        let place = |what: &str| format!("{}: {what}", path.display());
+        let bytes = fs::read(&path).map_err(|err| place(&err.to_string()))?;
+        let mut rest = bytes.get(..e.bytes as usize).ok_or_else(|| {
+            place(&format!(
+                "{} bytes, the commit names {}",
+                bytes.len(),
+                e.bytes
+            ))
+        })?;
         let mut rows = Vec::new();
-        for seg in &e.segments {
-            let path = state_dir.join(seg);
-            let bytes = fs::read(&path).map_err(|err| format!("{}: {err}", path.display()))?;
+        while !rest.is_empty() {
+            let (len, tail) = rest
+                .split_at_checked(4)
+                .ok_or_else(|| place("a torn frame"))?;
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            let (body, tail) = tail
+                .split_at_checked(len)
+                .ok_or_else(|| place("a torn frame"))?;
             rows.extend(
-                unseal::<Vec<AggregateRecord>>(&bytes)
-                    .map_err(|err| format!("{}: {err}", path.display()))?,
+                unseal::<Vec<AggregateRecord>>(body).map_err(|err| place(&err.to_string()))?,
             );
+            rest = tail;
         }
         if rows.len() as u64 != e.rows {
-            return Err(format!(
-                "worker {}: {} pending rows in its segments, the commit names {}",
-                e.worker,
+            return Err(place(&format!(
+                "{} pending rows, the commit names {}",
                 rows.len(),
                 e.rows
-            ));
+            )));
         }
         out.push((e.clone(), rows));
     }
@@ -387,8 +435,7 @@ fn collect_segments(state_dir: &Path, upto: Epoch, kept: &[CommitRecord]) -> std
     let named: BTreeSet<&str> = kept
         .iter()
         .flat_map(|c| &c.pending)
-        .flat_map(|p| &p.segments)
-        .map(String::as_str)
+        .map(|p| p.path.as_str())
         .collect();
     let dir = state_dir.join(PENDING);
     let Ok(entries) = fs::read_dir(&dir) else {
@@ -986,7 +1033,7 @@ fn stage(
         }
     }
     let segment_err = |e: std::io::Error| format!("{PENDING} of epoch {epoch}: {e}");
-    if pending.segments.is_empty() && !pending.rows.is_empty() {
+    if pending.segment.is_none() && !pending.rows.is_empty() {
         // Restored rows: this run's own segment for them.
         pending
             .save_restored(&cfg.state_dir, worker, epoch)
@@ -1006,12 +1053,16 @@ fn stage(
             .map_err(|e| e.to_string())?;
         *pending = PendingRows::default();
     }
-    staged.pending = pending.since.map(|since| PendingEntry {
-        worker,
-        since,
-        rows: pending.rows.len() as u64,
-        segments: pending.segments.clone(),
-    });
+    staged.pending = pending
+        .since
+        .zip(pending.segment.clone())
+        .map(|(since, (path, bytes))| PendingEntry {
+            worker,
+            since,
+            rows: pending.rows.len() as u64,
+            path,
+            bytes,
+        });
     let bytes = snapshot.encode();
     metrics
         .snapshot_bytes_last
@@ -1056,10 +1107,75 @@ mod tests {
         assert!(roll.due(5, 1, 6, true), "end of input");
     }
 
+    fn row(device: &str) -> AggregateRecord {
+        AggregateRecord {
+            device_id: device.into(),
+            metric: "t".into(),
+            window_start: 0,
+            window_end: 10,
+            count: 1,
+            sum: 1.0,
+            min: 1.0,
+            max: 1.0,
+            mean: 1.0,
+            stddev: 0.0,
+            first_ts: 1,
+            last_ts: 1,
+            is_final: true,
+            epoch: 3,
+        }
+    }
+
+    #[test]
+    fn pending_rows_are_the_committed_frames_of_their_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pending = PendingRows::restored(2, vec![row("a")]);
+        pending.save_restored(dir.path(), 1, 5).unwrap();
+        pending
+            .append(dir.path(), 1, 5, vec![row("b"), row("c")])
+            .unwrap();
+        let (path, bytes) = pending.segment.clone().unwrap();
+        let entry = PendingEntry {
+            worker: 1,
+            since: 2,
+            rows: 3,
+            path: path.clone(),
+            bytes,
+        };
+        let read = read_pending(dir.path(), std::slice::from_ref(&entry)).unwrap();
+        assert_eq!(read[0].1, vec![row("a"), row("b"), row("c")]);
+        // A crash's torn frame past the committed length is not read.
+        pending.append(dir.path(), 1, 6, vec![row("d")]).unwrap();
+        let file = dir.path().join(&path);
+        let full = fs::read(&file).unwrap();
+        fs::write(&file, &full[..full.len() - 3]).unwrap();
+        assert_eq!(
+            read_pending(dir.path(), std::slice::from_ref(&entry)).unwrap()[0]
+                .1
+                .len(),
+            3
+        );
+        // Within the committed length, damage and miscounts are refused.
+        let short = PendingEntry {
+            bytes: bytes - 1,
+            ..entry.clone()
+        };
+        assert!(read_pending(dir.path(), &[short]).is_err());
+        let miscounted = PendingEntry {
+            rows: 4,
+            ..entry.clone()
+        };
+        assert!(read_pending(dir.path(), &[miscounted]).is_err());
+        let mut flipped = full.clone();
+        flipped[10] ^= 1;
+        fs::write(&file, &flipped).unwrap();
+        assert!(read_pending(dir.path(), &[entry]).is_err());
+    }
+
     #[test]
     fn segment_names_carry_their_epoch() {
         assert_eq!(segment_epoch("w0001-e000000000012.rows"), Some(12));
-        assert_eq!(segment_epoch("w0000-e000000000003.carry"), Some(3));
+        assert_eq!(segment_epoch("w0000-e000000000003.tmp"), Some(3));
         assert_eq!(segment_epoch("LOCK"), None);
     }
 }

@@ -38,6 +38,23 @@ pub struct Untrusted {
     pub error: ProtocolError,
 }
 
+/// Logs `untrusted` records: one warning for all of them (a shared progress
+/// topic can hold many of other jobs or older formats), each at debug.
+pub fn report_untrusted(untrusted: &[Untrusted]) {
+    let Some(first) = untrusted.first() else {
+        return;
+    };
+    tracing::warn!(
+        count = untrusted.len(),
+        first_offset = first.offset,
+        error = %first.error,
+        "progress records not trusted (skipped)"
+    );
+    for u in untrusted {
+        tracing::debug!(offset = u.offset, error = %u.error, "progress record not trusted");
+    }
+}
+
 /// The single partition of a progress topic.
 #[derive(Debug)]
 pub struct ProgressLog {

@@ -85,15 +85,16 @@ pub struct CommitRecord {
     pub pending: Vec<PendingEntry>,
 }
 
-/// One worker's final windows waiting for the next Parquet roll: in
-/// `segments` (sealed row lists, relative to the state directory), since
-/// epoch `since`.
+/// One worker's final windows waiting for the next Parquet roll: the first
+/// `bytes` bytes of the segment file `path` (relative to the state
+/// directory), frames appended once per epoch since epoch `since`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingEntry {
     pub worker: u32,
     pub since: u64,
     pub rows: u64,
-    pub segments: Vec<String>,
+    pub path: String,
+    pub bytes: u64,
 }
 
 impl CommitRecord {
