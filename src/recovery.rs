@@ -3,6 +3,7 @@
 //! (protocol::plan_recovery), finish publishing the last commit, discard later
 //! staging, and hand each worker its snapshot.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
@@ -13,8 +14,8 @@ use iotflow_dataflow::operators::windows::device_hash;
 use iotflow_dataflow::snapshot::{WorkerSnapshot, reshard};
 use iotflow_redpanda::topics::{self, TopicSpec};
 use iotflow_sink::exactly_once::{
-    ExactlyOnceConfig, PendingRows, discard_epoch, finish_publishing, load_snapshot, read_pending,
-    snapshots_ok, staged_epochs,
+    CommitState, ExactlyOnceConfig, PendingRows, discard_epoch, finish_publishing, load_state,
+    staged_epochs,
 };
 use iotflow_sink::progress::ProgressLog;
 use iotflow_sink::protocol::{Plan, plan_recovery};
@@ -98,8 +99,18 @@ pub async fn prepare(
     iotflow_sink::progress::report_untrusted(&untrusted);
     let staged = staged_epochs(&cfg.state_dir)
         .with_context(|| format!("listing {}", cfg.state_dir.display()))?;
-    let state_dir = cfg.state_dir.clone();
-    let plan = plan_recovery(&cfg.job, &commits, &staged, |c| snapshots_ok(&state_dir, c));
+    // Checking a commit means reading its state: keep what the plan picks.
+    let loaded: RefCell<Option<(Epoch, CommitState)>> = RefCell::new(None);
+    let plan = plan_recovery(&cfg.job, &commits, &staged, |c| match load_state(cfg, c) {
+        Ok(state) => {
+            *loaded.borrow_mut() = Some((c.epoch, state));
+            true
+        }
+        Err(e) => {
+            tracing::warn!(epoch = c.epoch, error = %e, "commit's state not usable");
+            false
+        }
+    });
     let discard = match &plan {
         Plan::Fresh { discard, .. } | Plan::Resume { discard, .. } => discard.clone(),
     };
@@ -140,15 +151,11 @@ pub async fn prepare(
                     from.epoch
                 );
             }
-            let mut snapshots = Vec::new();
-            for s in &from.snapshots {
-                snapshots.push(
-                    load_snapshot(cfg, s)
-                        .map_err(anyhow::Error::msg)
-                        .with_context(|| format!("loading the snapshot of worker {}", s.worker))?,
-                );
-            }
-            snapshots.sort_by_key(|s| s.worker);
+            let state = match loaded.into_inner() {
+                Some((epoch, state)) if epoch == from.epoch => state,
+                _ => bail!("the state of epoch {} was not loaded", from.epoch),
+            };
+            let snapshots = state.snapshots;
             if snapshots.len() != workers as usize {
                 eprintln!(
                     "rescaling: epoch {} was committed by {} workers, resuming with {workers}",
@@ -157,11 +164,7 @@ pub async fn prepare(
                 );
             }
             let snapshots = reshard(&snapshots, workers).context("re-sharding the snapshots")?;
-            let pending = regroup_pending(
-                read_pending(&cfg.state_dir, &from.pending).map_err(anyhow::Error::msg)?,
-                from.workers,
-                workers,
-            );
+            let pending = regroup_pending(state.pending, from.workers, workers);
             if process == 0 {
                 // The publishing clients block on a runtime of their own.
                 let (eo, commit) = (cfg.clone(), (*from).clone());

@@ -41,6 +41,18 @@ pub fn epoch_of(cap: &timely::dataflow::operators::InputCapability<Epoch>) -> Ep
     cap.least().copied().unwrap_or_default()
 }
 
+/// An operator's capabilities, moved to `start` (a resumed job's first epoch;
+/// nothing earlier will ever be sent) and held until the operator drops them.
+pub fn held_from(
+    mut caps: Vec<timely::dataflow::operators::Capability<Epoch>>,
+    start: Epoch,
+) -> Option<Vec<timely::dataflow::operators::Capability<Epoch>>> {
+    for c in caps.iter_mut() {
+        c.downgrade(&start);
+    }
+    Some(caps)
+}
+
 /// How many epochs a source may run ahead of the last epoch the dataflow completed.
 pub const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
 

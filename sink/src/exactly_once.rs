@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult, epoch_of};
+use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult, epoch_of, held_from};
 use iotflow_dataflow::metrics::JobMetrics;
 use iotflow_dataflow::operators::windows::Captures;
 use iotflow_dataflow::sealed::{seal, unseal};
@@ -125,18 +125,41 @@ fn load_chain(state_dir: &Path, worker: u32, head: Link) -> Result<Vec<WorkerSna
     Ok(chain)
 }
 
-/// The whole state `entry` names: its chain, checked and put together.
-pub fn load_snapshot(
-    cfg: &ExactlyOnceConfig,
-    entry: &SnapshotEntry,
-) -> Result<WorkerSnapshot, String> {
-    let head = Link {
-        epoch: snapshot_epoch(&entry.path)?,
-        bytes: entry.bytes,
-        checksum: entry.checksum,
-    };
-    let chain = load_chain(&cfg.state_dir, entry.worker, head)?;
-    materialize(chain, cfg.close_at()).map_err(|e| format!("{}: {e}", entry.path))
+/// What a commit left for recovery, read back and checked.
+#[derive(Debug)]
+pub struct CommitState {
+    /// Each worker's whole state (its chain put together), by worker.
+    pub snapshots: Vec<WorkerSnapshot>,
+    /// Each worker's final windows waiting for a Parquet roll.
+    pub pending: Vec<(PendingEntry, Vec<AggregateRecord>)>,
+}
+
+/// The state `commit` names: every worker's snapshot chain (each file's size
+/// and checksum as its successor names, put together) and pending Parquet
+/// rows. An error means the commit cannot be resumed from.
+pub fn load_state(cfg: &ExactlyOnceConfig, commit: &CommitRecord) -> Result<CommitState, String> {
+    if commit.snapshots.len() != commit.workers as usize {
+        return Err(format!(
+            "epoch {}: {} snapshots for {} workers",
+            commit.epoch,
+            commit.snapshots.len(),
+            commit.workers
+        ));
+    }
+    let mut snapshots = Vec::with_capacity(commit.snapshots.len());
+    for entry in &commit.snapshots {
+        let head = Link {
+            epoch: snapshot_epoch(&entry.path)?,
+            bytes: entry.bytes,
+            checksum: entry.checksum,
+        };
+        let chain = load_chain(&cfg.state_dir, entry.worker, head)?;
+        snapshots
+            .push(materialize(chain, cfg.close_at()).map_err(|e| format!("{}: {e}", entry.path))?);
+    }
+    snapshots.sort_by_key(|s| s.worker);
+    let pending = read_pending(&cfg.state_dir, &commit.pending)?;
+    Ok(CommitState { snapshots, pending })
 }
 
 /// The epoch in a snapshot path (`epochs/<epoch>/w<worker>.snap`).
@@ -412,23 +435,6 @@ fn write_durably_via(path: &Path, bytes: &[u8], halfway: Option<Site>) -> std::i
     File::open(dir)?.sync_all()
 }
 
-/// Whether every snapshot a commit names is intact with its whole chain (each
-/// file's size and checksum as named), and its pending Parquet rows too.
-pub fn snapshots_ok(state_dir: &Path, commit: &CommitRecord) -> bool {
-    commit.snapshots.len() == commit.workers as usize
-        && commit.snapshots.iter().all(|s| {
-            snapshot_epoch(&s.path).is_ok_and(|epoch| {
-                let head = Link {
-                    epoch,
-                    bytes: s.bytes,
-                    checksum: s.checksum,
-                };
-                load_chain(state_dir, s.worker, head).is_ok()
-            })
-        })
-        && read_pending(state_dir, &commit.pending).is_ok()
-}
-
 /// Removes pending segments of epochs up to `upto` that none of `kept` (the
 /// latest commits, the ones recovery may still fall back to) names.
 fn collect_segments(state_dir: &Path, upto: Epoch, kept: &[CommitRecord]) -> std::io::Result<()> {
@@ -656,7 +662,8 @@ pub fn commit_outputs<'scope>(
     let outgoing_dead = dead.map(move |d| dead_outgoing(d, &source_topic, dlq_partitions));
     // Staged records stay in memory until published; files are for recovery.
     let held: Rc<RefCell<BTreeMap<Epoch, Vec<Outgoing>>>> = Rc::default();
-    // When this worker began staging each epoch: worker 0's commit latency.
+    // When worker 0 began staging each epoch, for its commit latency; only
+    // worker 0 commits (and takes entries out), so only it records them.
     let staging_began: Rc<RefCell<BTreeMap<Epoch, Instant>>> = Rc::default();
 
     // ---- Stage ----
@@ -684,11 +691,8 @@ pub fn commit_outputs<'scope>(
             Rc::clone(&staging_began),
             Arc::clone(&metrics),
         );
-        builder.build(move |mut caps| {
-            for c in caps.iter_mut() {
-                c.downgrade(&start);
-            }
-            let mut caps = Some(caps);
+        builder.build(move |caps| {
+            let mut caps = held_from(caps, start);
             let mut next = start;
             let mut outgoing: BTreeMap<Epoch, Vec<Outgoing>> = BTreeMap::new();
             let mut finals: BTreeMap<Epoch, Vec<AggregateRecord>> = BTreeMap::new();
@@ -737,7 +741,9 @@ pub fn commit_outputs<'scope>(
                     let last = frontiers.iter().all(|f| f.is_empty())
                         && outgoing.is_empty()
                         && finals.is_empty();
-                    began.borrow_mut().insert(next, Instant::now());
+                    if worker == 0 {
+                        began.borrow_mut().insert(next, Instant::now());
+                    }
                     match stage(
                         &cfg,
                         next,
@@ -788,11 +794,8 @@ pub fn commit_outputs<'scope>(
         let (cfg, error, stop) = (cfg.clone(), error.clone(), Arc::clone(&stop));
         let (began, metrics) = (staging_began, Arc::clone(&metrics));
         let built = Instant::now();
-        builder.build(move |mut caps| {
-            for c in caps.iter_mut() {
-                c.downgrade(&start);
-            }
-            let mut caps = Some(caps);
+        builder.build(move |caps| {
+            let mut caps = held_from(caps, start);
             let mut next = start;
             let mut pending: BTreeMap<Epoch, Vec<StagedMsg>> = BTreeMap::new();
             let mut clients: Option<Clients> = None;
@@ -920,11 +923,8 @@ pub fn commit_outputs<'scope>(
     let (acks_out, acks) = builder.new_output::<Vec<Epoch>>();
     let mut acks_out = OutputBuilder::from(acks_out);
     {
-        builder.build(move |mut caps| {
-            for c in caps.iter_mut() {
-                c.downgrade(&start);
-            }
-            let mut caps = Some(caps);
+        builder.build(move |caps| {
+            let mut caps = held_from(caps, start);
             let mut clients: Option<Clients> = None;
             let mut todo: BTreeMap<Epoch, ()> = BTreeMap::new();
             move |frontiers| {

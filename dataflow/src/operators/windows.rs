@@ -48,7 +48,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::frontier::AntichainRef;
 
 use crate::aggregate::{Stats, from_ordered_bits, ordered_bits};
-use crate::job::{Classified, EmitMode, Epoch, JobConfig, StateHooks, WindowResult};
+use crate::job::{Classified, EmitMode, Epoch, JobConfig, StateHooks, WindowResult, held_from};
 use crate::metrics::JobMetrics;
 use crate::reading::Reading;
 use crate::snapshot::{self, WorkerSnapshot};
@@ -200,16 +200,13 @@ fn assign<'scope>(
     let mut updates_out = OutputBuilder::from(updates_out);
     let mut events_out = OutputBuilder::from(events_out);
 
-    builder.build(move |mut caps| {
+    builder.build(move |caps| {
         let StateHooks {
             start,
             restore,
             capture,
         } = hooks;
-        for c in caps.iter_mut() {
-            c.downgrade(&start);
-        }
-        let mut caps = Some(caps);
+        let mut caps = held_from(caps, start);
         let mut next: Epoch = start;
         let mut pending: BTreeMap<Epoch, Vec<Reading>> = BTreeMap::new();
         let mut pending_reports: BTreeMap<Epoch, Vec<ShareReport>> = BTreeMap::new();
@@ -480,7 +477,6 @@ fn dedupe(readings: &[Reading], ids: &[(u32, u32)], seen: &FxHashSet<SeenKey>) -
 }
 
 /// Reads closed and touched windows out of the arrangement; see the module docs.
-#[allow(clippy::too_many_arguments)] // the streams and the state an operator needs
 fn emit<'scope>(
     events: Stream<'scope, Epoch, Vec<WindowEvent>>,
     batches: Stream<'scope, Epoch, Vec<SpanOf<TraceAgent<StateSpine>>>>,
@@ -502,11 +498,8 @@ fn emit<'scope>(
     let mut results_out = OutputBuilder::from(results_out);
     let mut retract_out = OutputBuilder::from(retract_out);
 
-    builder.build(move |mut caps| {
-        for c in caps.iter_mut() {
-            c.downgrade(&start);
-        }
-        let mut caps = Some(caps);
+    builder.build(move |caps| {
+        let mut caps = held_from(caps, start);
         let mut trace = Some(trace);
         let mut next: Epoch = start;
         let mut pending: BTreeMap<Epoch, Vec<WindowEvent>> = BTreeMap::new();
