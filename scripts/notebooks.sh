@@ -46,3 +46,18 @@ for nb in "$here"/notebooks/*.ipynb; do
   ms=$(( ($(date +%s%N) - start) / 1000000 ))
   echo "$name.ipynb: ok in ${ms} ms -> $out/$name.html"
 done
+
+if [ "$1" = test ]; then
+  # The health checks must be able to fail: a commit missing from the log is caught.
+  tampered=$work/tampered
+  cp -r "$dataset" "$tampered"
+  sed -i 2d "$tampered/_pipeline/commits-p0.jsonl"
+  if IOTFLOW_PARQUET=$tampered "$venv/bin/jupyter-nbconvert" --to html --execute \
+      "$here/notebooks/pipeline_health.ipynb" --output-dir "$work/tampered-html" >"$work/tampered.log" 2>&1; then
+    echo "pipeline_health.ipynb passed a log with a commit missing"
+    exit 1
+  fi
+  grep -q "not the epoch after the previous one" "$work/tampered.log" || {
+    cat "$work/tampered.log"; echo "pipeline_health.ipynb failed, but not on the missing commit"; exit 1; }
+  echo "pipeline_health.ipynb: a log with a commit missing fails its checks, as it should"
+fi

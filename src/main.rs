@@ -10,6 +10,7 @@ mod aggregate_file_cmd;
 mod broker_cmd;
 mod demo;
 mod http;
+mod pipeline_log;
 mod produce_cmd;
 mod recovery;
 mod run_cmd;
@@ -51,12 +52,17 @@ enum Command {
     /// Simulate devices and write their readings to the input topic.
     Produce(produce_cmd::ProduceArgs),
     /// Run the streaming job: windowed aggregates from the input topic to the output topic.
+    ///
+    /// Ctrl-C (SIGINT) or SIGTERM stops it after the current epoch; windows still open
+    /// stay in the state and a restart goes on with them. SIGUSR1 drains it: it reads
+    /// each partition to the end offset of that moment, closes every window, commits and exits.
     Run(run_cmd::RunArgs),
     /// Read a topic to its end and audit it: records per partition, rejects by reason, duplicates.
     Scan(scan_cmd::ScanArgs),
     /// Follow the committed output: each epoch's aggregates once it is committed and published.
     Tail(tail_cmd::TailArgs),
-    /// The demo: local broker, topics, simulated devices, read-back summary.
+    /// The demo: local broker, topics, live simulated devices, the job with its
+    /// progress, a drain, and a summary checked against the simulator and the outputs.
     Demo(demo::DemoArgs),
     /// Run the windowed dataflow over a JSON-lines file and write the final windows as CSV.
     AggregateFile(aggregate_file_cmd::AggregateFileArgs),

@@ -222,7 +222,7 @@ pub struct ProduceArgs {
 
 pub async fn run(home: &Path, args: ProduceArgs) -> Result<()> {
     let target = args.select.connect(home).await?;
-    let summary = produce_to(&target, &args.topic, args.partitions, &args.sim).await?;
+    let summary = produce_to(&target, &args.topic, args.partitions, &args.sim, true).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -231,12 +231,14 @@ pub async fn run(home: &Path, args: ProduceArgs) -> Result<()> {
     Ok(())
 }
 
-/// Ensures `topic` exists, then runs the simulator into it with a progress bar.
+/// Ensures `topic` exists, then runs the simulator into it (with a progress bar
+/// on a terminal if `bar`).
 pub async fn produce_to(
     target: &Target,
     topic: &str,
     partitions: i32,
     sim: &SimArgs,
+    bar: bool,
 ) -> Result<ProduceSummary> {
     let exists = topics::partitions_of(&target.client, topic)
         .await?
@@ -258,6 +260,7 @@ pub async fn produce_to(
     let pace = sim.pace();
     let counters = Arc::new(Counters::default());
     let bar = match pace.count {
+        _ if !bar => ProgressBar::hidden(),
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::new_spinner(),
     };

@@ -18,9 +18,54 @@ use iotflow_redpanda::topics::{self, TopicSpec};
 use iotflow_sink::exactly_once::{ExactlyOnceConfig, Roll, commit_outputs};
 use iotflow_sink::kafka::{KafkaSinkConfig, publish_aggregates, publish_dead_letters};
 use iotflow_sink::parquet::write_dataset;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::pipeline_log::{PipelineLog, RunEnd};
 use crate::target::BrokerSelect;
+
+/// The end offset of every partition of `topic`.
+pub async fn end_offsets(
+    client: &iotflow_redpanda::rskafka::client::Client,
+    topic: &str,
+) -> Result<std::collections::BTreeMap<i32, i64>> {
+    use iotflow_redpanda::rskafka::client::partition::UnknownTopicHandling;
+    let mut ends = std::collections::BTreeMap::new();
+    for p in topics::partitions_of(client, topic)
+        .await?
+        .with_context(|| format!("topic {topic} does not exist"))?
+    {
+        let pc = client
+            .partition_client(topic, p, UnknownTopicHandling::Retry)
+            .await
+            .with_context(|| format!("connecting to {topic}/{p}"))?;
+        ends.insert(p, iotflow_redpanda::scan::offsets(&pc).await?.1);
+    }
+    Ok(ends)
+}
+
+/// The live progress line: epochs, throughput over the last interval, lag per partition.
+fn progress_line(s: &RunSummary, rate: f64, lag: &std::collections::BTreeMap<i32, i64>) -> String {
+    let lags: Vec<String> = lag.values().map(i64::to_string).collect();
+    format!(
+        "epoch {:>6} | committed {:>6} | {:>10} records | {:>9.0} readings/s | lag {} | watermark {} | dlq {} | windows {}",
+        s.last_epoch,
+        s.last_committed_epoch
+            .map_or_else(|| "-".to_owned(), |e| e.to_string()),
+        s.records,
+        rate,
+        if lags.is_empty() {
+            "-".to_owned()
+        } else {
+            lags.join("/")
+        },
+        s.watermark_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.format("%H:%M:%S%.3f").to_string())
+            .unwrap_or_else(|| "-".into()),
+        s.rejected.values().sum::<u64>(),
+        s.windows_final
+    )
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum EmitArg {
@@ -28,6 +73,15 @@ pub enum EmitArg {
     Final,
     /// Changed windows every epoch (`final=false`), then once with `final=true`.
     Updates,
+}
+
+/// Where a job without commits starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StartAt {
+    /// Each partition's earliest retained offset.
+    Earliest,
+    /// Each partition's end when the job starts: only what arrives from then on.
+    Latest,
 }
 
 #[derive(Debug, Args)]
@@ -68,8 +122,22 @@ pub struct RunArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     idle_timeout: Duration,
     /// Process the input up to the end offsets seen at start, close every window, exit.
+    /// (A running job does the same from the moment it gets SIGUSR1.)
     #[arg(long)]
     until_end: bool,
+    /// Where a new job starts reading (a job with commits resumes after its last one).
+    #[arg(long, value_enum, env = "IOTFLOW_START_AT", default_value = "earliest")]
+    start_at: StartAt,
+    /// How often the progress line is printed on stderr (0: never).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    progress_interval: Duration,
+    /// Where counters are sampled to for `pipeline_health.ipynb`: samples-p<process>.jsonl
+    /// and commits-p<process>.jsonl [default: <parquet dir>/_pipeline when there is one].
+    #[arg(long, env = "IOTFLOW_PIPELINE_LOG")]
+    pipeline_log: Option<PathBuf>,
+    /// How often the pipeline log takes a sample (0: no log).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pipeline_log_interval: Duration,
     /// Worker threads per process.
     #[arg(short = 'w', long, env = "IOTFLOW_WORKERS", default_value_t = 1)]
     workers: usize,
@@ -137,13 +205,14 @@ pub fn read_hostfile(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// What a run did, on this process.
-#[derive(Debug, Serialize)]
+/// What a run did, on this process (`--json` prints it).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RunSummary {
     pub records: u64,
+    pub records_accepted: u64,
     pub readings_accepted: u64,
     pub duplicates: u64,
-    pub rejected: std::collections::BTreeMap<&'static str, u64>,
+    pub rejected: std::collections::BTreeMap<String, u64>,
     pub late_partial: u64,
     pub windows_final: u64,
     pub window_updates: u64,
@@ -162,9 +231,14 @@ fn summary(m: &JobMetrics, started: Instant) -> RunSummary {
     let commits = m.commits.load(Relaxed);
     RunSummary {
         records: m.records_in.load(Relaxed),
+        records_accepted: m.records_accepted.load(Relaxed),
         readings_accepted: m.readings_accepted.load(Relaxed),
         duplicates: m.duplicates.load(Relaxed),
-        rejected: m.rejected(),
+        rejected: m
+            .rejected()
+            .into_iter()
+            .map(|(r, n)| (r.to_owned(), n))
+            .collect(),
         late_partial: m.late_partial.load(Relaxed),
         windows_final: m.windows_emitted.load(Relaxed),
         window_updates: m.updates_emitted.load(Relaxed),
@@ -181,6 +255,23 @@ fn summary(m: &JobMetrics, started: Instant) -> RunSummary {
 }
 
 pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
+    // First, so a SIGUSR1 sent once the job shows any sign of life never kills it.
+    let drain = Arc::new(AtomicBool::new(false));
+    let drain_signal = {
+        let drain = Arc::clone(&drain);
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                .context("installing the SIGUSR1 handler")?;
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                if !drain.swap(true, Relaxed) {
+                    eprintln!(
+                        "draining: reading each partition to its current end, then closing every window"
+                    );
+                }
+            }
+        })
+    };
     let window = match args.slide {
         Some(slide) => WindowSpec::hopping(millis(args.window), millis(slide))?,
         None => WindowSpec::tumbling(millis(args.window))?,
@@ -236,6 +327,7 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
         _ => EpochMode::Time(args.epoch_interval),
     };
     source_cfg.until_end = args.until_end;
+    source_cfg.drain = Arc::clone(&drain);
     source_cfg.idle_timeout = args.idle_timeout;
     // Topics created above have the input's partition count.
     let partitions_of = |name: &str| {
@@ -295,6 +387,13 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
         source_cfg.start_offsets = start.offsets.clone();
         Some((cfg, Arc::new(start)))
     };
+    if args.start_at == StartAt::Latest && source_cfg.start_offsets.is_empty() {
+        source_cfg.start_offsets = end_offsets(&target.client, &args.input).await?;
+        eprintln!(
+            "new job: starting at the end of {} {:?}",
+            args.input, source_cfg.start_offsets
+        );
+    }
     let parquet_dir = if exactly_once.is_some() {
         None
     } else {
@@ -302,6 +401,19 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     };
 
     let metrics = Arc::new(JobMetrics::default());
+    let log_dir = args.pipeline_log.clone().or_else(|| match &exactly_once {
+        Some((cfg, _)) => Some(cfg.parquet_dir.join("_pipeline")),
+        None => args.parquet_dir.as_ref().map(|d| d.join("_pipeline")),
+    });
+    let pipeline_log = match log_dir.filter(|_| !args.pipeline_log_interval.is_zero()) {
+        Some(dir) => Some(Arc::new(Mutex::new(PipelineLog::open(
+            &dir,
+            &job_name,
+            args.process,
+            exactly_once.as_ref().map(|(cfg, _)| cfg.generation),
+        )?))),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let source_err: Arc<Mutex<Option<String>>> = Arc::default();
     let sink_err: Arc<Mutex<Option<String>>> = Arc::default();
@@ -399,61 +511,116 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
             Ok::<_, anyhow::Error>(())
         })
     };
-    let progress = {
-        let (metrics, stop) = (Arc::clone(&metrics), Arc::clone(&stop));
+    let progress = (!args.progress_interval.is_zero()).then(|| {
+        let (metrics, interval) = (Arc::clone(&metrics), args.progress_interval);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            let mut tick = tokio::time::interval(interval);
             tick.tick().await;
+            let mut last = (Instant::now(), 0u64);
             loop {
                 tick.tick().await;
                 let s = summary(&metrics, started);
-                eprintln!(
-                    "epoch {:>6} | committed {:>6} | {:>10} records | {:>9.0} readings/s | watermark {} | dlq {} | windows {}",
-                    s.last_epoch,
-                    s.last_committed_epoch
-                        .map_or_else(|| "-".to_owned(), |e| e.to_string()),
-                    s.records,
-                    s.readings_accepted as f64 / s.seconds.max(1e-3),
-                    s.watermark_ms
-                        .and_then(chrono::DateTime::from_timestamp_millis)
-                        .map(|t| t.format("%H:%M:%S%.3f").to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    s.rejected.values().sum::<u64>(),
-                    s.windows_final
-                );
-                if stop.load(Relaxed) {
+                let now = Instant::now();
+                let rate = s.readings_accepted.saturating_sub(last.1) as f64
+                    / now.duration_since(last.0).as_secs_f64().max(1e-3);
+                last = (now, s.readings_accepted);
+                eprintln!("{}", progress_line(&s, rate, &metrics.lag()));
+            }
+        })
+    });
+    let logging = pipeline_log.as_ref().map(|log| {
+        let (metrics, log, interval) = (
+            Arc::clone(&metrics),
+            Arc::clone(log),
+            args.pipeline_log_interval,
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                let written = log
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))
+                    .and_then(|mut log| {
+                        let dir = log.dir().display().to_string();
+                        log.write(&metrics, RunEnd::Running)
+                            .with_context(|| format!("writing the pipeline log in {dir}"))
+                    });
+                // An observation log: losing it must not stop the job.
+                if let Err(e) = written {
+                    tracing::warn!(error = format!("{e:#}"), "pipeline log stopped");
                     break;
                 }
             }
         })
-    };
+    });
     let interrupted = Arc::new(AtomicBool::new(false));
     let ctrl_c = {
         let (stop, interrupted) = (Arc::clone(&stop), Arc::clone(&interrupted));
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("stopping: finishing the current epoch (open windows are not emitted)");
-                interrupted.store(true, Relaxed);
-                stop.store(true, Relaxed);
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
+            eprintln!("stopping: finishing the current epoch (open windows are not emitted)");
+            interrupted.store(true, Relaxed);
+            stop.store(true, Relaxed);
         })
     };
-    let result = job.await.context("job thread")?;
-    progress.abort();
-    ctrl_c.abort();
-    if let Some(task) = status_server {
+    let result = job.await.context("job thread");
+    for task in [
+        progress,
+        logging,
+        Some(ctrl_c),
+        Some(drain_signal),
+        status_server,
+    ]
+    .into_iter()
+    .flatten()
+    {
         task.abort();
     }
-    result?;
-    for slot in [&source_err, &sink_err] {
-        if let Some(e) = slot.lock().ok().and_then(|mut s| s.take()) {
-            bail!("the job failed: {e}");
+    let failure = match result {
+        Ok(Ok(())) => [&source_err, &sink_err]
+            .into_iter()
+            .find_map(|slot| slot.lock().ok().and_then(|mut s| s.take()))
+            .map(|e| anyhow::anyhow!("the job failed: {e}"))
+            .or_else(|| {
+                (stop.load(Relaxed) && !interrupted.load(Relaxed)).then(|| {
+                    anyhow::anyhow!(
+                        "the job stopped because a source in another process stopped (see that process's log)"
+                    )
+                })
+            }),
+        Ok(Err(e)) | Err(e) => Some(e),
+    };
+    if let Some(log) = &pipeline_log {
+        let end = if failure.is_some() {
+            RunEnd::Failed
+        } else if interrupted.load(Relaxed) {
+            RunEnd::Interrupted
+        } else if drain.load(Relaxed) {
+            RunEnd::Drained
+        } else {
+            RunEnd::InputEnd
+        };
+        if let Err(e) = log
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))
+            .and_then(|mut l| l.write(&metrics, end))
+        {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "writing the pipeline log's last sample"
+            );
         }
     }
-    if stop.load(Relaxed) && !interrupted.load(Relaxed) {
-        bail!(
-            "the job stopped because a source in another process stopped (see that process's log)"
-        );
+    if let Some(e) = failure {
+        return Err(e);
     }
     let s = summary(&metrics, started);
     if args.json {

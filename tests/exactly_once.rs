@@ -57,7 +57,11 @@ fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         };
         for e in entries {
             let path = e.unwrap().path();
-            if path.file_name().is_some_and(|n| n == ".staging") {
+            // Staging, and the pipeline log (wall-clock samples, not output).
+            if path
+                .file_name()
+                .is_some_and(|n| n == ".staging" || n == "_pipeline")
+            {
                 continue;
             }
             if path.is_dir() {
@@ -186,18 +190,24 @@ impl Fixture {
 
     /// The bounded, deterministic job `name` (its own outputs and directories).
     fn command(&self, name: &str, workers: u32) -> Command {
+        let mut c = self.command_on(name, workers, &self.input);
+        c.arg("--until-end");
+        c
+    }
+
+    /// Job `name` on `input`, deterministic epochs, unbounded.
+    fn command_on(&self, name: &str, workers: u32, input: &str) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_iotflow"));
         c.args([
             "run",
             "--brokers",
             &self.addr,
             "--input",
-            &self.input,
+            input,
             "--output-topic",
             &format!("{name}.aggregates"),
             "--dlq",
             &format!("{name}.dlq"),
-            "--until-end",
             "--epoch-records",
             "100",
             "-w",
@@ -665,5 +675,135 @@ async fn a_full_disk_stops_commits_and_the_job_recovers_when_space_returns() {
             .iter()
             .all(|c| c.generation > first_generation || c.epoch < failed_epoch),
         "an epoch at or after {failed_epoch} committed in the run that ran out of space"
+    );
+}
+
+/// A live job started with `--start-at latest` on a topic that already holds
+/// data reads only what arrives after its start; SIGUSR1 drains it: it reads
+/// to the end of that moment, closes every window, commits and exits 0, with
+/// the output of a bounded run over just those records, byte for byte. Its
+/// pipeline log ends with a `drained` sample that agrees with its summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_live_job_equals_a_bounded_run_over_what_it_read() {
+    use std::io::BufRead;
+    let fx = Fixture::new().await;
+    let client = iotflow_redpanda::connect(&fx.bootstrap(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let later = SimConfig {
+        devices: 30,
+        interval_ms: 200,
+        seed: 12,
+        start_ms: SimConfig::default().start_ms + 3_600_000,
+        duplicate_ratio: 0.02,
+        bad_ratio: 0.01,
+        ..SimConfig::default()
+    };
+    let alone = common::unique("later");
+    topics::create_topics(
+        &client,
+        &fx.bootstrap(),
+        &[TopicSpec::new(alone.as_str(), 2)],
+    )
+    .await
+    .unwrap();
+    common::produce_sim(&client, &alone, later.clone(), 4_000).await;
+    finish(
+        fx.command_on("reference", 2, &alone)
+            .arg("--until-end")
+            .spawn()
+            .unwrap(),
+        "the bounded run",
+    );
+
+    let mut live = fx
+        .command_on("drained", 2, &fx.input)
+        .args(["--start-at", "latest", "--http", "127.0.0.1:0", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, serving) = std::sync::mpsc::channel();
+    let stderr = live.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.starts_with("status page:") {
+                let _ = tx.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    serving
+        .recv_timeout(RUN_BOUND)
+        .expect("the live job serves its status page");
+    common::produce_sim(&client, &fx.input, later, 4_000).await;
+    let pid = rustix::process::Pid::from_child(&live);
+    rustix::process::kill_process(pid, rustix::process::Signal::USR1).unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = live.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < RUN_BOUND,
+            "the drained job did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut live.stdout.take().unwrap(), &mut stdout).unwrap();
+    let stderr = log.join().unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("draining"), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["records"], 4_000, "only what came after the start");
+    let bootstrap = fx.bootstrap();
+    let want = partitions(&bootstrap, "reference.aggregates").await;
+    assert!(want.values().any(|p| !p.is_empty()));
+    assert!(partitions(&bootstrap, "drained.aggregates").await == want);
+    // Dead letters name their source topic and offset, which differ here.
+    use iotflow_sink::records::{SOURCE_OFFSET_HEADER, SOURCE_TOPIC_HEADER};
+    let dead = |mut p: Partitions| {
+        for records in p.values_mut() {
+            for (_, _, headers) in records.iter_mut() {
+                assert!(headers.remove(SOURCE_TOPIC_HEADER).is_some());
+                assert!(headers.remove(SOURCE_OFFSET_HEADER).is_some());
+            }
+        }
+        p
+    };
+    let want = dead(partitions(&bootstrap, "reference.dlq").await);
+    assert!(want.values().any(|p| !p.is_empty()));
+    assert!(dead(partitions(&bootstrap, "drained.dlq").await) == want);
+    let want = files(&fx.parquet_dir("reference"));
+    assert!(!want.is_empty());
+    assert!(
+        files(&fx.parquet_dir("drained")) == want,
+        "Parquet bytes differ"
+    );
+
+    let pipeline = fx.parquet_dir("drained").join("_pipeline");
+    let lines = |file: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(pipeline.join(file))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let last = lines("samples-p0.jsonl").pop().unwrap();
+    assert_eq!(last["end"], "drained");
+    assert_eq!(last["records_in"], 4_000);
+    assert_eq!(last["windows_emitted"], summary["windows_final"]);
+    let epochs: Vec<u64> = lines("commits-p0.jsonl")
+        .iter()
+        .map(|c| c["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        epochs,
+        (0..=summary["last_committed_epoch"].as_u64().unwrap()).collect::<Vec<_>>(),
+        "every commit logged once, in order"
     );
 }

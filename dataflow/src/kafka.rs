@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `until_end` reads up to the high watermarks seen at start, then finishes,
-//! which closes every window. Errors stop the source and are reported through
+//! which closes every window; `drain` does the same with the high watermarks
+//! seen when it is raised (a live job asked to finish). Errors stop the source and are reported through
 //! [`SourceError`] for the runner to return.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -47,6 +48,8 @@ pub struct KafkaSourceConfig {
     pub epochs: EpochMode,
     /// Read to the high watermarks seen at start, then finish.
     pub until_end: bool,
+    /// Once raised: read to the high watermarks of that moment, then finish.
+    pub drain: Arc<AtomicBool>,
     /// A caught-up partition quiet this long stops holding the watermark back.
     pub idle_timeout: Duration,
     /// Per-partition bytes fetched ahead of the dataflow.
@@ -64,6 +67,7 @@ impl KafkaSourceConfig {
             topic: topic.into(),
             epochs: EpochMode::Time(Duration::from_millis(250)),
             until_end: false,
+            drain: Arc::default(),
             idle_timeout: Duration::from_secs(5),
             max_buffered_bytes: 16 << 20,
             start_offsets: BTreeMap::new(),
@@ -357,23 +361,29 @@ fn start_fetcher(
         .map(|((_, start, end, pc), q)| (pc, start, end, q))
         .collect();
     let (until_end, max_bytes, topic) = (cfg.until_end, cfg.max_buffered_bytes, cfg.topic.clone());
+    let drain = Arc::clone(&cfg.drain);
     std::thread::Builder::new()
         .name(format!("kafka-fetch-{worker}"))
         .spawn(move || {
             runtime.block_on(async move {
                 let mut set = tokio::task::JoinSet::new();
                 for (pc, start, end, q) in tasks {
-                    let (error, stop, activator, topic) = (
+                    let (error, stop, drain, activator, topic) = (
                         Arc::clone(&error),
                         Arc::clone(&stop),
+                        Arc::clone(&drain),
                         activator.clone(),
                         topic.clone(),
                     );
                     set.spawn(async move {
-                        if let Err(e) = fetch_partition(
-                            &pc, start, end, until_end, max_bytes, &q, &stop, &activator,
-                        )
-                        .await
+                        let bound = Bound {
+                            end,
+                            until_end,
+                            drain: &drain,
+                        };
+                        if let Err(e) =
+                            fetch_partition(&pc, start, bound, max_bytes, &q, &stop, &activator)
+                                .await
                         {
                             fail(&error, format!("{topic}/{}: {e}", pc.partition()));
                             let _ = activator.activate();
@@ -387,21 +397,41 @@ fn start_fetcher(
     Ok(queues)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where a partition's reading ends: nowhere, or at `end` once `until_end`
+/// (from the start) or `drain` (raised later, ending at that moment's high watermark).
+struct Bound<'a> {
+    end: i64,
+    until_end: bool,
+    drain: &'a AtomicBool,
+}
+
 async fn fetch_partition(
     pc: &rskafka::client::partition::PartitionClient,
     start: i64,
-    end: i64,
-    until_end: bool,
+    bound: Bound<'_>,
     max_bytes: usize,
     queue: &Mutex<Queue>,
     stop: &AtomicBool,
     activator: &timely::scheduling::SyncActivator,
 ) -> Result<(), String> {
+    let Bound {
+        mut end,
+        mut until_end,
+        drain,
+    } = bound;
     let mut next = start;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
+        }
+        if !until_end && drain.load(Ordering::Relaxed) {
+            // Everything produced before the request is below this high watermark.
+            end = iotflow_redpanda::scan::offsets(pc)
+                .await
+                .map_err(|e| e.to_string())?
+                .1;
+            until_end = true;
+            tracing::info!(partition = pc.partition(), end, "draining to the end");
         }
         if until_end && next >= end {
             if let Ok(mut q) = queue.lock() {

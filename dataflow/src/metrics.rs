@@ -2,17 +2,48 @@
 //! summary, the Prometheus endpoint and status page of `run --http`) take
 //! snapshots.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use serde::Serialize;
+
 use crate::reading::RejectReason;
+
+/// Upper bounds (ms, inclusive) of the lateness histogram's buckets; one more
+/// bucket holds everything above the last.
+pub const LATENESS_BUCKETS_MS: [i64; 12] = [
+    0, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000,
+];
+
+/// Counts per lateness bucket (the last one is +Inf) and the sum, in ms.
+pub type LatenessCounts = [u64; LATENESS_BUCKETS_MS.len() + 1];
+
+/// The bucket of a record `behind_ms` behind its partition's newest event time.
+pub fn lateness_bucket(behind_ms: i64) -> usize {
+    LATENESS_BUCKETS_MS.partition_point(|&le| le < behind_ms)
+}
+
+/// Commits kept for the metrics log between two of its samples.
+const RECENT_COMMITS: usize = 4096;
+
+/// One commit, as the metrics log records it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CommitSample {
+    pub epoch: u64,
+    /// Wall clock when the commit record was acknowledged, epoch ms.
+    pub at_ms: i64,
+    /// From the start of the epoch's staging to the acknowledgement.
+    pub latency_ms: f64,
+}
 
 /// Counters shared by every worker of one process.
 #[derive(Debug)]
 pub struct JobMetrics {
     pub records_in: AtomicU64,
+    /// Input records that yielded readings (before deduplication).
+    pub records_accepted: AtomicU64,
     pub readings_accepted: AtomicU64,
     pub duplicates: AtomicU64,
     /// Readings dropped from some (not all) of their hopping windows because those were final.
@@ -40,12 +71,18 @@ pub struct JobMetrics {
     /// Records between each input partition's next offset and its high watermark.
     lag: Mutex<BTreeMap<i32, i64>>,
     rejected: [AtomicU64; RejectReason::ALL.len()],
+    /// How far behind its partition's newest event time each timestamped record came.
+    lateness: [AtomicU64; LATENESS_BUCKETS_MS.len() + 1],
+    lateness_sum_ms: AtomicU64,
+    /// Commits not yet taken by the metrics log (oldest dropped past `RECENT_COMMITS`).
+    recent_commits: Mutex<VecDeque<CommitSample>>,
 }
 
 impl Default for JobMetrics {
     fn default() -> Self {
         Self {
             records_in: AtomicU64::new(0),
+            records_accepted: AtomicU64::new(0),
             readings_accepted: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             late_partial: AtomicU64::new(0),
@@ -63,6 +100,9 @@ impl Default for JobMetrics {
             snapshot_bytes_last: AtomicU64::new(0),
             lag: Mutex::new(BTreeMap::new()),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            lateness: std::array::from_fn(|_| AtomicU64::new(0)),
+            lateness_sum_ms: AtomicU64::new(0),
+            recent_commits: Mutex::new(VecDeque::new()),
         }
     }
 }
@@ -91,6 +131,32 @@ impl JobMetrics {
             .sum()
     }
 
+    /// Adds an operator's batch of lateness counts (`sum_ms` over its records).
+    pub fn add_lateness(&self, counts: &LatenessCounts, sum_ms: u64) {
+        for (total, n) in self.lateness.iter().zip(counts) {
+            if *n > 0 {
+                total.fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+        self.lateness_sum_ms.fetch_add(sum_ms, Ordering::Relaxed);
+    }
+
+    /// Records per lateness bucket (not cumulative) and their summed lateness, ms.
+    pub fn lateness(&self) -> (LatenessCounts, u64) {
+        (
+            std::array::from_fn(|i| self.lateness[i].load(Ordering::Relaxed)),
+            self.lateness_sum_ms.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Commits since the last call, oldest first.
+    pub fn take_commits(&self) -> Vec<CommitSample> {
+        self.recent_commits
+            .lock()
+            .map(|mut c| c.drain(..).collect())
+            .unwrap_or_default()
+    }
+
     pub fn set_lag(&self, partition: i32, records: i64) {
         if let Ok(mut lag) = self.lag.lock() {
             lag.insert(partition, records.max(0));
@@ -117,6 +183,12 @@ impl JobMetrics {
             "counter",
             "Input records read (accepted or not).",
             &load(&self.records_in),
+        );
+        metric(
+            "iotflow_records_accepted_total",
+            "counter",
+            "Input records that yielded readings (before deduplication).",
+            &load(&self.records_accepted),
         );
         metric(
             "iotflow_readings_accepted_total",
@@ -228,6 +300,27 @@ impl JobMetrics {
             "Bytes of the last state snapshot written.",
             &load(&self.snapshot_bytes_last),
         );
+        let (counts, sum_ms) = self.lateness();
+        let mut cumulative = 0;
+        let mut buckets: Vec<(String, f64)> = counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                cumulative += n;
+                let le = LATENESS_BUCKETS_MS
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_owned(), |ms| format!("{}", *ms as f64 / 1e3));
+                (format!("_bucket{{le=\"{le}\"}}"), cumulative as f64)
+            })
+            .collect();
+        buckets.push(("_sum".to_owned(), sum_ms as f64 / 1e3));
+        buckets.push(("_count".to_owned(), cumulative as f64));
+        metric(
+            "iotflow_record_lateness_seconds",
+            "histogram",
+            "How far each timestamped record's event time is behind the newest one its partition had shown (0: in order).",
+            &buckets,
+        );
         let lag: Vec<(String, f64)> = self
             .lag()
             .into_iter()
@@ -252,6 +345,17 @@ impl JobMetrics {
             .fetch_add(micros, Ordering::Relaxed);
         self.commit_latency_micros_max
             .fetch_max(micros, Ordering::Relaxed);
+        let at_ms = chrono::Utc::now().timestamp_millis();
+        if let Ok(mut recent) = self.recent_commits.lock() {
+            if recent.len() == RECENT_COMMITS {
+                recent.pop_front();
+            }
+            recent.push_back(CommitSample {
+                epoch,
+                at_ms,
+                latency_ms: micros as f64 / 1e3,
+            });
+        }
     }
 
     pub fn observe_watermark(&self, wm: Option<i64>) {
@@ -265,6 +369,34 @@ impl JobMetrics {
 mod tests {
     use super::*;
 
+    #[test]
+    fn lateness_buckets_are_inclusive_upper_bounds() {
+        assert_eq!(
+            lateness_bucket(-5),
+            0,
+            "ahead of the partition counts as in order"
+        );
+        assert_eq!(lateness_bucket(0), 0);
+        assert_eq!(lateness_bucket(1), 1);
+        assert_eq!(lateness_bucket(100), 1);
+        assert_eq!(lateness_bucket(101), 2);
+        assert_eq!(lateness_bucket(300_000), LATENESS_BUCKETS_MS.len() - 1);
+        assert_eq!(lateness_bucket(300_001), LATENESS_BUCKETS_MS.len());
+    }
+
+    #[test]
+    fn commits_wait_for_the_log_and_the_oldest_go_past_the_bound() {
+        let m = JobMetrics::default();
+        for e in 0..RECENT_COMMITS as u64 + 3 {
+            m.observe_commit(e, std::time::Duration::from_millis(2));
+        }
+        let taken = m.take_commits();
+        assert_eq!(taken.len(), RECENT_COMMITS);
+        assert_eq!(taken[0].epoch, 3);
+        assert_eq!(taken[0].latency_ms, 2.0);
+        assert!(m.take_commits().is_empty(), "taken once");
+    }
+
     /// Every sample line parses as `name{labels} number` under a HELP and TYPE.
     #[test]
     fn prometheus_text_is_well_formed_and_carries_the_values() {
@@ -273,7 +405,23 @@ mod tests {
         m.reject(RejectReason::Late, 3);
         m.observe_watermark(Some(1_763_787_600_000));
         m.set_lag(2, 17);
+        let mut late = [0; LATENESS_BUCKETS_MS.len() + 1];
+        late[lateness_bucket(0)] += 5;
+        late[lateness_bucket(1_500)] += 2;
+        late[lateness_bucket(900_000)] += 1;
+        m.add_lateness(&late, 3_000 + 900_000);
         let text = m.prometheus();
+        for sample in [
+            "iotflow_record_lateness_seconds_bucket{le=\"0\"} 5\n",
+            "iotflow_record_lateness_seconds_bucket{le=\"1\"} 5\n",
+            "iotflow_record_lateness_seconds_bucket{le=\"2\"} 7\n",
+            "iotflow_record_lateness_seconds_bucket{le=\"300\"} 7\n",
+            "iotflow_record_lateness_seconds_bucket{le=\"+Inf\"} 8\n",
+            "iotflow_record_lateness_seconds_sum 903\n",
+            "iotflow_record_lateness_seconds_count 8\n",
+        ] {
+            assert!(text.contains(sample), "{sample} missing:\n{text}");
+        }
         assert!(text.contains("iotflow_records_in_total 42\n"), "{text}");
         assert!(
             text.contains("iotflow_dead_letters_total{reason=\"late\"} 3\n"),
@@ -294,7 +442,11 @@ mod tests {
             } else if !line.starts_with("# HELP ") {
                 let (name, value) = line.rsplit_once(' ').expect("sample line");
                 let bare = name.split('{').next().unwrap_or_default();
-                assert!(typed.contains(bare), "{bare} has no TYPE");
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| bare.strip_suffix(s).filter(|f| typed.contains(*f)))
+                    .unwrap_or(bare);
+                assert!(typed.contains(family), "{bare} has no TYPE");
                 assert!(value.parse::<f64>().is_ok(), "{line}");
             }
         }

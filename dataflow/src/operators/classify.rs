@@ -20,7 +20,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::job::{Classified, DeadRecord, Epoch, JobConfig, PartitionStatus, SourceEvent};
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, LatenessCounts, lateness_bucket};
 use crate::reading::{Reading, RejectReason, parse_record};
 use crate::snapshot::WorkerSnapshot;
 use crate::watermark::{ShareReport, ShareState, TopK, WatermarkCombiner};
@@ -104,6 +104,9 @@ pub fn classify<'scope>(
                         let mut session = output.session(c);
                         let mut accepted = 0u64;
                         let mut records = 0u64;
+                        let mut records_accepted = 0u64;
+                        let mut lateness: LatenessCounts = Default::default();
+                        let mut lateness_sum = 0u64;
                         for event in events {
                             match event {
                                 SourceEvent::Status(s) => statuses.push(s),
@@ -117,9 +120,16 @@ pub fn classify<'scope>(
                                                     .first()
                                                     .map(|r| r.ts_ms)
                                                     .ok_or(RejectReason::NoMetrics)?;
-                                                tops.entry(record.partition)
-                                                    .or_insert_with(|| TopK::new(k))
-                                                    .observe(ts);
+                                                let top = tops
+                                                    .entry(record.partition)
+                                                    .or_insert_with(|| TopK::new(k));
+                                                // Against the k-th newest, as the watermark:
+                                                // one outlier does not make all that follows late.
+                                                let behind =
+                                                    top.kth().map_or(0, |t| t.saturating_sub(ts));
+                                                lateness[lateness_bucket(behind)] += 1;
+                                                lateness_sum += behind.max(0) as u64;
+                                                top.observe(ts);
                                                 // Late only when every window of the reading is final.
                                                 let all_final = cfg
                                                     .window
@@ -133,6 +143,7 @@ pub fn classify<'scope>(
                                             });
                                     match verdict {
                                         Ok(()) => {
+                                            records_accepted += 1;
                                             accepted += scratch.len() as u64;
                                             session.give_iterator(
                                                 scratch.drain(..).map(Classified::Reading),
@@ -150,6 +161,10 @@ pub fn classify<'scope>(
                             }
                         }
                         metrics.records_in.fetch_add(records, Ordering::Relaxed);
+                        metrics
+                            .records_accepted
+                            .fetch_add(records_accepted, Ordering::Relaxed);
+                        metrics.add_lateness(&lateness, lateness_sum);
                         metrics
                             .readings_accepted
                             .fetch_add(accepted, Ordering::Relaxed);
