@@ -13,13 +13,17 @@ FUZZ_SECONDS ?= 60
 CHAOS_KILLS ?= 200
 TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
-.PHONY: help demo notebooks test tansu chromium nextest build release lint fmt bench bench-ingest bench-dataflow bench-exactly-once chaos fuzz clean
+.PHONY: help demo demo-redpanda notebooks test tansu chromium nextest build release lint fmt bench bench-ingest bench-dataflow bench-exactly-once chaos fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-demo: release tansu-release ## Run the demo: local broker, topics, simulated devices, read-back audit, the job, a Parquet dataset
-	$(RELEASE_BIN) demo
+demo: release tansu-release ## Run the demo: local broker, the exactly-once job live, devices at 100k records/s, a drain, a checked summary
+	$(RELEASE_BIN) demo $(DEMO_ARGS)
+
+BROKERS ?= 127.0.0.1:19092
+demo-redpanda: release ## The demo against a running cluster (docker compose -f redpanda/compose.yaml up -d) at BROKERS
+	$(RELEASE_BIN) demo --brokers $(BROKERS) $(DEMO_ARGS)
 
 notebooks: ## Execute the notebooks headless against the demo's output (run make demo first); HTML in data/notebooks
 	BIN=$(RELEASE_BIN) ./scripts/notebooks.sh demo

@@ -184,6 +184,35 @@ fn status_page(state: &PageState) -> String {
     );
     row("watermark", watermark);
     row("last epoch", m.last_epoch.load(Relaxed).to_string());
+    let committed = m.last_committed_epoch.load(Relaxed);
+    let commits = m.commits.load(Relaxed);
+    row(
+        "last committed epoch",
+        if committed < 0 {
+            "none yet".to_owned()
+        } else {
+            committed.to_string()
+        },
+    );
+    row(
+        "commit latency",
+        if commits == 0 {
+            "-".to_owned()
+        } else {
+            format!(
+                "{:.0} ms mean, {:.0} ms max ({commits} commits)",
+                m.commit_latency_micros_sum.load(Relaxed) as f64 / commits as f64 / 1e3,
+                m.commit_latency_micros_max.load(Relaxed) as f64 / 1e3
+            )
+        },
+    );
+    row(
+        "last snapshot",
+        format!(
+            "{:.1} KiB",
+            m.snapshot_bytes_last.load(Relaxed) as f64 / 1024.0
+        ),
+    );
     row("final windows", m.windows_emitted.load(Relaxed).to_string());
     row("updates", m.updates_emitted.load(Relaxed).to_string());
     row("duplicates", m.duplicates.load(Relaxed).to_string());

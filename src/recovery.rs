@@ -130,6 +130,7 @@ pub async fn prepare(
                 );
             }
             cfg.generation = generation;
+            cfg.fresh = true;
             Ok(Start {
                 epoch: 0,
                 offsets: BTreeMap::new(),

@@ -373,6 +373,7 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
             window: job_cfg.window,
             lateness_ms: job_cfg.lateness_ms,
             fold_bytes: args.snapshot_fold_bytes,
+            fresh: false,
         };
         let workers = (args.workers * args.processes) as u32;
         let start = crate::recovery::prepare(

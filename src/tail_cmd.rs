@@ -17,7 +17,7 @@ use iotflow_sink::AggregateRecord;
 use iotflow_sink::committed::{Assembly, Offer};
 use iotflow_sink::progress::ProgressLog;
 use iotflow_sink::protocol::{CommitRecord, JobCommits};
-use iotflow_sink::records::EPOCH_HEADER;
+use iotflow_sink::records::{EPOCH_HEADER, JOB_HEADER};
 
 use crate::target::BrokerSelect;
 
@@ -160,6 +160,16 @@ pub async fn run(home: &Path, args: TailArgs) -> Result<()> {
                     part.ahead.extend(records);
                 }
                 while let Some(r) = part.ahead.front() {
+                    // Another job's output on the same topic is not this job's to show.
+                    if r.record
+                        .headers
+                        .get(JOB_HEADER)
+                        .is_some_and(|j| j.as_slice() != commit.job.as_bytes())
+                    {
+                        part.ahead.pop_front();
+                        progressed = true;
+                        continue;
+                    }
                     let epoch = epoch_of(r).with_context(|| {
                         format!(
                             "{}/{p} offset {}: no {EPOCH_HEADER} header (not an iotflow output?)",

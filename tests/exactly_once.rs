@@ -38,9 +38,18 @@ async fn partitions(bootstrap: &[String], topic: &str) -> Partitions {
         .await
         .into_iter()
         .map(|(p, records)| {
+            // Runs compared here are different jobs; the job header names them.
             let records = records
                 .into_iter()
-                .map(|r| (r.record.key, r.record.value, r.record.headers))
+                .map(|mut r| {
+                    assert!(
+                        r.record
+                            .headers
+                            .remove(iotflow_sink::records::JOB_HEADER)
+                            .is_some()
+                    );
+                    (r.record.key, r.record.value, r.record.headers)
+                })
                 .collect();
             (p, records)
         })

@@ -674,7 +674,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn published_records_are_indexed_per_epoch_and_partition() {
     use iotflow_sink::kafka::tail_mark;
     use iotflow_sink::protocol::TailMark;
-    use iotflow_sink::records::{EPOCH_HEADER, INDEX_HEADER};
+    use iotflow_sink::records::{EPOCH_HEADER, INDEX_HEADER, JOB_HEADER};
 
     let (broker, client, input, _) = broker_with_input(2, sim(), 6_000).await;
     let addr = broker.addr().to_owned();
@@ -683,6 +683,7 @@ async fn published_records_are_indexed_per_epoch_and_partition() {
     let mut args = run_args(&addr, &input, &out, &dlq);
     args.extend(["-w", "2"]);
     common::iotflow(&args);
+    let job = format!("{input}-to-{out}");
 
     for topic in [&out, &dlq] {
         for (partition, records) in common::read_topic(&bootstrap, topic).await {
@@ -716,9 +717,52 @@ async fn published_records_are_indexed_per_epoch_and_partition() {
                 .partition_client(topic.as_str(), partition, UnknownTopicHandling::Error)
                 .await
                 .unwrap();
-            assert_eq!(tail_mark(&pc).await.unwrap(), marks.last().copied());
+            assert!(
+                records
+                    .iter()
+                    .all(|r| r.record.headers[JOB_HEADER] == job.as_bytes()),
+                "every record names its job"
+            );
+            assert_eq!(tail_mark(&pc, &job).await.unwrap(), marks.last().copied());
+            assert_eq!(tail_mark(&pc, "another-job").await.unwrap(), None);
         }
     }
+
+    // Another job's records after ours are stepped over: each job finds its own tail.
+    let pc = client
+        .partition_client(out.as_str(), 0, UnknownTopicHandling::Error)
+        .await
+        .unwrap();
+    let ours = tail_mark(&pc, &job).await.unwrap();
+    let theirs: Vec<_> = (0..3u64)
+        .map(|i| iotflow_redpanda::rskafka::record::Record {
+            key: None,
+            value: Some(b"{}".to_vec()),
+            headers: [
+                (JOB_HEADER, "another-job".to_owned()),
+                (EPOCH_HEADER, "900".to_owned()),
+                (INDEX_HEADER, i.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+            .collect(),
+            timestamp: chrono::Utc::now(),
+        })
+        .collect();
+    pc.produce(
+        theirs,
+        iotflow_redpanda::rskafka::client::partition::Compression::NoCompression,
+    )
+    .await
+    .unwrap();
+    assert_eq!(tail_mark(&pc, &job).await.unwrap(), ours);
+    assert_eq!(
+        tail_mark(&pc, "another-job").await.unwrap(),
+        Some(TailMark {
+            epoch: 900,
+            index: 2
+        })
+    );
 
     // An empty partition has no tail; one another writer wrote last is refused.
     let other = common::unique("other");
@@ -729,7 +773,7 @@ async fn published_records_are_indexed_per_epoch_and_partition() {
         .partition_client(other.as_str(), 0, UnknownTopicHandling::Error)
         .await
         .unwrap();
-    assert_eq!(tail_mark(&pc).await.unwrap(), None);
+    assert_eq!(tail_mark(&pc, &job).await.unwrap(), None);
     let foreign = iotflow_redpanda::rskafka::record::Record {
         key: None,
         value: Some(b"x".to_vec()),
@@ -742,5 +786,5 @@ async fn published_records_are_indexed_per_epoch_and_partition() {
     )
     .await
     .unwrap();
-    assert!(tail_mark(&pc).await.is_err());
+    assert!(tail_mark(&pc, &job).await.is_err());
 }

@@ -59,7 +59,7 @@ use crate::protocol::{
     CommitRecord, EpochStaging, FileEntry, PendingEntry, PublishTarget, SnapshotEntry, Staged,
     TailMark, unpublished,
 };
-use crate::records::{AggregateRecord, DeadLetter, EPOCH_HEADER, INDEX_HEADER};
+use crate::records::{AggregateRecord, DeadLetter, EPOCH_HEADER, INDEX_HEADER, JOB_HEADER};
 
 /// Epoch directories under the state directory.
 pub const EPOCHS: &str = "epochs";
@@ -84,6 +84,9 @@ pub struct ExactlyOnceConfig {
     /// the last whole one, whichever is more: recovery reads at most about
     /// twice the state, and writing costs at most about twice the deltas.
     pub fold_bytes: u64,
+    /// No commit of this job exists (recovery planned a fresh start): none of
+    /// its records can be on the output topics, so their tails are not read.
+    pub fresh: bool,
 }
 
 impl ExactlyOnceConfig {
@@ -339,8 +342,9 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    fn record(&self, epoch: Epoch, index: u64) -> Record {
+    fn record(&self, epoch: Epoch, index: u64, job: &str) -> Record {
         let mut headers = self.headers.clone();
+        headers.insert(JOB_HEADER.to_owned(), job.as_bytes().to_vec());
         headers.insert(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes());
         headers.insert(INDEX_HEADER.to_owned(), index.to_string().into_bytes());
         Record {
@@ -462,9 +466,11 @@ struct Clients {
     runtime: tokio::runtime::Runtime,
     /// `[topic index][partition]`.
     partitions: Vec<Vec<PartitionClient>>,
-    /// Where each partition's tail stands, once read.
+    /// Where each partition's tail of this job's records stands, once read.
     tails: BTreeMap<(u8, i32), Option<TailMark>>,
     progress: Option<ProgressLog>,
+    job: String,
+    fresh: bool,
 }
 
 impl Clients {
@@ -506,6 +512,8 @@ impl Clients {
             partitions,
             tails: BTreeMap::new(),
             progress,
+            job: cfg.job.clone(),
+            fresh: cfg.fresh,
         })
     }
 
@@ -527,12 +535,13 @@ impl Clients {
                 .ok_or_else(|| format!("no client for topic {topic} partition {partition}"))?;
             let tail = match self.tails.get(&(topic, partition)) {
                 Some(t) => *t,
-                None => self.runtime.block_on(tail_mark(pc))?,
+                None if self.fresh => None,
+                None => self.runtime.block_on(tail_mark(pc, &self.job))?,
             };
             let todo = unpublished(tail, epoch, list.len() as u64);
             let batch: Vec<Record> = todo
                 .clone()
-                .map(|i| list[i as usize].record(epoch, i))
+                .map(|i| list[i as usize].record(epoch, i, &self.job))
                 .collect();
             for chunk in batch.chunks(5_000) {
                 self.runtime

@@ -20,7 +20,6 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult};
 use iotflow_redpanda::partitioner::partition_for;
-use iotflow_redpanda::scan::FETCH_MAX_BYTES;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
 use timely::dataflow::Stream;
@@ -28,7 +27,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::protocol::TailMark;
-use crate::records::{AggregateRecord, DeadLetter, EPOCH_HEADER, INDEX_HEADER};
+use crate::records::{AggregateRecord, DeadLetter, EPOCH_HEADER, INDEX_HEADER, JOB_HEADER};
 
 /// The first error a sink hit; the job stops and fails with it.
 pub type SinkError = Arc<Mutex<Option<String>>>;
@@ -113,40 +112,48 @@ impl Publisher {
     }
 }
 
-/// Where partition `pc`'s tail stands: the epoch and index headers of its
-/// last record, `None` when it is empty. A last record without them was not
-/// written by a publisher of ours, and that is an error: the partition is not
-/// ours alone.
-pub async fn tail_mark(pc: &PartitionClient) -> Result<Option<TailMark>, String> {
+/// Where job `job`'s records in partition `pc` end: the epoch and index
+/// headers of its last one, `None` when there is none. Records of other
+/// iotflow jobs after it are stepped over (reading back in growing chunks);
+/// a record without epoch and index headers was not written by a publisher of
+/// ours, and that is an error: the partition is not iotflow's alone. Records
+/// from before the job header existed count as the job's.
+pub async fn tail_mark(pc: &PartitionClient, job: &str) -> Result<Option<TailMark>, String> {
     let place = || format!("{}/{}", pc.topic(), pc.partition());
     let (earliest, end) = iotflow_redpanda::scan::offsets(pc)
         .await
         .map_err(|e| format!("{}: {e}", place()))?;
-    if end <= earliest {
-        return Ok(None);
+    let (mut to, mut chunk) = (end, 1);
+    while to > earliest {
+        let from = to.saturating_sub(chunk).max(earliest);
+        let records = iotflow_redpanda::scan::read_range(pc, from, to)
+            .await
+            .map_err(|e| format!("{}: {e}", place()))?;
+        for r in records.iter().rev() {
+            let header = |name: &str| r.record.headers.get(name).map(Vec::as_slice);
+            let number = |name: &str| -> Option<u64> {
+                std::str::from_utf8(header(name)?).ok()?.parse().ok()
+            };
+            match (number(EPOCH_HEADER), number(INDEX_HEADER)) {
+                (Some(epoch), Some(index)) => {
+                    if header(JOB_HEADER).is_none_or(|j| j == job.as_bytes()) {
+                        return Ok(Some(TailMark { epoch, index }));
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "{} offset {}: a record without {EPOCH_HEADER}/{INDEX_HEADER} headers; \
+                         another writer uses this partition",
+                        place(),
+                        r.offset
+                    ));
+                }
+            }
+        }
+        to = from;
+        chunk = (chunk * 4).min(50_000);
     }
-    let (records, _) = iotflow_redpanda::scan::fetch_from(pc, end - 1, FETCH_MAX_BYTES, 0)
-        .await
-        .map_err(|e| format!("{}: {e}", place()))?;
-    let Some(last) = records.into_iter().find(|r| r.offset == end - 1) else {
-        return Err(format!("{}: no record at offset {}", place(), end - 1));
-    };
-    let r = &last;
-    let header = |name: &str| -> Option<u64> {
-        std::str::from_utf8(r.record.headers.get(name)?)
-            .ok()?
-            .parse()
-            .ok()
-    };
-    match (header(EPOCH_HEADER), header(INDEX_HEADER)) {
-        (Some(epoch), Some(index)) => Ok(Some(TailMark { epoch, index })),
-        _ => Err(format!(
-            "{} offset {}: the last record has no {EPOCH_HEADER}/{INDEX_HEADER} headers; \
-             another writer uses this partition",
-            place(),
-            r.offset
-        )),
-    }
+    Ok(None)
 }
 
 /// Runs `f` when dropped.

@@ -18,6 +18,10 @@ pub const EPOCH_HEADER: &str = "iotflow.epoch";
 /// Position of a record among its epoch's records in its partition (0-based):
 /// with the epoch, where a partition's tail stands (`protocol::TailMark`).
 pub const INDEX_HEADER: &str = "iotflow.index";
+/// The job that published a record: a partition's tail is read for this
+/// job's records only, so jobs that take turns on a topic never mistake each
+/// other's records for their own.
+pub const JOB_HEADER: &str = "iotflow.job";
 pub const REASON_HEADER: &str = "iotflow.reason";
 pub const SOURCE_TOPIC_HEADER: &str = "iotflow.source.topic";
 pub const SOURCE_PARTITION_HEADER: &str = "iotflow.source.partition";

@@ -1,0 +1,55 @@
+//! `iotflow demo` end to end against a kept cluster (`--brokers`, as with
+//! Redpanda), twice in a row: each run reads only its own devices' records,
+//! and its self-checks (dead letters against the simulator, windows against
+//! the aggregates topic and Parquet) pass. The demo exits non-zero when a
+//! check fails, so the exit status is the assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use iotflow_redpanda::Storage;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_twice_in_a_row_on_a_kept_cluster_and_its_checks_pass() {
+    let broker = common::broker(Storage::Memory).await;
+    let dir = tempfile::tempdir().unwrap();
+    for run in 1..=2 {
+        let out = common::iotflow(&[
+            "demo",
+            "--brokers",
+            broker.addr(),
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--devices",
+            "50",
+            "--count",
+            "20000",
+            "--rate",
+            "20000",
+        ]);
+        let text = common::stdout(&out);
+        let line = |start: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(start))
+                .unwrap_or_else(|| panic!("run {run}: no `{start}` line:\n{text}"))
+        };
+        let read = line("the job read");
+        assert!(
+            read.contains(" 20000 records") && read.ends_with("[ok]"),
+            "run {run}: {read}"
+        );
+        for start in ["on iot.readings.dlq", "on iot.aggregates", "in Parquet"] {
+            assert!(line(start).ends_with("[ok]"), "run {run}:\n{text}");
+        }
+        assert!(!text.contains("MISMATCH"), "run {run}:\n{text}");
+        let parquet = common::parquet_rows(&dir.path().join("parquet"));
+        let rows: usize = parquet.iter().map(|(_, r)| r.len()).sum();
+        assert!(rows > 0, "run {run}: no Parquet rows");
+        assert!(
+            text.contains(&format!("in Parquet         {rows:>10} rows")),
+            "run {run}: the summary does not show the {rows} rows on disk:\n{text}"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("| lag "), "no progress lines:\n{stderr}");
+    }
+}
