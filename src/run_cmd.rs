@@ -336,17 +336,18 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
             .find(|t| t.name == name)
             .map_or(input_partitions as usize, |t| t.partitions.len())
     };
+    let job_name = args
+        .job
+        .clone()
+        .unwrap_or_else(|| format!("{}-to-{}", args.input, args.output_topic));
     let sink = |topic: &str| KafkaSinkConfig {
         bootstrap: target.bootstrap.clone(),
         topic: topic.to_owned(),
         partitions: partitions_of(topic),
         source_topic: args.input.clone(),
+        job: job_name.clone(),
     };
     let (agg_cfg, dlq_cfg) = (sink(&args.output_topic), sink(&args.dlq));
-    let job_name = args
-        .job
-        .clone()
-        .unwrap_or_else(|| format!("{}-to-{}", args.input, args.output_topic));
     let exactly_once = if args.at_least_once {
         None
     } else {

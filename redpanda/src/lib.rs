@@ -28,6 +28,14 @@ pub use topics::{TopicSpec, default_topics};
 use rskafka::BackoffConfig;
 use rskafka::client::{Client, ClientBuilder};
 
+/// A client whose requests are tried once: a produce whose answer is lost
+/// (the broker went away after storing it) fails instead of being sent again
+/// behind the caller's back, so a caller that must not duplicate records can
+/// look at the partition before it retries.
+pub async fn connect_once(brokers: &[String]) -> Result<Client> {
+    connect(brokers, Duration::ZERO).await
+}
+
 /// Connects to a cluster through `brokers` (`host:port` each). Requests retry
 /// with backoff for up to `deadline` before they fail.
 pub async fn connect(brokers: &[String], deadline: Duration) -> Result<Client> {

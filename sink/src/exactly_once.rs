@@ -464,8 +464,10 @@ fn collect_segments(state_dir: &Path, upto: Epoch, kept: &[CommitRecord]) -> std
 /// Publishing clients for the output topics, on a runtime of their own.
 struct Clients {
     runtime: tokio::runtime::Runtime,
-    /// `[topic index][partition]`.
+    /// `[topic index][partition]`, retrying requests: for reading tails.
     partitions: Vec<Vec<PartitionClient>>,
+    /// The same partitions on a client that tries each request once: for producing.
+    producers: Vec<Vec<PartitionClient>>,
     /// Where each partition's tail of this job's records stands, once read.
     tails: BTreeMap<(u8, i32), Option<TailMark>>,
     progress: Option<ProgressLog>,
@@ -473,28 +475,47 @@ struct Clients {
     fresh: bool,
 }
 
+fn client_of(
+    all: &[Vec<PartitionClient>],
+    topic: u8,
+    partition: i32,
+) -> Result<&PartitionClient, String> {
+    all.get(topic as usize)
+        .and_then(|t| t.get(partition as usize))
+        .ok_or_else(|| format!("no client for topic {topic} partition {partition}"))
+}
+
+/// How long publishing one partition's share of an epoch may keep failing
+/// (e.g. through a broker restart) before the job stops.
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(60);
+
 impl Clients {
     fn connect(cfg: &ExactlyOnceConfig, progress: bool) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("sink runtime: {e}"))?;
-        let (partitions, progress) = runtime.block_on(async {
+        let (partitions, producers, progress) = runtime.block_on(async {
             let client = iotflow_redpanda::connect(&cfg.bootstrap, Duration::from_secs(30))
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut all = Vec::new();
+            let once = iotflow_redpanda::connect_once(&cfg.bootstrap)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut all, mut producers) = (Vec::new(), Vec::new());
             for (topic, n) in &cfg.topics {
-                let mut pcs = Vec::new();
+                let (mut pcs, mut prods) = (Vec::new(), Vec::new());
                 for p in 0..*n as i32 {
-                    pcs.push(
-                        client
-                            .partition_client(topic.as_str(), p, UnknownTopicHandling::Retry)
-                            .await
-                            .map_err(|e| format!("{topic}/{p}: {e}"))?,
-                    );
+                    for (c, list) in [(&client, &mut pcs), (&once, &mut prods)] {
+                        list.push(
+                            c.partition_client(topic.as_str(), p, UnknownTopicHandling::Retry)
+                                .await
+                                .map_err(|e| format!("{topic}/{p}: {e}"))?,
+                        );
+                    }
                 }
                 all.push(pcs);
+                producers.push(prods);
             }
             let progress = if progress {
                 Some(
@@ -505,11 +526,12 @@ impl Clients {
             } else {
                 None
             };
-            Ok::<_, String>((all, progress))
+            Ok::<_, String>((all, producers, progress))
         })?;
         Ok(Self {
             runtime,
             partitions,
+            producers,
             tails: BTreeMap::new(),
             progress,
             job: cfg.job.clone(),
@@ -518,7 +540,9 @@ impl Clients {
     }
 
     /// Publishes `records` (one epoch's, in publish order) of each partition,
-    /// skipping the prefix its tail shows is already there.
+    /// skipping the prefix its tail shows is already there. A failed produce
+    /// may still have stored its records, so before each retry the tail is
+    /// read again: a retry never repeats what is there.
     fn publish(&mut self, epoch: Epoch, records: &[Outgoing]) -> Result<(), String> {
         let mut by_partition: BTreeMap<(u8, i32), Vec<&Outgoing>> = BTreeMap::new();
         for r in records {
@@ -527,34 +551,67 @@ impl Clients {
                 .or_default()
                 .push(r);
         }
+        let Clients {
+            runtime,
+            partitions,
+            producers,
+            tails,
+            job,
+            fresh,
+            ..
+        } = self;
         for ((topic, partition), list) in by_partition {
-            let pc = self
-                .partitions
-                .get(topic as usize)
-                .and_then(|t| t.get(partition as usize))
-                .ok_or_else(|| format!("no client for topic {topic} partition {partition}"))?;
-            let tail = match self.tails.get(&(topic, partition)) {
-                Some(t) => *t,
-                None if self.fresh => None,
-                None => self.runtime.block_on(tail_mark(pc, &self.job))?,
+            let (reader, producer) = (
+                client_of(partitions, topic, partition)?,
+                client_of(producers, topic, partition)?,
+            );
+            let started = Instant::now();
+            let mut backoff = Duration::from_millis(50);
+            let tail = loop {
+                let tail = match tails.get(&(topic, partition)) {
+                    Some(t) => *t,
+                    None if *fresh => None,
+                    None => runtime.block_on(tail_mark(reader, job))?,
+                };
+                let todo = unpublished(tail, epoch, list.len() as u64);
+                let batch: Vec<Record> = todo
+                    .clone()
+                    .map(|i| list[i as usize].record(epoch, i, job))
+                    .collect();
+                let produced = batch.chunks(5_000).try_for_each(|chunk| {
+                    runtime
+                        .block_on(producer.produce(chunk.to_vec(), Compression::NoCompression))
+                        .map(|_| failpoint::hit(Site::PublishBatch))
+                });
+                match produced {
+                    Ok(()) => break tail,
+                    Err(e) if started.elapsed() < PUBLISH_DEADLINE => {
+                        tracing::warn!(
+                            topic = producer.topic(),
+                            partition,
+                            epoch,
+                            error = %e,
+                            "produce failed; reading the tail again before retrying"
+                        );
+                        tails.remove(&(topic, partition));
+                        *fresh = false;
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "producing to {}/{}: {e}",
+                            producer.topic(),
+                            producer.partition()
+                        ));
+                    }
+                }
             };
-            let todo = unpublished(tail, epoch, list.len() as u64);
-            let batch: Vec<Record> = todo
-                .clone()
-                .map(|i| list[i as usize].record(epoch, i, &self.job))
-                .collect();
-            for chunk in batch.chunks(5_000) {
-                self.runtime
-                    .block_on(pc.produce(chunk.to_vec(), Compression::NoCompression))
-                    .map_err(|e| format!("producing to {}/{}: {e}", pc.topic(), pc.partition()))?;
-                failpoint::hit(Site::PublishBatch);
-            }
             let last = TailMark {
                 epoch,
                 index: list.len() as u64 - 1,
             };
-            self.tails
-                .insert((topic, partition), Some(tail.map_or(last, |t| t.max(last))));
+            tails.insert((topic, partition), Some(tail.map_or(last, |t| t.max(last))));
         }
         Ok(())
     }

@@ -43,11 +43,14 @@ pub struct KafkaSinkConfig {
     pub partitions: usize,
     /// Name of the source topic, for dead letters' headers.
     pub source_topic: String,
+    /// The job, named in every record's [`JOB_HEADER`].
+    pub job: String,
 }
 
 struct Publisher {
     runtime: tokio::runtime::Runtime,
     partitions: Vec<PartitionClient>,
+    job: String,
 }
 
 impl Publisher {
@@ -78,6 +81,7 @@ impl Publisher {
         Ok(Self {
             runtime,
             partitions,
+            job: cfg.job.clone(),
         })
     }
 
@@ -94,6 +98,8 @@ impl Publisher {
         self.runtime.block_on(async {
             for (pc, mut records) in self.partitions.iter().zip(by_partition) {
                 for (i, r) in records.iter_mut().enumerate() {
+                    r.headers
+                        .insert(JOB_HEADER.to_owned(), self.job.as_bytes().to_vec());
                     r.headers
                         .insert(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes());
                     r.headers
