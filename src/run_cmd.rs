@@ -23,24 +23,17 @@ use serde::{Deserialize, Serialize};
 use crate::pipeline_log::{PipelineLog, RunEnd};
 use crate::target::BrokerSelect;
 
-/// The end offset of every partition of `topic`.
+/// The end offset (high watermark) of every partition of `topic`.
 pub async fn end_offsets(
     client: &iotflow_redpanda::rskafka::client::Client,
     topic: &str,
 ) -> Result<std::collections::BTreeMap<i32, i64>> {
-    use iotflow_redpanda::rskafka::client::partition::UnknownTopicHandling;
-    let mut ends = std::collections::BTreeMap::new();
-    for p in topics::partitions_of(client, topic)
-        .await?
-        .with_context(|| format!("topic {topic} does not exist"))?
-    {
-        let pc = client
-            .partition_client(topic, p, UnknownTopicHandling::Retry)
-            .await
-            .with_context(|| format!("connecting to {topic}/{p}"))?;
-        ends.insert(p, iotflow_redpanda::scan::offsets(&pc).await?.1);
-    }
-    Ok(ends)
+    Ok(topics::describe_topic(client, topic)
+        .await
+        .with_context(|| format!("reading the end offsets of {topic}"))?
+        .into_iter()
+        .map(|p| (p.partition, p.high_watermark))
+        .collect())
 }
 
 /// The live progress line: epochs, throughput over the last interval, lag per partition.
