@@ -11,9 +11,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use iotflow_dataflow::job::{EmitMode, JobConfig};
 use iotflow_dataflow::parquet_file::{ParquetInputError, parquet_share};
-use iotflow_dataflow::runner::{Parallelism, run_bounded};
+use iotflow_dataflow::runner::{Parallelism, run_bounded_then};
 use iotflow_dataflow::source::{InputError, jsonl_share};
-use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowSpec};
+use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowResult, WindowSpec};
 
 #[derive(Debug, Args)]
 pub struct AggregateFileArgs {
@@ -37,27 +37,86 @@ pub struct AggregateFileArgs {
     epoch_bytes: u64,
 }
 
-/// The CSV lines of `rows`.
-fn csv_rows(rows: &[iotflow_dataflow::WindowResult]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(rows.len() * 96);
-    for r in rows {
-        // `{:?}` prints the shortest round-tripping form of a float. Writing to a
-        // Vec cannot fail.
-        let _ = writeln!(
-            buf,
-            "{},{},{},{},{},{:?},{:?},{:?},{:?}",
-            r.device_id,
-            r.metric,
-            r.window_start,
-            r.window_end,
-            r.stats.count,
-            r.stats.sum,
-            r.stats.min,
-            r.stats.max,
-            r.stats.mean
-        );
+/// One worker's final windows, sorted by (device, metric, window start),
+/// with their CSV lines.
+struct SortedCsv {
+    rows: Vec<WindowResult>,
+    /// The CSV lines of `rows`, one after the other; line i ends at `ends[i]`.
+    lines: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl SortedCsv {
+    fn of(results: impl Iterator<Item = WindowResult>) -> Self {
+        let rows: Vec<WindowResult> = results.filter(|r| r.is_final).collect();
+        // Sorting small (key, index) pairs moves far fewer bytes than sorting
+        // the rows. Keys are unique, so an unstable sort gives the one order.
+        let mut order: Vec<((&str, &str, i64), usize)> =
+            rows.iter().enumerate().map(|(i, r)| (key(r), i)).collect();
+        order.sort_unstable();
+        let mut lines = Vec::with_capacity(rows.len() * 96);
+        let mut ends = Vec::with_capacity(rows.len());
+        for &(_, i) in &order {
+            csv_row(&mut lines, &rows[i]);
+            ends.push(lines.len());
+        }
+        let order: Vec<usize> = order.into_iter().map(|(_, i)| i).collect();
+        let mut slots: Vec<Option<WindowResult>> = rows.into_iter().map(Some).collect();
+        let rows = order.into_iter().filter_map(|i| slots[i].take()).collect();
+        Self { rows, lines, ends }
     }
-    buf
+
+    fn line(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.lines[start..self.ends[i]]
+    }
+}
+
+fn key(r: &WindowResult) -> (&str, &str, i64) {
+    (&r.device_id, &r.metric, r.window_start)
+}
+
+/// Hands every part's lines to `write` in key order; how many there were.
+fn merge_sorted(
+    parts: &[SortedCsv],
+    mut write: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<usize> {
+    let mut next = vec![0usize; parts.len()];
+    let mut written = 0;
+    loop {
+        // Few parts (one per worker): a linear scan for the smallest head.
+        let smallest = parts
+            .iter()
+            .enumerate()
+            .filter(|(p, part)| next[*p] < part.rows.len())
+            .min_by(|(p, a), (q, b)| key(&a.rows[next[*p]]).cmp(&key(&b.rows[next[*q]])))
+            .map(|(p, _)| p);
+        let Some(p) = smallest else {
+            return Ok(written);
+        };
+        write(parts[p].line(next[p]))?;
+        next[p] += 1;
+        written += 1;
+    }
+}
+
+/// Appends the CSV line of `r`; floats in their shortest round-tripping form.
+fn csv_row(buf: &mut Vec<u8>, r: &WindowResult) {
+    let (mut ints, mut floats) = (itoa::Buffer::new(), zmij::Buffer::new());
+    buf.extend_from_slice(r.device_id.as_bytes());
+    buf.push(b',');
+    buf.extend_from_slice(r.metric.as_bytes());
+    for i in [r.window_start, r.window_end] {
+        buf.push(b',');
+        buf.extend_from_slice(ints.format(i).as_bytes());
+    }
+    buf.push(b',');
+    buf.extend_from_slice(ints.format(r.stats.count).as_bytes());
+    for f in [r.stats.sum, r.stats.min, r.stats.max, r.stats.mean] {
+        buf.push(b',');
+        buf.extend_from_slice(floats.format(f).as_bytes());
+    }
+    buf.push(b'\n');
 }
 
 fn millis(d: Duration) -> i64 {
@@ -89,39 +148,36 @@ pub fn run(args: AggregateFileArgs) -> Result<()> {
         ..Parallelism::default()
     };
     let epoch_bytes = args.epoch_bytes;
-    let out = run_bounded(&parallelism, cfg, Arc::clone(&metrics), move |w, peers| {
-        let (share, shares, slot) = (w as u32, peers as u32, Arc::clone(&err_slot));
-        let opened = if parquet {
-            parquet_share(&input, share, shares, slot).map_err(|e| match e {
-                ParquetInputError::Io(e) => e,
-                other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
-            })
-        } else {
-            jsonl_share(&input, share, shares, epoch_bytes, slot)
-        };
-        match opened {
-            Ok(i) => vec![i],
-            Err(e) => {
-                if let Ok(mut slot) = err_slot.lock() {
-                    slot.get_or_insert((input.clone(), e));
+    // Each worker sorts and formats its own windows; the main thread merges.
+    let parts = run_bounded_then(
+        &parallelism,
+        cfg,
+        Arc::clone(&metrics),
+        move |w, peers| {
+            let (share, shares, slot) = (w as u32, peers as u32, Arc::clone(&err_slot));
+            let opened = if parquet {
+                parquet_share(&input, share, shares, slot).map_err(|e| match e {
+                    ParquetInputError::Io(e) => e,
+                    other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
+                })
+            } else {
+                jsonl_share(&input, share, shares, epoch_bytes, slot)
+            };
+            match opened {
+                Ok(i) => vec![i],
+                Err(e) => {
+                    if let Ok(mut slot) = err_slot.lock() {
+                        slot.get_or_insert((input.clone(), e));
+                    }
+                    Vec::new()
                 }
-                Vec::new()
             }
-        }
-    })?;
+        },
+        |out| SortedCsv::of(out.results.into_iter().map(|(_, r)| r)),
+    )?;
     if let Some((path, e)) = error.lock().ok().and_then(|mut s| s.take()) {
         return Err(e).with_context(|| format!("reading {}", path.display()));
     }
-    let mut rows: Vec<_> = out
-        .results
-        .into_iter()
-        .map(|(_, r)| r)
-        .filter(|r| r.is_final)
-        .collect();
-    // Keys are unique, so an unstable sort gives the one order.
-    rows.sort_unstable_by(|a, b| {
-        (&a.device_id, &a.metric, a.window_start).cmp(&(&b.device_id, &b.metric, b.window_start))
-    });
     let file = std::fs::File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -129,21 +185,8 @@ pub fn run(args: AggregateFileArgs) -> Result<()> {
         w,
         "device_id,sensor,window_start,window_end,count,sum,min,max,mean"
     )?;
-    // Formatting floats is most of the writing: one slice of the rows per worker thread.
-    let slice = rows.len().div_ceil(args.workers.max(1)).max(1);
-    let chunks: Vec<Vec<u8>> = std::thread::scope(|s| {
-        let handles: Vec<_> = rows
-            .chunks(slice)
-            .map(|part| s.spawn(move || csv_rows(part)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
-    for chunk in &chunks {
-        w.write_all(chunk)?;
-    }
+    let windows = merge_sorted(&parts, |line| w.write_all(line))
+        .with_context(|| format!("writing {}", args.output.display()))?;
     w.flush()
         .with_context(|| format!("writing {}", args.output.display()))?;
     let m = &metrics;
@@ -152,7 +195,7 @@ pub fn run(args: AggregateFileArgs) -> Result<()> {
         "{} records, {} readings accepted, {} windows, rejected {:?}, duplicates {}",
         m.records_in.load(Relaxed),
         m.readings_accepted.load(Relaxed),
-        rows.len(),
+        windows,
         m.rejected(),
         m.duplicates.load(Relaxed)
     );

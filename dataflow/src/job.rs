@@ -23,6 +23,8 @@ use timely::dataflow::Stream;
 use timely::dataflow::operators::core::{ConnectLoop, Feedback, Partition, Probe};
 use timely::dataflow::operators::vec::Broadcast;
 
+use compact_str::CompactString;
+
 use crate::aggregate::Stats;
 use crate::metrics::JobMetrics;
 use crate::operators::windows::Captures;
@@ -140,6 +142,35 @@ pub struct RawRecord {
     pub value: bytes::Bytes,
 }
 
+/// Consecutive lines of one file slice, sharing its buffer: one event for
+/// thousands of records instead of one each (a file source's unit of work).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineBatch {
+    pub partition: i32,
+    /// File offset of `buf[0]`: a line's offset is `base + start`.
+    pub base: i64,
+    pub buf: bytes::Bytes,
+    /// `(start, end)` of each line in `buf`, in file order.
+    pub spans: Vec<(u32, u32)>,
+}
+
+impl LineBatch {
+    /// The line at `span` as a record of its own (for the dead-letter topic).
+    pub fn record(&self, (start, end): (u32, u32)) -> RawRecord {
+        RawRecord {
+            partition: self.partition,
+            offset: self.base + i64::from(start),
+            key: None,
+            value: self.buf.slice(start as usize..end as usize),
+        }
+    }
+
+    /// Offset of the last line; `None` when empty.
+    pub fn last_offset(&self) -> Option<i64> {
+        self.spans.last().map(|(s, _)| self.base + i64::from(*s))
+    }
+}
+
 /// The state of one partition share at the end of an epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionStatus {
@@ -155,6 +186,7 @@ pub struct PartitionStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SourceEvent {
     Record(RawRecord),
+    Lines(LineBatch),
     Status(PartitionStatus),
 }
 
@@ -200,8 +232,116 @@ impl WindowResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Classified {
     Dead(DeadRecord),
-    Reading(Reading),
+    Readings(ReadingBatch),
     Report(ShareReport),
+}
+
+/// Accepted readings bound for one worker, column by column: one exchange
+/// message moves thousands of readings, and their names travel as bytes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReadingBatch {
+    /// The worker that owns their devices: `device_hash(device) % peers`.
+    pub worker: u32,
+    /// Each reading's `device 0xFF metric` (0xFF never occurs in UTF-8), one
+    /// after the other: the key a worker interns in one lookup.
+    names: Vec<u8>,
+    /// Per reading: where its names end in `names`, and where its device ends.
+    ends: Vec<(u32, u32)>,
+    ts_ms: Vec<i64>,
+    value: Vec<f64>,
+    seq: Vec<Option<u64>>,
+}
+
+/// One reading of a [`ReadingBatch`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchReading<'a> {
+    /// `device 0xFF metric`.
+    pub names: &'a [u8],
+    /// Length of the device id at the start of `names`.
+    pub device_len: usize,
+    pub ts_ms: i64,
+    pub value: f64,
+    pub seq: Option<u64>,
+}
+
+impl BatchReading<'_> {
+    /// Device and metric names (lossy only if the batch was damaged in transit).
+    pub fn device_and_metric(&self) -> (CompactString, CompactString) {
+        let split = self.device_len.min(self.names.len());
+        let (device, metric) = self.names.split_at(split);
+        let metric = metric.get(1..).unwrap_or_default();
+        (
+            CompactString::from_utf8_lossy(device),
+            CompactString::from_utf8_lossy(metric),
+        )
+    }
+}
+
+impl ReadingBatch {
+    /// Separates device and metric in `names`.
+    pub const SEPARATOR: u8 = 0xFF;
+
+    pub fn new(worker: u32) -> Self {
+        Self {
+            worker,
+            ..Self::default()
+        }
+    }
+
+    pub fn push(&mut self, r: &Reading) {
+        self.push_parts(&r.device_id, &r.metric, r.ts_ms, r.value, r.seq);
+    }
+
+    pub fn push_parts(
+        &mut self,
+        device: &str,
+        metric: &str,
+        ts_ms: i64,
+        value: f64,
+        seq: Option<u64>,
+    ) {
+        self.names.extend_from_slice(device.as_bytes());
+        self.names.push(Self::SEPARATOR);
+        self.names.extend_from_slice(metric.as_bytes());
+        // Names are at most `ParseLimits::max_id_len` bytes and batches are
+        // flushed after a few thousand readings, far below 4 GiB.
+        self.ends
+            .push((self.names.len() as u32, device.len() as u32));
+        self.ts_ms.push(ts_ms);
+        self.value.push(value);
+        self.seq.push(seq);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The readings in push order. A batch whose columns disagree (damaged in
+    /// transit) yields only what all columns have.
+    pub fn iter(&self) -> impl Iterator<Item = BatchReading<'_>> + '_ {
+        let mut start = 0usize;
+        self.ends
+            .iter()
+            .zip(&self.ts_ms)
+            .zip(&self.value)
+            .zip(&self.seq)
+            .map(move |((((end, device_len), ts_ms), value), seq)| {
+                let end = (*end as usize).clamp(start, self.names.len());
+                let names = &self.names[start..end];
+                start = end;
+                BatchReading {
+                    names,
+                    device_len: *device_len as usize,
+                    ts_ms: *ts_ms,
+                    value: *value,
+                    seq: *seq,
+                }
+            })
+    }
 }
 
 /// The dataflow's outputs.
@@ -262,7 +402,7 @@ pub fn build_with_state<'scope>(
         .partition::<timely::container::CapacityContainerBuilder<Vec<Classified>>, _, _>(3, |c| {
             match c {
                 Classified::Dead(_) => (0, c),
-                Classified::Reading(_) => (1, c),
+                Classified::Readings(_) => (1, c),
                 Classified::Report(_) => (2, c),
             }
         })

@@ -31,7 +31,7 @@ use parquet::arrow::arrow_reader::{
 };
 
 use crate::job::RawRecord;
-use crate::source::{InputError, OwnedInput};
+use crate::source::{InputError, OwnedInput, Piece};
 
 /// Rows decoded per Arrow batch.
 const BATCH_ROWS: usize = 8192;
@@ -146,7 +146,7 @@ pub fn parquet_share(
         share: share as u32,
         shares: shares as u32,
         per_epoch: GROUP_STRIDE,
-        records: Box::new(iter),
+        records: Box::new(iter.map(|(ord, r)| (ord, Piece::Record(r)))),
     })
 }
 
@@ -362,6 +362,10 @@ mod tests {
                 parquet_share(path, s, shares, Arc::clone(&err))
                     .unwrap()
                     .records
+                    .map(|(ord, piece)| match piece {
+                        Piece::Record(r) => (ord, r),
+                        Piece::Lines(_) => panic!("Parquet rows are records"),
+                    })
                     .collect::<Vec<_>>()
             })
             .collect();

@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 
 mod scan;
 
+pub use scan::PlainRecord;
+
 /// One accepted measurement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
@@ -130,11 +132,32 @@ pub fn parse_record(
         return Err(RejectReason::Oversized);
     }
     let text = std::str::from_utf8(payload).map_err(|_| RejectReason::InvalidUtf8)?;
+    if scan::plain_readings(text, limits, out).is_some() {
+        return Ok(());
+    }
     let raw = match scan::record(text) {
         Some(raw) => raw,
         None => parse_with_serde(text)?,
     };
     raw.into_readings(limits, out)
+}
+
+/// [`parse_record`] without building [`Reading`]s for records on the fast
+/// path (nearly all): `Some(record)` borrows them from `payload`; `None`
+/// means they were appended to `scratch` (cleared first).
+pub fn parse_borrowed<'a>(
+    payload: &'a [u8],
+    limits: &ParseLimits,
+    scratch: &mut Vec<Reading>,
+) -> Result<Option<PlainRecord<'a>>, RejectReason> {
+    scratch.clear();
+    if payload.len() <= limits.max_bytes
+        && let Ok(text) = std::str::from_utf8(payload)
+        && let Some(record) = scan::plain(text, limits)
+    {
+        return Ok(Some(record));
+    }
+    parse_record(payload, limits, scratch).map(|()| None)
 }
 
 /// The general JSON path: every record the scanner passes on, with serde_json's
@@ -349,14 +372,17 @@ enum Field {
 
 impl Field {
     fn of(key: &str) -> Self {
-        match key {
-            "device_id" | "deviceId" | "device" => Field::DeviceId,
-            "ts_ms" => Field::Ts(TsKey::Millis),
-            "ts" | "timestamp" | "time" | "event_time" => Field::Ts(TsKey::Auto),
-            "seq" => Field::Seq,
-            "sensor" | "metric" => Field::MetricName,
-            "value" => Field::Value,
-            "metrics" => Field::Metrics,
+        // By length first: one small comparison per key instead of a chain of them.
+        match (key.len(), key.as_bytes()) {
+            (2, b"ts") | (4, b"time") | (9, b"timestamp") | (10, b"event_time") => {
+                Field::Ts(TsKey::Auto)
+            }
+            (3, b"seq") => Field::Seq,
+            (5, b"ts_ms") => Field::Ts(TsKey::Millis),
+            (5, b"value") => Field::Value,
+            (6, b"device") | (8, b"deviceId") | (9, b"device_id") => Field::DeviceId,
+            (6, b"sensor") | (6, b"metric") => Field::MetricName,
+            (7, b"metrics") => Field::Metrics,
             _ => Field::Other,
         }
     }
@@ -365,7 +391,12 @@ impl Field {
 impl<'a> RawRecord<'a> {
     /// Records a top-level field other than `metrics`; a repeated key wins.
     fn set(&mut self, key: Cow<'a, str>, v: Scalar<'a>) {
-        match Field::of(&key) {
+        self.set_field(Field::of(&key), key, v);
+    }
+
+    /// [`Self::set`] with the key already classified.
+    fn set_field(&mut self, field: Field, key: Cow<'a, str>, v: Scalar<'a>) {
+        match field {
             Field::DeviceId => self.device_id = Some(v),
             Field::Ts(unit) => self.ts = Some((unit, v)),
             Field::Seq => self.seq = Some(v),
@@ -450,10 +481,15 @@ impl<'a> RawRecord<'a> {
 
 /// Names end up in output keys `device|metric|window_start`.
 fn valid_name(name: &str, max_len: usize) -> bool {
+    let plain = |b: &u8| *b >= 0x20 && *b != 0x7f && *b != b'|';
     !name.is_empty()
         && name.len() <= max_len
-        && !name.contains('|')
-        && !name.chars().any(char::is_control)
+        && if name.is_ascii() {
+            // The common case, without decoding characters.
+            name.as_bytes().iter().all(plain)
+        } else {
+            !name.contains('|') && !name.chars().any(char::is_control)
+        }
 }
 
 fn parse_ts(key: TsKey, ts: &Scalar<'_>) -> Result<i64, RejectReason> {

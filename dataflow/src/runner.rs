@@ -163,6 +163,30 @@ pub fn run_bounded<F>(
 where
     F: Fn(usize, usize) -> Vec<OwnedInput> + Send + Sync + 'static,
 {
+    let parts = run_bounded_then(parallelism, cfg, metrics, inputs, |part| part)?;
+    let mut out = RunOutput::default();
+    for part in parts {
+        out.results.extend(part.results);
+        out.dead.extend(part.dead);
+    }
+    Ok(out)
+}
+
+/// [`run_bounded`], with each worker's output passed through `finish` on the
+/// worker's own thread (sorting or formatting it there, in parallel);
+/// the finished parts in worker order.
+pub fn run_bounded_then<F, G, T>(
+    parallelism: &Parallelism,
+    cfg: JobConfig,
+    metrics: Arc<JobMetrics>,
+    inputs: F,
+    finish: G,
+) -> Result<Vec<T>, RunError>
+where
+    F: Fn(usize, usize) -> Vec<OwnedInput> + Send + Sync + 'static,
+    G: Fn(RunOutput) -> T + Send + Sync + 'static,
+    T: Send + 'static,
+{
     let config = parallelism.timely_config()?;
     let guards = timely::execute(config, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
@@ -184,14 +208,12 @@ where
             });
         });
         while worker.step_or_park(Some(Duration::from_millis(20))) {}
-        collected.take()
+        finish(collected.take())
     })
     .map_err(RunError::Start)?;
-    let mut out = RunOutput::default();
-    for joined in guards.join() {
-        let part = joined.map_err(RunError::Worker)?;
-        out.results.extend(part.results);
-        out.dead.extend(part.dead);
-    }
-    Ok(out)
+    guards
+        .join()
+        .into_iter()
+        .map(|part| part.map_err(RunError::Worker))
+        .collect()
 }

@@ -21,13 +21,23 @@ use bytes::Bytes;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
-use crate::job::{Backpressure, Epoch, PartitionStatus, RawRecord, SourceEvent};
+use crate::job::{Backpressure, Epoch, LineBatch, PartitionStatus, RawRecord, SourceEvent};
 use crate::watermark::ShareState;
 
 /// Records handed to the source per activation, so other operators get to run.
 const BATCH: usize = 16_384;
+/// Lines per [`LineBatch`] of a file input.
+const LINES_PER_BATCH: usize = 4_096;
 /// How soon a source held back by backpressure looks again.
 pub(crate) const GATE_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// What an input yields: one record, or a batch of lines that all lie in the
+/// epoch of the first (its ordinal).
+#[derive(Debug)]
+pub enum Piece {
+    Record(RawRecord),
+    Lines(LineBatch),
+}
 
 /// One input owned by this worker.
 pub struct OwnedInput {
@@ -36,8 +46,8 @@ pub struct OwnedInput {
     pub shares: u32,
     /// Ordinal units per epoch: records for partitions, bytes for files.
     pub per_epoch: u64,
-    /// `(ordinal, record)` in ordinal order.
-    pub records: Box<dyn Iterator<Item = (u64, RawRecord)>>,
+    /// `(ordinal, piece)` in ordinal order.
+    pub records: Box<dyn Iterator<Item = (u64, Piece)>>,
 }
 
 impl std::fmt::Debug for OwnedInput {
@@ -56,7 +66,7 @@ struct Cursor {
     share: u32,
     shares: u32,
     per_epoch: u64,
-    records: Peekable<Box<dyn Iterator<Item = (u64, RawRecord)>>>,
+    records: Peekable<Box<dyn Iterator<Item = (u64, Piece)>>>,
     next_offset: i64,
 }
 
@@ -104,10 +114,17 @@ pub fn chunked_source<'scope>(
                     let per = cur.per_epoch.max(1);
                     while budget > 0 {
                         match cur.records.next_if(|(ord, _)| ord / per <= epoch) {
-                            Some((_, rec)) => {
+                            Some((_, Piece::Record(rec))) => {
                                 cur.next_offset = rec.offset + 1;
                                 session.give(SourceEvent::Record(rec));
                                 budget -= 1;
+                            }
+                            Some((_, Piece::Lines(lines))) => {
+                                if let Some(last) = lines.last_offset() {
+                                    cur.next_offset = last + 1;
+                                }
+                                budget = budget.saturating_sub(lines.spans.len());
+                                session.give(SourceEvent::Lines(lines));
                             }
                             None => break,
                         }
@@ -177,8 +194,8 @@ pub fn jsonl_share(
         pos: 0,
     };
     let path = path.to_owned();
-    let iter = std::iter::from_fn(move || match reader.next_line() {
-        Ok(line) => line,
+    let iter = std::iter::from_fn(move || match reader.next_batch() {
+        Ok(batch) => batch.map(|(ord, lines)| (ord, Piece::Lines(lines))),
         Err(e) => {
             if let Ok(mut slot) = error.lock() {
                 slot.get_or_insert((path.clone(), e));
@@ -209,28 +226,39 @@ struct ShareReader {
 }
 
 impl ShareReader {
-    fn next_line(&mut self) -> std::io::Result<Option<(u64, RawRecord)>> {
+    /// Up to [`LINES_PER_BATCH`] lines of the loaded slice (so of one epoch),
+    /// and the ordinal (byte offset) of the first.
+    fn next_batch(&mut self) -> std::io::Result<Option<(u64, LineBatch)>> {
         loop {
-            if self.pos < self.buf.len() {
+            let mut spans = Vec::with_capacity(LINES_PER_BATCH);
+            while self.pos < self.buf.len() && spans.len() < LINES_PER_BATCH {
                 let rest = &self.buf[self.pos..];
-                let len = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+                let len = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
                 let start = self.pos;
                 self.pos += len + 1;
                 let mut end = start + len;
                 while end > start && self.buf[end - 1] == b'\r' {
                     end -= 1;
                 }
-                if self.buf[start..end].iter().all(u8::is_ascii_whitespace) {
+                // Only the first byte of a record: a blank line is rare, a full scan is not free.
+                if self.buf[start..end]
+                    .first()
+                    .is_none_or(u8::is_ascii_whitespace)
+                    && self.buf[start..end].iter().all(u8::is_ascii_whitespace)
+                {
                     continue;
                 }
-                let offset = self.base + start as u64;
-                let record = RawRecord {
+                // `load_next_range` keeps buffers below 4 GiB.
+                spans.push((start as u32, end as u32));
+            }
+            if let Some(&(first, _)) = spans.first() {
+                let batch = LineBatch {
                     partition: 0,
-                    offset: offset as i64,
-                    key: None,
-                    value: self.buf.slice(start..end),
+                    base: self.base as i64,
+                    buf: self.buf.clone(),
+                    spans,
                 };
-                return Ok(Some((offset, record)));
+                return Ok(Some((self.base + u64::from(first), batch)));
             }
             if !self.load_next_range()? {
                 return Ok(None);
@@ -288,6 +316,15 @@ impl ShareReader {
             } else {
                 0
             };
+            if u32::try_from(buf.len()).is_err() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "a slice of {} bytes from offset {start}: lines or epochs too long (at most 4 GiB)",
+                        buf.len()
+                    ),
+                ));
+            }
             self.buf = Bytes::from(buf);
             self.base = start;
             self.pos = first;
@@ -317,7 +354,7 @@ pub fn memory_inputs(
                     .clone()
                     .into_iter()
                     .enumerate()
-                    .map(|(i, r)| (i as u64, r)),
+                    .map(|(i, r)| (i as u64, Piece::Record(r))),
             ),
         })
         .collect()
@@ -334,11 +371,18 @@ mod tests {
         for s in 0..shares {
             let input = jsonl_share(path, s, shares, epoch_bytes, InputError::default()).unwrap();
             let per = input.per_epoch;
-            all.extend(
-                input
-                    .records
-                    .map(|(ord, r)| (ord / per, ord, r.value.to_vec())),
-            );
+            for (ord, piece) in input.records {
+                let Piece::Lines(lines) = piece else {
+                    panic!("a file input yields line batches")
+                };
+                for &span in &lines.spans {
+                    let r = lines.record(span);
+                    let o = r.offset as u64;
+                    // Every line of a batch is in the epoch of its first.
+                    assert_eq!(o / per, ord / per);
+                    all.push((o / per, o, r.value.to_vec()));
+                }
+            }
         }
         all.sort();
         all

@@ -19,11 +19,69 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
-use crate::job::{Classified, DeadRecord, Epoch, JobConfig, PartitionStatus, SourceEvent};
+use crate::job::{
+    Classified, DeadRecord, Epoch, JobConfig, PartitionStatus, ReadingBatch, SourceEvent,
+};
 use crate::metrics::{JobMetrics, LatenessCounts, lateness_bucket};
-use crate::reading::{Reading, RejectReason, parse_record};
+use crate::operators::windows::device_hash;
+use crate::reading::{PlainRecord, Reading, RejectReason, parse_borrowed};
 use crate::snapshot::WorkerSnapshot;
 use crate::watermark::{ShareReport, ShareState, TopK, WatermarkCombiner};
+
+/// Readings per [`ReadingBatch`]: big enough that the exchange moves few
+/// messages, small enough that workers start on them early.
+const READINGS_PER_BATCH: usize = 4_096;
+
+/// Judges one record: parse, then late or not under the watermark of the epoch before.
+struct Judge<'a> {
+    cfg: &'a JobConfig,
+    /// Top-k event times per partition, k = outliers + 1.
+    k: usize,
+    wm: Option<i64>,
+    tops: &'a mut FxHashMap<i32, TopK>,
+    lateness: LatenessCounts,
+    lateness_sum: u64,
+}
+
+impl Judge<'_> {
+    /// A parsed record at event time `ts` from `partition`: late, or not.
+    fn judge(&mut self, partition: i32, ts: i64) -> Result<(), RejectReason> {
+        let k = self.k;
+        let top = self.tops.entry(partition).or_insert_with(|| TopK::new(k));
+        // Against the k-th newest, as the watermark: one outlier does not
+        // make all that follows late.
+        let behind = top.kth().map_or(0, |t| t.saturating_sub(ts));
+        self.lateness[lateness_bucket(behind)] += 1;
+        self.lateness_sum += behind.max(0) as u64;
+        top.observe(ts);
+        // Late only when every window of the reading is final.
+        let (cfg, wm) = (self.cfg, self.wm);
+        if cfg.window.windows_of(ts).all(|s| cfg.is_final(s, wm)) {
+            Err(RejectReason::Late)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Parses and judges one record; its readings are in the answer or in `scratch`.
+    fn record<'a>(
+        &mut self,
+        partition: i32,
+        payload: &'a [u8],
+        scratch: &mut Vec<Reading>,
+    ) -> Result<Option<PlainRecord<'a>>, RejectReason> {
+        let parsed = parse_borrowed(payload, &self.cfg.limits, scratch)?;
+        let ts = match &parsed {
+            Some(p) => p.ts_ms,
+            None => scratch
+                .first()
+                .map(|r| r.ts_ms)
+                .ok_or(RejectReason::NoMetrics)?,
+        };
+        self.judge(partition, ts)?;
+        Ok(parsed)
+    }
+}
 
 /// See the module docs. `reports` is the broadcast report stream, fed back with +1.
 pub fn classify<'scope>(
@@ -36,6 +94,7 @@ pub fn classify<'scope>(
     restore: Option<&WorkerSnapshot>,
 ) -> Stream<'scope, Epoch, Vec<Classified>> {
     let k = cfg.watermark.outliers + 1;
+    let peers = source.scope().peers() as u32;
     // A partition's top event times are in its latest report.
     let (combiner, tops) = match restore {
         Some(s) => (
@@ -67,6 +126,8 @@ pub fn classify<'scope>(
             let mut tops: FxHashMap<i32, TopK> = tops;
             let mut statuses: Vec<PartitionStatus> = Vec::new();
             let mut scratch: Vec<Reading> = Vec::new();
+            let peers = u64::from(peers.max(1));
+            let mut batches: Vec<ReadingBatch> = (0..peers as u32).map(ReadingBatch::new).collect();
 
             move |(source_in, source_frontier), (reports_in, reports_frontier), output| {
                 source_in.for_each(|time, data| {
@@ -101,70 +162,110 @@ pub fn classify<'scope>(
                     let wm = combiner.watermark();
                     metrics.observe_watermark(wm);
                     if let Some(events) = pending.remove(&next) {
-                        let mut session = output.session(c);
-                        let mut accepted = 0u64;
+                        let mut judge = Judge {
+                            cfg: &cfg,
+                            k,
+                            wm,
+                            tops: &mut tops,
+                            lateness: Default::default(),
+                            lateness_sum: 0,
+                        };
+                        let mut dead: Vec<Classified> = Vec::new();
                         let mut records = 0u64;
                         let mut records_accepted = 0u64;
-                        let mut lateness: LatenessCounts = Default::default();
-                        let mut lateness_sum = 0u64;
+                        let mut accepted = 0u64;
+                        let mut session = output.session(c);
+                        let mut accept =
+                            |parsed: Option<PlainRecord<'_>>, scratch: &mut Vec<Reading>| {
+                                records_accepted += 1;
+                                let mut give = |worker: usize, batch: &mut ReadingBatch| {
+                                    if batch.len() >= READINGS_PER_BATCH {
+                                        let full = std::mem::replace(
+                                            batch,
+                                            ReadingBatch::new(worker as u32),
+                                        );
+                                        session.give(Classified::Readings(full));
+                                    }
+                                };
+                                match parsed {
+                                    Some(p) => {
+                                        let worker = (device_hash(p.device_id) % peers) as usize;
+                                        let batch = &mut batches[worker];
+                                        for &(metric, value) in p.metrics() {
+                                            accepted += 1;
+                                            batch.push_parts(
+                                                p.device_id,
+                                                metric,
+                                                p.ts_ms,
+                                                value,
+                                                p.seq,
+                                            );
+                                        }
+                                        give(worker, batch);
+                                    }
+                                    None => {
+                                        for r in scratch.drain(..) {
+                                            accepted += 1;
+                                            let worker =
+                                                (device_hash(&r.device_id) % peers) as usize;
+                                            batches[worker].push(&r);
+                                            give(worker, &mut batches[worker]);
+                                        }
+                                    }
+                                }
+                            };
                         for event in events {
                             match event {
                                 SourceEvent::Status(s) => statuses.push(s),
                                 SourceEvent::Record(record) => {
                                     records += 1;
-                                    scratch.clear();
-                                    let verdict =
-                                        parse_record(&record.value, &cfg.limits, &mut scratch)
-                                            .and_then(|()| {
-                                                let ts = scratch
-                                                    .first()
-                                                    .map(|r| r.ts_ms)
-                                                    .ok_or(RejectReason::NoMetrics)?;
-                                                let top = tops
-                                                    .entry(record.partition)
-                                                    .or_insert_with(|| TopK::new(k));
-                                                // Against the k-th newest, as the watermark:
-                                                // one outlier does not make all that follows late.
-                                                let behind =
-                                                    top.kth().map_or(0, |t| t.saturating_sub(ts));
-                                                lateness[lateness_bucket(behind)] += 1;
-                                                lateness_sum += behind.max(0) as u64;
-                                                top.observe(ts);
-                                                // Late only when every window of the reading is final.
-                                                let all_final = cfg
-                                                    .window
-                                                    .windows_of(ts)
-                                                    .all(|s| cfg.is_final(s, wm));
-                                                if all_final {
-                                                    Err(RejectReason::Late)
-                                                } else {
-                                                    Ok(())
-                                                }
-                                            });
-                                    match verdict {
-                                        Ok(()) => {
-                                            records_accepted += 1;
-                                            accepted += scratch.len() as u64;
-                                            session.give_iterator(
-                                                scratch.drain(..).map(Classified::Reading),
-                                            );
-                                        }
+                                    match judge.record(
+                                        record.partition,
+                                        &record.value,
+                                        &mut scratch,
+                                    ) {
+                                        Ok(parsed) => accept(parsed, &mut scratch),
                                         Err(reason) => {
                                             metrics.reject(reason, 1);
-                                            session.give(Classified::Dead(DeadRecord {
+                                            dead.push(Classified::Dead(DeadRecord {
                                                 reason,
                                                 record,
                                             }));
                                         }
                                     }
                                 }
+                                SourceEvent::Lines(lines) => {
+                                    records += lines.spans.len() as u64;
+                                    for &(from, to) in &lines.spans {
+                                        let payload = &lines.buf[from as usize..to as usize];
+                                        match judge.record(lines.partition, payload, &mut scratch) {
+                                            Ok(parsed) => accept(parsed, &mut scratch),
+                                            Err(reason) => {
+                                                metrics.reject(reason, 1);
+                                                dead.push(Classified::Dead(DeadRecord {
+                                                    reason,
+                                                    record: lines.record((from, to)),
+                                                }));
+                                            }
+                                        }
+                                    }
+                                }
                             }
                         }
+                        for batch in batches.iter_mut().filter(|b| !b.is_empty()) {
+                            let worker = batch.worker;
+                            session.give(Classified::Readings(std::mem::replace(
+                                batch,
+                                ReadingBatch::new(worker),
+                            )));
+                        }
+                        session.give_iterator(dead.into_iter());
+                        drop(session);
                         metrics.records_in.fetch_add(records, Ordering::Relaxed);
                         metrics
                             .records_accepted
                             .fetch_add(records_accepted, Ordering::Relaxed);
-                        metrics.add_lateness(&lateness, lateness_sum);
+                        metrics.add_lateness(&judge.lateness, judge.lateness_sum);
                         metrics
                             .readings_accepted
                             .fetch_add(accepted, Ordering::Relaxed);

@@ -48,9 +48,10 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::frontier::AntichainRef;
 
 use crate::aggregate::{Stats, from_ordered_bits, ordered_bits};
-use crate::job::{Classified, EmitMode, Epoch, JobConfig, StateHooks, WindowResult, held_from};
+use crate::job::{
+    BatchReading, Classified, EmitMode, Epoch, JobConfig, StateHooks, WindowResult, held_from,
+};
 use crate::metrics::JobMetrics;
-use crate::reading::Reading;
 use crate::snapshot::{self, WorkerSnapshot};
 use crate::watermark::{ShareReport, WatermarkCombiner};
 
@@ -61,10 +62,37 @@ type WindowKey = (u32, u32, i64);
 /// arrangement's values: an update per window and epoch instead of one per
 /// reading, so sorting and merging batches costs a fraction as much.
 type WindowVal = Vec<(i64, u64)>;
+/// A new run's capacity: most hold a few readings, and growing from one costs three reallocations.
+const RUN_CAPACITY: usize = 4;
 type Update = ((WindowKey, WindowVal), Epoch, isize);
 type StateSpine = ValSpine<WindowKey, WindowVal, Epoch, isize>;
 /// (device id, metric id, seq).
 type SeenKey = (u32, u32, u64);
+
+/// One accepted reading on its device's worker, names interned.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    device: u32,
+    metric: u32,
+    ts_ms: i64,
+    value: f64,
+    seq: Option<u64>,
+}
+
+/// Where the surviving copy of a dedupe key came from: an earlier epoch, or
+/// row `row` of epoch `epoch` (which may still lose to a smaller copy of it);
+/// and when the key expires: once the watermark reaches `expires_at`, every
+/// window of that copy is final and the key counts as absent.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    expires_at: i64,
+    epoch: Epoch,
+    row: u32,
+}
+
+/// Expired dedupe keys are dropped in one sweep once the table has grown to
+/// twice what was live at the last sweep, and at least this many.
+const SEEN_SWEEP_MIN: usize = 4096;
 
 /// Each epoch's snapshot of this worker, as Assign finishes the epoch: a
 /// delta (reports, watermark, the dedupe keys and window readings the epoch
@@ -99,9 +127,22 @@ struct WindowEvent {
 struct Names {
     ids: FxHashMap<CompactString, u32>,
     names: Vec<CompactString>,
+    /// `device 0xFF metric` (as batches carry them) → (device id, metric id).
+    pairs: FxHashMap<Box<[u8]>, (u32, u32)>,
 }
 
 impl Names {
+    /// The ids of a batch reading's device and metric.
+    fn pair(&mut self, r: &BatchReading<'_>) -> (u32, u32) {
+        if let Some(ids) = self.pairs.get(r.names) {
+            return *ids;
+        }
+        let (device, metric) = r.device_and_metric();
+        let ids = (self.id(&device), self.id(&metric));
+        self.pairs.insert(r.names.into(), ids);
+        ids
+    }
+
     fn id(&mut self, name: &CompactString) -> u32 {
         if let Some(id) = self.ids.get(name) {
             return *id;
@@ -188,8 +229,9 @@ fn assign<'scope>(
         readings.scope().index() as u32,
         readings.scope().peers() as u32,
     );
+    // Classify already grouped the readings by the worker of their device.
     let by_device = Exchange::new(|c: &Classified| match c {
-        Classified::Reading(r) => device_hash(&r.device_id),
+        Classified::Readings(b) => u64::from(b.worker),
         _ => 0,
     });
     let mut builder = OperatorBuilder::new("Assign".to_owned(), readings.scope());
@@ -208,15 +250,17 @@ fn assign<'scope>(
         } = hooks;
         let mut caps = held_from(caps, start);
         let mut next: Epoch = start;
-        let mut pending: BTreeMap<Epoch, Vec<Reading>> = BTreeMap::new();
+        let mut pending: BTreeMap<Epoch, Vec<Row>> = BTreeMap::new();
         let mut pending_reports: BTreeMap<Epoch, Vec<ShareReport>> = BTreeMap::new();
         let mut combiner = WatermarkCombiner::new(cfg.watermark);
         let mut open: FxHashSet<WindowKey> = FxHashSet::default();
         // Open windows by the watermark that finalizes them: end + lateness.
         let mut closing: BTreeMap<i64, Vec<WindowKey>> = BTreeMap::new();
-        let mut seen: FxHashSet<SeenKey> = FxHashSet::default();
-        let mut seen_expiry: BTreeMap<i64, Vec<SeenKey>> = BTreeMap::new();
+        let mut seen: FxHashMap<SeenKey, Seen> = FxHashMap::default();
+        let mut sweep_at = SEEN_SWEEP_MIN;
         let mut touched: FxHashSet<WindowKey> = FxHashSet::default();
+        // Each epoch's runs; kept between epochs for its capacity.
+        let mut runs: FxHashMap<WindowKey, WindowVal> = FxHashMap::default();
         // The restored windows' readings enter the arrangement at the first epoch.
         let mut restored: Vec<Update> = Vec::new();
         // Dedupe keys added this epoch, for the snapshot delta (restored ones at the first).
@@ -230,8 +274,14 @@ fn assign<'scope>(
                     names.id(&k.metric.into()),
                     k.seq,
                 );
-                seen.insert(key);
-                seen_expiry.entry(k.expires_at).or_default().push(key);
+                seen.insert(
+                    key,
+                    Seen {
+                        expires_at: k.expires_at,
+                        epoch: 0,
+                        row: 0,
+                    },
+                );
                 if capture.is_some() {
                     seen_added.push((key, k.expires_at));
                 }
@@ -258,11 +308,24 @@ fn assign<'scope>(
 
         move |frontiers| {
             readings_in.for_each(|time, data| {
-                let bucket = pending.entry(crate::job::epoch_of(&time)).or_default();
-                bucket.extend(data.drain(..).filter_map(|c| match c {
-                    Classified::Reading(r) => Some(r),
-                    _ => None,
-                }));
+                let rows = pending.entry(crate::job::epoch_of(&time)).or_default();
+                let mut names = names.borrow_mut();
+                for c in data.drain(..) {
+                    let Classified::Readings(batch) = c else {
+                        continue;
+                    };
+                    rows.reserve(batch.len());
+                    rows.extend(batch.iter().map(|r| {
+                        let (device, metric) = names.pair(&r);
+                        Row {
+                            device,
+                            metric,
+                            ts_ms: r.ts_ms,
+                            value: r.value,
+                            seq: r.seq,
+                        }
+                    }));
+                }
             });
             reports_in.for_each(|time, data| {
                 pending_reports
@@ -276,41 +339,29 @@ fn assign<'scope>(
                     break;
                 }
                 let wm_before = combiner.watermark();
-                let readings = pending.remove(&next).unwrap_or_default();
-                let mut interned = names.borrow_mut();
-                let ids: Vec<(u32, u32)> = readings
-                    .iter()
-                    .map(|r| (interned.id(&r.device_id), interned.id(&r.metric)))
-                    .collect();
-                drop(interned);
-                let (keep, duplicates) = dedupe(&readings, &ids, &seen);
-                for (key, i) in keep.iter().enumerate().filter_map(|(i, k)| {
-                    let seq = readings[i].seq?;
-                    k.then_some(((ids[i].0, ids[i].1, seq), i))
-                }) {
-                    let last_end = cfg
-                        .window
-                        .windows_of(readings[i].ts_ms)
+                let rows = pending.remove(&next).unwrap_or_default();
+                // A key's expiry: the end of the last window of its reading's event time.
+                let expiry = |ts: i64| {
+                    cfg.window
+                        .windows_of(ts)
                         .last()
                         .map(|s| cfg.window.end(s).saturating_add(cfg.lateness_ms))
-                        .unwrap_or(i64::MAX);
-                    seen.insert(key);
-                    seen_expiry.entry(last_end).or_default().push(key);
-                    if capture.is_some() {
-                        seen_added.push((key, last_end));
-                    }
-                }
+                        .unwrap_or(i64::MAX)
+                };
+                // Restored keys (epoch 0) are older than any epoch a run starts at > 0,
+                // and at 0 nothing was restored.
+                let (keep, duplicates) = dedupe(&rows, next, wm_before, expiry, &mut seen);
                 let mut partial = 0u64;
-                let mut runs: FxHashMap<WindowKey, WindowVal> = FxHashMap::default();
-                for ((r, (device, metric)), _) in
-                    readings.iter().zip(ids).zip(&keep).filter(|(_, k)| **k)
-                {
+                for r in rows.iter().zip(&keep).filter(|(_, k)| **k).map(|(r, _)| r) {
+                    if let (Some(seq), true) = (r.seq, capture.is_some()) {
+                        seen_added.push(((r.device, r.metric, seq), expiry(r.ts_ms)));
+                    }
                     for start in cfg.window.windows_of(r.ts_ms) {
                         if cfg.is_final(start, wm_before) {
                             partial += 1;
                             continue;
                         }
-                        let key = (device, metric, start);
+                        let key = (r.device, r.metric, start);
                         let value = (r.ts_ms, ordered_bits(r.value));
                         match runs.entry(key) {
                             std::collections::hash_map::Entry::Occupied(o) => {
@@ -325,13 +376,15 @@ fn assign<'scope>(
                                 if cfg.emit == EmitMode::Updates {
                                     touched.insert(key);
                                 }
-                                v.insert(vec![value]);
+                                let mut run = Vec::with_capacity(RUN_CAPACITY);
+                                run.push(value);
+                                v.insert(run);
                             }
                         }
                     }
                 }
                 let mut out: Vec<Update> = std::mem::take(&mut restored);
-                out.extend(runs.into_iter().map(|(key, mut run)| {
+                out.extend(runs.drain().map(|(key, mut run)| {
                     run.sort_unstable();
                     ((key, run), next, 1)
                 }));
@@ -350,13 +403,9 @@ fn assign<'scope>(
                             window_events.push(WindowEvent { key, closed: true });
                         }
                     }
-                    while let Some(entry) = seen_expiry.first_entry() {
-                        if *entry.key() > w {
-                            break;
-                        }
-                        for key in entry.remove() {
-                            seen.remove(&key);
-                        }
+                    if seen.len() >= sweep_at {
+                        seen.retain(|_, s| s.expires_at > w);
+                        sweep_at = (2 * seen.len()).max(SEEN_SWEEP_MIN);
                     }
                 }
                 window_events.extend(
@@ -439,34 +488,49 @@ fn assign<'scope>(
     (updates, events)
 }
 
-/// Which of an epoch's `readings` survive dedupe against `seen` and each
-/// other, and how many did not. `ids` are their (device, metric) ids.
-fn dedupe(readings: &[Reading], ids: &[(u32, u32)], seen: &FxHashSet<SeenKey>) -> (Vec<bool>, u64) {
-    // Two passes so the survivor of conflicting copies does not depend on
-    // arrival order: an earlier epoch's copy wins, and within an epoch the
-    // smallest (event time, value).
-    let mut keep = vec![true; readings.len()];
-    let mut chosen: FxHashMap<SeenKey, usize> = FxHashMap::default();
+/// Which of epoch `epoch`'s `rows` survive dedupe against `seen` and each
+/// other, and how many did not; the survivors' keys are added to `seen`,
+/// expiring at `expiry(event time)`. Keys that expired under `wm` (the
+/// watermark the epoch is judged by) count as absent.
+fn dedupe(
+    rows: &[Row],
+    epoch: Epoch,
+    wm: Option<i64>,
+    expiry: impl Fn(i64) -> i64,
+    seen: &mut FxHashMap<SeenKey, Seen>,
+) -> (Vec<bool>, u64) {
+    // The survivor of conflicting copies does not depend on arrival order: an
+    // earlier epoch's copy wins, and within an epoch the smallest (event time, value).
+    let mut keep = vec![true; rows.len()];
     let mut duplicates = 0u64;
-    for (i, r) in readings.iter().enumerate() {
+    let rank = |x: &Row| (x.ts_ms, x.value.to_bits());
+    let expired = |s: &Seen| wm.is_some_and(|w| s.expires_at <= w);
+    for (i, r) in rows.iter().enumerate() {
         let Some(seq) = r.seq else { continue };
-        let key = (ids[i].0, ids[i].1, seq);
-        if seen.contains(&key) {
-            duplicates += 1;
-            keep[i] = false;
-            continue;
-        }
-        match chosen.entry(key) {
+        let mine = Seen {
+            expires_at: expiry(r.ts_ms),
+            epoch,
+            row: i as u32,
+        };
+        match seen.entry((r.device, r.metric, seq)) {
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(i);
+                v.insert(mine);
             }
             std::collections::hash_map::Entry::Occupied(mut o) => {
+                let first = *o.get();
+                if expired(&first) {
+                    o.insert(mine);
+                    continue;
+                }
                 duplicates += 1;
-                let j = *o.get();
-                let rank = |x: &Reading| (x.ts_ms, x.value.to_bits());
-                if rank(r) < rank(&readings[j]) {
+                if first.epoch != epoch {
+                    keep[i] = false;
+                    continue;
+                }
+                let j = first.row as usize;
+                if rank(r) < rank(&rows[j]) {
                     keep[j] = false;
-                    o.insert(i);
+                    o.insert(mine);
                 } else {
                     keep[i] = false;
                 }

@@ -10,7 +10,11 @@
 
 use std::borrow::Cow;
 
-use super::{Field, RawRecord, Scalar};
+use compact_str::CompactString;
+
+use super::{
+    Field, ParseLimits, RawRecord, Reading, Scalar, TsKey, float_to_ms, int_to_ms, valid_name,
+};
 
 /// The record's fields, or `None` when the serde path must decide.
 pub(super) fn record(text: &str) -> Option<RawRecord<'_>> {
@@ -25,7 +29,8 @@ pub(super) fn record(text: &str) -> Option<RawRecord<'_>> {
         loop {
             let key = s.string()?;
             s.expect(b':')?;
-            if Field::of(key) == Field::Metrics {
+            let field = Field::of(key);
+            if field == Field::Metrics {
                 s.expect(b'{')?;
                 if !s.eat(b'}') {
                     loop {
@@ -39,7 +44,7 @@ pub(super) fn record(text: &str) -> Option<RawRecord<'_>> {
                     }
                 }
             } else {
-                raw.set(Cow::Borrowed(key), s.scalar()?);
+                raw.set_field(field, Cow::Borrowed(key), s.scalar()?);
             }
             if !s.eat(b',') {
                 s.expect(b'}')?;
@@ -49,6 +54,168 @@ pub(super) fn record(text: &str) -> Option<RawRecord<'_>> {
     }
     s.skip_ws();
     (s.at == s.bytes.len()).then_some(raw)
+}
+
+/// A number as serde_json types it.
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    Int(i64),
+    Float(f64),
+}
+
+impl Num {
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::Int(v) => v as f64,
+            Num::Float(v) => v,
+        }
+    }
+}
+
+/// Metrics a record may have on the fast path; more go the general way.
+const FAST_METRICS: usize = 8;
+
+/// A record that took the fast path: validated, names borrowed from the payload.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainRecord<'a> {
+    pub device_id: &'a str,
+    /// Event time, epoch milliseconds.
+    pub ts_ms: i64,
+    pub seq: Option<u64>,
+    /// Slot 0 holds the long shape's `sensor`/`value` pair if there is one.
+    metrics: [(&'a str, f64); FAST_METRICS + 1],
+    first: usize,
+    end: usize,
+}
+
+impl<'a> PlainRecord<'a> {
+    /// (metric, value) of each reading, in the order the general path gives them.
+    pub fn metrics(&self) -> &[(&'a str, f64)] {
+        &self.metrics[self.first..self.end]
+    }
+}
+
+/// The fast path for what devices send nearly always: a record whose fields
+/// are plain strings and numbers, each known field once, and that passes
+/// validation. `None` for anything else, including every record that would
+/// be rejected: the general path decides those, so this one only has to
+/// agree with it on the records it accepts, which the differential property
+/// tests below check.
+pub(super) fn plain<'a>(text: &'a str, limits: &ParseLimits) -> Option<PlainRecord<'a>> {
+    let mut s = Scanner {
+        text,
+        bytes: text.as_bytes(),
+        at: 0,
+    };
+    let mut device: Option<&str> = None;
+    let mut ts: Option<(TsKey, Num)> = None;
+    let mut seq: Option<Num> = None;
+    let mut name: Option<&str> = None;
+    let mut value: Option<f64> = None;
+    // Flat fields and `metrics` entries in document order, as the general
+    // path keeps them, after slot 0.
+    let mut metrics: [(&str, f64); FAST_METRICS + 1] = [("", 0.0); FAST_METRICS + 1];
+    let mut n = 1usize;
+    fn add<'a>(metrics: &mut [(&'a str, f64)], n: &mut usize, key: &'a str, v: f64) -> Option<()> {
+        *metrics.get_mut(*n)? = (key, v);
+        *n += 1;
+        Some(())
+    }
+    s.expect(b'{')?;
+    loop {
+        let key = s.string()?;
+        s.expect(b':')?;
+        match Field::of(key) {
+            Field::DeviceId if device.is_none() => device = Some(s.string()?),
+            Field::Ts(unit) if ts.is_none() => ts = Some((unit, s.num()?)),
+            Field::Seq if seq.is_none() => seq = Some(s.num()?),
+            Field::MetricName if name.is_none() => name = Some(s.string()?),
+            Field::Value if value.is_none() => value = Some(s.num()?.as_f64()),
+            Field::Metrics => {
+                s.expect(b'{')?;
+                loop {
+                    let metric = s.string()?;
+                    s.expect(b':')?;
+                    add(&mut metrics, &mut n, metric, s.num()?.as_f64())?;
+                    if !s.eat(b',') {
+                        s.expect(b'}')?;
+                        break;
+                    }
+                }
+            }
+            Field::Other => add(&mut metrics, &mut n, key, s.num()?.as_f64())?,
+            // A repeated field: the general path knows which copy wins.
+            _ => return None,
+        }
+        if !s.eat(b',') {
+            s.expect(b'}')?;
+            break;
+        }
+    }
+    s.skip_ws();
+    if s.at != s.bytes.len() {
+        return None;
+    }
+    let device_id = device.filter(|d| valid_name(d, limits.max_id_len))?;
+    let ts_ms = match ts? {
+        (key, Num::Int(v)) => i64::try_from(int_to_ms(key, v.into())).ok()?,
+        (key, Num::Float(v)) => i64::try_from(float_to_ms(key, v).ok()?).ok()?,
+    };
+    if ts_ms < limits.min_ts_ms || ts_ms >= limits.max_ts_ms {
+        return None;
+    }
+    let seq = match seq {
+        None => None,
+        Some(Num::Int(v)) => Some(u64::try_from(v).ok()?),
+        Some(Num::Float(_)) => return None,
+    };
+    let first = match (name, value) {
+        (Some(name), Some(v)) => {
+            metrics[0] = (name, v);
+            0
+        }
+        (None, Some(v)) => {
+            metrics[0] = ("value", v);
+            0
+        }
+        (None, None) => 1,
+        (Some(_), None) => return None,
+    };
+    let record = PlainRecord {
+        device_id,
+        ts_ms,
+        seq,
+        metrics,
+        first,
+        end: n,
+    };
+    let readings = record.metrics();
+    if readings.is_empty()
+        || !readings
+            .iter()
+            .all(|(m, _)| valid_name(m, limits.max_id_len))
+    {
+        return None;
+    }
+    Some(record)
+}
+
+/// [`plain`], its readings appended to `out`.
+pub(super) fn plain_readings(
+    text: &str,
+    limits: &ParseLimits,
+    out: &mut Vec<Reading>,
+) -> Option<()> {
+    let record = plain(text, limits)?;
+    let device_id = CompactString::from(record.device_id);
+    out.extend(record.metrics().iter().map(|&(metric, value)| Reading {
+        device_id: device_id.clone(),
+        metric: CompactString::from(metric),
+        ts_ms: record.ts_ms,
+        value,
+        seq: record.seq,
+    }));
+    Some(())
 }
 
 struct Scanner<'a> {
@@ -66,6 +233,15 @@ impl<'a> Scanner<'a> {
 
     /// Skips whitespace, then takes `b` if it is next.
     fn eat(&mut self, b: u8) -> bool {
+        match self.bytes.get(self.at) {
+            Some(&next) if next == b => {
+                self.at += 1;
+                return true;
+            }
+            // Anything above space is not whitespace: the common case, no loop.
+            Some(&next) if next > b' ' => return false,
+            _ => {}
+        }
         self.skip_ws();
         if self.bytes.get(self.at) == Some(&b) {
             self.at += 1;
@@ -83,16 +259,18 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.expect(b'"')?;
         let start = self.at;
-        loop {
-            match *self.bytes.get(self.at)? {
-                b'"' => break,
-                b'\\' | 0..0x20 => return None,
-                _ => self.at += 1,
-            }
+        // Names are short: a plain loop beats a vectorised search's set-up.
+        let len = self
+            .bytes
+            .get(start..)?
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if self.bytes[start + len] != b'"' {
+            return None; // an escape or a control character: serde decides
         }
         // The quotes are ASCII, so both ends are char boundaries of valid UTF-8.
-        let s = self.text.get(start..self.at)?;
-        self.at += 1;
+        let s = self.text.get(start..start + len)?;
+        self.at = start + len + 1;
         Some(s)
     }
 
@@ -100,24 +278,42 @@ impl<'a> Scanner<'a> {
         self.skip_ws();
         match *self.bytes.get(self.at)? {
             b'"' => self.string().map(|s| Scalar::Str(Cow::Borrowed(s))),
-            b'-' | b'0'..=b'9' => self.number(),
+            b'-' | b'0'..=b'9' => Some(match self.number()? {
+                Num::Int(v) => Scalar::Int(v.into()),
+                Num::Float(v) => Scalar::Num(v),
+            }),
             _ => None,
         }
     }
 
+    /// A number value (after whitespace).
+    fn num(&mut self) -> Option<Num> {
+        self.skip_ws();
+        self.number()
+    }
+
     /// A JSON number, typed the way serde_json types it: integers that fit
-    /// 64 bits as `Int` (except `-0`, a float there), everything else `Num`.
-    fn number(&mut self) -> Option<Scalar<'a>> {
+    /// 64 bits as `Int` (except `-0`, a float there), everything else `Float`.
+    fn number(&mut self) -> Option<Num> {
         let start = self.at;
         let negative = self.bytes.get(self.at) == Some(&b'-');
         if negative {
             self.at += 1;
         }
+        let int_start = self.at;
+        // The integer part's value, exact while it has at most 18 digits.
+        let mut int: u64 = 0;
         match *self.bytes.get(self.at)? {
             b'0' => self.at += 1,
-            b'1'..=b'9' => self.digits(),
+            b'1'..=b'9' => {
+                while let Some(&d @ b'0'..=b'9') = self.bytes.get(self.at) {
+                    int = int.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+                    self.at += 1;
+                }
+            }
             _ => return None,
         }
+        let int_digits = self.at - int_start;
         let mut integer = true;
         if self.bytes.get(self.at) == Some(&b'.') {
             self.at += 1;
@@ -136,18 +332,23 @@ impl<'a> Scanner<'a> {
         if let Some(b'0'..=b'9' | b'.') = self.bytes.get(self.at) {
             return None;
         }
-        let text = self.text.get(start..self.at)?;
         if integer {
-            // Beyond i64, serde_json has u64 or a float: it decides.
-            let v: i64 = text.parse().ok()?;
+            let v: i64 = if int_digits <= 18 {
+                // Below 10^18, so it fits.
+                let v = int as i64;
+                if negative { -v } else { v }
+            } else {
+                // Beyond i64, serde_json has u64 or a float: it decides.
+                self.text.get(start..self.at)?.parse().ok()?
+            };
             if negative && v == 0 {
-                return Some(Scalar::Num(-0.0));
+                return Some(Num::Float(-0.0));
             }
-            return Some(Scalar::Int(v.into()));
+            return Some(Num::Int(v));
         }
         // std's parse rounds correctly, like serde_json with `float_roundtrip`.
-        let v: f64 = text.parse().ok()?;
-        v.is_finite().then_some(Scalar::Num(v))
+        let v: f64 = self.text.get(start..self.at)?.parse().ok()?;
+        v.is_finite().then_some(Num::Float(v))
     }
 
     fn digits(&mut self) {
@@ -184,6 +385,29 @@ mod tests {
         (scanned, serde)
     }
 
+    /// What the fast path makes of `text`, where it answers. It must leave
+    /// `out` alone when it does not.
+    fn fast(text: &str) -> Option<Parsed> {
+        let before = vec![Reading {
+            device_id: "before".into(),
+            metric: "m".into(),
+            ts_ms: 0,
+            value: 0.0,
+            seq: None,
+        }];
+        let mut out = before.clone();
+        match plain_readings(text, &ParseLimits::default(), &mut out) {
+            Some(()) => Some(Ok(out.split_off(1))),
+            None => {
+                assert_eq!(
+                    out, before,
+                    "the fast path appended and then gave up: {text}"
+                );
+                None
+            }
+        }
+    }
+
     /// Bitwise, so `-0.0` and `0.0` differ (`PartialEq` on floats would not see it).
     fn same(
         a: &Result<Vec<Reading>, RejectReason>,
@@ -214,7 +438,43 @@ mod tests {
             let scanned = scanned.unwrap_or_else(|| panic!("not scanned: {text}"));
             assert!(serde.is_ok(), "{text}");
             assert!(same(&scanned, &serde), "{text}: {scanned:?} vs {serde:?}");
+            // RFC 3339 times take the general path.
+            if !text.contains("2025-11-22T") {
+                let fast = fast(text).unwrap_or_else(|| panic!("not on the fast path: {text}"));
+                assert!(same(&fast, &serde), "{text}: {fast:?} vs {serde:?}");
+            }
         }
+    }
+
+    #[test]
+    fn the_fast_path_leaves_repeats_and_rejects_to_the_general_one() {
+        for text in [
+            // A repeated field (the last copy wins there), a string value, a string ts.
+            r#"{"device_id":"a","device_id":"b","ts":1763787600000,"v":1}"#,
+            r#"{"device_id":"d","ts":1763787600000,"v":"1"}"#,
+            r#"{"device_id":"d","ts":"2025-11-22T05:00:00Z","v":1}"#,
+            // Rejects: no metrics, a bad name, an absurd time, a negative seq.
+            r#"{"device_id":"d","ts":1763787600000}"#,
+            r#"{"device_id":"a|b","ts":1763787600000,"v":1}"#,
+            r#"{"device_id":"d","ts":17637876,"v":1}"#,
+            r#"{"device_id":"d","ts":1763787600000,"seq":-1,"v":1}"#,
+            r#"{"device_id":"d","ts":1763787600000,"sensor":"t"}"#,
+        ] {
+            assert!(fast(text).is_none(), "fast path answered: {text}");
+        }
+        // Repeated metric names are kept, in document order, as the general path keeps them.
+        let text = r#"{"device_id":"d","ts":1763787600000,"v":1,"metrics":{"v":2},"v":3}"#;
+        let (fast, serde) = (
+            fast(text),
+            parse_with_serde(text).and_then(|raw| {
+                let mut out = Vec::new();
+                raw.into_readings(&ParseLimits::default(), &mut out)
+                    .map(|()| out)
+            }),
+        );
+        let fast = fast.unwrap_or_else(|| panic!("not on the fast path"));
+        assert!(same(&fast, &serde), "{fast:?} vs {serde:?}");
+        assert_eq!(fast.map(|r| r.len()), Ok(3));
     }
 
     #[test]
@@ -313,6 +573,31 @@ mod tests {
             let (scanned, serde) = both(&text);
             if let Some(scanned) = scanned {
                 prop_assert!(same(&scanned, &serde), "{text}: {scanned:?} vs {serde:?}");
+            }
+        }
+
+        #[test]
+        fn the_fast_path_agrees_with_serde_where_it_answers(
+            tokens in prop::collection::vec(token(), 0..24),
+        ) {
+            let text = tokens.concat();
+            if let Some(fast) = fast(&text) {
+                let (_, serde) = both(&text);
+                prop_assert!(same(&fast, &serde), "{text}: {fast:?} vs {serde:?}");
+            }
+        }
+
+        #[test]
+        fn well_formed_records_take_the_fast_path_exactly_when_accepted(text in well_formed()) {
+            let (_, serde) = both(&text);
+            match (fast(&text), &serde) {
+                (Some(fast), Ok(_)) => {
+                    prop_assert!(same(&fast, &serde), "{text}: {fast:?} vs {serde:?}")
+                }
+                (None, Err(_)) => {}
+                (fast, _) => {
+                    return Err(TestCaseError::fail(format!("{text}: {fast:?} vs {serde:?}")))
+                }
             }
         }
 
