@@ -2,6 +2,7 @@
 //! results as CSV. This is the hook the peer benchmarks call (`RUST_BIN`): the same
 //! operators as `run`, with a file source instead of Kafka.
 
+use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,11 +38,13 @@ pub struct AggregateFileArgs {
     epoch_bytes: u64,
 }
 
-/// One worker's final windows, sorted by (device, metric, window start),
-/// with their CSV lines.
+/// One worker's final windows and their CSV lines, in (device, metric,
+/// window start) order.
 struct SortedCsv {
     rows: Vec<WindowResult>,
-    /// The CSV lines of `rows`, one after the other; line i ends at `ends[i]`.
+    /// `rows` indices in key order.
+    order: Vec<usize>,
+    /// The CSV lines in key order, one after the other; line i ends at `ends[i]`.
     lines: Vec<u8>,
     ends: Vec<usize>,
 }
@@ -49,26 +52,45 @@ struct SortedCsv {
 impl SortedCsv {
     fn of(results: impl Iterator<Item = WindowResult>) -> Self {
         let rows: Vec<WindowResult> = results.filter(|r| r.is_final).collect();
-        // Sorting small (key, index) pairs moves far fewer bytes than sorting
-        // the rows. Keys are unique, so an unstable sort gives the one order.
-        let mut order: Vec<((&str, &str, i64), usize)> =
-            rows.iter().enumerate().map(|(i, r)| (key(r), i)).collect();
-        order.sort_unstable();
+        // Group by series first: the strings are compared once per series
+        // (a few thousand), not once per comparison of a row sort.
+        let mut series: HashMap<(&str, &str), Vec<(i64, usize)>> = HashMap::new();
+        for (i, r) in rows.iter().enumerate() {
+            series
+                .entry((&r.device_id, &r.metric))
+                .or_default()
+                .push((r.window_start, i));
+        }
+        let mut series: Vec<_> = series.into_iter().collect();
+        series.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut order = Vec::with_capacity(rows.len());
+        for (_, mut windows) in series {
+            // Keys are unique, so an unstable sort gives the one order.
+            windows.sort_unstable();
+            order.extend(windows.into_iter().map(|(_, i)| i));
+        }
         let mut lines = Vec::with_capacity(rows.len() * 96);
         let mut ends = Vec::with_capacity(rows.len());
-        for &(_, i) in &order {
+        for &i in &order {
             csv_row(&mut lines, &rows[i]);
             ends.push(lines.len());
         }
-        let order: Vec<usize> = order.into_iter().map(|(_, i)| i).collect();
-        let mut slots: Vec<Option<WindowResult>> = rows.into_iter().map(Some).collect();
-        let rows = order.into_iter().filter_map(|i| slots[i].take()).collect();
-        Self { rows, lines, ends }
+        Self {
+            rows,
+            order,
+            lines,
+            ends,
+        }
     }
 
-    fn line(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.lines[start..self.ends[i]]
+    /// The row at position `k` of the key order.
+    fn row(&self, k: usize) -> &WindowResult {
+        &self.rows[self.order[k]]
+    }
+
+    fn line(&self, k: usize) -> &[u8] {
+        let start = if k == 0 { 0 } else { self.ends[k - 1] };
+        &self.lines[start..self.ends[k]]
     }
 }
 
@@ -89,7 +111,7 @@ fn merge_sorted(
             .iter()
             .enumerate()
             .filter(|(p, part)| next[*p] < part.rows.len())
-            .min_by(|(p, a), (q, b)| key(&a.rows[next[*p]]).cmp(&key(&b.rows[next[*q]])))
+            .min_by(|(p, a), (q, b)| key(a.row(next[*p])).cmp(&key(b.row(next[*q]))))
             .map(|(p, _)| p);
         let Some(p) = smallest else {
             return Ok(written);

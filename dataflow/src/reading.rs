@@ -143,21 +143,22 @@ pub fn parse_record(
 }
 
 /// [`parse_record`] without building [`Reading`]s for records on the fast
-/// path (nearly all): `Some(record)` borrows them from `payload`; `None`
-/// means they were appended to `scratch` (cleared first).
+/// path (nearly all): `true` when they are in `plain`, borrowed from
+/// `payload`; `false` when they were appended to `scratch` (cleared first).
 pub fn parse_borrowed<'a>(
     payload: &'a [u8],
     limits: &ParseLimits,
     scratch: &mut Vec<Reading>,
-) -> Result<Option<PlainRecord<'a>>, RejectReason> {
+    plain: &mut PlainRecord<'a>,
+) -> Result<bool, RejectReason> {
     scratch.clear();
     if payload.len() <= limits.max_bytes
         && let Ok(text) = std::str::from_utf8(payload)
-        && let Some(record) = scan::plain(text, limits)
+        && scan::plain_into(text, limits, plain).is_some()
     {
-        return Ok(Some(record));
+        return Ok(true);
     }
-    parse_record(payload, limits, scratch).map(|()| None)
+    parse_record(payload, limits, scratch).map(|()| false)
 }
 
 /// The general JSON path: every record the scanner passes on, with serde_json's

@@ -63,17 +63,19 @@ impl Judge<'_> {
         }
     }
 
-    /// Parses and judges one record; its readings are in the answer or in `scratch`.
+    /// Parses and judges one record; its readings are in `plain` (`true`) or
+    /// in `scratch`.
     fn record<'a>(
         &mut self,
         partition: i32,
         payload: &'a [u8],
         scratch: &mut Vec<Reading>,
-    ) -> Result<Option<PlainRecord<'a>>, RejectReason> {
-        let parsed = parse_borrowed(payload, &self.cfg.limits, scratch)?;
-        let ts = match &parsed {
-            Some(p) => p.ts_ms,
-            None => scratch
+        plain: &mut PlainRecord<'a>,
+    ) -> Result<bool, RejectReason> {
+        let parsed = parse_borrowed(payload, &self.cfg.limits, scratch, plain)?;
+        let ts = match parsed {
+            true => plain.ts_ms,
+            false => scratch
                 .first()
                 .map(|r| r.ts_ms)
                 .ok_or(RejectReason::NoMetrics)?,
@@ -176,7 +178,7 @@ pub fn classify<'scope>(
                         let mut accepted = 0u64;
                         let mut session = output.session(c);
                         let mut accept =
-                            |parsed: Option<PlainRecord<'_>>, scratch: &mut Vec<Reading>| {
+                            |parsed: Option<&PlainRecord<'_>>, scratch: &mut Vec<Reading>| {
                                 records_accepted += 1;
                                 let mut give = |worker: usize, batch: &mut ReadingBatch| {
                                     if batch.len() >= READINGS_PER_BATCH {
@@ -219,12 +221,16 @@ pub fn classify<'scope>(
                                 SourceEvent::Status(s) => statuses.push(s),
                                 SourceEvent::Record(record) => {
                                     records += 1;
+                                    let mut plain = PlainRecord::default();
                                     match judge.record(
                                         record.partition,
                                         &record.value,
                                         &mut scratch,
+                                        &mut plain,
                                     ) {
-                                        Ok(parsed) => accept(parsed, &mut scratch),
+                                        Ok(parsed) => {
+                                            accept(parsed.then_some(&plain), &mut scratch)
+                                        }
                                         Err(reason) => {
                                             metrics.reject(reason, 1);
                                             dead.push(Classified::Dead(DeadRecord {
@@ -236,10 +242,19 @@ pub fn classify<'scope>(
                                 }
                                 SourceEvent::Lines(lines) => {
                                     records += lines.spans.len() as u64;
+                                    // One slot per batch: records are parsed into it in place.
+                                    let mut plain = PlainRecord::default();
                                     for &(from, to) in &lines.spans {
                                         let payload = &lines.buf[from as usize..to as usize];
-                                        match judge.record(lines.partition, payload, &mut scratch) {
-                                            Ok(parsed) => accept(parsed, &mut scratch),
+                                        match judge.record(
+                                            lines.partition,
+                                            payload,
+                                            &mut scratch,
+                                            &mut plain,
+                                        ) {
+                                            Ok(parsed) => {
+                                                accept(parsed.then_some(&plain), &mut scratch)
+                                            }
                                             Err(reason) => {
                                                 metrics.reject(reason, 1);
                                                 dead.push(Classified::Dead(DeadRecord {

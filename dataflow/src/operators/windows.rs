@@ -61,7 +61,12 @@ type WindowKey = (u32, u32, i64);
 /// [`ordered_bits`] of the value), sorted. Runs, not single readings, are the
 /// arrangement's values: an update per window and epoch instead of one per
 /// reading, so sorting and merging batches costs a fraction as much.
-type WindowVal = Vec<(i64, u64)>;
+///
+/// Shared, so the copies the arrangement's merges and a closed window's
+/// retraction make are reference counts, not allocations.
+type WindowVal = Arc<[(i64, u64)]>;
+/// A run while Assign collects it.
+type RunBuilder = Vec<(i64, u64)>;
 /// A new run's capacity: most hold a few readings, and growing from one costs three reallocations.
 const RUN_CAPACITY: usize = 4;
 type Update = ((WindowKey, WindowVal), Epoch, isize);
@@ -260,7 +265,7 @@ fn assign<'scope>(
         let mut sweep_at = SEEN_SWEEP_MIN;
         let mut touched: FxHashSet<WindowKey> = FxHashSet::default();
         // Each epoch's runs; kept between epochs for its capacity.
-        let mut runs: FxHashMap<WindowKey, WindowVal> = FxHashMap::default();
+        let mut runs: FxHashMap<WindowKey, RunBuilder> = FxHashMap::default();
         // The restored windows' readings enter the arrangement at the first epoch.
         let mut restored: Vec<Update> = Vec::new();
         // Dedupe keys added this epoch, for the snapshot delta (restored ones at the first).
@@ -296,13 +301,13 @@ fn assign<'scope>(
                     let close_at = cfg.window.end(w.start).saturating_add(cfg.lateness_ms);
                     closing.entry(close_at).or_default().push(key);
                 }
-                let mut run: WindowVal = w
+                let mut run: RunBuilder = w
                     .readings
                     .iter()
                     .map(|&(ts, bits)| (ts, ordered_bits(f64::from_bits(bits))))
                     .collect();
                 run.sort_unstable();
-                restored.push(((key, run), start, 1));
+                restored.push(((key, run.into()), start, 1));
             }
         }
 
@@ -386,7 +391,7 @@ fn assign<'scope>(
                 let mut out: Vec<Update> = std::mem::take(&mut restored);
                 out.extend(runs.drain().map(|(key, mut run)| {
                     run.sort_unstable();
-                    ((key, run), next, 1)
+                    ((key, run.into()), next, 1)
                 }));
                 for r in pending_reports.remove(&next).unwrap_or_default() {
                     combiner.apply(&r);
@@ -611,7 +616,7 @@ fn emit<'scope>(
                             let mut n: isize = 0;
                             cursor.map_times(&storage, |_, d| n += *d);
                             for _ in 0..n.max(0) {
-                                merged.extend_from_slice(run);
+                                merged.extend_from_slice(&run[..]);
                             }
                             if ev.closed && retract && n != 0 {
                                 undo.push(((ev.key, run.clone()), next + 1, -n));

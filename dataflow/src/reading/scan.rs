@@ -76,7 +76,7 @@ impl Num {
 const FAST_METRICS: usize = 8;
 
 /// A record that took the fast path: validated, names borrowed from the payload.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct PlainRecord<'a> {
     pub device_id: &'a str,
     /// Event time, epoch milliseconds.
@@ -102,6 +102,18 @@ impl<'a> PlainRecord<'a> {
 /// agree with it on the records it accepts, which the differential property
 /// tests below check.
 pub(super) fn plain<'a>(text: &'a str, limits: &ParseLimits) -> Option<PlainRecord<'a>> {
+    let mut record = PlainRecord::default();
+    plain_into(text, limits, &mut record)?;
+    Some(record)
+}
+
+/// [`plain`] into `record` (a few hundred bytes: filled in place, not moved).
+/// On `None`, `record` holds nothing of use.
+pub(super) fn plain_into<'a>(
+    text: &'a str,
+    limits: &ParseLimits,
+    record: &mut PlainRecord<'a>,
+) -> Option<()> {
     let mut s = Scanner {
         text,
         bytes: text.as_bytes(),
@@ -114,7 +126,7 @@ pub(super) fn plain<'a>(text: &'a str, limits: &ParseLimits) -> Option<PlainReco
     let mut value: Option<f64> = None;
     // Flat fields and `metrics` entries in document order, as the general
     // path keeps them, after slot 0.
-    let mut metrics: [(&str, f64); FAST_METRICS + 1] = [("", 0.0); FAST_METRICS + 1];
+    let metrics = &mut record.metrics;
     let mut n = 1usize;
     fn add<'a>(metrics: &mut [(&'a str, f64)], n: &mut usize, key: &'a str, v: f64) -> Option<()> {
         *metrics.get_mut(*n)? = (key, v);
@@ -136,14 +148,14 @@ pub(super) fn plain<'a>(text: &'a str, limits: &ParseLimits) -> Option<PlainReco
                 loop {
                     let metric = s.string()?;
                     s.expect(b':')?;
-                    add(&mut metrics, &mut n, metric, s.num()?.as_f64())?;
+                    add(metrics, &mut n, metric, s.num()?.as_f64())?;
                     if !s.eat(b',') {
                         s.expect(b'}')?;
                         break;
                     }
                 }
             }
-            Field::Other => add(&mut metrics, &mut n, key, s.num()?.as_f64())?,
+            Field::Other => add(metrics, &mut n, key, s.num()?.as_f64())?,
             // A repeated field: the general path knows which copy wins.
             _ => return None,
         }
@@ -181,14 +193,11 @@ pub(super) fn plain<'a>(text: &'a str, limits: &ParseLimits) -> Option<PlainReco
         (None, None) => 1,
         (Some(_), None) => return None,
     };
-    let record = PlainRecord {
-        device_id,
-        ts_ms,
-        seq,
-        metrics,
-        first,
-        end: n,
-    };
+    record.device_id = device_id;
+    record.ts_ms = ts_ms;
+    record.seq = seq;
+    record.first = first;
+    record.end = n;
     let readings = record.metrics();
     if readings.is_empty()
         || !readings
@@ -197,7 +206,7 @@ pub(super) fn plain<'a>(text: &'a str, limits: &ParseLimits) -> Option<PlainReco
     {
         return None;
     }
-    Some(record)
+    Some(())
 }
 
 /// [`plain`], its readings appended to `out`.
