@@ -2,10 +2,10 @@
 //! and where results go.
 //!
 //! ```text
-//!   source ──SourceEvent (records + one status per partition share per epoch)──▶ Classify
+//!   source ──SourceEvent (records or line batches + one status per partition share per epoch)──▶ Classify
 //!   Classify ◀──ShareReports of epoch e−1 (broadcast, fed back +1)── Classify
 //!      ├─▶ dead letters (parse rejects, `late`)
-//!      ├─▶ readings ──exchange by device──▶ Windows ◀── ShareReports (broadcast)
+//!      ├─▶ ReadingBatch per worker ──exchange──▶ Windows ◀── ShareReports (broadcast)
 //!      └─▶ ShareReports of epoch e                       └─▶ WindowResult (final / updates)
 //! ```
 //!

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!   SourceEvent@e ──▶ wait until every ShareReport of epochs < e arrived (W_{e−1})
-//!     Record ──parse──▶ Dead(reason) | all windows final under W_{e−1}? Dead(late) | Reading*
+//!     Record / each line of a LineBatch ──parse──▶ Dead(reason)
+//!       | all windows final under W_{e−1}? Dead(late)
+//!       | its readings ──▶ the ReadingBatch of their device's worker (sent when full or at the end)
 //!     Status ──at the end of e──▶ ShareReport { top event times of the partition, state }
 //! ```
 //!

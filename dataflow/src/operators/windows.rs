@@ -2,8 +2,8 @@
 //! emit windows when the frontier and the watermark say so.
 //!
 //! ```text
-//!   Reading@e ──exchange by device──▶ Assign
-//!     (device, seq, metric) seen? ──▶ duplicate, dropped
+//!   ReadingBatch@e (Classify grouped the readings by device worker) ──exchange──▶ Assign
+//!     (device, seq, metric) seen and not expired? ──▶ duplicate, dropped
 //!     each window of its event time still open under W_{e−1}
 //!       ──▶ ((device, metric, start), sorted run of (ts, value)) +1 @e ──▶ WindowState arrangement
 //!     apply reports of e → W_e
