@@ -1,5 +1,5 @@
 //! Parse throughput of the reading parser on a JSON-lines file, without the
-//! dataflow: the ceiling for the file-source job. `make bench` runs it.
+//! dataflow: the ceiling for the file-source job.
 //!
 //!     cargo run --release -p iotflow-dataflow --example parse_throughput -- FILE
 
