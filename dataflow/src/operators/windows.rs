@@ -682,3 +682,74 @@ fn emit<'scope>(
     });
     (results, retractions)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(device: u32, seq: Option<u64>, ts_ms: i64, value: f64) -> Row {
+        Row {
+            device,
+            metric: 0,
+            ts_ms,
+            value,
+            seq,
+        }
+    }
+
+    /// Keys expire at the event time rounded up to the next 10 s.
+    fn expiry(ts: i64) -> i64 {
+        (ts / 10_000 + 1) * 10_000
+    }
+
+    #[test]
+    fn an_earlier_epoch_wins_and_within_an_epoch_the_smallest_copy_in_any_order() {
+        let mut seen = FxHashMap::default();
+        let first = [row(1, Some(7), 1_500, 2.0)];
+        assert_eq!(dedupe(&first, 3, None, expiry, &mut seen), (vec![true], 0));
+        // Epoch 4: a later copy of (1, 7) loses whatever it holds; (1, 8) comes
+        // three times and its smallest (ts, value) wins in every arrival order.
+        let copies = [
+            row(1, Some(8), 2_000, 5.0),
+            row(1, Some(8), 1_000, 9.0),
+            row(1, Some(8), 1_000, 3.0),
+        ];
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 2, 1]] {
+            let mut seen = seen.clone();
+            let mut rows = vec![row(1, Some(7), 1_000, 1.0)];
+            rows.extend(order.iter().map(|&i| copies[i]));
+            let (keep, duplicates) = dedupe(&rows, 4, None, expiry, &mut seen);
+            let winner = 1 + order.iter().position(|&i| i == 2).unwrap();
+            let want: Vec<bool> = (0..rows.len()).map(|i| i == winner).collect();
+            assert_eq!((keep, duplicates), (want, 3), "order {order:?}");
+            assert_eq!(seen[&(1, 0, 8)].expires_at, expiry(1_000));
+        }
+    }
+
+    #[test]
+    fn an_expired_key_counts_as_absent_and_readings_without_seq_are_all_kept() {
+        let mut seen = FxHashMap::default();
+        dedupe(&[row(2, Some(1), 9_000, 1.0)], 0, None, expiry, &mut seen);
+        // Under a watermark before its expiry (10 000) the key still holds.
+        let again = [row(2, Some(1), 12_000, 1.0)];
+        assert_eq!(
+            dedupe(&again, 1, Some(9_999), expiry, &mut seen),
+            (vec![false], 1)
+        );
+        // At its expiry it is gone: the new copy is kept and its key renewed.
+        assert_eq!(
+            dedupe(&again, 2, Some(10_000), expiry, &mut seen),
+            (vec![true], 0)
+        );
+        assert_eq!(seen[&(2, 0, 1)].expires_at, 20_000);
+        assert_eq!(
+            dedupe(&again, 3, Some(10_000), expiry, &mut seen),
+            (vec![false], 1)
+        );
+        let unsequenced = [row(2, None, 1, 1.0), row(2, None, 1, 1.0)];
+        assert_eq!(
+            dedupe(&unsequenced, 4, None, expiry, &mut seen),
+            (vec![true, true], 0)
+        );
+    }
+}
