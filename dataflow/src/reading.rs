@@ -128,18 +128,11 @@ pub fn parse_record(
     limits: &ParseLimits,
     out: &mut Vec<Reading>,
 ) -> Result<(), RejectReason> {
-    if payload.len() > limits.max_bytes {
-        return Err(RejectReason::Oversized);
-    }
-    let text = std::str::from_utf8(payload).map_err(|_| RejectReason::InvalidUtf8)?;
+    let text = checked_text(payload, limits)?;
     if scan::plain_readings(text, limits, out).is_some() {
         return Ok(());
     }
-    let raw = match scan::record(text) {
-        Some(raw) => raw,
-        None => parse_with_serde(text)?,
-    };
-    raw.into_readings(limits, out)
+    parse_general(text, limits, out)
 }
 
 /// [`parse_record`] without building [`Reading`]s for records on the fast
@@ -152,13 +145,32 @@ pub fn parse_borrowed<'a>(
     plain: &mut PlainRecord<'a>,
 ) -> Result<bool, RejectReason> {
     scratch.clear();
-    if payload.len() <= limits.max_bytes
-        && let Ok(text) = std::str::from_utf8(payload)
-        && scan::plain_into(text, limits, plain).is_some()
-    {
+    let text = checked_text(payload, limits)?;
+    if scan::plain_into(text, limits, plain).is_some() {
         return Ok(true);
     }
-    parse_record(payload, limits, scratch).map(|()| false)
+    parse_general(text, limits, scratch).map(|()| false)
+}
+
+/// The payload as text, if it is within the size limit and UTF-8.
+fn checked_text<'a>(payload: &'a [u8], limits: &ParseLimits) -> Result<&'a str, RejectReason> {
+    if payload.len() > limits.max_bytes {
+        return Err(RejectReason::Oversized);
+    }
+    std::str::from_utf8(payload).map_err(|_| RejectReason::InvalidUtf8)
+}
+
+/// What the fast path passed on: the general scanner, else serde.
+fn parse_general(
+    text: &str,
+    limits: &ParseLimits,
+    out: &mut Vec<Reading>,
+) -> Result<(), RejectReason> {
+    let raw = match scan::record(text) {
+        Some(raw) => raw,
+        None => parse_with_serde(text)?,
+    };
+    raw.into_readings(limits, out)
 }
 
 /// The general JSON path: every record the scanner passes on, with serde_json's

@@ -218,6 +218,10 @@ pub fn classify<'scope>(
                                     }
                                 }
                             };
+                        let mut reject = |reason: RejectReason, record| {
+                            metrics.reject(reason, 1);
+                            dead.push(Classified::Dead(DeadRecord { reason, record }));
+                        };
                         for event in events {
                             match event {
                                 SourceEvent::Status(s) => statuses.push(s),
@@ -233,13 +237,7 @@ pub fn classify<'scope>(
                                         Ok(parsed) => {
                                             accept(parsed.then_some(&plain), &mut scratch)
                                         }
-                                        Err(reason) => {
-                                            metrics.reject(reason, 1);
-                                            dead.push(Classified::Dead(DeadRecord {
-                                                reason,
-                                                record,
-                                            }));
-                                        }
+                                        Err(reason) => reject(reason, record),
                                     }
                                 }
                                 SourceEvent::Lines(lines) => {
@@ -257,13 +255,7 @@ pub fn classify<'scope>(
                                             Ok(parsed) => {
                                                 accept(parsed.then_some(&plain), &mut scratch)
                                             }
-                                            Err(reason) => {
-                                                metrics.reject(reason, 1);
-                                                dead.push(Classified::Dead(DeadRecord {
-                                                    reason,
-                                                    record: lines.record((from, to)),
-                                                }));
-                                            }
+                                            Err(reason) => reject(reason, lines.record((from, to))),
                                         }
                                     }
                                 }
