@@ -2,8 +2,8 @@
 //! results as CSV. This is the hook the peer benchmarks call (`RUST_BIN`): the same
 //! operators as `run`, with a file source instead of Kafka.
 
-use std::collections::HashMap;
 use std::io::{BufWriter, Write};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use iotflow_dataflow::parquet_file::{ParquetInputError, parquet_share};
 use iotflow_dataflow::runner::{Parallelism, run_bounded_then};
 use iotflow_dataflow::source::{InputError, jsonl_share};
 use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowResult, WindowSpec};
+use rustc_hash::FxHashMap;
 
 #[derive(Debug, Args)]
 pub struct AggregateFileArgs {
@@ -38,15 +39,29 @@ pub struct AggregateFileArgs {
     epoch_bytes: u64,
 }
 
-/// One worker's final windows and their CSV lines, in (device, metric,
-/// window start) order.
+/// One worker's final windows as CSV lines in (device, metric, window start)
+/// order, and where each series' lines are.
 struct SortedCsv {
-    rows: Vec<WindowResult>,
-    /// `rows` indices in key order.
-    order: Vec<usize>,
-    /// The CSV lines in key order, one after the other; line i ends at `ends[i]`.
+    /// The lines one after the other; line i ends at `ends[i]`.
     lines: Vec<u8>,
     ends: Vec<usize>,
+    /// Each line's window start, for the rare series two parts share.
+    starts: Vec<i64>,
+    /// In key order.
+    series: Vec<SeriesLines>,
+}
+
+/// A (device, metric) series and the indices of its lines.
+struct SeriesLines {
+    device: String,
+    metric: String,
+    lines: Range<usize>,
+}
+
+impl SeriesLines {
+    fn key(&self) -> (&str, &str) {
+        (&self.device, &self.metric)
+    }
 }
 
 impl SortedCsv {
@@ -54,51 +69,56 @@ impl SortedCsv {
         let rows: Vec<WindowResult> = results.filter(|r| r.is_final).collect();
         // Group by series first: the strings are compared once per series
         // (a few thousand), not once per comparison of a row sort.
-        let mut series: HashMap<(&str, &str), Vec<(i64, usize)>> = HashMap::new();
+        let mut by_series: FxHashMap<(&str, &str), Vec<(i64, usize)>> = FxHashMap::default();
         for (i, r) in rows.iter().enumerate() {
-            series
+            by_series
                 .entry((&r.device_id, &r.metric))
                 .or_default()
                 .push((r.window_start, i));
         }
-        let mut series: Vec<_> = series.into_iter().collect();
-        series.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut order = Vec::with_capacity(rows.len());
-        for (_, mut windows) in series {
+        let mut by_series: Vec<_> = by_series.into_iter().collect();
+        by_series.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut csv = Self {
+            lines: Vec::with_capacity(rows.len() * 96),
+            ends: Vec::with_capacity(rows.len()),
+            starts: Vec::with_capacity(rows.len()),
+            series: Vec::with_capacity(by_series.len()),
+        };
+        for ((device, metric), mut windows) in by_series {
             // Keys are unique, so an unstable sort gives the one order.
             windows.sort_unstable();
-            order.extend(windows.into_iter().map(|(_, i)| i));
+            let first = csv.ends.len();
+            for (start, i) in windows {
+                csv_row(&mut csv.lines, &rows[i]);
+                csv.ends.push(csv.lines.len());
+                csv.starts.push(start);
+            }
+            csv.series.push(SeriesLines {
+                device: device.to_owned(),
+                metric: metric.to_owned(),
+                lines: first..csv.ends.len(),
+            });
         }
-        let mut lines = Vec::with_capacity(rows.len() * 96);
-        let mut ends = Vec::with_capacity(rows.len());
-        for &i in &order {
-            csv_row(&mut lines, &rows[i]);
-            ends.push(lines.len());
-        }
-        Self {
-            rows,
-            order,
-            lines,
-            ends,
-        }
+        csv
     }
 
-    /// The row at position `k` of the key order.
-    fn row(&self, k: usize) -> &WindowResult {
-        &self.rows[self.order[k]]
+    /// The bytes of lines `lines`, one after the other.
+    fn span(&self, lines: Range<usize>) -> &[u8] {
+        let from = match lines.start {
+            0 => 0,
+            k => self.ends[k - 1],
+        };
+        let to = match lines.end {
+            0 => 0,
+            k => self.ends[k - 1],
+        };
+        &self.lines[from..to]
     }
-
-    fn line(&self, k: usize) -> &[u8] {
-        let start = if k == 0 { 0 } else { self.ends[k - 1] };
-        &self.lines[start..self.ends[k]]
-    }
-}
-
-fn key(r: &WindowResult) -> (&str, &str, i64) {
-    (&r.device_id, &r.metric, r.window_start)
 }
 
 /// Hands every part's lines to `write` in key order; how many there were.
+/// A device's series are all on its worker's part, so whole series are
+/// written at once; a series in several parts is merged line by line.
 fn merge_sorted(
     parts: &[SortedCsv],
     mut write: impl FnMut(&[u8]) -> std::io::Result<()>,
@@ -106,19 +126,39 @@ fn merge_sorted(
     let mut next = vec![0usize; parts.len()];
     let mut written = 0;
     loop {
-        // Few parts (one per worker): a linear scan for the smallest head.
-        let smallest = parts
-            .iter()
-            .enumerate()
-            .filter(|(p, part)| next[*p] < part.rows.len())
-            .min_by(|(p, a), (q, b)| key(a.row(next[*p])).cmp(&key(b.row(next[*q]))))
-            .map(|(p, _)| p);
-        let Some(p) = smallest else {
+        let head = |p: usize, next: &[usize]| parts[p].series.get(next[p]);
+        // Few parts (one per worker): linear scans for the smallest head.
+        let Some(smallest) = (0..parts.len())
+            .filter_map(|p| head(p, &next).map(SeriesLines::key))
+            .min()
+        else {
             return Ok(written);
         };
-        write(parts[p].line(next[p]))?;
-        next[p] += 1;
-        written += 1;
+        let sharing: Vec<usize> = (0..parts.len())
+            .filter(|&p| head(p, &next).is_some_and(|s| s.key() == smallest))
+            .collect();
+        let mut ranges: Vec<Range<usize>> = sharing
+            .iter()
+            .map(|&p| parts[p].series[next[p]].lines.clone())
+            .collect();
+        if let [p] = sharing[..] {
+            write(parts[p].span(ranges[0].clone()))?;
+            written += ranges[0].len();
+        } else {
+            // By window start; a start in two parts keeps part order.
+            while let Some(i) = (0..ranges.len())
+                .filter(|&i| !ranges[i].is_empty())
+                .min_by_key(|&i| parts[sharing[i]].starts[ranges[i].start])
+            {
+                let k = ranges[i].start;
+                write(parts[sharing[i]].span(k..k + 1))?;
+                ranges[i].start += 1;
+                written += 1;
+            }
+        }
+        for p in sharing {
+            next[p] += 1;
+        }
     }
 }
 
@@ -223,4 +263,59 @@ pub fn run(args: AggregateFileArgs) -> Result<()> {
     );
     println!("PROC_SECONDS={:.4}", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use iotflow_dataflow::Stats;
+
+    use super::*;
+
+    fn window(device: &str, metric: &str, start: i64, value: f64) -> WindowResult {
+        let stats = Stats::of(&mut [(start, value)]).unwrap_or_else(|| unreachable!());
+        WindowResult::new(device.into(), metric.into(), start, start + 10, stats, true)
+    }
+
+    fn merged(parts: &[SortedCsv]) -> Vec<String> {
+        let mut out = Vec::new();
+        let n = merge_sorted(parts, |line| {
+            out.extend_from_slice(line);
+            Ok(())
+        })
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let lines: Vec<String> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| l.split(',').take(3).collect::<Vec<_>>().join(","))
+            .collect();
+        assert_eq!(n, lines.len());
+        lines
+    }
+
+    #[test]
+    fn parts_merge_in_key_order_whole_series_or_shared() {
+        let a = SortedCsv::of(
+            [
+                window("d2", "t", 20, 1.0),
+                window("d1", "t", 10, 1.0),
+                window("d3", "h", 0, 1.0),
+                window("d1", "t", 0, 1.0),
+                window("d3", "h", 30, 1.0),
+            ]
+            .into_iter(),
+        );
+        let b = SortedCsv::of(
+            [
+                window("d1", "h", 0, 1.0),
+                window("d3", "h", 10, 1.0),
+                window("d4", "t", 0, 1.0),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            merged(&[a, b]),
+            [
+                "d1,h,0", "d1,t,0", "d1,t,10", "d2,t,20", "d3,h,0", "d3,h,10", "d3,h,30", "d4,t,0",
+            ]
+        );
+    }
 }

@@ -119,7 +119,7 @@ pub(super) fn plain_into<'a>(
         bytes: text.as_bytes(),
         at: 0,
     };
-    let mut device: Option<&str> = None;
+    let mut device: Option<(&str, bool)> = None;
     let mut ts: Option<(TsKey, Num)> = None;
     let mut seq: Option<Num> = None;
     let mut name: Option<&str> = None;
@@ -128,6 +128,8 @@ pub(super) fn plain_into<'a>(
     // path keeps them, after slot 0.
     let metrics = &mut record.metrics;
     let mut n = 1usize;
+    // Every metric name is plain (see `string_plain`): only lengths to check.
+    let mut names_plain = true;
     fn add<'a>(metrics: &mut [(&'a str, f64)], n: &mut usize, key: &'a str, v: f64) -> Option<()> {
         *metrics.get_mut(*n)? = (key, v);
         *n += 1;
@@ -135,18 +137,23 @@ pub(super) fn plain_into<'a>(
     }
     s.expect(b'{')?;
     loop {
-        let key = s.string()?;
+        let (key, key_plain) = s.string_plain()?;
         s.expect(b':')?;
         match Field::of(key) {
-            Field::DeviceId if device.is_none() => device = Some(s.string()?),
+            Field::DeviceId if device.is_none() => device = Some(s.string_plain()?),
             Field::Ts(unit) if ts.is_none() => ts = Some((unit, s.num()?)),
             Field::Seq if seq.is_none() => seq = Some(s.num()?),
-            Field::MetricName if name.is_none() => name = Some(s.string()?),
+            Field::MetricName if name.is_none() => {
+                let (metric, plain) = s.string_plain()?;
+                names_plain &= plain;
+                name = Some(metric);
+            }
             Field::Value if value.is_none() => value = Some(s.num()?.as_f64()),
             Field::Metrics => {
                 s.expect(b'{')?;
                 loop {
-                    let metric = s.string()?;
+                    let (metric, plain) = s.string_plain()?;
+                    names_plain &= plain;
                     s.expect(b':')?;
                     add(metrics, &mut n, metric, s.num()?.as_f64())?;
                     if !s.eat(b',') {
@@ -155,7 +162,10 @@ pub(super) fn plain_into<'a>(
                     }
                 }
             }
-            Field::Other => add(metrics, &mut n, key, s.num()?.as_f64())?,
+            Field::Other => {
+                names_plain &= key_plain;
+                add(metrics, &mut n, key, s.num()?.as_f64())?
+            }
             // A repeated field: the general path knows which copy wins.
             _ => return None,
         }
@@ -168,7 +178,12 @@ pub(super) fn plain_into<'a>(
     if s.at != s.bytes.len() {
         return None;
     }
-    let device_id = device.filter(|d| valid_name(d, limits.max_id_len))?;
+    let max = limits.max_id_len;
+    let name_ok = |name: &str, plain: bool| match plain {
+        true => !name.is_empty() && name.len() <= max,
+        false => valid_name(name, max),
+    };
+    let device_id = device.filter(|&(d, plain)| name_ok(d, plain))?.0;
     let ts_ms = match ts? {
         (key, Num::Int(v)) => i64::try_from(int_to_ms(key, v.into())).ok()?,
         (key, Num::Float(v)) => i64::try_from(float_to_ms(key, v).ok()?).ok()?,
@@ -199,11 +214,7 @@ pub(super) fn plain_into<'a>(
     record.first = first;
     record.end = n;
     let readings = record.metrics();
-    if readings.is_empty()
-        || !readings
-            .iter()
-            .all(|(m, _)| valid_name(m, limits.max_id_len))
-    {
+    if readings.is_empty() || !readings.iter().all(|(m, _)| name_ok(m, names_plain)) {
         return None;
     }
     Some(())
@@ -225,6 +236,47 @@ pub(super) fn plain_readings(
         seq: record.seq,
     }));
     Some(())
+}
+
+/// Where a string's contents end in `bytes`: the position of the first `"`,
+/// `\\` or control character, and whether every byte before it is plain (ASCII,
+/// not DEL, not `|`). Eight bytes at a time: strings are most of a record.
+fn string_end(bytes: &[u8]) -> Option<(usize, bool)> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte equal to `b`. Exact up to the first match; a
+    // borrow can flag bytes after it, which only the first match matters for.
+    let equal = |v: u64, b: u8| {
+        let x = v ^ (ONES * u64::from(b));
+        x.wrapping_sub(ONES) & !x & HIGH
+    };
+    let mut at = 0;
+    let mut odd = 0u64;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        // Below 0x20 (same borrow argument), a quote or a backslash.
+        let control = v.wrapping_sub(ONES * 0x20) & !v & HIGH;
+        let stop = control | equal(v, b'"') | equal(v, b'\\');
+        let suspect = (v & HIGH) | equal(v, 0x7f) | equal(v, b'|');
+        if stop != 0 {
+            let n = (stop.trailing_zeros() / 8) as usize;
+            // Only the bytes before the end count; a false flag among them
+            // sits after a true one, so "any" is still exact.
+            let before = (1u64 << (n * 8)).wrapping_sub(1);
+            odd |= suspect & before;
+            return Some((at + n, odd == 0));
+        }
+        odd |= suspect;
+        at += 8;
+    }
+    let rest = bytes.get(at..)?;
+    let n = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    let plain = rest[..n].iter().all(|&b| b < 0x7f && b != b'|');
+    Some((at + n, odd == 0 && plain))
 }
 
 struct Scanner<'a> {
@@ -266,21 +318,22 @@ impl<'a> Scanner<'a> {
 
     /// A string without escapes or control characters.
     fn string(&mut self) -> Option<&'a str> {
+        self.string_plain().map(|(s, _)| s)
+    }
+
+    /// [`Self::string`], and whether it is plain: ASCII without DEL or `|`, so
+    /// a valid name if its length is.
+    fn string_plain(&mut self) -> Option<(&'a str, bool)> {
         self.expect(b'"')?;
         let start = self.at;
-        // Names are short: a plain loop beats a vectorised search's set-up.
-        let len = self
-            .bytes
-            .get(start..)?
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let (len, plain) = string_end(self.bytes.get(start..)?)?;
         if self.bytes[start + len] != b'"' {
             return None; // an escape or a control character: serde decides
         }
         // The quotes are ASCII, so both ends are char boundaries of valid UTF-8.
         let s = self.text.get(start..start + len)?;
         self.at = start + len + 1;
-        Some(s)
+        Some((s, plain))
     }
 
     fn scalar(&mut self) -> Option<Scalar<'a>> {
@@ -608,6 +661,23 @@ mod tests {
                     return Err(TestCaseError::fail(format!("{text}: {fast:?} vs {serde:?}")))
                 }
             }
+        }
+
+        #[test]
+        fn string_end_agrees_with_a_byte_loop(
+            bytes in prop::collection::vec(
+                prop_oneof![
+                    Just(b'"'), Just(b'\\'), Just(b'|'), Just(0x7f), Just(b' '), Just(0x1f),
+                    0u8..0x20, 0x20u8..0x7f, 0x80u8..=0xff, Just(b'a'),
+                ],
+                0..40,
+            ),
+        ) {
+            let naive = bytes
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .map(|n| (n, bytes[..n].iter().all(|&b| b < 0x7f && b != b'|')));
+            prop_assert_eq!(string_end(&bytes), naive, "{:?}", bytes);
         }
 
         #[test]
