@@ -28,6 +28,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -65,20 +66,13 @@ type WindowKey = (u32, u32, i64);
 /// Shared, so the copies the arrangement's merges and a closed window's
 /// retraction make are reference counts, not allocations.
 type WindowVal = Arc<[(i64, u64)]>;
-/// A run while Assign collects it.
-type RunBuilder = Vec<(i64, u64)>;
-/// A new run's capacity: most hold a few readings, and growing from one costs three reallocations.
-const RUN_CAPACITY: usize = 4;
 type Update = ((WindowKey, WindowVal), Epoch, isize);
 type StateSpine = ValSpine<WindowKey, WindowVal, Epoch, isize>;
-/// (device id, metric id, seq).
-type SeenKey = (u32, u32, u64);
 
-/// One accepted reading on its device's worker, names interned.
+/// One accepted reading on its device's worker, its (device, metric) interned.
 #[derive(Debug, Clone, Copy)]
 struct Row {
-    device: u32,
-    metric: u32,
+    series: u32,
     ts_ms: i64,
     value: f64,
     seq: Option<u64>,
@@ -95,9 +89,68 @@ struct Seen {
     row: u32,
 }
 
-/// Expired dedupe keys are dropped in one sweep once the table has grown to
+/// Expired dedupe keys are dropped in one sweep once the tables have grown to
 /// twice what was live at the last sweep, and at least this many.
 const SEEN_SWEEP_MIN: usize = 4096;
+
+/// One series' dedupe keys (seq → [`Seen`]). Devices count seq up, so a new
+/// key is nearly always above every other: it is appended to a vector kept
+/// in seq order, where a copy finds it by binary search. A new key below
+/// the largest goes to a map, so no order of arrival costs more than a hash.
+#[derive(Debug, Default, Clone)]
+struct SeriesSeen {
+    ascending: Vec<(u64, Seen)>,
+    others: FxHashMap<u64, Seen>,
+    /// At least every key held; keys above it are absent.
+    max: Option<u64>,
+}
+
+impl SeriesSeen {
+    fn len(&self) -> usize {
+        self.ascending.len() + self.others.len()
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut Seen> {
+        if self.max.is_none_or(|m| seq > m) {
+            return None;
+        }
+        match self.ascending.binary_search_by_key(&seq, |e| e.0) {
+            Ok(i) => Some(&mut self.ascending[i].1),
+            Err(_) => self.others.get_mut(&seq),
+        }
+    }
+
+    /// Adds `seq`, which must be absent.
+    fn insert_absent(&mut self, seq: u64, seen: Seen) {
+        if self.max.is_none_or(|m| seq > m) {
+            self.ascending.push((seq, seen));
+            self.max = Some(seq);
+        } else {
+            self.others.insert(seq, seen);
+        }
+    }
+
+    fn insert(&mut self, seq: u64, seen: Seen) {
+        match self.get_mut(seq) {
+            Some(held) => *held = seen,
+            None => self.insert_absent(seq, seen),
+        }
+    }
+
+    /// Drops the keys that expired under watermark `wm`.
+    fn retain_live(&mut self, wm: i64) {
+        self.ascending.retain(|(_, s)| s.expires_at > wm);
+        self.others.retain(|_, s| s.expires_at > wm);
+        // The bound shrinks back, so a device that restarts its count appends again.
+        self.max = self
+            .ascending
+            .last()
+            .map(|e| e.0)
+            .into_iter()
+            .chain(self.others.keys().copied())
+            .max();
+    }
+}
 
 /// Each epoch's snapshot of this worker, as Assign finishes the epoch: a
 /// delta (reports, watermark, the dedupe keys and window readings the epoch
@@ -126,26 +179,45 @@ struct WindowEvent {
     closed: bool,
 }
 
-/// Interns device and metric names: keys become small `Copy` tuples, hashed
-/// and compared without touching strings.
+/// Interns device and metric names, and (device, metric) series: keys
+/// become small `Copy` tuples, hashed and compared without touching strings,
+/// and series index vectors.
 #[derive(Default)]
 struct Names {
     ids: FxHashMap<CompactString, u32>,
     names: Vec<CompactString>,
-    /// `device 0xFF metric` (as batches carry them) → (device id, metric id).
-    pairs: FxHashMap<Box<[u8]>, (u32, u32)>,
+    /// `device 0xFF metric` (as batches carry them) → series id.
+    pairs: FxHashMap<Box<[u8]>, u32>,
+    by_ids: FxHashMap<(u32, u32), u32>,
+    /// (device id, metric id) of each series id.
+    series: Vec<(u32, u32)>,
 }
 
 impl Names {
-    /// The ids of a batch reading's device and metric.
-    fn pair(&mut self, r: &BatchReading<'_>) -> (u32, u32) {
-        if let Some(ids) = self.pairs.get(r.names) {
-            return *ids;
+    /// The series id of a batch reading.
+    fn series_of(&mut self, r: &BatchReading<'_>) -> u32 {
+        if let Some(&series) = self.pairs.get(r.names) {
+            return series;
         }
         let (device, metric) = r.device_and_metric();
-        let ids = (self.id(&device), self.id(&metric));
-        self.pairs.insert(r.names.into(), ids);
-        ids
+        let series = self.series_named(&device, &metric);
+        self.pairs.insert(r.names.into(), series);
+        series
+    }
+
+    fn series_named(&mut self, device: &CompactString, metric: &CompactString) -> u32 {
+        let ids = (self.id(device), self.id(metric));
+        let next = self.series.len() as u32;
+        let series = *self.by_ids.entry(ids).or_insert(next);
+        if series == next {
+            self.series.push(ids);
+        }
+        series
+    }
+
+    /// (device id, metric id) of a series id.
+    fn ids_of(&self, series: u32) -> (u32, u32) {
+        self.series[series as usize]
     }
 
     fn id(&mut self, name: &CompactString) -> u32 {
@@ -261,26 +333,29 @@ fn assign<'scope>(
         let mut open: FxHashSet<WindowKey> = FxHashSet::default();
         // Open windows by the watermark that finalizes them: end + lateness.
         let mut closing: BTreeMap<i64, Vec<WindowKey>> = BTreeMap::new();
-        let mut seen: FxHashMap<SeenKey, Seen> = FxHashMap::default();
+        // Dedupe keys by series id, and how many there are.
+        let mut seen: Vec<SeriesSeen> = Vec::new();
+        let mut seen_len = 0usize;
         let mut sweep_at = SEEN_SWEEP_MIN;
         let mut touched: FxHashSet<WindowKey> = FxHashSet::default();
-        // Each epoch's runs; kept between epochs for its capacity.
-        let mut runs: FxHashMap<WindowKey, RunBuilder> = FxHashMap::default();
+        // Scratch: an epoch's rows by series, and one series' (window start, ts, value bits).
+        let mut counts: Vec<u32> = Vec::new();
+        let mut run: Vec<(i64, i64, u64)> = Vec::new();
         // The restored windows' readings enter the arrangement at the first epoch.
         let mut restored: Vec<Update> = Vec::new();
-        // Dedupe keys added this epoch, for the snapshot delta (restored ones at the first).
-        let mut seen_added: Vec<(SeenKey, i64)> = Vec::new();
+        // Dedupe keys added this epoch, for the snapshot delta (restored ones at the
+        // first): (series, seq, expires at).
+        let mut seen_added: Vec<(u32, u64, i64)> = Vec::new();
         if let Some(snap) = restore {
             combiner = WatermarkCombiner::restored(cfg.watermark, &snap.reports, snap.watermark);
             let mut names = names.borrow_mut();
             for k in snap.seen {
-                let key = (
-                    names.id(&k.device.into()),
-                    names.id(&k.metric.into()),
+                let series = names.series_named(&k.device.into(), &k.metric.into());
+                if seen.len() <= series as usize {
+                    seen.resize_with(series as usize + 1, SeriesSeen::default);
+                }
+                seen[series as usize].insert(
                     k.seq,
-                );
-                seen.insert(
-                    key,
                     Seen {
                         expires_at: k.expires_at,
                         epoch: 0,
@@ -288,9 +363,10 @@ fn assign<'scope>(
                     },
                 );
                 if capture.is_some() {
-                    seen_added.push((key, k.expires_at));
+                    seen_added.push((series, k.seq, k.expires_at));
                 }
             }
+            seen_len = seen.iter().map(SeriesSeen::len).sum();
             for w in snap.windows {
                 let key = (
                     names.id(&w.device.into()),
@@ -301,13 +377,13 @@ fn assign<'scope>(
                     let close_at = cfg.window.end(w.start).saturating_add(cfg.lateness_ms);
                     closing.entry(close_at).or_default().push(key);
                 }
-                let mut run: RunBuilder = w
+                let mut readings: Vec<(i64, u64)> = w
                     .readings
                     .iter()
                     .map(|&(ts, bits)| (ts, ordered_bits(f64::from_bits(bits))))
                     .collect();
-                run.sort_unstable();
-                restored.push(((key, run.into()), start, 1));
+                readings.sort_unstable();
+                restored.push(((key, readings.into()), start, 1));
             }
         }
 
@@ -320,15 +396,11 @@ fn assign<'scope>(
                         continue;
                     };
                     rows.reserve(batch.len());
-                    rows.extend(batch.iter().map(|r| {
-                        let (device, metric) = names.pair(&r);
-                        Row {
-                            device,
-                            metric,
-                            ts_ms: r.ts_ms,
-                            value: r.value,
-                            seq: r.seq,
-                        }
+                    rows.extend(batch.iter().map(|r| Row {
+                        series: names.series_of(&r),
+                        ts_ms: r.ts_ms,
+                        value: r.value,
+                        seq: r.seq,
                     }));
                 }
             });
@@ -355,44 +427,65 @@ fn assign<'scope>(
                 };
                 // Restored keys (epoch 0) are older than any epoch a run starts at > 0,
                 // and at 0 nothing was restored.
-                let (keep, duplicates) = dedupe(&rows, next, wm_before, expiry, &mut seen);
+                let mut keep = vec![true; rows.len()];
+                let mut duplicates = 0u64;
                 let mut partial = 0u64;
-                for r in rows.iter().zip(&keep).filter(|(_, k)| **k).map(|(r, _)| r) {
-                    if let (Some(seq), true) = (r.seq, capture.is_some()) {
-                        seen_added.push(((r.device, r.metric, seq), expiry(r.ts_ms)));
-                    }
-                    for start in cfg.window.windows_of(r.ts_ms) {
-                        if cfg.is_final(start, wm_before) {
-                            partial += 1;
+                let mut out: Vec<Update> = std::mem::take(&mut restored);
+                let names_now = names.borrow();
+                if seen.len() < names_now.series.len() {
+                    seen.resize_with(names_now.series.len(), SeriesSeen::default);
+                }
+                // Series by series: one series' dedupe keys and windows are worked
+                // on together, while they are in cache.
+                let (order, groups) = by_series(&rows, &mut counts);
+                for (series, indices) in groups {
+                    let series_seen = &mut seen[series as usize];
+                    let before = series_seen.len();
+                    duplicates += dedupe(
+                        &rows,
+                        &order[indices.clone()],
+                        next,
+                        wm_before,
+                        expiry,
+                        series_seen,
+                        &mut keep,
+                    );
+                    seen_len += series_seen.len() - before;
+                    run.clear();
+                    for &i in &order[indices] {
+                        let r = &rows[i as usize];
+                        if !keep[i as usize] {
                             continue;
                         }
-                        let key = (r.device, r.metric, start);
-                        let value = (r.ts_ms, ordered_bits(r.value));
-                        match runs.entry(key) {
-                            std::collections::hash_map::Entry::Occupied(o) => {
-                                o.into_mut().push(value)
-                            }
-                            std::collections::hash_map::Entry::Vacant(v) => {
-                                if open.insert(key) {
-                                    let close_at =
-                                        cfg.window.end(start).saturating_add(cfg.lateness_ms);
-                                    closing.entry(close_at).or_default().push(key);
-                                }
-                                if cfg.emit == EmitMode::Updates {
-                                    touched.insert(key);
-                                }
-                                let mut run = Vec::with_capacity(RUN_CAPACITY);
-                                run.push(value);
-                                v.insert(run);
+                        if let (Some(seq), true) = (r.seq, capture.is_some()) {
+                            seen_added.push((series, seq, expiry(r.ts_ms)));
+                        }
+                        for start in cfg.window.windows_of(r.ts_ms) {
+                            if cfg.is_final(start, wm_before) {
+                                partial += 1;
+                            } else {
+                                run.push((start, r.ts_ms, ordered_bits(r.value)));
                             }
                         }
                     }
-                }
-                let mut out: Vec<Update> = std::mem::take(&mut restored);
-                out.extend(runs.drain().map(|(key, mut run)| {
+                    // By window, each window's readings in (ts, value) order.
                     run.sort_unstable();
-                    ((key, run.into()), next, 1)
-                }));
+                    let (device, metric) = names_now.ids_of(series);
+                    for window in run.chunk_by(|a, b| a.0 == b.0) {
+                        let key = (device, metric, window[0].0);
+                        if open.insert(key) {
+                            let close_at = cfg.window.end(key.2).saturating_add(cfg.lateness_ms);
+                            closing.entry(close_at).or_default().push(key);
+                        }
+                        if cfg.emit == EmitMode::Updates {
+                            touched.insert(key);
+                        }
+                        let readings: WindowVal =
+                            window.iter().map(|&(_, ts, v)| (ts, v)).collect();
+                        out.push(((key, readings), next, 1));
+                    }
+                }
+                drop(names_now);
                 for r in pending_reports.remove(&next).unwrap_or_default() {
                     combiner.apply(&r);
                 }
@@ -408,9 +501,10 @@ fn assign<'scope>(
                             window_events.push(WindowEvent { key, closed: true });
                         }
                     }
-                    if seen.len() >= sweep_at {
-                        seen.retain(|_, s| s.expires_at > w);
-                        sweep_at = (2 * seen.len()).max(SEEN_SWEEP_MIN);
+                    if seen_len >= sweep_at {
+                        seen.iter_mut().for_each(|s| s.retain_live(w));
+                        seen_len = seen.iter().map(SeriesSeen::len).sum();
+                        sweep_at = (2 * seen_len).max(SEEN_SWEEP_MIN);
                     }
                 }
                 window_events.extend(
@@ -422,11 +516,14 @@ fn assign<'scope>(
                     let names = names.borrow();
                     let mut keys: Vec<snapshot::SeenKey> = seen_added
                         .drain(..)
-                        .map(|((device, metric, seq), expires_at)| snapshot::SeenKey {
-                            device: names.name(device),
-                            metric: names.name(metric),
-                            seq,
-                            expires_at,
+                        .map(|(series, seq, expires_at)| {
+                            let (device, metric) = names.ids_of(series);
+                            snapshot::SeenKey {
+                                device: names.name(device),
+                                metric: names.name(metric),
+                                seq,
+                                expires_at,
+                            }
                         })
                         .collect();
                     keys.sort_unstable();
@@ -493,56 +590,90 @@ fn assign<'scope>(
     (updates, events)
 }
 
-/// Which of epoch `epoch`'s `rows` survive dedupe against `seen` and each
-/// other, and how many did not; the survivors' keys are added to `seen`,
+/// An epoch's rows grouped by series, each group in arrival order: the row
+/// indices, and each series' range of them (a counting sort; `counts` is
+/// scratch, all zero between calls).
+fn by_series(rows: &[Row], counts: &mut Vec<u32>) -> (Vec<u32>, Vec<(u32, Range<usize>)>) {
+    let mut groups: Vec<(u32, Range<usize>)> = Vec::new();
+    for r in rows {
+        let s = r.series as usize;
+        if counts.len() <= s {
+            counts.resize(s + 1, 0);
+        }
+        if counts[s] == 0 {
+            groups.push((r.series, 0..0));
+        }
+        counts[s] += 1;
+    }
+    // Counts become each group's write position, then its end.
+    let mut at = 0usize;
+    for (series, range) in &mut groups {
+        let s = *series as usize;
+        *range = at..at;
+        at += counts[s] as usize;
+        counts[s] = range.start as u32;
+    }
+    let mut order = vec![0u32; rows.len()];
+    for (i, r) in rows.iter().enumerate() {
+        let next = &mut counts[r.series as usize];
+        order[*next as usize] = i as u32;
+        *next += 1;
+    }
+    for (series, range) in &mut groups {
+        range.end = std::mem::take(&mut counts[*series as usize]) as usize;
+    }
+    (order, groups)
+}
+
+/// Dedupes the rows `indices` of epoch `epoch`'s `rows` (one series) against
+/// that series' keys `seen` and each other: clears `keep` of the losers and
+/// says how many there were; the survivors' keys are added to `seen`,
 /// expiring at `expiry(event time)`. Keys that expired under `wm` (the
 /// watermark the epoch is judged by) count as absent.
 fn dedupe(
     rows: &[Row],
+    indices: &[u32],
     epoch: Epoch,
     wm: Option<i64>,
     expiry: impl Fn(i64) -> i64,
-    seen: &mut FxHashMap<SeenKey, Seen>,
-) -> (Vec<bool>, u64) {
+    seen: &mut SeriesSeen,
+    keep: &mut [bool],
+) -> u64 {
     // The survivor of conflicting copies does not depend on arrival order: an
     // earlier epoch's copy wins, and within an epoch the smallest (event time, value).
-    let mut keep = vec![true; rows.len()];
     let mut duplicates = 0u64;
     let rank = |x: &Row| (x.ts_ms, x.value.to_bits());
     let expired = |s: &Seen| wm.is_some_and(|w| s.expires_at <= w);
-    for (i, r) in rows.iter().enumerate() {
+    for &i in indices {
+        let r = &rows[i as usize];
         let Some(seq) = r.seq else { continue };
         let mine = Seen {
             expires_at: expiry(r.ts_ms),
             epoch,
-            row: i as u32,
+            row: i,
         };
-        match seen.entry((r.device, r.metric, seq)) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(mine);
-            }
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                let first = *o.get();
-                if expired(&first) {
-                    o.insert(mine);
-                    continue;
-                }
-                duplicates += 1;
-                if first.epoch != epoch {
-                    keep[i] = false;
-                    continue;
-                }
-                let j = first.row as usize;
-                if rank(r) < rank(&rows[j]) {
-                    keep[j] = false;
-                    o.insert(mine);
-                } else {
-                    keep[i] = false;
-                }
-            }
+        let Some(first) = seen.get_mut(seq) else {
+            seen.insert_absent(seq, mine);
+            continue;
+        };
+        if expired(first) {
+            *first = mine;
+            continue;
+        }
+        duplicates += 1;
+        if first.epoch != epoch {
+            keep[i as usize] = false;
+            continue;
+        }
+        let j = first.row as usize;
+        if rank(r) < rank(&rows[j]) {
+            keep[j] = false;
+            *first = mine;
+        } else {
+            keep[i as usize] = false;
         }
     }
-    (keep, duplicates)
+    duplicates
 }
 
 /// Reads closed and touched windows out of the arrangement; see the module docs.
@@ -685,12 +816,13 @@ fn emit<'scope>(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
-    fn row(device: u32, seq: Option<u64>, ts_ms: i64, value: f64) -> Row {
+    fn row(seq: Option<u64>, ts_ms: i64, value: f64) -> Row {
         Row {
-            device,
-            metric: 0,
+            series: 0,
             ts_ms,
             value,
             seq,
@@ -702,54 +834,120 @@ mod tests {
         (ts / 10_000 + 1) * 10_000
     }
 
+    /// [`dedupe`] of all of `rows` (one series): which survive, how many did not.
+    fn dedupe_all(
+        rows: &[Row],
+        epoch: Epoch,
+        wm: Option<i64>,
+        seen: &mut SeriesSeen,
+    ) -> (Vec<bool>, u64) {
+        let mut keep = vec![true; rows.len()];
+        let indices: Vec<u32> = (0..rows.len() as u32).collect();
+        let duplicates = dedupe(rows, &indices, epoch, wm, expiry, seen, &mut keep);
+        (keep, duplicates)
+    }
+
+    fn held_expiry(seen: &mut SeriesSeen, seq: u64) -> Option<i64> {
+        seen.get_mut(seq).map(|s| s.expires_at)
+    }
+
     #[test]
     fn an_earlier_epoch_wins_and_within_an_epoch_the_smallest_copy_in_any_order() {
-        let mut seen = FxHashMap::default();
-        let first = [row(1, Some(7), 1_500, 2.0)];
-        assert_eq!(dedupe(&first, 3, None, expiry, &mut seen), (vec![true], 0));
-        // Epoch 4: a later copy of (1, 7) loses whatever it holds; (1, 8) comes
-        // three times and its smallest (ts, value) wins in every arrival order.
+        let mut seen = SeriesSeen::default();
+        let first = [row(Some(7), 1_500, 2.0)];
+        assert_eq!(dedupe_all(&first, 3, None, &mut seen), (vec![true], 0));
+        // Epoch 4: a later copy of 7 loses whatever it holds; 8 comes three
+        // times and its smallest (ts, value) wins in every arrival order.
         let copies = [
-            row(1, Some(8), 2_000, 5.0),
-            row(1, Some(8), 1_000, 9.0),
-            row(1, Some(8), 1_000, 3.0),
+            row(Some(8), 2_000, 5.0),
+            row(Some(8), 1_000, 9.0),
+            row(Some(8), 1_000, 3.0),
         ];
         for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [0, 2, 1]] {
             let mut seen = seen.clone();
-            let mut rows = vec![row(1, Some(7), 1_000, 1.0)];
+            let mut rows = vec![row(Some(7), 1_000, 1.0)];
             rows.extend(order.iter().map(|&i| copies[i]));
-            let (keep, duplicates) = dedupe(&rows, 4, None, expiry, &mut seen);
+            let (keep, duplicates) = dedupe_all(&rows, 4, None, &mut seen);
             let winner = 1 + order.iter().position(|&i| i == 2).unwrap();
             let want: Vec<bool> = (0..rows.len()).map(|i| i == winner).collect();
             assert_eq!((keep, duplicates), (want, 3), "order {order:?}");
-            assert_eq!(seen[&(1, 0, 8)].expires_at, expiry(1_000));
+            assert_eq!(held_expiry(&mut seen, 8), Some(expiry(1_000)));
         }
     }
 
     #[test]
     fn an_expired_key_counts_as_absent_and_readings_without_seq_are_all_kept() {
-        let mut seen = FxHashMap::default();
-        dedupe(&[row(2, Some(1), 9_000, 1.0)], 0, None, expiry, &mut seen);
+        let mut seen = SeriesSeen::default();
+        dedupe_all(&[row(Some(1), 9_000, 1.0)], 0, None, &mut seen);
         // Under a watermark before its expiry (10 000) the key still holds.
-        let again = [row(2, Some(1), 12_000, 1.0)];
+        let again = [row(Some(1), 12_000, 1.0)];
         assert_eq!(
-            dedupe(&again, 1, Some(9_999), expiry, &mut seen),
+            dedupe_all(&again, 1, Some(9_999), &mut seen),
             (vec![false], 1)
         );
         // At its expiry it is gone: the new copy is kept and its key renewed.
         assert_eq!(
-            dedupe(&again, 2, Some(10_000), expiry, &mut seen),
+            dedupe_all(&again, 2, Some(10_000), &mut seen),
             (vec![true], 0)
         );
-        assert_eq!(seen[&(2, 0, 1)].expires_at, 20_000);
+        assert_eq!(held_expiry(&mut seen, 1), Some(20_000));
         assert_eq!(
-            dedupe(&again, 3, Some(10_000), expiry, &mut seen),
+            dedupe_all(&again, 3, Some(10_000), &mut seen),
             (vec![false], 1)
         );
-        let unsequenced = [row(2, None, 1, 1.0), row(2, None, 1, 1.0)];
+        let unsequenced = [row(None, 1, 1.0), row(None, 1, 1.0)];
         assert_eq!(
-            dedupe(&unsequenced, 4, None, expiry, &mut seen),
+            dedupe_all(&unsequenced, 4, None, &mut seen),
             (vec![true, true], 0)
         );
+    }
+
+    #[test]
+    fn rows_group_by_series_in_arrival_order() {
+        let rows: Vec<Row> = [3u32, 1, 3, 0, 1, 3]
+            .iter()
+            .map(|&series| Row {
+                series,
+                ..row(None, 0, 0.0)
+            })
+            .collect();
+        let mut counts = vec![0; 2];
+        let (order, groups) = by_series(&rows, &mut counts);
+        let grouped: Vec<(u32, Vec<u32>)> = groups
+            .into_iter()
+            .map(|(series, range)| (series, order[range].to_vec()))
+            .collect();
+        assert_eq!(grouped, [(3, vec![0, 2, 5]), (1, vec![1, 4]), (0, vec![3])]);
+        assert!(counts.iter().all(|&c| c == 0), "{counts:?}");
+    }
+
+    proptest! {
+        /// Whatever the order of seqs (restarts, disorder) and sweeps, a
+        /// series' keys are exactly those of a map.
+        #[test]
+        fn series_seen_holds_what_a_map_holds(
+            ops in prop::collection::vec((0u64..40, 0i64..100, prop::bool::weighted(0.1)), 1..200),
+        ) {
+            let mut seen = SeriesSeen::default();
+            let mut model: BTreeMap<u64, i64> = BTreeMap::new();
+            for (seq, expires_at, sweep) in ops {
+                if sweep {
+                    seen.retain_live(expires_at);
+                    model.retain(|_, e| *e > expires_at);
+                } else {
+                    prop_assert_eq!(held_expiry(&mut seen, seq), model.get(&seq).copied());
+                    let entry = Seen { expires_at, epoch: 0, row: 0 };
+                    if model.insert(seq, expires_at).is_some() {
+                        seen.insert(seq, entry);
+                    } else {
+                        seen.insert_absent(seq, entry);
+                    }
+                }
+                prop_assert_eq!(seen.len(), model.len());
+            }
+            for seq in 0..40 {
+                prop_assert_eq!(held_expiry(&mut seen, seq), model.get(&seq).copied());
+            }
+        }
     }
 }
