@@ -52,10 +52,20 @@ impl TopK {
     }
 
     pub fn observe(&mut self, ts: i64) {
-        if self.top.len() < self.k || ts > self.top[self.top.len() - 1] {
+        if self.top.len() < self.k {
             let pos = self.top.partition_point(|&t| t >= ts);
             self.top.insert(pos, ts);
-            self.top.truncate(self.k);
+        } else if let Some(last) = self.top.last_mut()
+            && ts > *last
+        {
+            // Called per record: the smallest makes way and `ts` moves up past
+            // the smaller ones, without `insert`'s shifting call.
+            *last = ts;
+            let mut i = self.top.len() - 1;
+            while i > 0 && self.top[i - 1] < self.top[i] {
+                self.top.swap(i - 1, i);
+                i -= 1;
+            }
         }
     }
 
@@ -222,6 +232,21 @@ mod tests {
             top: top.values().to_vec(),
             state,
             next_offset: 0,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn top_k_holds_the_k_largest_in_descending_order(
+            k in 1usize..5,
+            times in proptest::collection::vec(-20i64..20, 0..40),
+        ) {
+            let mut top = TopK::new(k);
+            top.merge(&times);
+            let mut naive = times.clone();
+            naive.sort_unstable_by(|a, b| b.cmp(a));
+            naive.truncate(k);
+            proptest::prop_assert_eq!(top.values(), &naive[..]);
         }
     }
 

@@ -37,19 +37,15 @@ const READINGS_PER_BATCH: usize = 4_096;
 /// Judges one record: parse, then late or not under the watermark of the epoch before.
 struct Judge<'a> {
     cfg: &'a JobConfig,
-    /// Top-k event times per partition, k = outliers + 1.
-    k: usize,
     wm: Option<i64>,
-    tops: &'a mut FxHashMap<i32, TopK>,
     lateness: LatenessCounts,
     lateness_sum: u64,
 }
 
 impl Judge<'_> {
-    /// A parsed record at event time `ts` from `partition`: late, or not.
-    fn judge(&mut self, partition: i32, ts: i64) -> Result<(), RejectReason> {
-        let k = self.k;
-        let top = self.tops.entry(partition).or_insert_with(|| TopK::new(k));
+    /// A parsed record at event time `ts` from the partition whose top event
+    /// times are `top`: late, or not.
+    fn judge(&mut self, top: &mut TopK, ts: i64) -> Result<(), RejectReason> {
         // Against the k-th newest, as the watermark: one outlier does not
         // make all that follows late.
         let behind = top.kth().map_or(0, |t| t.saturating_sub(ts));
@@ -69,7 +65,7 @@ impl Judge<'_> {
     /// in `scratch`.
     fn record<'a>(
         &mut self,
-        partition: i32,
+        top: &mut TopK,
         payload: &'a [u8],
         scratch: &mut Vec<Reading>,
         plain: &mut PlainRecord<'a>,
@@ -82,9 +78,14 @@ impl Judge<'_> {
                 .map(|r| r.ts_ms)
                 .ok_or(RejectReason::NoMetrics)?,
         };
-        self.judge(partition, ts)?;
+        self.judge(top, ts)?;
         Ok(parsed)
     }
+}
+
+/// A partition's top-k event times (k = outliers + 1).
+fn top_of(tops: &mut FxHashMap<i32, TopK>, partition: i32, k: usize) -> &mut TopK {
+    tops.entry(partition).or_insert_with(|| TopK::new(k))
 }
 
 /// See the module docs. `reports` is the broadcast report stream, fed back with +1.
@@ -168,9 +169,7 @@ pub fn classify<'scope>(
                     if let Some(events) = pending.remove(&next) {
                         let mut judge = Judge {
                             cfg: &cfg,
-                            k,
                             wm,
-                            tops: &mut tops,
                             lateness: Default::default(),
                             lateness_sum: 0,
                         };
@@ -229,7 +228,7 @@ pub fn classify<'scope>(
                                     records += 1;
                                     let mut plain = PlainRecord::default();
                                     match judge.record(
-                                        record.partition,
+                                        top_of(&mut tops, record.partition, k),
                                         &record.value,
                                         &mut scratch,
                                         &mut plain,
@@ -244,14 +243,10 @@ pub fn classify<'scope>(
                                     records += lines.spans.len() as u64;
                                     // One slot per batch: records are parsed into it in place.
                                     let mut plain = PlainRecord::default();
+                                    let top = top_of(&mut tops, lines.partition, k);
                                     for &(from, to) in &lines.spans {
                                         let payload = &lines.buf[from as usize..to as usize];
-                                        match judge.record(
-                                            lines.partition,
-                                            payload,
-                                            &mut scratch,
-                                            &mut plain,
-                                        ) {
+                                        match judge.record(top, payload, &mut scratch, &mut plain) {
                                             Ok(parsed) => {
                                                 accept(parsed.then_some(&plain), &mut scratch)
                                             }

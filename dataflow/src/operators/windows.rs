@@ -70,12 +70,20 @@ type Update = ((WindowKey, WindowVal), Epoch, isize);
 type StateSpine = ValSpine<WindowKey, WindowVal, Epoch, isize>;
 
 /// One accepted reading on its device's worker, its (device, metric) interned.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Row {
-    series: u32,
     ts_ms: i64,
     value: f64,
-    seq: Option<u64>,
+    /// Meaningful if `sequenced`: 32 bytes, not the 40 of an `Option`.
+    seq: u64,
+    series: u32,
+    sequenced: bool,
+}
+
+impl Row {
+    fn seq(&self) -> Option<u64> {
+        self.sequenced.then_some(self.seq)
+    }
 }
 
 /// Where the surviving copy of a dedupe key came from: an earlier epoch, or
@@ -340,6 +348,11 @@ fn assign<'scope>(
         let mut touched: FxHashSet<WindowKey> = FxHashSet::default();
         // Scratch: an epoch's rows by series, and one series' (window start, ts, value bits).
         let mut counts: Vec<u32> = Vec::new();
+        // Kept for their capacity: fresh multi-megabyte vectors every epoch
+        // cost page faults. Emptied epochs' row vectors, grouped rows, dedupe verdicts.
+        let mut spare_rows: Vec<Vec<Row>> = Vec::new();
+        let mut grouped: Vec<Row> = Vec::new();
+        let mut keep: Vec<bool> = Vec::new();
         let mut run: Vec<(i64, i64, u64)> = Vec::new();
         // The restored windows' readings enter the arrangement at the first epoch.
         let mut restored: Vec<Update> = Vec::new();
@@ -389,7 +402,9 @@ fn assign<'scope>(
 
         move |frontiers| {
             readings_in.for_each(|time, data| {
-                let rows = pending.entry(crate::job::epoch_of(&time)).or_default();
+                let rows = pending
+                    .entry(crate::job::epoch_of(&time))
+                    .or_insert_with(|| spare_rows.pop().unwrap_or_default());
                 let mut names = names.borrow_mut();
                 for c in data.drain(..) {
                     let Classified::Readings(batch) = c else {
@@ -397,10 +412,11 @@ fn assign<'scope>(
                     };
                     rows.reserve(batch.len());
                     rows.extend(batch.iter().map(|r| Row {
-                        series: names.series_of(&r),
                         ts_ms: r.ts_ms,
                         value: r.value,
-                        seq: r.seq,
+                        seq: r.seq.unwrap_or_default(),
+                        series: names.series_of(&r),
+                        sequenced: r.seq.is_some(),
                     }));
                 }
             });
@@ -416,7 +432,7 @@ fn assign<'scope>(
                     break;
                 }
                 let wm_before = combiner.watermark();
-                let rows = pending.remove(&next).unwrap_or_default();
+                let mut arrived = pending.remove(&next).unwrap_or_default();
                 // A key's expiry: the end of the last window of its reading's event time.
                 let expiry = |ts: i64| {
                     cfg.window
@@ -427,7 +443,14 @@ fn assign<'scope>(
                 };
                 // Restored keys (epoch 0) are older than any epoch a run starts at > 0,
                 // and at 0 nothing was restored.
-                let mut keep = vec![true; rows.len()];
+                // Series by series: one series' rows, dedupe keys and windows are
+                // worked on together, while they are in cache.
+                let groups = by_series(&arrived, &mut counts, &mut grouped);
+                arrived.clear();
+                spare_rows.push(arrived);
+                let rows = &grouped;
+                keep.clear();
+                keep.resize(rows.len(), true);
                 let mut duplicates = 0u64;
                 let mut partial = 0u64;
                 let mut out: Vec<Update> = std::mem::take(&mut restored);
@@ -435,29 +458,28 @@ fn assign<'scope>(
                 if seen.len() < names_now.series.len() {
                     seen.resize_with(names_now.series.len(), SeriesSeen::default);
                 }
-                // Series by series: one series' dedupe keys and windows are worked
-                // on together, while they are in cache.
-                let (order, groups) = by_series(&rows, &mut counts);
-                for (series, indices) in groups {
+                for (series, range) in groups {
                     let series_seen = &mut seen[series as usize];
                     let before = series_seen.len();
+                    let (rows, keep) = (&rows[range.clone()], &mut keep[range.clone()]);
                     duplicates += dedupe(
-                        &rows,
-                        &order[indices.clone()],
+                        rows,
+                        range.start as u32,
                         next,
                         wm_before,
                         expiry,
                         series_seen,
-                        &mut keep,
+                        keep,
                     );
                     seen_len += series_seen.len() - before;
                     run.clear();
-                    for &i in &order[indices] {
-                        let r = &rows[i as usize];
-                        if !keep[i as usize] {
-                            continue;
-                        }
-                        if let (Some(seq), true) = (r.seq, capture.is_some()) {
+                    for r in rows
+                        .iter()
+                        .zip(keep.iter())
+                        .filter(|(_, k)| **k)
+                        .map(|(r, _)| r)
+                    {
+                        if let (Some(seq), true) = (r.seq(), capture.is_some()) {
                             seen_added.push((series, seq, expiry(r.ts_ms)));
                         }
                         for start in cfg.window.windows_of(r.ts_ms) {
@@ -590,10 +612,14 @@ fn assign<'scope>(
     (updates, events)
 }
 
-/// An epoch's rows grouped by series, each group in arrival order: the row
-/// indices, and each series' range of them (a counting sort; `counts` is
+/// An epoch's rows grouped by series into `grouped`, each group in arrival
+/// order, and each series' range there (a counting sort; `counts` is
 /// scratch, all zero between calls).
-fn by_series(rows: &[Row], counts: &mut Vec<u32>) -> (Vec<u32>, Vec<(u32, Range<usize>)>) {
+fn by_series(
+    rows: &[Row],
+    counts: &mut Vec<u32>,
+    grouped: &mut Vec<Row>,
+) -> Vec<(u32, Range<usize>)> {
     let mut groups: Vec<(u32, Range<usize>)> = Vec::new();
     for r in rows {
         let s = r.series as usize;
@@ -613,26 +639,27 @@ fn by_series(rows: &[Row], counts: &mut Vec<u32>) -> (Vec<u32>, Vec<(u32, Range<
         at += counts[s] as usize;
         counts[s] = range.start as u32;
     }
-    let mut order = vec![0u32; rows.len()];
-    for (i, r) in rows.iter().enumerate() {
+    grouped.clear();
+    grouped.resize(rows.len(), Row::default());
+    for r in rows {
         let next = &mut counts[r.series as usize];
-        order[*next as usize] = i as u32;
+        grouped[*next as usize] = *r;
         *next += 1;
     }
     for (series, range) in &mut groups {
         range.end = std::mem::take(&mut counts[*series as usize]) as usize;
     }
-    (order, groups)
+    groups
 }
 
-/// Dedupes the rows `indices` of epoch `epoch`'s `rows` (one series) against
-/// that series' keys `seen` and each other: clears `keep` of the losers and
-/// says how many there were; the survivors' keys are added to `seen`,
-/// expiring at `expiry(event time)`. Keys that expired under `wm` (the
-/// watermark the epoch is judged by) count as absent.
+/// Dedupes `rows` (one series' of epoch `epoch`, the first at index `base`
+/// of the epoch's) against the series' keys `seen` and each other: clears
+/// `keep` of the losers and says how many there were; the survivors' keys are
+/// added to `seen`, expiring at `expiry(event time)`. Keys that expired under
+/// `wm` (the watermark the epoch is judged by) count as absent.
 fn dedupe(
     rows: &[Row],
-    indices: &[u32],
+    base: u32,
     epoch: Epoch,
     wm: Option<i64>,
     expiry: impl Fn(i64) -> i64,
@@ -644,13 +671,12 @@ fn dedupe(
     let mut duplicates = 0u64;
     let rank = |x: &Row| (x.ts_ms, x.value.to_bits());
     let expired = |s: &Seen| wm.is_some_and(|w| s.expires_at <= w);
-    for &i in indices {
-        let r = &rows[i as usize];
-        let Some(seq) = r.seq else { continue };
+    for (i, r) in rows.iter().enumerate() {
+        let Some(seq) = r.seq() else { continue };
         let mine = Seen {
             expires_at: expiry(r.ts_ms),
             epoch,
-            row: i,
+            row: base + i as u32,
         };
         let Some(first) = seen.get_mut(seq) else {
             seen.insert_absent(seq, mine);
@@ -662,15 +688,16 @@ fn dedupe(
         }
         duplicates += 1;
         if first.epoch != epoch {
-            keep[i as usize] = false;
+            keep[i] = false;
             continue;
         }
-        let j = first.row as usize;
+        // Same epoch, same series: a row of this slice.
+        let j = (first.row - base) as usize;
         if rank(r) < rank(&rows[j]) {
             keep[j] = false;
             *first = mine;
         } else {
-            keep[i as usize] = false;
+            keep[i] = false;
         }
     }
     duplicates
@@ -822,10 +849,11 @@ mod tests {
 
     fn row(seq: Option<u64>, ts_ms: i64, value: f64) -> Row {
         Row {
-            series: 0,
             ts_ms,
             value,
-            seq,
+            seq: seq.unwrap_or_default(),
+            series: 0,
+            sequenced: seq.is_some(),
         }
     }
 
@@ -842,8 +870,7 @@ mod tests {
         seen: &mut SeriesSeen,
     ) -> (Vec<bool>, u64) {
         let mut keep = vec![true; rows.len()];
-        let indices: Vec<u32> = (0..rows.len() as u32).collect();
-        let duplicates = dedupe(rows, &indices, epoch, wm, expiry, seen, &mut keep);
+        let duplicates = dedupe(rows, 0, epoch, wm, expiry, seen, &mut keep);
         (keep, duplicates)
     }
 
@@ -904,18 +931,25 @@ mod tests {
 
     #[test]
     fn rows_group_by_series_in_arrival_order() {
+        // Arrival i at event time i.
         let rows: Vec<Row> = [3u32, 1, 3, 0, 1, 3]
             .iter()
-            .map(|&series| Row {
+            .enumerate()
+            .map(|(i, &series)| Row {
                 series,
-                ..row(None, 0, 0.0)
+                ..row(None, i as i64, 0.0)
             })
             .collect();
-        let mut counts = vec![0; 2];
-        let (order, groups) = by_series(&rows, &mut counts);
-        let grouped: Vec<(u32, Vec<u32>)> = groups
+        let (mut counts, mut grouped) = (vec![0; 2], vec![row(None, 9, 9.0); 9]);
+        let groups = by_series(&rows, &mut counts, &mut grouped);
+        let rows = grouped;
+        assert_eq!(rows.len(), 6);
+        let grouped: Vec<(u32, Vec<i64>)> = groups
             .into_iter()
-            .map(|(series, range)| (series, order[range].to_vec()))
+            .map(|(series, range)| {
+                assert!(rows[range.clone()].iter().all(|r| r.series == series));
+                (series, rows[range].iter().map(|r| r.ts_ms).collect())
+            })
             .collect();
         assert_eq!(grouped, [(3, vec![0, 2, 5]), (1, vec![1, 4]), (0, vec![3])]);
         assert!(counts.iter().all(|&c| c == 0), "{counts:?}");
