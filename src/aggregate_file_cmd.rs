@@ -273,7 +273,7 @@ mod tests {
 
     fn window(device: &str, metric: &str, start: i64, value: f64) -> WindowResult {
         let stats = Stats::of(&mut [(start, value)]).unwrap_or_else(|| unreachable!());
-        WindowResult::new(device.into(), metric.into(), start, start + 10, stats, true)
+        WindowResult::new(device, metric, start, start + 10, stats, true)
     }
 
     fn merged(parts: &[SortedCsv]) -> Vec<String> {

@@ -200,8 +200,9 @@ pub struct DeadRecord {
 /// One window's aggregate at an epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WindowResult {
-    pub device_id: String,
-    pub metric: String,
+    /// Inline up to 24 bytes: no allocation per window for usual names.
+    pub device_id: CompactString,
+    pub metric: CompactString,
     pub window_start: i64,
     pub window_end: i64,
     pub stats: Stats,
@@ -210,16 +211,16 @@ pub struct WindowResult {
 
 impl WindowResult {
     pub fn new(
-        device_id: String,
-        metric: String,
+        device_id: impl Into<CompactString>,
+        metric: impl Into<CompactString>,
         start: i64,
         end: i64,
         stats: Stats,
         is_final: bool,
     ) -> Self {
         Self {
-            device_id,
-            metric,
+            device_id: device_id.into(),
+            metric: metric.into(),
             window_start: start,
             window_end: end,
             stats,

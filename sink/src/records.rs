@@ -56,8 +56,8 @@ impl AggregateRecord {
     /// The record of window result `r` emitted at `epoch`.
     pub fn of(r: &iotflow_dataflow::job::WindowResult, epoch: u64) -> Self {
         Self {
-            device_id: r.device_id.clone(),
-            metric: r.metric.clone(),
+            device_id: r.device_id.to_string(),
+            metric: r.metric.to_string(),
             window_start: r.window_start,
             window_end: r.window_end,
             count: r.stats.count,

@@ -239,10 +239,11 @@ impl Names {
     }
 
     fn name(&self, id: u32) -> String {
-        self.names
-            .get(id as usize)
-            .map(|n| n.to_string())
-            .unwrap_or_default()
+        self.compact_name(id).into()
+    }
+
+    fn compact_name(&self, id: u32) -> CompactString {
+        self.names.get(id as usize).cloned().unwrap_or_default()
     }
 }
 
@@ -788,8 +789,8 @@ fn emit<'scope>(
                         if let Some(s) = Stats::of_sorted(&values) {
                             let (device, metric, start) = ev.key;
                             out.push(WindowResult::new(
-                                names.name(device),
-                                names.name(metric),
+                                names.compact_name(device),
+                                names.compact_name(metric),
                                 start,
                                 cfg.window.end(start),
                                 s,

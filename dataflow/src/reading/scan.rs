@@ -74,8 +74,14 @@ impl Num {
 
 /// Metrics a record may have on the fast path; more go the general way.
 const FAST_METRICS: usize = 8;
+/// Top-level keys a slot remembers for the next record.
+const SHAPE_KEYS: usize = 8;
 
 /// A record that took the fast path: validated, names borrowed from the payload.
+///
+/// A slot reused for the records of one buffer remembers their top-level
+/// keys: a device's records repeat them, so the next record's keys are first
+/// compared with these, byte for byte, instead of scanned and looked up.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlainRecord<'a> {
     pub device_id: &'a str,
@@ -86,6 +92,18 @@ pub struct PlainRecord<'a> {
     metrics: [(&'a str, f64); FAST_METRICS + 1],
     first: usize,
     end: usize,
+    shape: [Option<Key<'a>>; SHAPE_KEYS],
+}
+
+/// A top-level key as an earlier record had it.
+#[derive(Debug, Clone, Copy)]
+struct Key<'a> {
+    /// The key with its quotes, as it stood in the text.
+    quoted: &'a [u8],
+    name: &'a str,
+    /// See [`Scanner::string_plain`].
+    plain: bool,
+    field: Field,
 }
 
 impl<'a> PlainRecord<'a> {
@@ -127,6 +145,7 @@ pub(super) fn plain_into<'a>(
     // Flat fields and `metrics` entries in document order, as the general
     // path keeps them, after slot 0.
     let metrics = &mut record.metrics;
+    let shape = &mut record.shape;
     let mut n = 1usize;
     // Every metric name is plain (see `string_plain`): only lengths to check.
     let mut names_plain = true;
@@ -136,10 +155,30 @@ pub(super) fn plain_into<'a>(
         Some(())
     }
     s.expect(b'{')?;
-    loop {
-        let (key, key_plain) = s.string_plain()?;
+    for k in 0.. {
+        let (key, key_plain, field) = match shape.get(k).copied().flatten() {
+            // The same bytes scan the same: the key, plainness and field as before.
+            Some(known) if s.at_literal(known.quoted) => {
+                s.at += known.quoted.len();
+                (known.name, known.plain, known.field)
+            }
+            _ => {
+                let (key, plain) = s.string_plain()?;
+                let field = Field::of(key);
+                let quoted = s.bytes.get(s.at - key.len() - 2..s.at)?;
+                if let Some(slot) = shape.get_mut(k) {
+                    *slot = Some(Key {
+                        quoted,
+                        name: key,
+                        plain,
+                        field,
+                    });
+                }
+                (key, plain, field)
+            }
+        };
         s.expect(b':')?;
-        match Field::of(key) {
+        match field {
             Field::DeviceId if device.is_none() => device = Some(s.string_plain()?),
             Field::Ts(unit) if ts.is_none() => ts = Some((unit, s.num()?)),
             Field::Seq if seq.is_none() => seq = Some(s.num()?),
@@ -309,6 +348,33 @@ impl<'a> Scanner<'a> {
             true
         } else {
             false
+        }
+    }
+
+    /// Whether `literal` comes next, as it is (no whitespace skipped).
+    fn at_literal(&self, literal: &[u8]) -> bool {
+        let Some(next) = self.bytes.get(self.at..self.at + literal.len()) else {
+            return false;
+        };
+        // Keys are short: two overlapping word compares, not a `memcmp` call.
+        let word = |b: &[u8], at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        let half = |b: &[u8], at: usize| {
+            let mut w = [0u8; 4];
+            w.copy_from_slice(&b[at..at + 4]);
+            u32::from_le_bytes(w)
+        };
+        match literal.len() {
+            n @ 8..=16 => {
+                word(next, 0) == word(literal, 0) && word(next, n - 8) == word(literal, n - 8)
+            }
+            n @ 4..8 => {
+                half(next, 0) == half(literal, 0) && half(next, n - 4) == half(literal, n - 4)
+            }
+            _ => next == literal,
         }
     }
 
@@ -560,6 +626,33 @@ mod tests {
     }
 
     #[test]
+    fn a_literal_matches_only_itself_whatever_its_length() {
+        let text = "\"abcdefghijklmnopqrstuvwxyz\":1";
+        for len in 1..=20 {
+            for at in 0..3 {
+                let s = Scanner {
+                    text,
+                    bytes: text.as_bytes(),
+                    at,
+                };
+                let literal = &text.as_bytes()[at..at + len];
+                assert!(s.at_literal(literal), "{len} at {at}");
+                for flip in 0..len {
+                    let mut near = literal.to_vec();
+                    near[flip] ^= 0x20;
+                    assert!(!s.at_literal(&near), "{len} at {at}, byte {flip} differs");
+                }
+            }
+        }
+        let end = Scanner {
+            text,
+            bytes: text.as_bytes(),
+            at: text.len() - 2,
+        };
+        assert!(!end.at_literal(b":1x"), "past the end");
+    }
+
+    #[test]
     fn minus_zero_is_a_float_as_in_serde_json() {
         let (scanned, serde) = both(r#"{"device_id":"d","ts":1763787600000,"v":-0}"#);
         let scanned = scanned.unwrap_or_else(|| panic!("not scanned"));
@@ -660,6 +753,35 @@ mod tests {
                 (fast, _) => {
                     return Err(TestCaseError::fail(format!("{text}: {fast:?} vs {serde:?}")))
                 }
+            }
+        }
+
+        /// A slot reused along a buffer's records (and so comparing keys with
+        /// the ones before) answers exactly as a fresh slot for each.
+        #[test]
+        fn a_reused_slot_answers_as_a_fresh_one(
+            texts in prop::collection::vec(
+                prop_oneof![
+                    well_formed(),
+                    well_formed().prop_map(|t| t.replacen(':', " : ", 2)),
+                    well_formed().prop_map(|t| t.replace("\"seq\"", "\"sensor\"")),
+                    prop::collection::vec(token(), 0..16).prop_map(|t| t.concat()),
+                ],
+                1..12,
+            ),
+        ) {
+            let limits = ParseLimits::default();
+            let answer = |r: &PlainRecord<'_>| -> Vec<(String, String, i64, u64, Option<u64>)> {
+                r.metrics()
+                    .iter()
+                    .map(|&(m, v)| (r.device_id.to_owned(), m.to_owned(), r.ts_ms, v.to_bits(), r.seq))
+                    .collect()
+            };
+            let mut slot = PlainRecord::default();
+            for text in &texts {
+                let reused = plain_into(text, &limits, &mut slot).map(|()| answer(&slot));
+                let fresh = plain(text, &limits).map(|r| answer(&r));
+                prop_assert_eq!(reused, fresh, "{}", text);
             }
         }
 
