@@ -442,8 +442,6 @@ fn assign<'scope>(
                         .map(|s| cfg.window.end(s).saturating_add(cfg.lateness_ms))
                         .unwrap_or(i64::MAX)
                 };
-                // Restored keys (epoch 0) are older than any epoch a run starts at > 0,
-                // and at 0 nothing was restored.
                 // Series by series: one series' rows, dedupe keys and windows are
                 // worked on together, while they are in cache.
                 let groups = by_series(&arrived, &mut counts, &mut grouped);
@@ -463,6 +461,8 @@ fn assign<'scope>(
                     let series_seen = &mut seen[series as usize];
                     let before = series_seen.len();
                     let (rows, keep) = (&rows[range.clone()], &mut keep[range.clone()]);
+                    // Restored keys (epoch 0) are older than any epoch a run starts
+                    // at > 0, and at 0 nothing was restored.
                     duplicates += dedupe(
                         rows,
                         range.start as u32,

@@ -80,8 +80,9 @@ const SHAPE_KEYS: usize = 8;
 /// A record that took the fast path: validated, names borrowed from the payload.
 ///
 /// A slot reused for the records of one buffer remembers their top-level
-/// keys: a device's records repeat them, so the next record's keys are first
-/// compared with these, byte for byte, instead of scanned and looked up.
+/// keys: records of one source nearly always repeat them, so the next
+/// record's keys are first compared with these, byte for byte, instead of
+/// scanned and looked up.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlainRecord<'a> {
     pub device_id: &'a str,
@@ -278,7 +279,7 @@ pub(super) fn plain_readings(
 }
 
 /// Where a string's contents end in `bytes`: the position of the first `"`,
-/// `\\` or control character, and whether every byte before it is plain (ASCII,
+/// `\` or control character, and whether every byte before it is plain (ASCII,
 /// not DEL, not `|`). Eight bytes at a time: strings are most of a record.
 fn string_end(bytes: &[u8]) -> Option<(usize, bool)> {
     const ONES: u64 = 0x0101_0101_0101_0101;
