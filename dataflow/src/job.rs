@@ -147,19 +147,23 @@ pub struct RawRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineBatch {
     pub partition: i32,
-    /// File offset of `buf[0]`: a line's offset is `base + start`.
+    /// File offset of `buf[0]`: a line's offset is `base + start`; or, if
+    /// `numbered`, the first line's number: line i's offset is `base + i`.
     pub base: i64,
     pub buf: bytes::Bytes,
     /// `(start, end)` of each line in `buf`, in file order.
     pub spans: Vec<(u32, u32)>,
+    /// Lines numbered one by one (a Parquet file's rows as JSON) rather
+    /// than found at byte offsets.
+    pub numbered: bool,
 }
 
 impl LineBatch {
-    /// The line at `span` as a record of its own (for the dead-letter topic).
-    pub fn record(&self, (start, end): (u32, u32)) -> RawRecord {
+    /// Line `i`, at `span`, as a record of its own (for the dead-letter topic).
+    pub fn record(&self, i: usize, (start, end): (u32, u32)) -> RawRecord {
         RawRecord {
             partition: self.partition,
-            offset: self.base + i64::from(start),
+            offset: self.offset(i, start),
             key: None,
             value: self.buf.slice(start as usize..end as usize),
         }
@@ -167,7 +171,15 @@ impl LineBatch {
 
     /// Offset of the last line; `None` when empty.
     pub fn last_offset(&self) -> Option<i64> {
-        self.spans.last().map(|(s, _)| self.base + i64::from(*s))
+        let &(start, _) = self.spans.last()?;
+        Some(self.offset(self.spans.len() - 1, start))
+    }
+
+    fn offset(&self, i: usize, start: u32) -> i64 {
+        match self.numbered {
+            true => self.base + i as i64,
+            false => self.base + i64::from(start),
+        }
     }
 }
 
@@ -431,5 +443,36 @@ pub fn build_with_state<'scope>(
         results,
         dead,
         reports,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_batch_numbers_lines_by_byte_offset_or_one_by_one() {
+        let mut lines = LineBatch {
+            partition: 3,
+            base: 1_000,
+            buf: bytes::Bytes::from_static(b"{a}\n{bb}\n{c}"),
+            spans: vec![(0, 3), (4, 8), (9, 12)],
+            numbered: false,
+        };
+        let offsets = |l: &LineBatch| -> Vec<i64> {
+            l.spans
+                .iter()
+                .enumerate()
+                .map(|(i, &span)| l.record(i, span).offset)
+                .collect()
+        };
+        assert_eq!(offsets(&lines), [1_000, 1_004, 1_009]);
+        assert_eq!(lines.last_offset(), Some(1_009));
+        assert_eq!(&lines.record(1, lines.spans[1]).value[..], b"{bb}");
+        lines.numbered = true;
+        assert_eq!(offsets(&lines), [1_000, 1_001, 1_002]);
+        assert_eq!(lines.last_offset(), Some(1_002));
+        lines.spans.clear();
+        assert_eq!(lines.last_offset(), None);
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!   row group g = epoch g ──share w of shares: rows [w·n/s, (w+1)·n/s)──▶ RecordBatch
-//!     row ──columns as JSON fields (struct/map columns as objects)──▶ RawRecord@g
+//!     row ──columns as JSON fields (struct/map columns as objects)──▶ a line of a
+//!       numbered LineBatch@g (one per RecordBatch, one buffer)
 //! ```
 //!
 //! Epochs follow the file's row groups, so they depend only on the file, not
@@ -30,7 +31,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
 
-use crate::job::RawRecord;
+use crate::job::LineBatch;
 use crate::source::{InputError, OwnedInput, Piece};
 
 /// Rows decoded per Arrow batch.
@@ -72,7 +73,7 @@ pub fn parquet_share(
     let (share, shares) = (u64::from(share), u64::from(shares.max(1)));
     let path_buf = path.to_owned();
     let mut group = 0usize;
-    let mut pending: std::vec::IntoIter<(u64, RawRecord)> = Vec::new().into_iter();
+    let mut pending: Option<(u64, LineBatch)> = None;
     let mut reader: Option<(
         usize,
         u64,
@@ -89,7 +90,7 @@ pub fn parquet_share(
     };
     let iter = std::iter::from_fn(move || {
         loop {
-            if let Some(next) = pending.next() {
+            if let Some(next) = pending.take() {
                 return Some(next);
             }
             if let Some((g, row, r)) = reader.as_mut() {
@@ -98,7 +99,13 @@ pub fn parquet_share(
                         let (g, first_row) = (*g, *row);
                         *row += batch.num_rows() as u64;
                         let base = groups.get(g).map_or(0, |x| x.0);
-                        pending = rows_as_records(&batch, g as u64, first_row, base).into_iter();
+                        match rows_as_lines(&batch, g as u64, first_row, base) {
+                            Ok(lines) => pending = lines,
+                            Err(e) => {
+                                fail(e);
+                                return None;
+                            }
+                        }
                         continue;
                     }
                     Some(Err(e)) => {
@@ -146,22 +153,24 @@ pub fn parquet_share(
         share: share as u32,
         shares: shares as u32,
         per_epoch: GROUP_STRIDE,
-        records: Box::new(iter.map(|(ord, r)| (ord, Piece::Record(r)))),
+        records: Box::new(iter.map(|(ord, lines)| (ord, Piece::Lines(lines)))),
     })
 }
 
 /// The rows of `batch` (rows `first_row..` of row group `group`, whose first
-/// row is row `base` of the file) as JSON records sharing one buffer.
-fn rows_as_records(
+/// row is row `base` of the file) as JSON lines sharing one buffer, and the
+/// first row's ordinal; `None` for no rows.
+fn rows_as_lines(
     batch: &RecordBatch,
     group: u64,
     first_row: u64,
     base: u64,
-) -> Vec<(u64, RawRecord)> {
+) -> Result<Option<(u64, LineBatch)>, ParquetInputError> {
     let mut buf: Vec<u8> = Vec::with_capacity(batch.num_rows() * 128);
-    let mut ends = Vec::with_capacity(batch.num_rows());
+    let mut spans = Vec::with_capacity(batch.num_rows());
     let schema = batch.schema();
     for row in 0..batch.num_rows() {
+        let start = buf.len();
         buf.push(b'{');
         let mut first = true;
         for (field, col) in schema.fields().iter().zip(batch.columns()) {
@@ -182,24 +191,30 @@ fn rows_as_records(
             write_value(&mut buf, col.as_ref(), row);
         }
         buf.push(b'}');
-        ends.push(buf.len());
+        spans.push((
+            u32::try_from(start).map_err(|_| too_long())?,
+            u32::try_from(buf.len()).map_err(|_| too_long())?,
+        ));
     }
-    let bytes = Bytes::from(buf);
-    let mut start = 0;
-    ends.into_iter()
-        .enumerate()
-        .map(|(i, end)| {
-            let row = first_row + i as u64;
-            let record = RawRecord {
-                partition: 0,
-                offset: i64::try_from(base + row).unwrap_or(i64::MAX),
-                key: None,
-                value: bytes.slice(start..end),
-            };
-            start = end;
-            (group * GROUP_STRIDE + row, record)
-        })
-        .collect()
+    if spans.is_empty() {
+        return Ok(None);
+    }
+    let lines = LineBatch {
+        partition: 0,
+        base: i64::try_from(base + first_row).unwrap_or(i64::MAX),
+        buf: Bytes::from(buf),
+        spans,
+        numbered: true,
+    };
+    Ok(Some((group * GROUP_STRIDE + first_row, lines)))
+}
+
+/// Spans index a batch's buffer with 32 bits.
+fn too_long() -> ParquetInputError {
+    ParquetInputError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("{BATCH_ROWS} rows make more than 4 GiB of JSON"),
+    ))
 }
 
 fn is_time_name(name: &str) -> bool {
@@ -338,6 +353,7 @@ mod tests {
     use parquet::file::properties::WriterProperties;
 
     use super::*;
+    use crate::job::RawRecord;
     use crate::reading::{ParseLimits, Reading, RejectReason, parse_record};
 
     fn parse(rec: &RawRecord) -> Result<Vec<Reading>, RejectReason> {
@@ -362,9 +378,11 @@ mod tests {
                 parquet_share(path, s, shares, Arc::clone(&err))
                     .unwrap()
                     .records
-                    .map(|(ord, piece)| match piece {
-                        Piece::Record(r) => (ord, r),
-                        Piece::Lines(_) => panic!("Parquet rows are records"),
+                    .flat_map(|(ord, piece)| match piece {
+                        Piece::Lines(lines) => (0..lines.spans.len())
+                            .map(|i| (ord + i as u64, lines.record(i, lines.spans[i])))
+                            .collect::<Vec<_>>(),
+                        Piece::Record(_) => panic!("Parquet rows come as lines"),
                     })
                     .collect::<Vec<_>>()
             })

@@ -259,6 +259,7 @@ impl ShareReader {
                     base: self.base as i64,
                     buf: self.buf.clone(),
                     spans,
+                    numbered: false,
                 };
                 return Ok(Some((self.base + u64::from(first), batch)));
             }
@@ -382,8 +383,8 @@ mod tests {
                 let Piece::Lines(lines) = piece else {
                     panic!("a file input yields line batches")
                 };
-                for &span in &lines.spans {
-                    let r = lines.record(span);
+                for (i, &span) in lines.spans.iter().enumerate() {
+                    let r = lines.record(i, span);
                     let o = r.offset as u64;
                     // Every line of a batch is in the epoch of its first.
                     assert_eq!(o / per, ord / per);

@@ -244,13 +244,15 @@ pub fn classify<'scope>(
                                     // One slot per batch: records are parsed into it in place.
                                     let mut plain = PlainRecord::default();
                                     let top = top_of(&mut tops, lines.partition, k);
-                                    for &(from, to) in &lines.spans {
+                                    for (i, &(from, to)) in lines.spans.iter().enumerate() {
                                         let payload = &lines.buf[from as usize..to as usize];
                                         match judge.record(top, payload, &mut scratch, &mut plain) {
                                             Ok(parsed) => {
                                                 accept(parsed.then_some(&plain), &mut scratch)
                                             }
-                                            Err(reason) => reject(reason, lines.record((from, to))),
+                                            Err(reason) => {
+                                                reject(reason, lines.record(i, (from, to)))
+                                            }
                                         }
                                     }
                                 }
