@@ -50,7 +50,8 @@ use timely::progress::frontier::AntichainRef;
 
 use crate::aggregate::{Stats, from_ordered_bits, ordered_bits};
 use crate::job::{
-    BatchReading, Classified, EmitMode, Epoch, JobConfig, StateHooks, WindowResult, held_from,
+    BatchReading, Classified, EmitMode, Epoch, JobConfig, MAX_EPOCHS_IN_FLIGHT, StateHooks,
+    WindowResult, held_from,
 };
 use crate::metrics::JobMetrics;
 use crate::snapshot::{self, WorkerSnapshot};
@@ -446,7 +447,11 @@ fn assign<'scope>(
                 // worked on together, while they are in cache.
                 let groups = by_series(&arrived, &mut counts, &mut grouped);
                 arrived.clear();
-                spare_rows.push(arrived);
+                // Only vectors worth keeping, and no more than epochs in flight:
+                // an epoch without readings must not stack empty ones on top.
+                if arrived.capacity() > 0 && spare_rows.len() <= MAX_EPOCHS_IN_FLIGHT as usize {
+                    spare_rows.push(arrived);
+                }
                 let rows = &grouped;
                 keep.clear();
                 keep.resize(rows.len(), true);
