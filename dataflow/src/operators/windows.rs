@@ -88,7 +88,8 @@ impl Row {
 }
 
 /// Where the surviving copy of a dedupe key came from: an earlier epoch, or
-/// row `row` of epoch `epoch` (which may still lose to a smaller copy of it);
+/// row `row` of its series' rows in epoch `epoch` (which may still lose to a
+/// smaller copy of it);
 /// and when the key expires: once the watermark reaches `expires_at`, every
 /// window of that copy is final and the key counts as absent.
 #[derive(Debug, Clone, Copy)]
@@ -468,15 +469,7 @@ fn assign<'scope>(
                     let (rows, keep) = (&rows[range.clone()], &mut keep[range.clone()]);
                     // Restored keys (epoch 0) are older than any epoch a run starts
                     // at > 0, and at 0 nothing was restored.
-                    duplicates += dedupe(
-                        rows,
-                        range.start as u32,
-                        next,
-                        wm_before,
-                        expiry,
-                        series_seen,
-                        keep,
-                    );
+                    duplicates += dedupe(rows, next, wm_before, expiry, series_seen, keep);
                     seen_len += series_seen.len() - before;
                     run.clear();
                     for r in rows
@@ -658,14 +651,13 @@ fn by_series(
     groups
 }
 
-/// Dedupes `rows` (one series' of epoch `epoch`, the first at index `base`
-/// of the epoch's) against the series' keys `seen` and each other: clears
-/// `keep` of the losers and says how many there were; the survivors' keys are
-/// added to `seen`, expiring at `expiry(event time)`. Keys that expired under
-/// `wm` (the watermark the epoch is judged by) count as absent.
+/// Dedupes `rows` (all of one series' rows in epoch `epoch`) against the
+/// series' keys `seen` and each other: clears `keep` of the losers and says
+/// how many there were; the survivors' keys are added to `seen`, expiring at
+/// `expiry(event time)`. Keys that expired under `wm` (the watermark the
+/// epoch is judged by) count as absent.
 fn dedupe(
     rows: &[Row],
-    base: u32,
     epoch: Epoch,
     wm: Option<i64>,
     expiry: impl Fn(i64) -> i64,
@@ -682,7 +674,7 @@ fn dedupe(
         let mine = Seen {
             expires_at: expiry(r.ts_ms),
             epoch,
-            row: base + i as u32,
+            row: i as u32,
         };
         let Some(first) = seen.get_mut(seq) else {
             seen.insert_absent(seq, mine);
@@ -698,7 +690,7 @@ fn dedupe(
             continue;
         }
         // Same epoch, same series: a row of this slice.
-        let j = (first.row - base) as usize;
+        let j = first.row as usize;
         if rank(r) < rank(&rows[j]) {
             keep[j] = false;
             *first = mine;
@@ -876,7 +868,7 @@ mod tests {
         seen: &mut SeriesSeen,
     ) -> (Vec<bool>, u64) {
         let mut keep = vec![true; rows.len()];
-        let duplicates = dedupe(rows, 0, epoch, wm, expiry, seen, &mut keep);
+        let duplicates = dedupe(rows, epoch, wm, expiry, seen, &mut keep);
         (keep, duplicates)
     }
 
