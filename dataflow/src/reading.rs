@@ -494,15 +494,19 @@ impl<'a> RawRecord<'a> {
 
 /// Names end up in output keys `device|metric|window_start`.
 fn valid_name(name: &str, max_len: usize) -> bool {
-    let plain = |b: &u8| *b >= 0x20 && *b != 0x7f && *b != b'|';
     !name.is_empty()
         && name.len() <= max_len
         && if name.is_ascii() {
             // The common case, without decoding characters.
-            name.as_bytes().iter().all(plain)
+            name.bytes().all(plain_name_byte)
         } else {
             !name.contains('|') && !name.chars().any(char::is_control)
         }
+}
+
+/// An ASCII byte a name holds as it is: printable, not `|`.
+fn plain_name_byte(b: u8) -> bool {
+    (0x20..0x7f).contains(&b) && b != b'|'
 }
 
 fn parse_ts(key: TsKey, ts: &Scalar<'_>) -> Result<i64, RejectReason> {

@@ -13,7 +13,8 @@ use std::borrow::Cow;
 use compact_str::CompactString;
 
 use super::{
-    Field, ParseLimits, RawRecord, Reading, Scalar, TsKey, float_to_ms, int_to_ms, valid_name,
+    Field, ParseLimits, RawRecord, Reading, Scalar, TsKey, float_to_ms, int_to_ms, plain_name_byte,
+    valid_name,
 };
 
 /// The record's fields, or `None` when the serde path must decide.
@@ -315,7 +316,7 @@ fn string_end(bytes: &[u8]) -> Option<(usize, bool)> {
     let n = rest
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-    let plain = rest[..n].iter().all(|&b| b < 0x7f && b != b'|');
+    let plain = rest[..n].iter().all(|&b| plain_name_byte(b));
     Some((at + n, odd == 0 && plain))
 }
 
