@@ -169,6 +169,15 @@ impl LineBatch {
         }
     }
 
+    /// Every line as a record of its own.
+    #[cfg(test)]
+    pub(crate) fn records(&self) -> impl Iterator<Item = RawRecord> + '_ {
+        self.spans
+            .iter()
+            .enumerate()
+            .map(|(i, &span)| self.record(i, span))
+    }
+
     /// Offset of the last line; `None` when empty.
     pub fn last_offset(&self) -> Option<i64> {
         let &(start, _) = self.spans.last()?;
@@ -459,13 +468,7 @@ mod tests {
             spans: vec![(0, 3), (4, 8), (9, 12)],
             numbered: false,
         };
-        let offsets = |l: &LineBatch| -> Vec<i64> {
-            l.spans
-                .iter()
-                .enumerate()
-                .map(|(i, &span)| l.record(i, span).offset)
-                .collect()
-        };
+        let offsets = |l: &LineBatch| -> Vec<i64> { l.records().map(|r| r.offset).collect() };
         assert_eq!(offsets(&lines), [1_000, 1_004, 1_009]);
         assert_eq!(lines.last_offset(), Some(1_009));
         assert_eq!(&lines.record(1, lines.spans[1]).value[..], b"{bb}");

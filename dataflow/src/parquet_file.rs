@@ -386,8 +386,10 @@ mod tests {
                     .unwrap()
                     .records
                     .flat_map(|(ord, piece)| match piece {
-                        Piece::Lines(lines) => (0..lines.spans.len())
-                            .map(|i| (ord + i as u64, lines.record(i, lines.spans[i])))
+                        Piece::Lines(lines) => lines
+                            .records()
+                            .enumerate()
+                            .map(|(i, r)| (ord + i as u64, r))
                             .collect::<Vec<_>>(),
                         Piece::Record(_) => panic!("Parquet rows come as lines"),
                     })

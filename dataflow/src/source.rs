@@ -383,8 +383,7 @@ mod tests {
                 let Piece::Lines(lines) = piece else {
                     panic!("a file input yields line batches")
                 };
-                for (i, &span) in lines.spans.iter().enumerate() {
-                    let r = lines.record(i, span);
+                for r in lines.records() {
                     let o = r.offset as u64;
                     // Every line of a batch is in the epoch of its first.
                     assert_eq!(o / per, ord / per);
