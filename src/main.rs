@@ -12,7 +12,6 @@ mod demo;
 mod http;
 mod pipeline_log;
 mod produce_cmd;
-mod recovery;
 mod run_cmd;
 mod scan_cmd;
 mod tail_cmd;
@@ -56,7 +55,7 @@ enum Command {
     /// Ctrl-C (SIGINT) or SIGTERM stops it after the current epoch; windows still open
     /// stay in the state and a restart goes on with them. SIGUSR1 drains it: it reads
     /// each partition to the end offset of that moment, closes every window, commits and exits.
-    Run(run_cmd::RunArgs),
+    Run(Box<run_cmd::RunArgs>),
     /// Read a topic to its end and audit it: records per partition, rejects by reason, duplicates.
     Scan(scan_cmd::ScanArgs),
     /// Follow the committed output: each epoch's aggregates once it is committed and published.
@@ -96,7 +95,7 @@ fn main() -> ExitCode {
             Command::Topics(cmd) => broker_cmd::topics(&cli.home, cmd).await,
             Command::Produce(args) => produce_cmd::run(&cli.home, args).await,
             Command::Scan(args) => scan_cmd::run(&cli.home, args).await,
-            Command::Run(args) => run_cmd::run(&cli.home, args).await,
+            Command::Run(args) => run_cmd::run(&cli.home, *args).await,
             Command::Tail(args) => tail_cmd::run(&cli.home, args).await,
             Command::Demo(args) => demo::run(args).await,
             // Handled above, without a runtime.

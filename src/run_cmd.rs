@@ -1,24 +1,24 @@
 //! `iotflow run`: the streaming job, Kafka in, Kafka (and Parquet) out, exactly
-//! once through the commit protocol unless `--at-least-once`.
+//! once through the commit protocol unless `--at-least-once`. Flags become an
+//! [`iotflow_runtime::LiveJobConfig`]; this file adds what a terminal needs:
+//! signals, the progress line, the status page, the pipeline log, the summary.
 
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use iotflow_dataflow::job::{self, EmitMode, Epoch, JobConfig, StateHooks};
-use iotflow_dataflow::kafka::{EpochMode, KafkaSourceConfig, kafka_source};
-use iotflow_dataflow::operators::windows::Captures;
+use iotflow_dataflow::job::{EmitMode, JobConfig};
+use iotflow_dataflow::kafka::EpochMode;
 use iotflow_dataflow::runner::Parallelism;
 use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowSpec};
-use iotflow_redpanda::topics::{self, TopicSpec};
-use iotflow_sink::exactly_once::{ExactlyOnceConfig, Roll, commit_outputs};
-use iotflow_sink::kafka::{KafkaSinkConfig, publish_aggregates, publish_dead_letters};
-use iotflow_sink::parquet::write_dataset;
-use serde::{Deserialize, Serialize};
+use iotflow_redpanda::topics;
+use iotflow_runtime::{Committing, Controls, Delivery, LiveJob, LiveJobConfig, StartReport};
+use iotflow_sink::exactly_once::Roll;
+
+pub use iotflow_runtime::RunSummary;
 
 use crate::pipeline_log::{PipelineLog, RunEnd};
 use crate::target::BrokerSelect;
@@ -111,6 +111,10 @@ pub struct RunArgs {
     /// Epoch length when epochs are cut by time.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "250ms")]
     epoch_interval: Duration,
+    /// With epochs cut by time, at most this many records per partition in one epoch:
+    /// a backlog is cut into bounded epochs, so progress commits steadily while catching up.
+    #[arg(long, env = "IOTFLOW_EPOCH_MAX_RECORDS", default_value_t = 25_000)]
+    epoch_max_records: u64,
     /// A caught-up partition quiet this long stops holding the watermark back.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     idle_timeout: Duration,
@@ -176,10 +180,21 @@ pub struct RunArgs {
     /// write the same files.
     #[arg(long, env = "IOTFLOW_PARQUET_ROLL_EPOCHS", default_value_t = 240)]
     parquet_roll_epochs: u64,
+    /// Also roll once the pending rows' segment holds this many bytes.
+    #[arg(long, env = "IOTFLOW_PARQUET_ROLL_BYTES", default_value_t = 64 << 20)]
+    parquet_roll_bytes: u64,
     /// Snapshots are deltas per epoch; they fold into a whole one once they add up to
     /// this many bytes or the last whole one, whichever is more.
     #[arg(long, env = "IOTFLOW_SNAPSHOT_FOLD_BYTES", default_value_t = 1 << 20)]
     snapshot_fold_bytes: u64,
+    /// Committed epochs that may still be publishing while the next commits
+    /// (pipelining; 1 = each commit waits for the previous epoch's publishing).
+    #[arg(long, env = "IOTFLOW_COMMIT_DEPTH", default_value_t = 4)]
+    commit_depth: usize,
+    /// Output bytes staged but not yet published, per process, past which the
+    /// sources wait before starting another epoch (256 MiB).
+    #[arg(long, env = "IOTFLOW_MAX_UNPUBLISHED_BYTES", default_value_t = 256 << 20)]
+    max_unpublished_bytes: u64,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -198,220 +213,160 @@ pub fn read_hostfile(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// What a run did, on this process (`--json` prints it).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RunSummary {
-    pub records: u64,
-    pub records_accepted: u64,
-    pub readings_accepted: u64,
-    pub duplicates: u64,
-    pub rejected: std::collections::BTreeMap<String, u64>,
-    pub late_partial: u64,
-    pub windows_final: u64,
-    pub window_updates: u64,
-    pub last_epoch: u64,
-    pub watermark_ms: Option<i64>,
-    /// Exactly-once runs: the last committed epoch, and this run's commits.
-    pub last_committed_epoch: Option<u64>,
-    pub commits: u64,
-    pub commit_latency_ms_mean: Option<f64>,
-    pub commit_latency_ms_max: Option<f64>,
-    pub seconds: f64,
+/// A file-system-safe job name for default directories.
+fn dir_name(job: &str) -> String {
+    job.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
-fn summary(m: &JobMetrics, started: Instant) -> RunSummary {
-    let wm = m.watermark_ms.load(Relaxed);
-    let commits = m.commits.load(Relaxed);
-    RunSummary {
-        records: m.records_in.load(Relaxed),
-        records_accepted: m.records_accepted.load(Relaxed),
-        readings_accepted: m.readings_accepted.load(Relaxed),
-        duplicates: m.duplicates.load(Relaxed),
-        rejected: m
-            .rejected()
-            .into_iter()
-            .map(|(r, n)| (r.to_owned(), n))
-            .collect(),
-        late_partial: m.late_partial.load(Relaxed),
-        windows_final: m.windows_emitted.load(Relaxed),
-        window_updates: m.updates_emitted.load(Relaxed),
-        last_epoch: m.last_epoch.load(Relaxed),
-        watermark_ms: (wm != i64::MIN).then_some(wm),
-        last_committed_epoch: u64::try_from(m.last_committed_epoch.load(Relaxed)).ok(),
-        commits,
-        commit_latency_ms_mean: (commits > 0)
-            .then(|| m.commit_latency_micros_sum.load(Relaxed) as f64 / commits as f64 / 1e3),
-        commit_latency_ms_max: (commits > 0)
-            .then(|| m.commit_latency_micros_max.load(Relaxed) as f64 / 1e3),
-        seconds: started.elapsed().as_secs_f64(),
+impl RunArgs {
+    /// The job these flags describe.
+    fn job_config(&self, bootstrap: Vec<String>) -> Result<LiveJobConfig> {
+        let window = match self.slide {
+            Some(slide) => WindowSpec::hopping(millis(self.window), millis(slide))?,
+            None => WindowSpec::tumbling(millis(self.window))?,
+        };
+        let name = self
+            .job
+            .clone()
+            .unwrap_or_else(|| format!("{}-to-{}", self.input, self.output_topic));
+        let under = |root: &str| PathBuf::from(root).join(dir_name(&name));
+        let delivery = if self.at_least_once {
+            Delivery::AtLeastOnce {
+                parquet_dir: self.parquet_dir.clone(),
+            }
+        } else {
+            Delivery::ExactlyOnce(Committing {
+                state_dir: self
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(|| under("data/state")),
+                parquet_dir: self
+                    .parquet_dir
+                    .clone()
+                    .unwrap_or_else(|| under("data/parquet")),
+                progress_topic: self.progress_topic.clone(),
+                roll: Roll {
+                    rows: self.parquet_roll_rows,
+                    bytes: self.parquet_roll_bytes,
+                    epochs: self.parquet_roll_epochs,
+                },
+                fold_bytes: self.snapshot_fold_bytes,
+                depth: self.commit_depth,
+                max_unpublished_bytes: self.max_unpublished_bytes,
+            })
+        };
+        Ok(LiveJobConfig {
+            bootstrap,
+            input: self.input.clone(),
+            aggregates_topic: self.output_topic.clone(),
+            dlq_topic: self.dlq.clone(),
+            name,
+            dataflow: JobConfig {
+                window,
+                lateness_ms: millis(self.lateness),
+                watermark: WatermarkConfig {
+                    max_out_of_order_ms: millis(self.max_out_of_order),
+                    idle_timeout_ms: millis(self.idle_timeout),
+                    outliers: 1,
+                },
+                emit: match self.emit {
+                    EmitArg::Final => EmitMode::Final,
+                    EmitArg::Updates => EmitMode::Updates,
+                },
+                limits: ParseLimits::default(),
+            },
+            epochs: match self.epoch_records {
+                Some(n) if n > 0 => EpochMode::Records(n),
+                _ => EpochMode::Time(self.epoch_interval),
+            },
+            max_epoch_records: self.epoch_max_records,
+            until_end: self.until_end,
+            idle_timeout: self.idle_timeout,
+            start_at: match self.start_at {
+                StartAt::Earliest => iotflow_runtime::StartAt::Earliest,
+                StartAt::Latest => iotflow_runtime::StartAt::Latest,
+            },
+            parallelism: Parallelism {
+                workers: self.workers,
+                processes: self.processes,
+                process: self.process,
+                hosts: match &self.hostfile {
+                    Some(f) => read_hostfile(f)?,
+                    None if self.processes > 1 => bail!("--processes > 1 needs --hostfile"),
+                    None => Vec::new(),
+                },
+            },
+            delivery,
+        })
+    }
+}
+
+/// Says how the run starts (the crash tests read these lines).
+fn announce(report: &StartReport, input: &str, workers: usize) {
+    match report {
+        StartReport::Resumed {
+            after,
+            generation,
+            offsets,
+            skipped,
+            rescaled_from,
+            discarded,
+        } => {
+            if !skipped.is_empty() {
+                eprintln!(
+                    "snapshots of epochs {skipped:?} are damaged or missing: resuming from epoch {after}"
+                );
+            }
+            if let Some(was) = rescaled_from {
+                eprintln!(
+                    "rescaling: epoch {after} was committed by {was} workers, resuming with {workers}"
+                );
+            }
+            eprintln!(
+                "resuming after committed epoch {after} (generation {generation}) at input offsets {offsets:?}; \
+                 {discarded} staged epochs discarded"
+            );
+        }
+        StartReport::Fresh { offsets, .. } | StartReport::Uncommitted { offsets }
+            if !offsets.is_empty() =>
+        {
+            eprintln!("new job: starting at the end of {input} {offsets:?}");
+        }
+        _ => {}
     }
 }
 
 pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
+    let controls = Controls::default();
     // First, so a SIGUSR1 sent once the job shows any sign of life never kills it.
-    let drain = Arc::new(AtomicBool::new(false));
-    let drain_signal = {
-        let drain = Arc::clone(&drain);
-        let mut usr1 =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-                .context("installing the SIGUSR1 handler")?;
-        tokio::spawn(async move {
-            while usr1.recv().await.is_some() {
-                if !drain.swap(true, Relaxed) {
-                    eprintln!(
-                        "draining: reading each partition to its current end, then closing every window"
-                    );
-                }
-            }
-        })
-    };
-    let window = match args.slide {
-        Some(slide) => WindowSpec::hopping(millis(args.window), millis(slide))?,
-        None => WindowSpec::tumbling(millis(args.window))?,
-    };
-    let job_cfg = JobConfig {
-        window,
-        lateness_ms: millis(args.lateness),
-        watermark: WatermarkConfig {
-            max_out_of_order_ms: millis(args.max_out_of_order),
-            idle_timeout_ms: millis(args.idle_timeout),
-            outliers: 1,
-        },
-        emit: match args.emit {
-            EmitArg::Final => EmitMode::Final,
-            EmitArg::Updates => EmitMode::Updates,
-        },
-        limits: ParseLimits::default(),
-    };
-    let parallelism = Parallelism {
-        workers: args.workers,
-        processes: args.processes,
-        process: args.process,
-        hosts: match &args.hostfile {
-            Some(f) => read_hostfile(f)?,
-            None if args.processes > 1 => bail!("--processes > 1 needs --hostfile"),
-            None => Vec::new(),
-        },
-    };
-    let timely_config = parallelism.timely_config()?;
+    let drain_signal = drain_on_sigusr1(&controls)?;
     let target = args.select.connect(home).await?;
-    let listed = topics::list_topics(&target.client).await?;
-    let input_partitions = listed
-        .iter()
-        .find(|t| t.name == args.input)
-        .map(|t| t.partitions.len() as i32)
-        .with_context(|| {
-            format!(
-                "input topic {} does not exist (create it with `iotflow topics create`)",
-                args.input
-            )
-        })?;
-    let missing: Vec<TopicSpec> = [&args.output_topic, &args.dlq]
-        .into_iter()
-        .filter(|name| !listed.iter().any(|t| &&t.name == name))
-        .map(|name| TopicSpec::new(name.as_str(), input_partitions))
-        .collect();
-    if !missing.is_empty() {
-        topics::create_topics(&target.client, &target.bootstrap, &missing).await?;
-    }
-    let mut source_cfg = KafkaSourceConfig::new(target.bootstrap.clone(), args.input.clone());
-    source_cfg.epochs = match args.epoch_records {
-        Some(n) if n > 0 => EpochMode::Records(n),
-        _ => EpochMode::Time(args.epoch_interval),
-    };
-    source_cfg.until_end = args.until_end;
-    source_cfg.drain = Arc::clone(&drain);
-    source_cfg.idle_timeout = args.idle_timeout;
-    // Topics created above have the input's partition count.
-    let partitions_of = |name: &str| {
-        listed
-            .iter()
-            .find(|t| t.name == name)
-            .map_or(input_partitions as usize, |t| t.partitions.len())
-    };
-    let job_name = args
-        .job
+    let cfg = args.job_config(target.bootstrap.clone())?;
+    let name = cfg.name.clone();
+    let job = LiveJob::prepare(&target.client, cfg, controls.clone()).await?;
+    announce(job.report(), &args.input, args.workers * args.processes);
+    let metrics = Arc::clone(&controls.metrics);
+    let log_dir = args
+        .pipeline_log
         .clone()
-        .unwrap_or_else(|| format!("{}-to-{}", args.input, args.output_topic));
-    let sink = |topic: &str| KafkaSinkConfig {
-        bootstrap: target.bootstrap.clone(),
-        topic: topic.to_owned(),
-        partitions: partitions_of(topic),
-        source_topic: args.input.clone(),
-        job: job_name.clone(),
-    };
-    let (agg_cfg, dlq_cfg) = (sink(&args.output_topic), sink(&args.dlq));
-    let exactly_once = if args.at_least_once {
-        None
-    } else {
-        let mut cfg = ExactlyOnceConfig {
-            job: job_name.clone(),
-            generation: 0,
-            state_dir: args.state_dir.clone().unwrap_or_else(|| {
-                PathBuf::from("data/state").join(crate::recovery::dir_name(&job_name))
-            }),
-            parquet_dir: args.parquet_dir.clone().unwrap_or_else(|| {
-                PathBuf::from("data/parquet").join(crate::recovery::dir_name(&job_name))
-            }),
-            bootstrap: target.bootstrap.clone(),
-            progress_topic: args.progress_topic.clone(),
-            topics: [
-                (args.output_topic.clone(), partitions_of(&args.output_topic)),
-                (args.dlq.clone(), partitions_of(&args.dlq)),
-            ],
-            source_topic: args.input.clone(),
-            roll: Roll {
-                rows: args.parquet_roll_rows,
-                epochs: args.parquet_roll_epochs,
-            },
-            window: job_cfg.window,
-            lateness_ms: job_cfg.lateness_ms,
-            fold_bytes: args.snapshot_fold_bytes,
-            fresh: false,
-        };
-        let workers = (args.workers * args.processes) as u32;
-        let start = crate::recovery::prepare(
-            &target.client,
-            &target.bootstrap,
-            &mut cfg,
-            workers,
-            args.process,
-        )
-        .await?;
-        source_cfg.start_epoch = start.epoch;
-        source_cfg.start_offsets = start.offsets.clone();
-        Some((cfg, Arc::new(start)))
-    };
-    if args.start_at == StartAt::Latest && source_cfg.start_offsets.is_empty() {
-        source_cfg.start_offsets = end_offsets(&target.client, &args.input).await?;
-        eprintln!(
-            "new job: starting at the end of {} {:?}",
-            args.input, source_cfg.start_offsets
-        );
-    }
-    let parquet_dir = if exactly_once.is_some() {
-        None
-    } else {
-        args.parquet_dir.clone()
-    };
-
-    let metrics = Arc::new(JobMetrics::default());
-    let log_dir = args.pipeline_log.clone().or_else(|| match &exactly_once {
-        Some((cfg, _)) => Some(cfg.parquet_dir.join("_pipeline")),
-        None => args.parquet_dir.as_ref().map(|d| d.join("_pipeline")),
-    });
+        .or_else(|| job.parquet_dir().map(|d| d.join("_pipeline")));
     let pipeline_log = match log_dir.filter(|_| !args.pipeline_log_interval.is_zero()) {
         Some(dir) => Some(Arc::new(Mutex::new(PipelineLog::open(
             &dir,
-            &job_name,
+            &name,
             args.process,
-            exactly_once.as_ref().map(|(cfg, _)| cfg.generation),
+            job.generation(),
         )?))),
         None => None,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let source_err: Arc<Mutex<Option<String>>> = Arc::default();
-    let sink_err: Arc<Mutex<Option<String>>> = Arc::default();
     let started = Instant::now();
     let status_server = match args.http {
         Some(addr) => {
@@ -421,152 +376,18 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
         }
         None => None,
     };
-    let job = {
-        let (metrics, stop, source_err, sink_err) = (
-            Arc::clone(&metrics),
-            Arc::clone(&stop),
-            Arc::clone(&source_err),
-            Arc::clone(&sink_err),
-        );
-        tokio::task::spawn_blocking(move || {
-            let guards = timely::execute(timely_config, move |worker| {
-                worker.dataflow::<Epoch, _, _>(|scope| {
-                    let gate = job::Backpressure::new(Arc::clone(&metrics));
-                    let source = kafka_source(
-                        scope,
-                        source_cfg.clone(),
-                        Arc::clone(&source_err),
-                        Arc::clone(&stop),
-                        gate.clone(),
-                        Arc::clone(&metrics),
-                    );
-                    let captures: Captures = Rc::default();
-                    let hooks = match &exactly_once {
-                        Some((_, start)) => StateHooks {
-                            start: start.epoch,
-                            restore: start.snapshots.get(scope.index()).cloned(),
-                            capture: Some(Rc::clone(&captures)),
-                        },
-                        None => StateHooks::default(),
-                    };
-                    let streams = job::build_with_state(
-                        source,
-                        job_cfg,
-                        Arc::clone(&metrics),
-                        Arc::clone(&stop),
-                        &gate,
-                        hooks,
-                    );
-                    if let Some((cfg, start)) = &exactly_once {
-                        let published = commit_outputs(
-                            streams.results,
-                            streams.dead,
-                            captures,
-                            start.epoch,
-                            cfg.clone(),
-                            Arc::clone(&sink_err),
-                            Arc::clone(&stop),
-                            Arc::clone(&metrics),
-                            start
-                                .pending
-                                .get(scope.index())
-                                .cloned()
-                                .unwrap_or_default(),
-                        );
-                        gate.also_wait_for(published);
-                        return;
-                    }
-                    if let Some(dir) = &parquet_dir {
-                        write_dataset(
-                            streams.results.clone(),
-                            dir.clone(),
-                            Arc::clone(&sink_err),
-                            Arc::clone(&stop),
-                        );
-                    }
-                    publish_aggregates(
-                        streams.results,
-                        agg_cfg.clone(),
-                        Arc::clone(&sink_err),
-                        Arc::clone(&stop),
-                    );
-                    publish_dead_letters(
-                        streams.dead,
-                        dlq_cfg.clone(),
-                        Arc::clone(&sink_err),
-                        Arc::clone(&stop),
-                    );
-                });
-                while worker.step_or_park(Some(Duration::from_millis(50))) {}
-            })
-            .map_err(|e| anyhow::anyhow!("starting timely: {e}"))?;
-            for joined in guards.join() {
-                joined.map_err(|e| anyhow::anyhow!("a worker failed: {e}"))?;
-            }
-            Ok::<_, anyhow::Error>(())
-        })
-    };
-    let progress = (!args.progress_interval.is_zero()).then(|| {
-        let (metrics, interval) = (Arc::clone(&metrics), args.progress_interval);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.tick().await;
-            let mut last = (Instant::now(), 0u64);
-            loop {
-                tick.tick().await;
-                let s = summary(&metrics, started);
-                let now = Instant::now();
-                let rate = s.readings_accepted.saturating_sub(last.1) as f64
-                    / now.duration_since(last.0).as_secs_f64().max(1e-3);
-                last = (now, s.readings_accepted);
-                eprintln!("{}", progress_line(&s, rate, &metrics.lag()));
-            }
-        })
-    });
+    let running = tokio::task::spawn_blocking(move || job.run());
+    let progress = (!args.progress_interval.is_zero())
+        .then(|| print_progress(Arc::clone(&metrics), args.progress_interval, started));
     let logging = pipeline_log.as_ref().map(|log| {
-        let (metrics, log, interval) = (
+        sample_pipeline(
             Arc::clone(&metrics),
             Arc::clone(log),
             args.pipeline_log_interval,
-        );
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tick.tick().await;
-                let written = log
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("poisoned"))
-                    .and_then(|mut log| {
-                        let dir = log.dir().display().to_string();
-                        log.write(&metrics, RunEnd::Running)
-                            .with_context(|| format!("writing the pipeline log in {dir}"))
-                    });
-                // An observation log: losing it must not stop the job.
-                if let Err(e) = written {
-                    tracing::warn!(error = format!("{e:#}"), "pipeline log stopped");
-                    break;
-                }
-            }
-        })
+        )
     });
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let ctrl_c = {
-        let (stop, interrupted) = (Arc::clone(&stop), Arc::clone(&interrupted));
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut term) = signal(SignalKind::terminate()) else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            eprintln!("stopping: finishing the current epoch (open windows are not emitted)");
-            interrupted.store(true, Relaxed);
-            stop.store(true, Relaxed);
-        })
-    };
-    let result = job.await.context("job thread");
+    let ctrl_c = stop_on_signals(&controls);
+    let result = running.await.context("job thread");
     for task in [
         progress,
         logging,
@@ -580,25 +401,16 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
         task.abort();
     }
     let failure = match result {
-        Ok(Ok(())) => [&source_err, &sink_err]
-            .into_iter()
-            .find_map(|slot| slot.lock().ok().and_then(|mut s| s.take()))
-            .map(|e| anyhow::anyhow!("the job failed: {e}"))
-            .or_else(|| {
-                (stop.load(Relaxed) && !interrupted.load(Relaxed)).then(|| {
-                    anyhow::anyhow!(
-                        "the job stopped because a source in another process stopped (see that process's log)"
-                    )
-                })
-            }),
-        Ok(Err(e)) | Err(e) => Some(e),
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(anyhow::Error::from(e)),
+        Err(e) => Some(e),
     };
     if let Some(log) = &pipeline_log {
         let end = if failure.is_some() {
             RunEnd::Failed
-        } else if interrupted.load(Relaxed) {
+        } else if controls.interrupted.load(Relaxed) {
             RunEnd::Interrupted
-        } else if drain.load(Relaxed) {
+        } else if controls.drain.load(Relaxed) {
             RunEnd::Drained
         } else {
             RunEnd::InputEnd
@@ -617,34 +429,122 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     if let Some(e) = failure {
         return Err(e);
     }
-    let s = summary(&metrics, started);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-    } else {
+    print_summary(&RunSummary::of(&metrics, started), args.json)
+}
+
+/// SIGUSR1 drains the job: every partition to its end of that moment.
+fn drain_on_sigusr1(controls: &Controls) -> Result<tokio::task::JoinHandle<()>> {
+    let drain = Arc::clone(&controls.drain);
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("installing the SIGUSR1 handler")?;
+    Ok(tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            if !drain.swap(true, Relaxed) {
+                eprintln!(
+                    "draining: reading each partition to its current end, then closing every window"
+                );
+            }
+        }
+    }))
+}
+
+/// Ctrl-C or SIGTERM stop the job after the current epoch.
+fn stop_on_signals(controls: &Controls) -> tokio::task::JoinHandle<()> {
+    let (stop, interrupted) = (
+        Arc::clone(&controls.stop),
+        Arc::clone(&controls.interrupted),
+    );
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("stopping: finishing the current epoch (open windows are not emitted)");
+        interrupted.store(true, Relaxed);
+        stop.store(true, Relaxed);
+    })
+}
+
+/// The progress line on stderr every `interval`.
+fn print_progress(
+    metrics: Arc<JobMetrics>,
+    interval: Duration,
+    started: Instant,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            tick.tick().await;
+            let s = RunSummary::of(&metrics, started);
+            let now = Instant::now();
+            let rate = s.readings_accepted.saturating_sub(last.1) as f64
+                / now.duration_since(last.0).as_secs_f64().max(1e-3);
+            last = (now, s.readings_accepted);
+            eprintln!("{}", progress_line(&s, rate, &metrics.lag()));
+        }
+    })
+}
+
+/// A pipeline-log sample every `interval`; losing the log never stops the job.
+fn sample_pipeline(
+    metrics: Arc<JobMetrics>,
+    log: Arc<Mutex<PipelineLog>>,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let written = log
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))
+                .and_then(|mut log| {
+                    let dir = log.dir().display().to_string();
+                    log.write(&metrics, RunEnd::Running)
+                        .with_context(|| format!("writing the pipeline log in {dir}"))
+                });
+            if let Err(e) = written {
+                tracing::warn!(error = format!("{e:#}"), "pipeline log stopped");
+                break;
+            }
+        }
+    })
+}
+
+fn print_summary(s: &RunSummary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    println!(
+        "{} records ({} readings accepted, {} duplicates dropped) in {:.2} s: {:.0} readings/s; {} final windows, {} updates; epochs 0..={}",
+        s.records,
+        s.readings_accepted,
+        s.duplicates,
+        s.seconds,
+        s.readings_accepted as f64 / s.seconds.max(1e-9),
+        s.windows_final,
+        s.window_updates,
+        s.last_epoch
+    );
+    if let (Some(epoch), Some(mean), Some(max)) = (
+        s.last_committed_epoch,
+        s.commit_latency_ms_mean,
+        s.commit_latency_ms_max,
+    ) {
         println!(
-            "{} records ({} readings accepted, {} duplicates dropped) in {:.2} s: {:.0} readings/s; {} final windows, {} updates; epochs 0..={}",
-            s.records,
-            s.readings_accepted,
-            s.duplicates,
-            s.seconds,
-            s.readings_accepted as f64 / s.seconds.max(1e-9),
-            s.windows_final,
-            s.window_updates,
-            s.last_epoch
+            "  committed through epoch {epoch}: {} commits by this run, latency {mean:.1} ms mean, {max:.1} ms max",
+            s.commits
         );
-        if let (Some(epoch), Some(mean), Some(max)) = (
-            s.last_committed_epoch,
-            s.commit_latency_ms_mean,
-            s.commit_latency_ms_max,
-        ) {
-            println!(
-                "  committed through epoch {epoch}: {} commits by this run, latency {mean:.1} ms mean, {max:.1} ms max",
-                s.commits
-            );
-        }
-        for (reason, n) in &s.rejected {
-            println!("  dead letter: {reason:<20} {n:>10}");
-        }
+    }
+    for (reason, n) in &s.rejected {
+        println!("  dead letter: {reason:<20} {n:>10}");
     }
     Ok(())
 }

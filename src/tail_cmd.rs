@@ -102,6 +102,24 @@ pub async fn run(home: &Path, args: TailArgs) -> Result<()> {
         .await
         .with_context(|| format!("opening {}", args.progress_topic))?;
     let (mut log_next, mut job, mut commits) = (0i64, args.job.clone(), JobCommits::default());
+    if !args.from_beginning {
+        // Only the job's recent history matters: read from where its newest
+        // record says it starts, not from the topic's beginning.
+        let (earliest, _, newest, _) = progress
+            .newest(|c| match &job {
+                Some(j) => &c.job == j,
+                None => c.publish.iter().any(|t| t.topic == args.topic),
+            })
+            .await?;
+        if let Some((offset, c)) = newest {
+            log_next = if c.unpublished_from.is_none() {
+                earliest
+            } else {
+                c.log_from.unwrap_or(offset)
+            };
+            job.get_or_insert(c.job);
+        }
+    }
     let mut shown: Option<u64> = None;
     let mut first_read = true;
     let mut last_shown = Instant::now();

@@ -43,6 +43,7 @@ fn seeded_partitions() -> Vec<(i32, Vec<RawRecord>)> {
             offset,
             key: Some(rec.key.into_bytes()),
             value: rec.value.into(),
+            timestamp_ms: 0,
         });
     }
     parts.into_iter().collect()

@@ -199,13 +199,22 @@ impl Fixture {
 
     /// The bounded, deterministic job `name` (its own outputs and directories).
     fn command(&self, name: &str, workers: u32) -> Command {
-        let mut c = self.command_on(name, workers, &self.input);
+        self.command_with(name, workers, 100)
+    }
+
+    /// [`Self::command`] with epochs of `epoch_records` records per partition.
+    fn command_with(&self, name: &str, workers: u32, epoch_records: u32) -> Command {
+        let mut c = self.command_epochs(name, workers, &self.input, epoch_records);
         c.arg("--until-end");
         c
     }
 
     /// Job `name` on `input`, deterministic epochs, unbounded.
     fn command_on(&self, name: &str, workers: u32, input: &str) -> Command {
+        self.command_epochs(name, workers, input, 100)
+    }
+
+    fn command_epochs(&self, name: &str, workers: u32, input: &str, epoch_records: u32) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_iotflow"));
         c.args([
             "run",
@@ -218,7 +227,7 @@ impl Fixture {
             "--dlq",
             &format!("{name}.dlq"),
             "--epoch-records",
-            "100",
+            &epoch_records.to_string(),
             "-w",
             &workers.to_string(),
             "--state-dir",
@@ -250,9 +259,14 @@ impl Fixture {
 
     /// `name`'s Kafka output is the reference's, record for record.
     async fn assert_kafka_matches(&self, name: &str) {
+        self.assert_kafka_matches_run(name, "reference").await;
+    }
+
+    /// `name`'s Kafka output is run `reference`'s, record for record.
+    async fn assert_kafka_matches_run(&self, name: &str, reference: &str) {
         let bootstrap = self.bootstrap();
         for kind in ["aggregates", "dlq"] {
-            let (a, b) = (format!("reference.{kind}"), format!("{name}.{kind}"));
+            let (a, b) = (format!("{reference}.{kind}"), format!("{name}.{kind}"));
             let (want, got) = (
                 partitions(&bootstrap, &a).await,
                 partitions(&bootstrap, &b).await,
@@ -274,9 +288,14 @@ impl Fixture {
 
     /// `name`'s output is the reference's: Kafka records and Parquet bytes.
     async fn assert_matches(&self, name: &str) {
-        self.assert_kafka_matches(name).await;
+        self.assert_matches_run(name, "reference").await;
+    }
+
+    /// `name`'s output is run `reference`'s: Kafka records and Parquet bytes.
+    async fn assert_matches_run(&self, name: &str, reference: &str) {
+        self.assert_kafka_matches_run(name, reference).await;
         let (want, got) = (
-            files(&self.parquet_dir("reference")),
+            files(&self.parquet_dir(reference)),
             files(&self.parquet_dir(name)),
         );
         assert!(!want.is_empty());
@@ -556,16 +575,27 @@ async fn a_job_killed_with_one_worker_resumes_with_two() {
 
 /// The broker (SQLite storage) SIGKILLed and restarted under a running job,
 /// three times, each after the job committed more: the job rides it out or
-/// fails and is started again; the output is the reference's.
+/// fails and is started again; the output is a run never killed's. Epochs
+/// of 20 records give the job hundreds of commits, so it is still running
+/// at the third restart (with 100-record epochs it could finish first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_and_restarted_mid_run_leaves_the_output_of_a_run_never_killed() {
+    const EPOCH_RECORDS: u32 = 20;
     let fx = Fixture::durable().await;
-    fx.reference();
+    finish(
+        fx.command_with("reference20", 2, EPOCH_RECORDS)
+            .spawn()
+            .unwrap(),
+        "the reference run",
+    );
     let (mut runs, mut restarts) = (0, 0);
     loop {
         runs += 1;
         assert!(runs <= 10, "the job never finished");
-        let mut child = fx.command("restart", 2).spawn().unwrap();
+        let mut child = fx
+            .command_with("restart", 2, EPOCH_RECORDS)
+            .spawn()
+            .unwrap();
         while restarts < 3 {
             let committed = fx.commits("restart").await.len();
             let started = Instant::now();
@@ -596,7 +626,7 @@ async fn a_broker_killed_and_restarted_mid_run_leaves_the_output_of_a_run_never_
     }
     eprintln!("{restarts} broker restarts, {runs} runs");
     assert_eq!(restarts, 3);
-    fx.assert_matches("restart").await;
+    fx.assert_matches_run("restart", "reference20").await;
 }
 
 /// The state and Parquet directories on a small tmpfs (a private mount in a
@@ -635,7 +665,7 @@ async fn a_full_disk_stops_commits_and_the_job_recovers_when_space_returns() {
     let job = run(&fx.command("full", 2));
     let script = format!(
         "set -u
-         mount -t tmpfs -o size=2m tmpfs '{mnt}' || exit 97
+         mount -t tmpfs -o size=512k tmpfs '{mnt}' || exit 97
          {job} 2> '{mnt}/../first.err'; echo \"first run: $?\" >&2
          mount -o remount,size=256m '{mnt}' || exit 98
          {job} || exit $?

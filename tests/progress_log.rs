@@ -65,7 +65,7 @@ async fn commits_round_trip_and_untrusted_records_are_reported() {
         .partition_client(topic.as_str(), 0, UnknownTopicHandling::Error)
         .await
         .unwrap();
-    let torn = commit("a", 5, 2).encode();
+    let torn = commit("a", 5, 2).encode().unwrap();
     let raw = |value: Vec<u8>| Record {
         key: Some(b"a/2".to_vec()),
         value: Some(value),
@@ -100,4 +100,63 @@ async fn commits_round_trip_and_untrusted_records_are_reported() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A job's history is read from the end of the progress topic: back to its
+/// newest record, then forward from the offset that record names. Appends
+/// answer with the record's own offset, which `log_from` is built from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_history_is_read_from_the_end_as_far_as_its_newest_record_says() {
+    let broker = common::broker(Storage::Memory).await;
+    let bootstrap = broker.bootstrap();
+    let client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let topic = common::unique("progress");
+    topics::create_topics(&client, &bootstrap, &[TopicSpec::new(topic.as_str(), 1)])
+        .await
+        .unwrap();
+    let log = ProgressLog::open(&client, &topic).await.unwrap();
+    let mut offsets = Vec::new();
+    for epoch in 0..40 {
+        let mut a = commit("a", epoch, 1);
+        // As the committer does: the oldest of the two commits before.
+        a.log_from = offsets.iter().rev().take(2).min().copied();
+        offsets.push(log.append(&a).await.unwrap());
+        log.append(&commit("b", epoch, 1)).await.unwrap();
+    }
+    let (all, _) = log.read_all().await.unwrap();
+    assert_eq!(all.len(), 80);
+    let pc = client
+        .partition_client(topic.as_str(), 0, UnknownTopicHandling::Error)
+        .await
+        .unwrap();
+    let read = iotflow_redpanda::scan::read_range(&pc, 0, 80)
+        .await
+        .unwrap();
+    let a_offsets: Vec<i64> = read
+        .iter()
+        .filter(|r| {
+            r.record
+                .key
+                .as_deref()
+                .is_some_and(|k| k.starts_with(b"a/"))
+        })
+        .map(|r| r.offset)
+        .collect();
+    assert_eq!(
+        offsets, a_offsets,
+        "appends answer with their records' offsets"
+    );
+
+    let history = log.read_history("a").await.unwrap();
+    let epochs: Vec<u64> = history.commits.iter().map(|(_, c)| c.epoch).collect();
+    assert_eq!(epochs, vec![37, 38, 39]);
+    assert_eq!(history.read_from, offsets[37]);
+    assert!(
+        history.records_read < 30,
+        "read {} of 80 records",
+        history.records_read
+    );
+    assert!(log.read_history("nobody").await.unwrap().commits.is_empty());
 }

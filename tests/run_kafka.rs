@@ -271,6 +271,7 @@ async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
                     offset: r.offset,
                     key: r.record.key,
                     value: r.record.value.unwrap_or_default().into(),
+                    timestamp_ms: r.record.timestamp.timestamp_millis(),
                 })
                 .collect();
             (p, raw)

@@ -60,13 +60,24 @@ pub const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
 
 /// Backpressure from the end of the dataflow to its sources: a source starts
 /// epoch e only once every epoch before e − [`MAX_EPOCHS_IN_FLIGHT`] is
-/// complete at the probed outputs, so a slow operator holds the source (and
-/// the Kafka fetcher's bounded queues hold the broker) instead of buffers
-/// growing between operators. One per worker; `build` attaches it.
+/// complete at the probed outputs, and (with a byte bound) while the bytes
+/// held for later stages are under their limit, so a slow operator or sink
+/// holds the source (and the Kafka fetcher's bounded queues hold the broker)
+/// instead of buffers growing between operators. One per worker; `build`
+/// attaches it.
 #[derive(Clone, Debug)]
 pub struct Backpressure {
     probe: ProbeHandle<Epoch>,
     metrics: Arc<JobMetrics>,
+    bound: std::rc::Rc<std::cell::RefCell<Option<ByteBound>>>,
+}
+
+/// Bytes a later stage holds (e.g. outputs staged but not yet published),
+/// and the limit past which sources wait.
+#[derive(Clone, Debug)]
+pub struct ByteBound {
+    pub held: Arc<std::sync::atomic::AtomicU64>,
+    pub limit: u64,
 }
 
 impl Backpressure {
@@ -77,6 +88,11 @@ impl Backpressure {
     ) -> Stream<'scope, Epoch, D> {
         stream.probe_with(&self.probe)
     }
+
+    /// Makes the source also wait while `bound.held` is at or above its limit.
+    pub fn also_bound(&self, bound: ByteBound) {
+        *self.bound.borrow_mut() = Some(bound);
+    }
 }
 
 impl Backpressure {
@@ -84,15 +100,20 @@ impl Backpressure {
         Self {
             probe: ProbeHandle::new(),
             metrics,
+            bound: Default::default(),
         }
     }
 
-    /// Whether a source may start `epoch` now.
+    /// Whether a source may start (or go on with) `epoch` now.
     pub fn admits(&self, epoch: Epoch) -> bool {
         let done = self
             .probe
             .with_frontier(|f| f.iter().min().copied().unwrap_or(Epoch::MAX));
-        let admitted = epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT) <= done;
+        let under_bound = self.bound.borrow().as_ref().is_none_or(|b| {
+            // The oldest epoch in flight always goes on: its outputs are what frees bytes.
+            epoch <= done || b.held.load(std::sync::atomic::Ordering::Relaxed) < b.limit
+        });
+        let admitted = under_bound && epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT) <= done;
         if admitted {
             self.metrics.epochs_in_flight_peak.fetch_max(
                 epoch.saturating_sub(done),
@@ -140,6 +161,9 @@ pub struct RawRecord {
     pub key: Option<Vec<u8>>,
     /// A shared slice: file lines point into one buffer per read, not one allocation each.
     pub value: bytes::Bytes,
+    /// The source record's own timestamp (Kafka's, epoch ms; 0 for file
+    /// lines): a dead letter carries it, so a replay writes the same record.
+    pub timestamp_ms: i64,
 }
 
 /// Consecutive lines of one file slice, sharing its buffer: one event for
@@ -166,6 +190,7 @@ impl LineBatch {
             offset: self.offset(i, start),
             key: None,
             value: self.buf.slice(start as usize..end as usize),
+            timestamp_ms: 0,
         }
     }
 
@@ -262,7 +287,7 @@ pub enum Classified {
 /// message moves thousands of readings, and their names travel as bytes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReadingBatch {
-    /// The worker that owns their devices: `device_hash(device) % peers`.
+    /// The worker that owns their devices: `device_owner(device, peers)`.
     pub worker: u32,
     /// Each reading's `device 0xFF metric` (0xFF never occurs in UTF-8), one
     /// after the other: the key a worker interns in one lookup.

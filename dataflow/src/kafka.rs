@@ -54,6 +54,10 @@ pub struct KafkaSourceConfig {
     pub idle_timeout: Duration,
     /// Per-partition bytes fetched ahead of the dataflow.
     pub max_buffered_bytes: usize,
+    /// With epochs cut by time: at most this many records per partition in
+    /// one epoch, so a backlog is cut into bounded epochs (progress is
+    /// committed steadily while catching up, and an epoch's state stays small).
+    pub max_epoch_records: u64,
     /// Where to start per partition (default: the earliest offset).
     pub start_offsets: BTreeMap<i32, i64>,
     /// The first epoch (a resumed job goes on after its last commit).
@@ -70,6 +74,7 @@ impl KafkaSourceConfig {
             drain: Arc::default(),
             idle_timeout: Duration::from_secs(5),
             max_buffered_bytes: 16 << 20,
+            max_epoch_records: 25_000,
             start_offsets: BTreeMap::new(),
             start_epoch: 0,
         }
@@ -223,7 +228,7 @@ pub fn kafka_source<'scope>(
             }
             let per_epoch = match cfg.epochs {
                 EpochMode::Records(n) => n.max(1),
-                EpochMode::Time(_) => u64::MAX,
+                EpochMode::Time(_) => cfg.max_epoch_records.max(1),
             };
             {
                 let mut session = output.session(c);
@@ -242,7 +247,10 @@ pub fn kafka_source<'scope>(
                 }
             }
             let epoch_over = match cfg.epochs {
-                EpochMode::Time(interval) => epoch_started.elapsed() >= interval,
+                EpochMode::Time(interval) => {
+                    epoch_started.elapsed() >= interval
+                        || owned.iter().any(|o| o.taken_in_epoch >= per_epoch)
+                }
                 EpochMode::Records(n) => owned.iter().all(|o| {
                     o.taken_in_epoch >= n
                         || o.queue
@@ -480,6 +488,7 @@ async fn fetch_partition(
                 offset: r.offset,
                 key: r.record.key,
                 value: r.record.value.unwrap_or_default().into(),
+                timestamp_ms: r.record.timestamp.timestamp_millis(),
             });
         }
         if let Ok(mut q) = queue.lock() {

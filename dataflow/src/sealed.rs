@@ -16,11 +16,10 @@ pub enum Unsealed {
     Decode(String),
 }
 
-/// `value` as JSON followed by its CRC-32.
-pub fn seal<T: Serialize>(value: &T) -> Vec<u8> {
-    // Our records are plain structs of strings, integers and vectors: they
-    // always serialise; an empty body would fail its own checksum check anyway.
-    with_checksum(serde_json::to_vec(value).unwrap_or_default())
+/// `value` as JSON followed by its CRC-32. Fails only if `value` cannot be
+/// JSON (e.g. a map with non-string keys): an error, never an empty body.
+pub fn seal<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    Ok(with_checksum(serde_json::to_vec(value)?))
 }
 
 /// `body` followed by its CRC-32 (4 bytes, big endian).

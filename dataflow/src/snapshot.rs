@@ -6,7 +6,7 @@
 //!   Assign:   latest report of each share + watermark ─┐
 //!             dedupe keys + their expiry               ├─▶ WorkerSnapshot ─encode (JSON + CRC)─▶ bytes
 //!   Emit:     open windows' readings                   ┘
-//!   snapshots of N workers ──reshard (devices by `device_hash`)──▶ snapshots of M workers
+//!   snapshots of N workers ──reshard (devices by `device_owner`)──▶ snapshots of M workers
 //! ```
 //!
 //! A partition's top event times are in its latest report, so Classify
@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::operators::windows::device_hash;
+pub use crate::operators::windows::device_owner;
 use crate::sealed::{Unsealed, checked_body, unseal, with_checksum};
 use crate::watermark::ShareReport;
 
@@ -31,6 +31,8 @@ pub enum SnapshotError {
     Format { found: u32 },
     #[error("snapshots disagree: {0}")]
     Inconsistent(String),
+    #[error("encoding a snapshot: {0}")]
+    Encode(String),
 }
 
 /// A dedupe key and the watermark at which it is forgotten.
@@ -125,7 +127,7 @@ fn codec() -> impl bincode::Options {
 
 impl WorkerSnapshot {
     /// The compact binary form followed by its CRC-32 (4 bytes, big endian).
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         use bincode::Options;
         let mut names = Interner::default();
         let seen = self
@@ -165,8 +167,10 @@ impl WorkerSnapshot {
             windows,
             previous: self.previous,
         };
-        // Plain integers, strings and vectors always serialise.
-        with_checksum(codec().serialize(&stored).unwrap_or_default())
+        codec()
+            .serialize(&stored)
+            .map(with_checksum)
+            .map_err(|e| SnapshotError::Encode(e.to_string()))
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
@@ -296,11 +300,6 @@ pub fn materialize(
     Ok(whole)
 }
 
-/// The worker that owns `device`'s windows and dedupe keys among `workers`.
-pub fn device_owner(device: &str, workers: u32) -> u32 {
-    (device_hash(device) % u64::from(workers.max(1))) as u32
-}
-
 /// Redistributes one epoch's snapshots of any number of workers over
 /// `workers` workers; the union of the state is unchanged and every entry
 /// lands where the new workers' routing sends its key.
@@ -411,9 +410,9 @@ mod tests {
     #[test]
     fn round_trip_and_every_corruption_is_caught() {
         let s = snapshot(0, 1, &["a", "b"]);
-        let bytes = s.encode();
+        let bytes = s.encode().unwrap();
         assert_eq!(WorkerSnapshot::decode(&bytes).unwrap(), s);
-        let json = crate::sealed::seal(&s);
+        let json = crate::sealed::seal(&s).unwrap();
         assert!(
             json.len() > 2 * bytes.len(),
             "{} vs {} bytes",

@@ -215,7 +215,7 @@ fn build_partitions(spec: Vec<Vec<RecordSpec>>) -> Partitions {
                         .into_bytes()
                     }
                 };
-                out.push(RawRecord { partition: p as i32, offset: i as i64, key: None, value: payload.into() });
+                out.push(RawRecord { partition: p as i32, offset: i as i64, key: None, value: payload.into(), timestamp_ms: 0 });
             }
             (p as i32, out)
         })
@@ -354,6 +354,7 @@ fn finality_and_lateness_at_the_exact_boundary() {
                 offset: i as i64,
                 key: None,
                 value: v.clone().into(),
+                timestamp_ms: 0,
             })
             .collect(),
     )];
@@ -398,6 +399,7 @@ fn window_state_forgets_closed_windows_and_the_source_waits_for_the_dataflow() {
             key: None,
             // 10 s windows, PER_WINDOW readings each, in event-time order.
             value: reading("a", T0 + i * (10_000 / PER_WINDOW), i as u64, i as f64).into(),
+            timestamp_ms: 0,
         })
         .collect();
     let shared = Arc::new(vec![(0, recs)]);

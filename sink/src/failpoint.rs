@@ -7,6 +7,8 @@
 //! ```text
 //!   Stage:   out file ─▶ parquet-temp ─▶ snapshot (mid-snapshot halfway) ─▶ after-stage
 //!   Commit:  before-commit ─▶ append ─▶ after-commit ─▶ rename ─▶ before-dir-sync ─▶ fsync
+//!            commit-ahead: an append while an earlier commit is still publishing
+//!            collect: before each staged epoch garbage collection removes
 //!   Publish: produce ─▶ publish-batch (after each batch, also in recovery)
 //! ```
 
@@ -27,10 +29,15 @@ pub enum Site {
     PublishBatch,
     /// A Parquet file was renamed into the dataset, before its directory's fsync.
     BeforeDirSync,
+    /// A commit record is appended while an earlier epoch is still being
+    /// published (pipelining), before the append.
+    CommitAhead,
+    /// Garbage collection is about to remove a staged epoch.
+    Collect,
 }
 
 impl Site {
-    pub const ALL: [Site; 7] = [
+    pub const ALL: [Site; 9] = [
         Site::AfterStage,
         Site::MidSnapshot,
         Site::ParquetTemp,
@@ -38,6 +45,8 @@ impl Site {
         Site::AfterCommit,
         Site::PublishBatch,
         Site::BeforeDirSync,
+        Site::CommitAhead,
+        Site::Collect,
     ];
 
     /// The name `IOTFLOW_FAILPOINT` uses.
@@ -50,6 +59,8 @@ impl Site {
             Site::AfterCommit => "after-commit",
             Site::PublishBatch => "publish-batch",
             Site::BeforeDirSync => "before-dir-sync",
+            Site::CommitAhead => "commit-ahead",
+            Site::Collect => "collect",
         }
     }
 }

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult};
-use iotflow_redpanda::partitioner::partition_for;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
 use timely::dataflow::Stream;
@@ -27,10 +26,13 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::protocol::TailMark;
-use crate::records::{AggregateRecord, DeadLetter, EPOCH_HEADER, INDEX_HEADER, JOB_HEADER};
+use crate::records::{
+    AggregateRecord, DeadLetter, EPOCH_HEADER, INDEX_HEADER, JOB_HEADER, dead_letter_partition,
+    key_partition,
+};
 
 /// The first error a sink hit; the job stops and fails with it.
-pub type SinkError = Arc<Mutex<Option<String>>>;
+pub type FailureSlot = Arc<Mutex<Option<String>>>;
 
 /// Where a sink writes.
 #[derive(Debug, Clone)]
@@ -176,7 +178,7 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
 }
 
 /// Records a sink's first failure and stops the job: every sink fails this way.
-pub(crate) fn record_failure(slot: &SinkError, stop: &AtomicBool, msg: String) {
+pub fn record_failure(slot: &FailureSlot, stop: &AtomicBool, msg: String) {
     tracing::error!(error = %msg, "sink failed");
     if let Ok(mut s) = slot.lock() {
         s.get_or_insert(msg);
@@ -213,7 +215,7 @@ fn publish_by_epoch<T: timely::ExchangeData>(
     stream: Stream<'_, Epoch, Vec<T>>,
     name: &str,
     cfg: KafkaSinkConfig,
-    error: SinkError,
+    error: FailureSlot,
     stop: Arc<AtomicBool>,
     partition_of: fn(&T, usize) -> usize,
     encode: Encoder<T>,
@@ -261,14 +263,14 @@ fn publish_by_epoch<T: timely::ExchangeData>(
 
 /// The Kafka key of an aggregate: `device|metric|window_start`.
 pub fn aggregate_key(r: &WindowResult) -> String {
-    format!("{}|{}|{}", r.device_id, r.metric, r.window_start)
+    crate::records::aggregate_key(&r.device_id, &r.metric, r.window_start)
 }
 
 /// Publishes aggregates to `cfg.topic` as each epoch completes, sorted by key.
 pub fn publish_aggregates(
     stream: Stream<'_, Epoch, Vec<WindowResult>>,
     cfg: KafkaSinkConfig,
-    error: SinkError,
+    error: FailureSlot,
     stop: Arc<AtomicBool>,
 ) {
     publish_by_epoch(
@@ -277,7 +279,7 @@ pub fn publish_aggregates(
         cfg,
         error,
         stop,
-        |r, partitions| partition_for(aggregate_key(r).as_bytes(), partitions),
+        |r, partitions| key_partition(aggregate_key(r).as_bytes(), partitions) as usize,
         |results, epoch, cfg| {
             let mut keyed = results
                 .iter()
@@ -287,7 +289,7 @@ pub fn publish_aggregates(
             let n = cfg.partitions.max(1);
             Ok(keyed
                 .into_iter()
-                .map(|(key, record)| (partition_for(key.as_bytes(), n), record))
+                .map(|(key, record)| (key_partition(key.as_bytes(), n) as usize, record))
                 .collect())
         },
     );
@@ -298,7 +300,7 @@ pub fn publish_aggregates(
 pub fn publish_dead_letters(
     stream: Stream<'_, Epoch, Vec<DeadRecord>>,
     cfg: KafkaSinkConfig,
-    error: SinkError,
+    error: FailureSlot,
     stop: Arc<AtomicBool>,
 ) {
     publish_by_epoch(
@@ -307,7 +309,7 @@ pub fn publish_dead_letters(
         cfg,
         error,
         stop,
-        |d, partitions| d.record.partition.unsigned_abs() as usize % partitions,
+        |d, partitions| dead_letter_partition(d.record.partition, partitions) as usize,
         |mut dead, _epoch, cfg| {
             dead.sort_by_key(|d| (d.record.partition, d.record.offset));
             let n = cfg.partitions.max(1);
@@ -322,12 +324,17 @@ pub fn publish_dead_letters(
                         key: d.record.key,
                         payload: d.record.value.to_vec(),
                     };
-                    let partition = d.record.partition.unsigned_abs() as usize % n;
+                    let partition = dead_letter_partition(d.record.partition, n) as usize;
+                    // The source record's time, never the wall clock: retention
+                    // counts from it and a replay writes the same record.
                     let record = Record {
                         headers: letter.headers(),
                         key: letter.key,
                         value: Some(letter.payload),
-                        timestamp: Utc::now(),
+                        timestamp: Utc
+                            .timestamp_millis_opt(d.record.timestamp_ms)
+                            .single()
+                            .unwrap_or_default(),
                     };
                     (partition, record)
                 })

@@ -5,11 +5,15 @@
 //!   exactly once: stage ▶ commit (`iot.progress`) ▶ publish (Kafka, Parquet) ▶ recover
 //! ```
 //!
-//! The commit protocol's pure core is `protocol`; `exactly_once` drives it
-//! from the dataflow's frontiers with its I/O in `kafka`, `parquet`,
-//! `progress` and the state directory; `failpoint` holds its crash sites.
+//! The commit protocol's pure core is `protocol` (records, recovery plan)
+//! and `committer` (the order of its steps, sans I/O); `exactly_once` drives
+//! it from the dataflow's frontiers with its I/O in `parquet`, `progress`
+//! and the state directory; `failpoint` holds its crash sites; `error` the
+//! typed errors.
 
 pub mod committed;
+pub mod committer;
+pub mod error;
 pub mod exactly_once;
 pub mod failpoint;
 pub mod kafka;
@@ -18,4 +22,5 @@ pub mod progress;
 pub mod protocol;
 pub mod records;
 
+pub use error::{Fault, SinkError};
 pub use records::{AggregateRecord, DeadLetter};

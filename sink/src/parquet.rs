@@ -37,7 +37,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::failpoint::{self, Site};
-use crate::kafka::SinkError;
+use crate::kafka::FailureSlot;
 use crate::protocol::FileEntry;
 use crate::records::AggregateRecord;
 
@@ -48,6 +48,7 @@ pub const STAGING: &str = ".staging";
 
 /// What can go wrong writing or publishing Parquet files.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ParquetSinkError {
     #[error("{path}: {source}")]
     Io {
@@ -59,6 +60,8 @@ pub enum ParquetSinkError {
     Encode(String),
     #[error("{path}: staged file missing and not yet published")]
     Lost { path: PathBuf },
+    #[error("{path}: size or checksum differs from its commit record")]
+    Damaged { path: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ParquetSinkError + '_ {
@@ -152,7 +155,7 @@ pub fn stage_epoch(
     worker: u32,
     records: &[AggregateRecord],
 ) -> Result<Vec<FileEntry>, ParquetSinkError> {
-    stage_rows(staging, epoch, epoch, worker, records)
+    stage_rows(staging, DATASET, epoch, epoch, worker, records)
 }
 
 /// [`stage_epoch`] for rows gathered since epoch `first` and staged at epoch
@@ -161,6 +164,7 @@ pub fn stage_epoch(
 /// so discarding that epoch's staging removes it.
 pub fn stage_rows(
     staging: &Path,
+    dataset: &str,
     epoch: u64,
     first: u64,
     worker: u32,
@@ -184,7 +188,7 @@ pub fn stage_rows(
         .build();
     let mut entries = Vec::new();
     for (date, rows) in by_date {
-        let name = format!("e{epoch:012}-w{worker:04}-{date}.parquet");
+        let name = format!("e{epoch:012}-w{worker:04}-{dataset}-{date}.parquet");
         let part = format!("part-e{first:012}-w{worker:04}.parquet");
         let staged = staging.join(&name);
         let mut bytes = Vec::new();
@@ -202,7 +206,7 @@ pub fn stage_rows(
         failpoint::hit(Site::ParquetTemp);
         entries.push(FileEntry {
             staged: name,
-            path: format!("{DATASET}/date={date}/{part}"),
+            path: format!("{dataset}/date={date}/{part}"),
             bytes: bytes.len() as u64,
             checksum: crc32fast::hash(&bytes),
         });
@@ -212,17 +216,22 @@ pub fn stage_rows(
 }
 
 /// Moves a committed file from `staging` into the dataset under `root`:
-/// rename, then fsync of its directory. Publishing again is a no-op, so
-/// recovery can simply publish every file of the recovered commit.
+/// rename, then fsync of its directory. The file must have the size and
+/// checksum its commit record names, staged or (published before) in place.
+/// Publishing again is a no-op, so recovery can simply publish every file of
+/// the commits it finishes.
 pub fn publish(staging: &Path, root: &Path, entry: &FileEntry) -> Result<(), ParquetSinkError> {
     let from = staging.join(&entry.staged);
     let to = root.join(&entry.path);
     if !from.exists() {
-        return if to.exists() {
-            Ok(())
-        } else {
-            Err(ParquetSinkError::Lost { path: from })
+        return match verify(&to, entry)? {
+            Check::Intact => Ok(()),
+            Check::Missing => Err(ParquetSinkError::Lost { path: from }),
+            Check::Differs => Err(ParquetSinkError::Damaged { path: to }),
         };
+    }
+    if verify(&from, entry)? != Check::Intact {
+        return Err(ParquetSinkError::Damaged { path: from });
     }
     let dir = to.parent().unwrap_or(root);
     if !dir.exists() {
@@ -237,13 +246,25 @@ pub fn publish(staging: &Path, root: &Path, entry: &FileEntry) -> Result<(), Par
     sync_dir(dir)
 }
 
+/// What a file is against its commit record's size and checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Intact,
+    Missing,
+    Differs,
+}
+
 /// Whether a staged or published file still has the bytes the commit record says.
-pub fn verify(path: &Path, entry: &FileEntry) -> Result<bool, ParquetSinkError> {
+pub fn verify(path: &Path, entry: &FileEntry) -> Result<Check, ParquetSinkError> {
     match fs::read(path) {
-        Ok(bytes) => {
-            Ok(bytes.len() as u64 == entry.bytes && crc32fast::hash(&bytes) == entry.checksum)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Ok(bytes) => Ok(
+            if bytes.len() as u64 == entry.bytes && crc32fast::hash(&bytes) == entry.checksum {
+                Check::Intact
+            } else {
+                Check::Differs
+            },
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Check::Missing),
         Err(e) => Err(io_err(path)(e)),
     }
 }
@@ -254,7 +275,7 @@ pub fn verify(path: &Path, entry: &FileEntry) -> Result<bool, ParquetSinkError> 
 pub fn write_dataset(
     stream: Stream<'_, Epoch, Vec<WindowResult>>,
     root: PathBuf,
-    error: SinkError,
+    error: FailureSlot,
     stop: Arc<AtomicBool>,
 ) {
     let worker = stream.scope().index() as u32;
@@ -338,10 +359,10 @@ mod tests {
         );
         assert!(!root.exists(), "nothing is visible before publishing");
         for e in &entries {
-            assert!(verify(&staging.join(&e.staged), e).unwrap());
+            assert_eq!(verify(&staging.join(&e.staged), e).unwrap(), Check::Intact);
             publish(&staging, &root, e).unwrap();
             publish(&staging, &root, e).unwrap(); // again: a no-op
-            assert!(verify(&root.join(&e.path), e).unwrap());
+            assert_eq!(verify(&root.join(&e.path), e).unwrap(), Check::Intact);
         }
         let file = File::open(root.join(&entries[1].path)).unwrap();
         let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
@@ -366,12 +387,26 @@ mod tests {
             publish(&staging, &root, &lost),
             Err(ParquetSinkError::Lost { .. })
         ));
-        // A changed byte is caught.
+        // A changed byte is caught, in place and when publishing again.
         let p = root.join(&entries[0].path);
         let mut bytes = fs::read(&p).unwrap();
         bytes[10] ^= 1;
         fs::write(&p, bytes).unwrap();
-        assert!(!verify(&p, &entries[0]).unwrap());
+        assert_eq!(verify(&p, &entries[0]).unwrap(), Check::Differs);
+        assert!(matches!(
+            publish(&staging, &root, &entries[0]),
+            Err(ParquetSinkError::Damaged { .. })
+        ));
+        // A staged file damaged before its rename is refused, not published.
+        let again = stage_epoch(&staging, 5, 1, &records).unwrap();
+        let staged = staging.join(&again[0].staged);
+        let mut bytes = fs::read(&staged).unwrap();
+        bytes[20] ^= 1;
+        fs::write(&staged, bytes).unwrap();
+        assert!(matches!(
+            publish(&staging, &root, &again[0]),
+            Err(ParquetSinkError::Damaged { .. })
+        ));
     }
 
     #[test]

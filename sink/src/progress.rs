@@ -4,24 +4,29 @@
 //! ```text
 //!   CommitRecord ──encode (JSON + CRC)──▶ key "job/slot" ──▶ `iot.progress` partition 0
 //!   partition 0, earliest..high watermark ──decode──▶ commits + what could not be trusted
+//!   a job's history: back from the end to its newest record ─log_from─▶ read forward to the end
 //! ```
 //!
 //! The key is the job and `epoch % KEPT_COMMITS`: compaction keeps the last
-//! few commits of every job, enough to fall back past a corrupt snapshot,
-//! while the topic stays small forever.
+//! few commits of every job, enough to fall back past a corrupt snapshot.
+//! A broker that does not compact (tansu), or has not yet, keeps every
+//! commit: recovery therefore reads back from the end, only as far as the
+//! newest record's `log_from` (the oldest commit it may fall back to), so a
+//! restart does not grow with the job's age.
 
 use iotflow_redpanda::scan::{offsets, read_range};
 use rskafka::client::Client;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
 
-use crate::protocol::{CommitRecord, ProtocolError};
+use crate::protocol::{CommitRecord, ProtocolError, history_needs, history_start};
 
 /// Commits per job that compaction keeps (by key).
-pub const KEPT_COMMITS: u64 = 3;
+pub const KEPT_COMMITS: u64 = crate::committer::KEPT_COMMITS as u64;
 
 /// What can go wrong talking to the progress topic.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProgressError {
     #[error("progress topic {topic}: {source}")]
     Broker {
@@ -29,6 +34,19 @@ pub enum ProgressError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(transparent)]
+    Encode(#[from] ProtocolError),
+}
+
+/// A job's recent commits as read from the end of the progress topic.
+#[derive(Debug, Default)]
+pub struct History {
+    /// The job's records from `read_from` to the end, with offsets, in log order.
+    pub commits: Vec<(i64, CommitRecord)>,
+    pub untrusted: Vec<Untrusted>,
+    /// Where reading started, and how many records it read in all.
+    pub read_from: i64,
+    pub records_read: u64,
 }
 
 /// A record on the progress topic that is not a usable commit record.
@@ -75,7 +93,7 @@ impl ProgressLog {
         let key = format!("{}/{}", record.job, record.epoch % KEPT_COMMITS);
         let r = Record {
             key: Some(key.into_bytes()),
-            value: Some(record.encode()),
+            value: Some(record.encode()?),
             headers: Default::default(),
             timestamp: chrono::Utc::now(),
         };
@@ -121,6 +139,83 @@ impl ProgressLog {
             }
         }
         Ok((commits, untrusted, end.max(offset)))
+    }
+
+    /// Decoded records of `[from, to)` with their offsets.
+    async fn read_decoded(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, Result<CommitRecord, ProtocolError>)>, ProgressError> {
+        let records = read_range(&self.pc, from, to)
+            .await
+            .map_err(|e| broker_err(self.pc.topic(), e))?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| Some((r.offset, CommitRecord::decode(&r.record.value?))))
+            .collect())
+    }
+
+    /// The newest record that `matches`, reading back from the end in chunks
+    /// growing ×4; with the topic's earliest and end offsets and the records read.
+    pub async fn newest(
+        &self,
+        matches: impl Fn(&CommitRecord) -> bool,
+    ) -> Result<(i64, i64, Option<(i64, CommitRecord)>, u64), ProgressError> {
+        let topic = self.pc.topic().to_owned();
+        let (earliest, end) = offsets(&self.pc).await.map_err(|e| broker_err(&topic, e))?;
+        let (mut to, mut chunk, mut read) = (end, 16i64, 0u64);
+        while to > earliest {
+            let start = to.saturating_sub(chunk).max(earliest);
+            let decoded = self.read_decoded(start, to).await?;
+            read += decoded.len() as u64;
+            let found = decoded
+                .into_iter()
+                .rev()
+                .find_map(|(offset, r)| r.ok().filter(|c| matches(c)).map(|c| (offset, c)));
+            if found.is_some() {
+                return Ok((earliest, end, found, read));
+            }
+            to = start;
+            chunk = (chunk * 4).min(20_000);
+        }
+        Ok((earliest, end, None, read))
+    }
+
+    /// Job `job`'s recent history: back from the end to its newest record
+    /// (chunks growing ×4), then forward from the oldest `log_from` that the
+    /// newest and the highest-generation records name (the whole retained
+    /// topic for records without one) to the end.
+    pub async fn read_history(&self, job: &str) -> Result<History, ProgressError> {
+        let (earliest, end, newest, mut read) = self.newest(|c| c.job == job).await?;
+        let Some(mut from) = newest.map(|(offset, c)| history_start(&c, offset, earliest, end))
+        else {
+            return Ok(History {
+                read_from: earliest,
+                records_read: read,
+                ..History::default()
+            });
+        };
+        loop {
+            let decoded = self.read_decoded(from, end).await?;
+            read += decoded.len() as u64;
+            let mut history = History {
+                read_from: from,
+                records_read: read,
+                ..History::default()
+            };
+            for (offset, r) in decoded {
+                match r {
+                    Ok(c) if c.job == job => history.commits.push((offset, c)),
+                    Ok(_) => {}
+                    Err(error) => history.untrusted.push(Untrusted { offset, error }),
+                }
+            }
+            match history_needs(&history.commits, from, earliest, end) {
+                None => return Ok(history),
+                Some(earlier) => from = earlier,
+            }
+        }
     }
 }
 

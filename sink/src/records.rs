@@ -75,13 +75,31 @@ impl AggregateRecord {
 
     /// The Kafka key: `device|metric|window_start`.
     pub fn key(&self) -> String {
-        format!("{}|{}|{}", self.device_id, self.metric, self.window_start)
+        aggregate_key(&self.device_id, &self.metric, self.window_start)
     }
 
     /// The Kafka value: one JSON object.
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(self)
     }
+}
+
+/// The key of an aggregate: `device|metric|window_start` (names never hold `|`).
+pub fn aggregate_key(device: &str, metric: &str, window_start: i64) -> String {
+    format!("{device}|{metric}|{window_start}")
+}
+
+/// The partition of a keyed record (aggregates): Kafka's default
+/// partitioner, so other producers and consumers agree.
+pub fn key_partition(key: &[u8], partitions: usize) -> i32 {
+    iotflow_redpanda::partitioner::partition_for(key, partitions.max(1)) as i32
+}
+
+/// The partition of a dead letter: its source partition's, modulo the
+/// dead-letter topic's partitions, so each source partition's rejects keep
+/// their order.
+pub fn dead_letter_partition(source_partition: i32, partitions: usize) -> i32 {
+    (source_partition.unsigned_abs() as usize % partitions.max(1)) as i32
 }
 
 /// A rejected input record on its way to the dead-letter topic.
@@ -173,6 +191,16 @@ mod tests {
         );
         let back: AggregateRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, a);
+    }
+
+    #[test]
+    fn routing_rules() {
+        assert_eq!(dead_letter_partition(-3, 2), 1);
+        assert_eq!(dead_letter_partition(5, 0), 0);
+        assert_eq!(
+            key_partition(b"dev-1|t|0", 4),
+            iotflow_redpanda::partitioner::partition_for(b"dev-1|t|0", 4) as i32
+        );
     }
 
     #[test]

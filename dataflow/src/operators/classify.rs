@@ -25,7 +25,7 @@ use crate::job::{
     Classified, DeadRecord, Epoch, JobConfig, PartitionStatus, ReadingBatch, SourceEvent,
 };
 use crate::metrics::{JobMetrics, LatenessCounts, lateness_bucket};
-use crate::operators::windows::device_hash;
+use crate::operators::windows::device_owner;
 use crate::reading::{PlainRecord, Reading, RejectReason, parse_borrowed};
 use crate::snapshot::WorkerSnapshot;
 use crate::watermark::{ShareReport, ShareState, TopK, WatermarkCombiner};
@@ -131,8 +131,8 @@ pub fn classify<'scope>(
             let mut tops: FxHashMap<i32, TopK> = tops;
             let mut statuses: Vec<PartitionStatus> = Vec::new();
             let mut scratch: Vec<Reading> = Vec::new();
-            let peers = u64::from(peers.max(1));
-            let mut batches: Vec<ReadingBatch> = (0..peers as u32).map(ReadingBatch::new).collect();
+            let peers = peers.max(1);
+            let mut batches: Vec<ReadingBatch> = (0..peers).map(ReadingBatch::new).collect();
 
             move |(source_in, source_frontier), (reports_in, reports_frontier), output| {
                 source_in.for_each(|time, data| {
@@ -192,7 +192,7 @@ pub fn classify<'scope>(
                                 };
                                 match parsed {
                                     Some(p) => {
-                                        let worker = (device_hash(p.device_id) % peers) as usize;
+                                        let worker = device_owner(p.device_id, peers) as usize;
                                         let batch = &mut batches[worker];
                                         for &(metric, value) in p.metrics() {
                                             accepted += 1;
@@ -209,8 +209,7 @@ pub fn classify<'scope>(
                                     None => {
                                         for r in scratch.drain(..) {
                                             accepted += 1;
-                                            let worker =
-                                                (device_hash(&r.device_id) % peers) as usize;
+                                            let worker = device_owner(&r.device_id, peers) as usize;
                                             batches[worker].push(&r);
                                             give(worker, &mut batches[worker]);
                                         }

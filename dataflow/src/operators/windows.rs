@@ -249,8 +249,15 @@ impl Names {
     }
 }
 
+/// The worker that owns `device`'s readings, windows and dedupe keys among
+/// `workers`: the one routing rule for devices (exchange, re-sharding of
+/// snapshots and of pending Parquet rows).
+pub fn device_owner(device: &str, workers: u32) -> u32 {
+    (device_hash(device) % u64::from(workers.max(1))) as u32
+}
+
 /// A stable hash of the device id: the same worker for a device in every process.
-pub fn device_hash(device: &str) -> u64 {
+fn device_hash(device: &str) -> u64 {
     // FNV-1a: std's SipHash keys are random per process, which would split a
     // device across workers of different processes.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

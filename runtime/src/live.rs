@@ -1,0 +1,503 @@
+//! [`LiveJob`]: the streaming job from its configuration to its end.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use iotflow_dataflow::JobMetrics;
+use iotflow_dataflow::job::{self, ByteBound, Epoch, JobConfig, StateHooks};
+use iotflow_dataflow::kafka::{EpochMode, KafkaSourceConfig, kafka_source};
+use iotflow_dataflow::operators::windows::Captures;
+use iotflow_dataflow::runner::Parallelism;
+use iotflow_dataflow::snapshot::WorkerSnapshot;
+use iotflow_redpanda::topics::{self, TopicSpec};
+use iotflow_sink::SinkError;
+use iotflow_sink::exactly_once::outgoing::{aggregate_outgoing, dead_outgoing, with_epoch};
+use iotflow_sink::exactly_once::recovery::{self, RunStart};
+use iotflow_sink::exactly_once::{
+    Closing, ExactlyOnceConfig, Held, OutputId, OutputTopic, PendingRows, Roll, WorkerSinks,
+    commit_outputs,
+};
+use iotflow_sink::kafka::{
+    FailureSlot, KafkaSinkConfig, publish_aggregates, publish_dead_letters, record_failure,
+};
+use iotflow_sink::parquet::{DATASET, write_dataset};
+use iotflow_sink::progress::ProgressLog;
+use iotflow_sink::protocol::CommitRecord;
+use iotflow_sink::records::AggregateRecord;
+use rskafka::client::Client;
+use timely::dataflow::operators::Concat;
+use timely::dataflow::operators::vec::Map;
+
+/// Where a job without commits starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// Each partition's earliest retained offset.
+    Earliest,
+    /// Each partition's end when the job starts: only what arrives from then on.
+    Latest,
+}
+
+/// How outputs leave the job.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// Through the commit protocol.
+    ExactlyOnce(Committing),
+    /// Each epoch published as it completes (a crash can repeat output);
+    /// Parquet only with a directory.
+    AtLeastOnce { parquet_dir: Option<PathBuf> },
+}
+
+/// The commit protocol's settings.
+#[derive(Debug, Clone)]
+pub struct Committing {
+    pub state_dir: PathBuf,
+    pub parquet_dir: PathBuf,
+    pub progress_topic: String,
+    pub roll: Roll,
+    pub fold_bytes: u64,
+    /// Committed epochs that may wait for publishing at once.
+    pub depth: usize,
+    /// Staged-but-unpublished bytes per process before the sources wait.
+    pub max_unpublished_bytes: u64,
+}
+
+/// Everything a live job needs to know.
+#[derive(Debug, Clone)]
+pub struct LiveJobConfig {
+    pub bootstrap: Vec<String>,
+    pub input: String,
+    pub aggregates_topic: String,
+    pub dlq_topic: String,
+    /// The job's name: commit records, record headers, default directories.
+    pub name: String,
+    pub dataflow: JobConfig,
+    pub epochs: EpochMode,
+    /// With time epochs: records per partition per epoch at most.
+    pub max_epoch_records: u64,
+    pub until_end: bool,
+    pub idle_timeout: Duration,
+    pub start_at: StartAt,
+    pub parallelism: Parallelism,
+    pub delivery: Delivery,
+}
+
+/// Shared with whoever watches and steers the job (signals, status page).
+#[derive(Debug, Clone, Default)]
+pub struct Controls {
+    pub metrics: Arc<JobMetrics>,
+    /// Raised: stop after the current epoch.
+    pub stop: Arc<AtomicBool>,
+    /// Raised: read every partition to its end of that moment, close every window, finish.
+    pub drain: Arc<AtomicBool>,
+    /// Raised with `stop` by an operator's request (Ctrl-C), not a failure elsewhere.
+    pub interrupted: Arc<AtomicBool>,
+}
+
+/// What preparing the run found, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartReport {
+    /// No commit of this job: from the beginning (or the end, with `StartAt::Latest`).
+    Fresh {
+        generation: u64,
+        offsets: BTreeMap<i32, i64>,
+    },
+    /// After committed epoch `after`.
+    Resumed {
+        after: Epoch,
+        generation: u64,
+        offsets: BTreeMap<i32, i64>,
+        /// Commits skipped because their state was damaged.
+        skipped: Vec<Epoch>,
+        /// Workers that committed `after`, when not the run's.
+        rescaled_from: Option<u32>,
+        discarded: usize,
+    },
+    /// At least once: no commits.
+    Uncommitted { offsets: BTreeMap<i32, i64> },
+}
+
+/// What can stop a live job.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    #[error("input topic {0} does not exist (create it with `iotflow topics create`)")]
+    NoInput(String),
+    #[error(transparent)]
+    Broker(#[from] iotflow_redpanda::Error),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("{0}")]
+    Timely(String),
+    #[error("the job failed: {0}")]
+    Failed(String),
+    #[error("the job stopped because a source in another process stopped (see that process's log)")]
+    StoppedElsewhere,
+}
+
+/// What each worker starts from (shared by the workers of this process).
+#[derive(Debug)]
+struct Resume {
+    cfg: Arc<ExactlyOnceConfig>,
+    start: Epoch,
+    snapshots: Vec<WorkerSnapshot>,
+    pending: Vec<Vec<PendingRows>>,
+    history: Vec<(CommitRecord, i64)>,
+    held: Arc<Held>,
+    max_unpublished_bytes: u64,
+}
+
+/// A prepared job: topics exist, recovery is planned; [`LiveJob::run`] runs it.
+#[derive(Debug)]
+pub struct LiveJob {
+    cfg: LiveJobConfig,
+    /// In [`OutputId`] order: aggregates, dead letters.
+    outputs: Vec<OutputTopic>,
+    source: KafkaSourceConfig,
+    controls: Controls,
+    resume: Option<Arc<Resume>>,
+    report: StartReport,
+    /// Held for the whole run: one live instance per state directory.
+    _lock: Option<File>,
+}
+
+impl LiveJob {
+    /// Creates missing output topics and, committing, plans recovery and
+    /// finishes publishing what the last commits left.
+    pub async fn prepare(
+        client: &Client,
+        cfg: LiveJobConfig,
+        controls: Controls,
+    ) -> Result<Self, RuntimeError> {
+        let listed = topics::list_topics(client).await?;
+        let input_partitions = listed
+            .iter()
+            .find(|t| t.name == cfg.input)
+            .map(|t| t.partitions.len() as i32)
+            .ok_or_else(|| RuntimeError::NoInput(cfg.input.clone()))?;
+        let missing: Vec<TopicSpec> = [&cfg.aggregates_topic, &cfg.dlq_topic]
+            .into_iter()
+            .filter(|name| !listed.iter().any(|t| &&t.name == name))
+            .map(|name| TopicSpec::new(name.as_str(), input_partitions))
+            .collect();
+        if !missing.is_empty() {
+            topics::create_topics(client, &cfg.bootstrap, &missing).await?;
+        }
+        // Topics created above have the input's partition count.
+        let partitions_of = |name: &str| OutputTopic {
+            name: name.to_owned(),
+            partitions: listed
+                .iter()
+                .find(|t| t.name == name)
+                .map_or(input_partitions as usize, |t| t.partitions.len()),
+        };
+        let mut source = KafkaSourceConfig::new(cfg.bootstrap.clone(), cfg.input.clone());
+        source.epochs = cfg.epochs;
+        source.max_epoch_records = cfg.max_epoch_records;
+        source.until_end = cfg.until_end;
+        source.drain = Arc::clone(&controls.drain);
+        source.idle_timeout = cfg.idle_timeout;
+        let outputs = vec![
+            partitions_of(&cfg.aggregates_topic),
+            partitions_of(&cfg.dlq_topic),
+        ];
+        let (resume, lock, mut report) = match &cfg.delivery {
+            Delivery::ExactlyOnce(c) => {
+                let (resume, lock, report) =
+                    prepare_commits(client, &cfg, c, outputs.clone()).await?;
+                source.start_epoch = resume.start;
+                (Some(Arc::new(resume)), Some(lock), report)
+            }
+            Delivery::AtLeastOnce { .. } => (
+                None,
+                None,
+                StartReport::Uncommitted {
+                    offsets: BTreeMap::new(),
+                },
+            ),
+        };
+        let offsets = match &mut report {
+            StartReport::Fresh { offsets, .. }
+            | StartReport::Resumed { offsets, .. }
+            | StartReport::Uncommitted { offsets } => offsets,
+        };
+        if cfg.start_at == StartAt::Latest && offsets.is_empty() {
+            *offsets = topics::describe_topic(client, &cfg.input)
+                .await?
+                .into_iter()
+                .map(|p| (p.partition, p.high_watermark))
+                .collect();
+        }
+        source.start_offsets = offsets.clone();
+        Ok(Self {
+            cfg,
+            outputs,
+            source,
+            controls,
+            resume,
+            report,
+            _lock: lock,
+        })
+    }
+
+    pub fn report(&self) -> &StartReport {
+        &self.report
+    }
+
+    /// The generation this run commits under (exactly once only).
+    pub fn generation(&self) -> Option<u64> {
+        self.resume.as_ref().map(|r| r.cfg.generation)
+    }
+
+    /// Where Parquet files go, if anywhere.
+    pub fn parquet_dir(&self) -> Option<&Path> {
+        match &self.cfg.delivery {
+            Delivery::ExactlyOnce(c) => Some(&c.parquet_dir),
+            Delivery::AtLeastOnce { parquet_dir } => parquet_dir.as_deref(),
+        }
+    }
+
+    /// Runs the dataflow to its end on this thread (blocking): the input's
+    /// end, a drain, a stop, or the first error of any source or sink.
+    pub fn run(self) -> Result<(), RuntimeError> {
+        let timely_config = self
+            .cfg
+            .parallelism
+            .timely_config()
+            .map_err(|e| RuntimeError::Timely(e.to_string()))?;
+        let source_err: FailureSlot = Arc::default();
+        let sink_err: FailureSlot = Arc::default();
+        let plan = Arc::new(WorkerPlan {
+            cfg: self.cfg.clone(),
+            outputs: self.outputs.clone(),
+            source: self.source.clone(),
+            controls: self.controls.clone(),
+            resume: self.resume.clone(),
+            source_err: Arc::clone(&source_err),
+            sink_err: Arc::clone(&sink_err),
+        });
+        let guards = timely::execute(timely_config, move |worker| {
+            worker.dataflow::<Epoch, _, _>(|scope| plan.build(scope));
+            while worker.step_or_park(Some(Duration::from_millis(50))) {}
+        })
+        .map_err(|e| RuntimeError::Timely(format!("starting timely: {e}")))?;
+        for joined in guards.join() {
+            joined.map_err(|e| RuntimeError::Timely(format!("a worker failed: {e}")))?;
+        }
+        let failure = [&source_err, &sink_err]
+            .into_iter()
+            .find_map(|slot| slot.lock().ok().and_then(|mut s| s.take()));
+        if let Some(e) = failure {
+            return Err(RuntimeError::Failed(e));
+        }
+        if self.controls.stop.load(Relaxed) && !self.controls.interrupted.load(Relaxed) {
+            return Err(RuntimeError::StoppedElsewhere);
+        }
+        Ok(())
+    }
+}
+
+/// Locks the state directory, plans recovery and finishes publishing.
+async fn prepare_commits(
+    client: &Client,
+    cfg: &LiveJobConfig,
+    c: &Committing,
+    outputs: Vec<OutputTopic>,
+) -> Result<(Resume, File, StartReport), RuntimeError> {
+    let spec = topics::default_topics(1, 1)
+        .into_iter()
+        .find(|t| t.name == topics::PROGRESS)
+        .map(|t| TopicSpec {
+            name: c.progress_topic.clone(),
+            ..t
+        })
+        .unwrap_or_else(|| TopicSpec::new(c.progress_topic.as_str(), 1));
+    if topics::partitions_of(client, &c.progress_topic)
+        .await?
+        .is_none()
+    {
+        topics::create_topics(client, &cfg.bootstrap, &[spec]).await?;
+    }
+    let log = ProgressLog::open(client, &c.progress_topic)
+        .await
+        .map_err(SinkError::from)?;
+    let mut eo = ExactlyOnceConfig {
+        job: cfg.name.clone(),
+        generation: 0,
+        state_dir: c.state_dir.clone(),
+        parquet_dir: c.parquet_dir.clone(),
+        bootstrap: cfg.bootstrap.clone(),
+        progress_topic: c.progress_topic.clone(),
+        outputs,
+        datasets: vec![DATASET.to_owned()],
+        roll: c.roll,
+        closing: Closing {
+            window: cfg.dataflow.window,
+            lateness_ms: cfg.dataflow.lateness_ms,
+        },
+        fold_bytes: c.fold_bytes,
+        depth: c.depth,
+        max_unpublished_bytes: c.max_unpublished_bytes,
+        fresh: false,
+    };
+    let p = &cfg.parallelism;
+    let workers = (p.workers * p.processes) as u32;
+    let start: RunStart = recovery::prepare(&log, &mut eo, workers, p.process).await?;
+    let report = match start.history.last() {
+        None => StartReport::Fresh {
+            generation: eo.generation,
+            offsets: start.offsets.clone(),
+        },
+        Some((from, _)) => StartReport::Resumed {
+            after: from.epoch,
+            generation: eo.generation,
+            offsets: start.offsets.clone(),
+            skipped: start.skipped.clone(),
+            rescaled_from: (from.workers != workers).then_some(from.workers),
+            discarded: start.discarded,
+        },
+    };
+    let resume = Resume {
+        cfg: Arc::new(eo),
+        start: start.epoch,
+        snapshots: start.snapshots,
+        pending: start.pending,
+        history: start.history,
+        held: Arc::default(),
+        max_unpublished_bytes: c.max_unpublished_bytes,
+    };
+    Ok((resume, start.lock, report))
+}
+
+/// The default job's outputs, in [`OutputId`] order.
+const AGGREGATES: OutputId = OutputId(0);
+const DEAD_LETTERS: OutputId = OutputId(1);
+
+/// What every worker builds its dataflow from.
+struct WorkerPlan {
+    cfg: LiveJobConfig,
+    outputs: Vec<OutputTopic>,
+    source: KafkaSourceConfig,
+    controls: Controls,
+    resume: Option<Arc<Resume>>,
+    source_err: FailureSlot,
+    sink_err: FailureSlot,
+}
+
+impl WorkerPlan {
+    fn build(&self, scope: timely::dataflow::Scope<'_, Epoch>) {
+        let Controls { metrics, stop, .. } = &self.controls;
+        let gate = job::Backpressure::new(Arc::clone(metrics));
+        let source = kafka_source(
+            scope,
+            self.source.clone(),
+            Arc::clone(&self.source_err),
+            Arc::clone(stop),
+            gate.clone(),
+            Arc::clone(metrics),
+        );
+        let captures: Captures = Rc::default();
+        let index = scope.index();
+        let hooks = match &self.resume {
+            Some(r) => StateHooks {
+                start: r.start,
+                restore: r.snapshots.get(index).cloned(),
+                capture: Some(Rc::clone(&captures)),
+            },
+            None => StateHooks::default(),
+        };
+        let streams = job::build_with_state(
+            source,
+            self.cfg.dataflow,
+            Arc::clone(metrics),
+            Arc::clone(stop),
+            &gate,
+            hooks,
+        );
+        let Some(r) = &self.resume else {
+            self.at_least_once(streams);
+            return;
+        };
+        let [aggs, dlq] =
+            [AGGREGATES, DEAD_LETTERS].map(|o| self.outputs[usize::from(o.0)].partitions);
+        let (error, stop_agg) = (Arc::clone(&self.sink_err), Arc::clone(stop));
+        let aggregates = with_epoch(
+            streams.results.clone(),
+            "EncodeAggregates",
+            move |w, epoch| {
+                // Encoding an aggregate fails only on a bug; the job stops with it.
+                aggregate_outgoing(w, epoch, AGGREGATES, aggs)
+                    .map_err(|e| record_failure(&error, &stop_agg, e.to_string()))
+                    .ok()
+            },
+        );
+        let source_topic = self.cfg.input.clone();
+        let dead = streams
+            .dead
+            .map(move |d| dead_outgoing(d, &source_topic, DEAD_LETTERS, dlq));
+        let finals = with_epoch(streams.results, "FinalRows", |w, epoch| {
+            w.is_final.then(|| AggregateRecord::of(w, epoch))
+        });
+        let acks = commit_outputs(
+            aggregates.concat(dead),
+            vec![finals],
+            captures,
+            WorkerSinks {
+                cfg: Arc::clone(&r.cfg),
+                start: r.start,
+                history: r.history.clone(),
+                restored: r.pending.get(index).cloned().unwrap_or_default(),
+                held: Arc::clone(&r.held),
+                metrics: Arc::clone(metrics),
+                error: Arc::clone(&self.sink_err),
+                stop: Arc::clone(stop),
+            },
+        );
+        gate.also_wait_for(acks);
+        gate.also_bound(ByteBound {
+            held: r.held.bytes(),
+            limit: r.max_unpublished_bytes,
+        });
+    }
+
+    fn at_least_once(&self, streams: job::JobStreams<'_>) {
+        let Controls { stop, .. } = &self.controls;
+        let sink = |output: OutputId| {
+            let topic = &self.outputs[usize::from(output.0)];
+            KafkaSinkConfig {
+                bootstrap: self.cfg.bootstrap.clone(),
+                topic: topic.name.clone(),
+                partitions: topic.partitions,
+                source_topic: self.cfg.input.clone(),
+                job: self.cfg.name.clone(),
+            }
+        };
+        if let Delivery::AtLeastOnce {
+            parquet_dir: Some(dir),
+        } = &self.cfg.delivery
+        {
+            write_dataset(
+                streams.results.clone(),
+                dir.clone(),
+                Arc::clone(&self.sink_err),
+                Arc::clone(stop),
+            );
+        }
+        publish_aggregates(
+            streams.results,
+            sink(AGGREGATES),
+            Arc::clone(&self.sink_err),
+            Arc::clone(stop),
+        );
+        publish_dead_letters(
+            streams.dead,
+            sink(DEAD_LETTERS),
+            Arc::clone(&self.sink_err),
+            Arc::clone(stop),
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! Snapshot chains: a whole snapshot, then per-epoch deltas linked to it by
+//! size and checksum, folded into a new whole one once they outweigh it.
+//!
+//! ```text
+//!   e0 whole ◀── e1 delta ◀── e2 delta ◀── … ◀── ek delta   (each names its predecessor's size + CRC)
+//!   deltas ≥ max(last whole, fold_bytes) ──▶ materialize ──▶ ek+1 whole
+//!   recovery: head ─load_chain─▶ [whole, delta, …] ─materialize─▶ the worker's state
+//! ```
+
+use std::fs;
+use std::path::Path;
+
+use iotflow_dataflow::job::Epoch;
+use iotflow_dataflow::snapshot::{Link, WorkerSnapshot, materialize};
+use iotflow_dataflow::window::WindowSpec;
+
+use crate::error::SinkError;
+
+use super::state_dir::snapshot_path;
+
+/// Which windows a snapshot chain's watermark has closed: their end plus the lateness.
+#[derive(Debug, Clone, Copy)]
+pub struct Closing {
+    pub window: WindowSpec,
+    pub lateness_ms: i64,
+}
+
+impl Closing {
+    pub fn close_at(self) -> impl Fn(i64) -> i64 {
+        move |start| self.window.end(start).saturating_add(self.lateness_ms)
+    }
+}
+
+/// A worker's chain as staging writes it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Chain {
+    pub last: Option<Link>,
+    pub base: Epoch,
+    base_bytes: u64,
+    delta_bytes: u64,
+}
+
+impl Chain {
+    /// Whether the next delta should fold the chain into a whole snapshot:
+    /// recovery then reads at most about twice the state, and writing costs
+    /// at most about twice the deltas.
+    pub fn should_fold(&self, fold_bytes: u64) -> bool {
+        self.delta_bytes >= self.base_bytes.max(fold_bytes)
+    }
+
+    /// Records the snapshot just written at `link`.
+    pub fn wrote(&mut self, link: Link, whole: bool) {
+        if whole {
+            (self.base, self.base_bytes, self.delta_bytes) = (link.epoch, link.bytes, 0);
+        } else {
+            self.delta_bytes += link.bytes;
+        }
+        self.last = Some(link);
+    }
+}
+
+/// The chain of snapshot files ending at `head` (worker `worker`'s), oldest
+/// first, every link checked against the size and checksum its successor names.
+pub fn load_chain(
+    state_dir: &Path,
+    worker: u32,
+    head: Link,
+) -> Result<Vec<WorkerSnapshot>, SinkError> {
+    let mut chain = Vec::new();
+    let mut link = Some(head);
+    while let Some(l) = link {
+        let path = state_dir.join(snapshot_path(l.epoch, worker));
+        let bytes = fs::read(&path).map_err(SinkError::io("reading", &path))?;
+        if bytes.len() as u64 != l.bytes || crc32fast::hash(&bytes) != l.checksum {
+            return Err(SinkError::Damaged {
+                path,
+                problem: "size or checksum differs from what its successor names".into(),
+            });
+        }
+        let snap = WorkerSnapshot::decode(&bytes).map_err(|source| SinkError::Snapshot {
+            path: path.clone(),
+            source,
+        })?;
+        link = snap.previous;
+        chain.push(snap);
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// The whole state at `head`: its chain loaded and put together.
+pub fn load_whole(
+    state_dir: &Path,
+    worker: u32,
+    head: Link,
+    closing: Closing,
+) -> Result<WorkerSnapshot, SinkError> {
+    let chain = load_chain(state_dir, worker, head)?;
+    materialize(chain, closing.close_at()).map_err(|source| SinkError::Snapshot {
+        path: state_dir.join(snapshot_path(head.epoch, worker)),
+        source,
+    })
+}

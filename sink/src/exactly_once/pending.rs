@@ -1,0 +1,343 @@
+//! Final windows waiting for their Parquet roll, on disk only.
+//!
+//! ```text
+//!   epoch e's final rows of dataset d ──frame (len, bincode, CRC-32), fsync──▶
+//!       <state>/parquet-pending/<d>/w<worker>-e<first epoch>.rows
+//!   commit record: PendingEntry { dataset, since, rows, path, bytes = committed length }
+//!   roll due (rows, bytes, age, end) ──read the committed frames back──▶ one Parquet file
+//! ```
+//!
+//! The rows live in the segment, not in memory as well: a worker holds only
+//! the counts, so memory does not grow with the roll size.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use iotflow_dataflow::job::Epoch;
+use iotflow_dataflow::sealed::{checked_body, with_checksum};
+
+use crate::error::SinkError;
+use crate::protocol::PendingEntry;
+use crate::records::AggregateRecord;
+
+/// Where pending final windows live under the state directory.
+pub const PENDING: &str = "parquet-pending";
+
+/// When a worker's final windows go from segments into a Parquet file: at
+/// `rows` pending rows, `bytes` pending segment bytes, `epochs` epochs after
+/// the oldest, or at the end of the input. All count data and epochs, never
+/// time, so a replay rolls the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roll {
+    pub rows: u64,
+    pub bytes: u64,
+    pub epochs: u64,
+}
+
+impl Roll {
+    /// Whether `pending` rolls at `epoch` (`last`: the input ended).
+    pub fn due(&self, pending: &PendingRows, epoch: Epoch, last: bool) -> bool {
+        let Some(since) = pending.since else {
+            return false;
+        };
+        last || pending.rows >= self.rows
+            || pending.bytes() >= self.bytes
+            || epoch >= since.saturating_add(self.epochs)
+    }
+}
+
+fn codec() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new().with_varint_encoding()
+}
+
+/// One worker's final windows of one dataset not yet rolled into a Parquet file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PendingRows {
+    pub since: Option<Epoch>,
+    pub rows: u64,
+    /// Restored rows (recovery), written to this run's segment at its first stage.
+    restored: Vec<AggregateRecord>,
+    /// This run's segment (relative to the state directory) and its length.
+    segment: Option<(String, u64)>,
+}
+
+/// The rows of one frame, as stored.
+#[derive(Serialize, Deserialize)]
+struct Frame(Vec<AggregateRecord>);
+
+impl PendingRows {
+    /// Rows restored from a commit; written to a segment of this run when it first stages.
+    pub fn restored(since: Epoch, rows: Vec<AggregateRecord>) -> Self {
+        Self {
+            since: (!rows.is_empty()).then_some(since),
+            rows: rows.len() as u64,
+            restored: rows,
+            segment: None,
+        }
+    }
+
+    /// Segment bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.segment.as_ref().map_or(0, |(_, len)| *len)
+    }
+
+    /// Appends epoch `epoch`'s final rows to this run's segment, durably (a
+    /// restored batch first). The first frame starts a new file named after `epoch`.
+    pub fn append(
+        &mut self,
+        state_dir: &Path,
+        dir: &str,
+        worker: u32,
+        epoch: Epoch,
+        rows: &[AggregateRecord],
+    ) -> Result<(), SinkError> {
+        if !self.restored.is_empty() {
+            let restored = std::mem::take(&mut self.restored);
+            self.write_frame(state_dir, dir, worker, epoch, &restored)?;
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.write_frame(state_dir, dir, worker, epoch, rows)?;
+        self.since.get_or_insert(epoch);
+        self.rows += rows.len() as u64;
+        Ok(())
+    }
+
+    fn write_frame(
+        &mut self,
+        state_dir: &Path,
+        dir: &str,
+        worker: u32,
+        epoch: Epoch,
+        rows: &[AggregateRecord],
+    ) -> Result<(), SinkError> {
+        use bincode::Options;
+        let body = codec()
+            .serialize(&Frame(rows.to_vec()))
+            .map(with_checksum)
+            .map_err(|e| SinkError::Encode {
+                what: "pending rows".into(),
+                detail: e.to_string(),
+            })?;
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        match &mut self.segment {
+            Some((rel, len)) => {
+                let path = state_dir.join(&*rel);
+                let write = |f: &mut File| f.write_all(&frame).and_then(|()| f.sync_data());
+                File::options()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|mut f| write(&mut f))
+                    .map_err(SinkError::io("appending to", &path))?;
+                *len += frame.len() as u64;
+            }
+            None => {
+                let rel = format!("{PENDING}/{dir}/w{worker:04}-e{epoch:012}.rows");
+                let path = state_dir.join(&rel);
+                let parent = path.parent().unwrap_or(state_dir);
+                fs::create_dir_all(parent).map_err(SinkError::io("creating", parent))?;
+                File::create(&path)
+                    .and_then(|mut f| f.write_all(&frame).and_then(|()| f.sync_all()))
+                    .map_err(SinkError::io("writing", &path))?;
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(SinkError::io("syncing", parent))?;
+                self.segment = Some((rel, frame.len() as u64));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the commit record names: the segment's committed length and rows.
+    pub fn entry(&self, dataset: &str, worker: u32) -> Option<PendingEntry> {
+        let since = self.since?;
+        let (path, bytes) = self.segment.clone()?;
+        Some(PendingEntry {
+            dataset: dataset.to_owned(),
+            worker,
+            since,
+            rows: self.rows,
+            path,
+            bytes,
+        })
+    }
+
+    /// Reads this run's pending rows back for a roll and starts afresh.
+    pub fn take(
+        &mut self,
+        state_dir: &Path,
+        dataset: &str,
+        worker: u32,
+    ) -> Result<Vec<AggregateRecord>, SinkError> {
+        let rows = match self.entry(dataset, worker) {
+            Some(entry) => read_segment(state_dir, &entry)?,
+            None => std::mem::take(&mut self.restored),
+        };
+        *self = Self::default();
+        Ok(rows)
+    }
+}
+
+/// The rows segment `entry` holds: the frames in its first `bytes` bytes (a
+/// torn frame past them is a crash's, never committed), as many as it names.
+pub fn read_segment(
+    state_dir: &Path,
+    entry: &PendingEntry,
+) -> Result<Vec<AggregateRecord>, SinkError> {
+    use bincode::Options;
+    let path = state_dir.join(&entry.path);
+    let damaged = |problem: String| SinkError::Damaged {
+        path: path.clone(),
+        problem,
+    };
+    let bytes = fs::read(&path).map_err(SinkError::io("reading", &path))?;
+    let mut rest = bytes.get(..entry.bytes as usize).ok_or_else(|| {
+        damaged(format!(
+            "{} bytes, the commit names {}",
+            bytes.len(),
+            entry.bytes
+        ))
+    })?;
+    let mut rows = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_at_checked(4)
+            .ok_or_else(|| damaged("a torn frame".into()))?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let (body, tail) = tail
+            .split_at_checked(len)
+            .ok_or_else(|| damaged("a torn frame".into()))?;
+        let body = checked_body(body).map_err(|e| damaged(e.to_string()))?;
+        let Frame(frame) = codec()
+            .deserialize(body)
+            .map_err(|e| damaged(e.to_string()))?;
+        rows.extend(frame);
+        rest = tail;
+    }
+    if rows.len() as u64 != entry.rows {
+        return Err(damaged(format!(
+            "{} pending rows, the commit names {}",
+            rows.len(),
+            entry.rows
+        )));
+    }
+    Ok(rows)
+}
+
+/// The epoch a segment file name carries (`w0001-e000000000012.rows`).
+pub fn segment_epoch(name: &str) -> Option<Epoch> {
+    name.split_once("-e")?.1.split('.').next()?.parse().ok()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn row(device: &str) -> AggregateRecord {
+        AggregateRecord {
+            device_id: device.into(),
+            metric: "t".into(),
+            window_start: 0,
+            window_end: 10,
+            count: 1,
+            sum: 1.0,
+            min: 1.0,
+            max: 1.0,
+            mean: 1.0,
+            stddev: 0.0,
+            first_ts: 1,
+            last_ts: 1,
+            is_final: true,
+            epoch: 3,
+        }
+    }
+
+    #[test]
+    fn a_roll_is_due_at_the_row_byte_or_age_limit_or_the_end() {
+        let roll = Roll {
+            rows: 100,
+            bytes: 1_000,
+            epochs: 10,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = PendingRows::default();
+        assert!(!roll.due(&p, 50, true), "nothing pending");
+        p.append(dir.path(), "d", 0, 5, &[row("a")]).unwrap();
+        assert!(!roll.due(&p, 14, false));
+        assert!(roll.due(&p, 15, false), "age");
+        assert!(roll.due(&p, 6, true), "end of input");
+        p.rows = 100;
+        assert!(roll.due(&p, 6, false), "rows");
+        p.rows = 1;
+        let big: Vec<_> = (0..40).map(|i| row(&format!("device-{i:04}"))).collect();
+        p.append(dir.path(), "d", 0, 6, &big).unwrap();
+        assert!(p.bytes() >= 1_000 && roll.due(&p, 7, false), "bytes");
+    }
+
+    #[test]
+    fn pending_rows_are_the_committed_frames_of_their_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pending = PendingRows::restored(2, vec![row("a")]);
+        pending
+            .append(dir.path(), "aggregates", 1, 5, &[row("b"), row("c")])
+            .unwrap();
+        let entry = pending.entry("aggregates", 1).unwrap();
+        assert_eq!((entry.since, entry.rows), (2, 3));
+        let read = read_segment(dir.path(), &entry).unwrap();
+        assert_eq!(read, vec![row("a"), row("b"), row("c")]);
+        // A crash's torn frame past the committed length is not read.
+        pending
+            .append(dir.path(), "aggregates", 1, 6, &[row("d")])
+            .unwrap();
+        let file = dir.path().join(&entry.path);
+        let full = fs::read(&file).unwrap();
+        fs::write(&file, &full[..full.len() - 3]).unwrap();
+        assert_eq!(read_segment(dir.path(), &entry).unwrap().len(), 3);
+        // Within the committed length, damage and miscounts are refused.
+        let short = PendingEntry {
+            bytes: entry.bytes - 1,
+            ..entry.clone()
+        };
+        assert!(read_segment(dir.path(), &short).is_err());
+        let miscounted = PendingEntry {
+            rows: 4,
+            ..entry.clone()
+        };
+        assert!(read_segment(dir.path(), &miscounted).is_err());
+        let mut flipped = full.clone();
+        flipped[10] ^= 1;
+        fs::write(&file, &flipped).unwrap();
+        assert!(matches!(
+            read_segment(dir.path(), &entry),
+            Err(SinkError::Damaged { .. })
+        ));
+    }
+
+    #[test]
+    fn taking_the_rows_reads_them_back_and_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pending = PendingRows::default();
+        pending.append(dir.path(), "d", 0, 1, &[row("a")]).unwrap();
+        pending.append(dir.path(), "d", 0, 2, &[row("b")]).unwrap();
+        assert_eq!(
+            pending.take(dir.path(), "d", 0).unwrap(),
+            vec![row("a"), row("b")]
+        );
+        assert_eq!(pending, PendingRows::default());
+        let mut restored = PendingRows::restored(4, vec![row("r")]);
+        assert_eq!(restored.take(dir.path(), "d", 0).unwrap(), vec![row("r")]);
+    }
+
+    #[test]
+    fn segment_names_carry_their_epoch() {
+        assert_eq!(segment_epoch("w0001-e000000000012.rows"), Some(12));
+        assert_eq!(segment_epoch("w0000-e000000000003.tmp"), Some(3));
+        assert_eq!(segment_epoch("LOCK"), None);
+    }
+}

@@ -1,0 +1,212 @@
+//! One worker's staging of one epoch: everything the commit will name,
+//! written durably before the worker says it staged. Runs on the worker's
+//! stage thread, epochs in order.
+//!
+//! ```text
+//!   StageJob(e) ─▶ outputs ─▶ <state>/epochs/e/w.out (StagedOutputs, fsync)
+//!               ─▶ final rows per dataset ─▶ pending segment (fsync); roll due? ─▶ .staging/*.parquet
+//!               ─▶ snapshot: delta linked to e−1, or whole (first of a run, or folded)
+//!                  ─▶ <state>/epochs/e/w.snap (fsync; mid-snapshot failpoint halfway)
+//!               ─▶ Staged { publish targets, files, snapshot, pending, source offsets }
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use iotflow_dataflow::job::Epoch;
+use iotflow_dataflow::snapshot::{Link, WorkerSnapshot};
+
+use crate::error::SinkError;
+use crate::failpoint::{self, Site};
+use crate::parquet;
+use crate::protocol::{PublishTarget, SnapshotEntry, Staged};
+use crate::records::AggregateRecord;
+
+use super::ExactlyOnceConfig;
+use super::chain::{Chain, load_chain};
+use super::outgoing::{Outgoing, StagedOutputs};
+use super::pending::PendingRows;
+use super::state_dir::{outputs_path, snapshot_path, write_durably, write_durably_via};
+
+/// What a worker hands its stage thread for one epoch.
+#[derive(Debug)]
+pub struct StageJob {
+    pub epoch: Epoch,
+    pub records: Vec<Outgoing>,
+    /// Final rows of each dataset (in the config's order).
+    pub finals: Vec<Vec<AggregateRecord>>,
+    pub snapshot: WorkerSnapshot,
+    /// The input ended: nothing follows, roll whatever is pending.
+    pub last: bool,
+}
+
+/// What staging wrote: for the committer, and the records for the publisher.
+#[derive(Debug)]
+pub struct StagedEpoch {
+    pub epoch: Epoch,
+    pub staged: Staged,
+    pub outputs: StagedOutputs,
+}
+
+/// A worker's staging state across epochs.
+#[derive(Debug)]
+pub struct Stager {
+    cfg: Arc<ExactlyOnceConfig>,
+    worker: u32,
+    chain: Chain,
+    /// Per dataset, in the config's order.
+    pending: Vec<PendingRows>,
+}
+
+impl Stager {
+    /// `restored`: each dataset's pending rows from recovery (missing ones are empty).
+    pub fn new(cfg: Arc<ExactlyOnceConfig>, worker: u32, mut restored: Vec<PendingRows>) -> Self {
+        restored.resize_with(cfg.datasets.len(), PendingRows::default);
+        Self {
+            cfg,
+            worker,
+            chain: Chain::default(),
+            pending: restored,
+        }
+    }
+
+    /// Writes epoch `job.epoch` durably and says what it wrote.
+    pub fn stage(&mut self, job: StageJob) -> Result<StagedEpoch, SinkError> {
+        let StageJob {
+            epoch,
+            records,
+            finals,
+            snapshot,
+            last,
+        } = job;
+        let mut staged = Staged::default();
+        for r in &snapshot.reports {
+            staged.source_offsets.insert(r.partition, r.next_offset);
+        }
+        let outputs = StagedOutputs::of(records, &self.cfg.outputs)?;
+        if !outputs.is_empty() {
+            let path = outputs_path(&self.cfg.state_dir, epoch, self.worker);
+            write_durably(&path, &outputs.encode()?)?;
+            staged.publish = publish_targets(&outputs);
+        }
+        self.stage_rows(epoch, finals, last, &mut staged)?;
+        staged.snapshot = Some(self.stage_snapshot(epoch, snapshot)?);
+        failpoint::hit(Site::AfterStage);
+        Ok(StagedEpoch {
+            epoch,
+            staged,
+            outputs,
+        })
+    }
+
+    /// Appends each dataset's final rows to its segment, rolling what is due.
+    fn stage_rows(
+        &mut self,
+        epoch: Epoch,
+        finals: Vec<Vec<AggregateRecord>>,
+        last: bool,
+        staged: &mut Staged,
+    ) -> Result<(), SinkError> {
+        let cfg = Arc::clone(&self.cfg);
+        let mut finals = finals.into_iter();
+        for (dataset, pending) in cfg.datasets.iter().zip(&mut self.pending) {
+            let rows: Vec<AggregateRecord> = finals
+                .next()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.is_final)
+                .collect();
+            pending.append(&cfg.state_dir, dataset, self.worker, epoch, &rows)?;
+            if cfg.roll.due(pending, epoch, last) {
+                let since = pending.since.unwrap_or(epoch);
+                let rows = pending.take(&cfg.state_dir, dataset, self.worker)?;
+                let staging = cfg.parquet_dir.join(parquet::STAGING);
+                staged.files.extend(parquet::stage_rows(
+                    &staging,
+                    dataset,
+                    epoch,
+                    since,
+                    self.worker,
+                    &rows,
+                )?);
+            }
+            staged.pending.extend(pending.entry(dataset, self.worker));
+        }
+        staged.files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(())
+    }
+
+    /// Writes the epoch's snapshot: a delta linked to the previous epoch's,
+    /// or whole (the first of a run, or the chain folded).
+    fn stage_snapshot(
+        &mut self,
+        epoch: Epoch,
+        mut snapshot: WorkerSnapshot,
+    ) -> Result<SnapshotEntry, SinkError> {
+        let worker = self.worker;
+        if snapshot.previous.is_some() {
+            let Some(last) = self.chain.last.filter(|l| l.epoch + 1 == epoch) else {
+                return Err(SinkError::Inconsistent {
+                    epoch,
+                    problem: format!(
+                        "worker {worker}: no snapshot of the epoch before to chain to"
+                    ),
+                });
+            };
+            snapshot.previous = Some(last);
+            if self.chain.should_fold(self.cfg.fold_bytes) {
+                let mut whole = load_chain(&self.cfg.state_dir, worker, last)?;
+                whole.push(snapshot);
+                snapshot =
+                    iotflow_dataflow::snapshot::materialize(whole, self.cfg.closing.close_at())
+                        .map_err(|source| SinkError::Snapshot {
+                            path: self.cfg.state_dir.join(snapshot_path(epoch, worker)),
+                            source,
+                        })?;
+            }
+        }
+        let rel = snapshot_path(epoch, worker);
+        let path = self.cfg.state_dir.join(&rel);
+        let bytes = snapshot.encode().map_err(|source| SinkError::Snapshot {
+            path: path.clone(),
+            source,
+        })?;
+        let link = Link {
+            epoch,
+            bytes: bytes.len() as u64,
+            checksum: crc32fast::hash(&bytes),
+        };
+        write_durably_via(&path, &bytes, Some(Site::MidSnapshot))?;
+        self.chain.wrote(link, snapshot.previous.is_none());
+        Ok(SnapshotEntry {
+            worker,
+            path: rel,
+            bytes: link.bytes,
+            checksum: link.checksum,
+            base: self.chain.base,
+        })
+    }
+}
+
+/// Per partition: how many records, and a CRC-32 of their values in publish order.
+fn publish_targets(outputs: &StagedOutputs) -> Vec<PublishTarget> {
+    let mut by_partition: BTreeMap<(&str, i32), (u64, crc32fast::Hasher)> = BTreeMap::new();
+    for part in &outputs.parts {
+        let (n, h) = by_partition
+            .entry((part.topic.as_str(), part.partition))
+            .or_default();
+        for r in &part.records {
+            *n += 1;
+            h.update(&r.value);
+        }
+    }
+    by_partition
+        .into_iter()
+        .map(|((topic, partition), (records, h))| PublishTarget {
+            topic: topic.to_owned(),
+            partition,
+            records,
+            checksum: h.finalize(),
+        })
+        .collect()
+}
