@@ -64,8 +64,9 @@ bench: bench-ingest bench-dataflow bench-exactly-once ## Print every benchmark f
 bench-ingest: release tansu-release ## Produce throughput into the local broker, 1 and 4 partitions
 	BIN=$(RELEASE_BIN) COUNT=$(BENCH_COUNT) ./scripts/bench-ingest.sh
 
-bench-exactly-once: release tansu-release ## Exactly-once vs at-least-once throughput, commit latency, recovery after kill -9
-	BIN=$(RELEASE_BIN) ./scripts/bench-exactly-once.sh
+bench-exactly-once: release tansu-release ## Exactly-once vs at-least-once (throughput, RSS), commit and visibility latency, recovery, history reads (OLD_BIN=another build to compare)
+	$(CARGO) build --profile tools -p iotflow-sink --example progress_history
+	BIN=$(RELEASE_BIN) HISTORY_BIN=$(CARGO_TARGET_DIR)/tools/examples/progress_history ./scripts/bench-exactly-once.sh
 
 bench-dataflow: release tansu-release ## Dataflow throughput: file source, end to end vs raw fetch, peers
 	BIN=$(RELEASE_BIN) BENCH_N=$(BENCH_N) ./scripts/bench-dataflow.sh

@@ -406,30 +406,35 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
         Err(e) => Some(e),
     };
     if let Some(log) = &pipeline_log {
-        let end = if failure.is_some() {
-            RunEnd::Failed
-        } else if controls.interrupted.load(Relaxed) {
-            RunEnd::Interrupted
-        } else if controls.drain.load(Relaxed) {
-            RunEnd::Drained
-        } else {
-            RunEnd::InputEnd
-        };
-        if let Err(e) = log
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))
-            .and_then(|mut l| l.write(&metrics, end))
-        {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "writing the pipeline log's last sample"
-            );
-        }
+        last_sample(log, &controls, failure.is_some());
     }
     if let Some(e) = failure {
         return Err(e);
     }
     print_summary(&RunSummary::of(&metrics, started), args.json)
+}
+
+/// The pipeline log's last sample, saying how the run ended.
+fn last_sample(log: &Mutex<PipelineLog>, controls: &Controls, failed: bool) {
+    let end = if failed {
+        RunEnd::Failed
+    } else if controls.interrupted.load(Relaxed) {
+        RunEnd::Interrupted
+    } else if controls.drain.load(Relaxed) {
+        RunEnd::Drained
+    } else {
+        RunEnd::InputEnd
+    };
+    if let Err(e) = log
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))
+        .and_then(|mut l| l.write(&controls.metrics, end))
+    {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "writing the pipeline log's last sample"
+        );
+    }
 }
 
 /// SIGUSR1 drains the job: every partition to its end of that moment.

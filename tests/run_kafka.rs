@@ -82,6 +82,37 @@ async fn outputs(
     (aggs, dead)
 }
 
+/// Every dead letter on `dlq` carries its source record's own Kafka timestamp
+/// (never the wall clock, never 0): retention counts from it, and a replay
+/// writes the same record.
+async fn assert_source_timestamps(bootstrap: &[String], input: &str, dlq: &str) {
+    let source: BTreeMap<(String, String), i64> = common::read_topic(bootstrap, input)
+        .await
+        .into_iter()
+        .flat_map(|(p, records)| {
+            records.into_iter().map(move |r| {
+                let at = (p.to_string(), r.offset.to_string());
+                (at, r.record.timestamp.timestamp_millis())
+            })
+        })
+        .collect();
+    let dead: Vec<_> = common::read_topic(bootstrap, dlq)
+        .await
+        .into_values()
+        .flatten()
+        .collect();
+    assert!(!dead.is_empty(), "{dlq} is empty");
+    for r in dead {
+        let h = |name: &str| String::from_utf8(r.record.headers[name].clone()).unwrap();
+        let at = (h("iotflow.source.partition"), h("iotflow.source.offset"));
+        assert_eq!(
+            r.record.timestamp.timestamp_millis(),
+            source[&at],
+            "{dlq}: the dead letter of {at:?}"
+        );
+    }
+}
+
 /// `run` with its broker, input and outputs: what every job in these tests shares.
 /// The job's state and Parquet directories live in the temp dir, named after
 /// the (unique) output topic, so every process of one job shares them.
@@ -186,8 +217,22 @@ async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
         let s: serde_json::Value = serde_json::from_slice(&common::iotflow(&args).stdout).unwrap();
         assert_eq!(s["records"], COUNT);
         results.push(outputs(&bootstrap, &out, &dlq).await);
+        assert_source_timestamps(&bootstrap, &input, &dlq).await;
     }
     assert_eq!(results[0], results[1], "1 vs 2 workers");
+    {
+        // At least once: the same records, dead letters stamped the same way.
+        let (out, dlq) = (common::unique("out"), common::unique("dlq"));
+        let mut args = run_args(&addr, &input, &out, &dlq);
+        args.extend(["-w", "2", "--at-least-once"]);
+        common::iotflow(&args);
+        assert_eq!(
+            outputs(&bootstrap, &out, &dlq).await,
+            results[0],
+            "at least once"
+        );
+        assert_source_timestamps(&bootstrap, &input, &dlq).await;
+    }
 
     // 2 processes on loopback, one worker each.
     let (out, dlq) = (common::unique("out"), common::unique("dlq"));

@@ -12,6 +12,7 @@
 //! A partition's top event times are in its latest report, so Classify
 //! restores from the reports and needs no part of its own.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 pub use crate::operators::windows::device_owner;
@@ -38,8 +39,8 @@ pub enum SnapshotError {
 /// A dedupe key and the watermark at which it is forgotten.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SeenKey {
-    pub device: String,
-    pub metric: String,
+    pub device: CompactString,
+    pub metric: CompactString,
     pub seq: u64,
     pub expires_at: i64,
 }
@@ -47,8 +48,8 @@ pub struct SeenKey {
 /// An open window and the readings it holds, as (event time, value bits).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct OpenWindow {
-    pub device: String,
-    pub metric: String,
+    pub device: CompactString,
+    pub metric: CompactString,
     pub start: i64,
     /// `(ts, f64::to_bits(value))`, sorted: bits, so snapshots compare exactly.
     pub readings: Vec<(i64, u64)>,
@@ -187,10 +188,10 @@ impl WorkerSnapshot {
         if s.format > SNAPSHOT_FORMAT {
             return Err(SnapshotError::Format { found: s.format });
         }
-        let name = |i: u32| -> Result<String, SnapshotError> {
+        let name = |i: u32| -> Result<CompactString, SnapshotError> {
             s.names
                 .get(i as usize)
-                .cloned()
+                .map(CompactString::from)
                 .ok_or_else(|| Unsealed::Decode(format!("name {i} out of range")).into())
         };
         let seen = s
@@ -253,8 +254,10 @@ pub fn materialize(
     }
     // A window can appear more than once in one snapshot (a first epoch holds
     // the restored run and the epoch's own): readings add up, never replace.
-    let mut windows: std::collections::BTreeMap<(String, String, i64), Vec<(i64, u64)>> =
-        std::collections::BTreeMap::new();
+    let mut windows: std::collections::BTreeMap<
+        (CompactString, CompactString, i64),
+        Vec<(i64, u64)>,
+    > = std::collections::BTreeMap::new();
     for w in whole.windows.drain(..) {
         windows
             .entry((w.device, w.metric, w.start))
@@ -542,7 +545,7 @@ mod tests {
             for s in &after {
                 for w in &s.windows {
                     prop_assert_eq!(device_owner(&w.device, to), s.worker);
-                    all.push(w.device.clone());
+                    all.push(w.device.to_string());
                 }
                 prop_assert_eq!(s.seen.len(), s.windows.len());
             }

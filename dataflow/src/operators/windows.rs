@@ -240,10 +240,6 @@ impl Names {
         id
     }
 
-    fn name(&self, id: u32) -> String {
-        self.compact_name(id).into()
-    }
-
     fn compact_name(&self, id: u32) -> CompactString {
         self.names.get(id as usize).cloned().unwrap_or_default()
     }
@@ -542,34 +538,37 @@ fn assign<'scope>(
                 );
                 if let Some(capture) = &capture {
                     let names = names.borrow();
-                    let mut keys: Vec<snapshot::SeenKey> = seen_added
+                    // Ordered by interned ids, not by name: one order within
+                    // a run without comparing strings (an epoch adds a key per
+                    // reading); names are inline, no allocation when short.
+                    seen_added.sort_unstable();
+                    let keys: Vec<snapshot::SeenKey> = seen_added
                         .drain(..)
                         .map(|(series, seq, expires_at)| {
                             let (device, metric) = names.ids_of(series);
                             snapshot::SeenKey {
-                                device: names.name(device),
-                                metric: names.name(metric),
+                                device: names.compact_name(device),
+                                metric: names.compact_name(metric),
                                 seq,
                                 expires_at,
                             }
                         })
                         .collect();
-                    keys.sort_unstable();
-                    let mut windows: Vec<snapshot::OpenWindow> = out
-                        .iter()
-                        .map(
-                            |(((device, metric, start), run), _, _)| snapshot::OpenWindow {
-                                device: names.name(*device),
-                                metric: names.name(*metric),
-                                start: *start,
-                                readings: run
-                                    .iter()
-                                    .map(|&(ts, b)| (ts, from_ordered_bits(b).to_bits()))
-                                    .collect(),
-                            },
-                        )
+                    let mut opened: Vec<_> =
+                        out.iter().map(|((key, run), _, _)| (key, run)).collect();
+                    opened.sort_unstable_by_key(|(key, _)| **key);
+                    let windows: Vec<snapshot::OpenWindow> = opened
+                        .into_iter()
+                        .map(|(&(device, metric, start), run)| snapshot::OpenWindow {
+                            device: names.compact_name(device),
+                            metric: names.compact_name(metric),
+                            start,
+                            readings: run
+                                .iter()
+                                .map(|&(ts, b)| (ts, from_ordered_bits(b).to_bits()))
+                                .collect(),
+                        })
                         .collect();
-                    windows.sort_unstable();
                     let snap = WorkerSnapshot {
                         format: snapshot::SNAPSHOT_FORMAT,
                         epoch: next,

@@ -22,6 +22,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::Antichain;
+use timely::scheduling::SyncActivator;
 
 use crate::committer::{Action, Collect, Committer, Event, Start};
 use crate::error::SinkError;
@@ -49,6 +50,138 @@ enum Done {
     Collected,
 }
 
+type CommitThread = Offload<Job, Result<Done, SinkError>>;
+
+/// Starts worker 0's commit thread: appends (then the files' renames) and
+/// garbage collection, in the order the committer asks for them.
+fn commit_thread(ctx: &SinkContext, activator: SyncActivator) -> Result<CommitThread, SinkError> {
+    let cfg = Arc::clone(&ctx.cfg);
+    let mut appender: Option<Appender> = None;
+    Offload::spawn("commit", activator, move |job: Job| match job {
+        Job::Append(record) => {
+            let at = |e: SinkError| e.at("committing", record.epoch);
+            if appender.is_none() {
+                let connected =
+                    Appender::connect(&cfg.bootstrap, &cfg.progress_topic, cfg.parquet_dir.clone());
+                appender = Some(connected.map_err(at)?);
+            }
+            let offset = appender
+                .as_ref()
+                .ok_or(SinkError::ThreadGone("commit"))?
+                .commit(&record)
+                .map_err(at)?;
+            Ok(Done::Appended {
+                epoch: record.epoch,
+                offset,
+            })
+        }
+        Job::Collect(c) => {
+            state_dir::collect(&cfg.state_dir, &cfg.parquet_dir, &c)?;
+            Ok(Done::Collected)
+        }
+    })
+}
+
+/// Worker 0's half of the operator: the committer, its thread, and the
+/// capabilities of staged epochs not yet committed.
+struct Shell {
+    ctx: SinkContext,
+    committer: Committer,
+    thread: CommitThread,
+    caps: BTreeMap<Epoch, Capability<Epoch>>,
+    ended: bool,
+    failed: bool,
+    built: Instant,
+}
+
+impl Shell {
+    fn new(ctx: SinkContext, thread: CommitThread) -> Self {
+        let committer = Committer::new(Start {
+            job: ctx.cfg.job.clone(),
+            generation: ctx.cfg.generation,
+            workers: ctx.workers,
+            epoch: ctx.start,
+            history: ctx.history.clone(),
+            depth: ctx.cfg.depth,
+        });
+        Self {
+            ctx,
+            committer,
+            thread,
+            caps: BTreeMap::new(),
+            ended: false,
+            failed: false,
+            built: Instant::now(),
+        }
+    }
+
+    /// The commit thread's answers, as events.
+    fn answers(&mut self, events: &mut Vec<Event>) {
+        for done in self.thread.done() {
+            match done {
+                Ok(Done::Appended { epoch, offset }) => {
+                    observe_commit(&self.ctx, epoch, self.built);
+                    events.push(Event::Appended { epoch, offset });
+                }
+                Ok(Done::Collected) => {}
+                Err(e) => {
+                    self.ctx.fail(e);
+                    self.failed = true;
+                }
+            }
+        }
+    }
+
+    /// Feeds `events` to the committer and carries out its actions;
+    /// committed records go to `emit` with their epoch's capability.
+    fn handle(
+        &mut self,
+        events: Vec<Event>,
+        mut emit: impl FnMut(&Capability<Epoch>, CommitRecord),
+    ) {
+        if self.ctx.stop.load(Ordering::Relaxed) {
+            self.failed = true;
+        }
+        for event in events {
+            if self.failed {
+                break;
+            }
+            let actions = match self.committer.handle(event) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.ctx.fail(e.into());
+                    self.failed = true;
+                    break;
+                }
+            };
+            for action in actions {
+                let submitted = match action {
+                    Action::Append(record) => {
+                        if self.committer.in_flight() > 0 {
+                            failpoint::hit(Site::CommitAhead);
+                        }
+                        self.thread.submit(Job::Append(record))
+                    }
+                    Action::Collect(c) => self.thread.submit(Job::Collect(c)),
+                    Action::Publish(record) => {
+                        if let Some(cap) = self.caps.remove(&record.epoch) {
+                            emit(&cap, (*record).clone());
+                        }
+                        Ok(())
+                    }
+                };
+                if let Err(e) = submitted {
+                    self.ctx.fail(e);
+                    self.failed = true;
+                }
+            }
+        }
+        if self.failed || self.committer.done() {
+            self.caps.clear();
+        }
+    }
+}
+
 /// Attaches the Commit operator; returns the committed epochs' records.
 pub fn commit<'scope>(
     staged: Stream<'scope, Epoch, Vec<StagedMsg>>,
@@ -56,7 +189,6 @@ pub fn commit<'scope>(
     ctx: &SinkContext,
 ) -> Stream<'scope, Epoch, Vec<CommitRecord>> {
     let scope = staged.scope();
-    let worker = scope.index();
     let mut builder = OperatorBuilder::new("Commit".to_owned(), scope);
     let info = builder.operator_info();
     let activator = scope.worker().sync_activator_for(info.address.to_vec());
@@ -67,71 +199,21 @@ pub fn commit<'scope>(
     let (committed_out, committed) =
         builder.new_output_connection::<Vec<CommitRecord>, _>([(0, Antichain::from_elem(0))]);
     let mut committed_out = OutputBuilder::from(committed_out);
-    let ctx = ctx.clone();
-    let thread = (worker == 0).then(|| {
-        let cfg = Arc::clone(&ctx.cfg);
-        let mut appender: Option<Appender> = None;
-        Offload::spawn(
-            "commit",
-            activator,
-            move |job: Job| -> Result<Done, SinkError> {
-                match job {
-                    Job::Append(record) => {
-                        let at = |e: SinkError| e.at("committing", record.epoch);
-                        if appender.is_none() {
-                            let connected = Appender::connect(
-                                &cfg.bootstrap,
-                                &cfg.progress_topic,
-                                cfg.parquet_dir.clone(),
-                            );
-                            appender = Some(connected.map_err(at)?);
-                        }
-                        let offset = appender
-                            .as_ref()
-                            .ok_or(SinkError::ThreadGone("commit"))?
-                            .commit(&record)
-                            .map_err(at)?;
-                        Ok(Done::Appended {
-                            epoch: record.epoch,
-                            offset,
-                        })
-                    }
-                    Job::Collect(c) => {
-                        state_dir::collect(&cfg.state_dir, &cfg.parquet_dir, &c)?;
-                        Ok(Done::Collected)
-                    }
-                }
-            },
-        )
-    });
+    let mut shell = match (scope.index() == 0).then(|| commit_thread(ctx, activator)) {
+        Some(Ok(thread)) => Some(Shell::new(ctx.clone(), thread)),
+        Some(Err(e)) => {
+            ctx.fail(e);
+            None
+        }
+        None => None,
+    };
     builder.build(move |caps| {
         drop(caps);
-        let mut committer = Committer::new(Start {
-            job: ctx.cfg.job.clone(),
-            generation: ctx.cfg.generation,
-            workers: ctx.workers,
-            epoch: ctx.start,
-            history: ctx.history.clone(),
-            depth: ctx.cfg.depth,
-        });
-        let mut caps: BTreeMap<Epoch, Capability<Epoch>> = BTreeMap::new();
-        let mut ended = false;
-        let mut failed = false;
-        let built = Instant::now();
-        let thread = match thread {
-            Some(Ok(t)) => Some(t),
-            Some(Err(e)) => {
-                ctx.fail(e);
-                None
-            }
-            None => None,
-        };
         move |frontiers| {
             let mut events = Vec::new();
             staged_in.for_each(|time, data| {
-                let epoch = epoch_of(&time);
-                if let Some(cap) = time.retain_least(0) {
-                    caps.entry(epoch).or_insert(cap);
+                if let Some((cap, shell)) = time.retain_least(0).zip(shell.as_mut()) {
+                    shell.caps.entry(epoch_of(&time)).or_insert(cap);
                 }
                 events.extend(data.drain(..).map(|m| Event::Staged {
                     epoch: m.epoch,
@@ -140,75 +222,22 @@ pub fn commit<'scope>(
                 }));
             });
             acks_in.for_each(|_, data| {
-                events.extend(
-                    data.drain(..)
-                        .map(|(epoch, worker)| Event::Published { epoch, worker }),
-                );
+                let acks = data
+                    .drain(..)
+                    .map(|(epoch, worker)| Event::Published { epoch, worker });
+                events.extend(acks);
             });
-            let Some(thread) = thread.as_ref().filter(|_| !failed) else {
-                caps.clear();
+            let Some(shell) = shell.as_mut() else {
                 return;
             };
-            for done in thread.done() {
-                match done {
-                    Ok(Done::Appended { epoch, offset }) => {
-                        observe_commit(&ctx, epoch, built);
-                        events.push(Event::Appended { epoch, offset });
-                    }
-                    Ok(Done::Collected) => {}
-                    Err(e) => {
-                        ctx.fail(e);
-                        failed = true;
-                    }
-                }
-            }
-            if !ended && frontiers[0].is_empty() {
-                ended = true;
+            shell.answers(&mut events);
+            if !shell.ended && frontiers[0].is_empty() {
+                shell.ended = true;
                 events.push(Event::StagingEnded);
             }
-            if ctx.stop.load(Ordering::Relaxed) {
-                failed = true;
-            }
-            for event in events {
-                if failed {
-                    break;
-                }
-                let actions = match committer.handle(event) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        ctx.fail(e.into());
-                        failed = true;
-                        break;
-                    }
-                };
-                for action in actions {
-                    let submitted = match action {
-                        Action::Append(record) => {
-                            if committer.in_flight() > 0 {
-                                failpoint::hit(Site::CommitAhead);
-                            }
-                            thread.submit(Job::Append(record))
-                        }
-                        Action::Collect(c) => thread.submit(Job::Collect(c)),
-                        Action::Publish(record) => {
-                            if let Some(cap) = caps.remove(&record.epoch) {
-                                committed_out
-                                    .activate()
-                                    .session(&cap)
-                                    .give((*record).clone());
-                            }
-                            Ok(())
-                        }
-                    };
-                    if let Err(e) = submitted {
-                        ctx.fail(e);
-                        failed = true;
-                    }
-                }
-            }
-            if failed || committer.done() {
-                caps.clear();
-            }
+            shell.handle(events, |cap, record| {
+                committed_out.activate().session(cap).give(record);
+            });
         }
     });
     committed

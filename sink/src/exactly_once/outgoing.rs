@@ -44,10 +44,36 @@ pub enum Order {
 /// One record as the broker will get it, minus the protocol's headers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedRecord {
+    #[serde(serialize_with = "opt_bytes")]
     pub key: Option<Vec<u8>>,
+    #[serde(serialize_with = "bytes")]
     pub value: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
     pub timestamp_ms: i64,
+}
+
+/// Payloads as one byte string (a copy in bincode), not a sequence of
+/// numbers; bincode reads both the same way, so deserializing needs nothing.
+fn bytes<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(v)
+}
+
+fn opt_bytes<S: serde::Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(&serde_bytes_ref(v)),
+        None => s.serialize_none(),
+    }
+}
+
+/// A byte slice that serializes as bytes.
+fn serde_bytes_ref(v: &[u8]) -> impl Serialize + '_ {
+    struct Bytes<'a>(&'a [u8]);
+    impl Serialize for Bytes<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+    Bytes(v)
 }
 
 /// One output record inside the dataflow, routed to its partition's publisher.

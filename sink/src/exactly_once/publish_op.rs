@@ -19,6 +19,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
+use timely::scheduling::SyncActivator;
 
 use crate::error::SinkError;
 use crate::protocol::CommitRecord;
@@ -27,6 +28,33 @@ use super::SinkContext;
 use super::commit_op::Ack;
 use super::offload::Offload;
 use super::publisher::Publisher;
+
+/// Starts this worker's publish thread: each committed epoch's outputs of
+/// this worker, from `Held`, to their partitions.
+fn publish_thread(
+    ctx: &SinkContext,
+    worker: u32,
+    activator: SyncActivator,
+) -> Result<Offload<Epoch, Result<Epoch, SinkError>>, SinkError> {
+    let (cfg, held) = (Arc::clone(&ctx.cfg), Arc::clone(&ctx.held));
+    let mut publisher: Option<Publisher> = None;
+    Offload::spawn("publish", activator, move |epoch: Epoch| {
+        let outputs = held.take(worker, epoch);
+        if !outputs.is_empty() {
+            let at = |e: SinkError| e.at("publishing", epoch);
+            if publisher.is_none() {
+                let connected = Publisher::connect(&cfg.bootstrap, &cfg.job, cfg.fresh);
+                publisher = Some(connected.map_err(at)?);
+            }
+            publisher
+                .as_mut()
+                .ok_or(SinkError::ThreadGone("publish"))?
+                .publish(epoch, &outputs)
+                .map_err(at)?;
+        }
+        Ok(epoch)
+    })
+}
 
 /// Attaches the Publish operator; returns the acks.
 pub fn publish<'scope>(
@@ -42,25 +70,7 @@ pub fn publish<'scope>(
     let (acks_out, acks) = builder.new_output::<Vec<Ack>>();
     let mut acks_out = OutputBuilder::from(acks_out);
     let ctx = ctx.clone();
-    let thread = {
-        let (cfg, held) = (Arc::clone(&ctx.cfg), Arc::clone(&ctx.held));
-        let mut publisher: Option<Publisher> = None;
-        Offload::spawn("publish", activator, move |epoch: Epoch| {
-            let outputs = held.take(worker, epoch);
-            if !outputs.is_empty() {
-                if publisher.is_none() {
-                    let connected = Publisher::connect(&cfg.bootstrap, &cfg.job, cfg.fresh);
-                    publisher = Some(connected.map_err(|e| e.at("publishing", epoch))?);
-                }
-                publisher
-                    .as_mut()
-                    .ok_or(SinkError::ThreadGone("publish"))?
-                    .publish(epoch, &outputs)
-                    .map_err(|e| e.at("publishing", epoch))?;
-            }
-            Ok::<_, SinkError>(epoch)
-        })
-    };
+    let thread = publish_thread(&ctx, worker, activator);
     builder.build(move |caps| {
         drop(caps);
         let mut in_flight: BTreeMap<Epoch, Capability<Epoch>> = BTreeMap::new();

@@ -157,12 +157,14 @@ impl Publisher {
                     })?,
             };
             let todo = unpublished(tail, epoch, records.len() as u64);
-            let batch: Vec<Record> = todo
-                .map(|i| record(&records[i as usize], epoch, i, &self.job))
-                .collect();
-            let produced = batch.chunks(BATCH).try_for_each(|chunk| {
+            // Each chunk's records are built when it is sent: one copy of each payload.
+            let produced = todo.step_by(BATCH).try_for_each(|from| {
+                let to = (from + BATCH as u64).min(records.len() as u64);
+                let chunk: Vec<Record> = (from..to)
+                    .map(|i| record(&records[i as usize], epoch, i, &self.job))
+                    .collect();
                 self.runtime
-                    .block_on(producer.produce(chunk.to_vec(), Compression::NoCompression))
+                    .block_on(producer.produce(chunk, Compression::NoCompression))
                     .map(|_| failpoint::hit(Site::PublishBatch))
             });
             match produced {

@@ -187,34 +187,60 @@ pub async fn prepare(
                     });
                 }
             };
-            let snapshots =
-                reshard(&state.snapshots, workers).map_err(|source| SinkError::Snapshot {
-                    path: cfg.state_dir.clone(),
-                    source,
-                })?;
-            let pending = regroup_pending(state.pending, from.workers, workers, &cfg.datasets);
-            if process == 0 {
-                tracing::info!(
-                    from = from.epoch,
-                    unpublished_from = ?from.unpublished_from,
-                    finishing = ?finish.iter().map(|c| c.epoch).collect::<Vec<_>>(),
-                    "finishing the publishing of the last commits"
-                );
-                finish_publishing(cfg, &finish).await?;
-            }
-            let history = valid_history(&read, &cfg.job, from.epoch);
-            Ok(RunStart {
-                epoch: from.epoch + 1,
-                offsets: from.source_offsets.clone(),
-                snapshots,
-                pending,
-                history,
-                discarded: discard.len(),
-                skipped,
-                lock,
-            })
+            let resumed = Resumed {
+                history: valid_history(&read, &cfg.job, from.epoch),
+                from: *from,
+                finish,
+                state,
+            };
+            let mut start = resume(cfg, resumed, workers, process, lock).await?;
+            (start.discarded, start.skipped) = (discard.len(), skipped);
+            Ok(start)
         }
     }
+}
+
+/// What recovery resumes from.
+struct Resumed {
+    from: CommitRecord,
+    finish: Vec<CommitRecord>,
+    state: CommitState,
+    history: Vec<(CommitRecord, i64)>,
+}
+
+/// Re-shards the resumed state over `workers` and (process 0) finishes the
+/// publishing of the commits that may be unfinished.
+async fn resume(
+    cfg: &ExactlyOnceConfig,
+    r: Resumed,
+    workers: u32,
+    process: usize,
+    lock: File,
+) -> Result<RunStart, SinkError> {
+    let snapshots = reshard(&r.state.snapshots, workers).map_err(|source| SinkError::Snapshot {
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    let pending = regroup_pending(r.state.pending, r.from.workers, workers, &cfg.datasets);
+    if process == 0 {
+        tracing::info!(
+            from = r.from.epoch,
+            unpublished_from = ?r.from.unpublished_from,
+            finishing = ?r.finish.iter().map(|c| c.epoch).collect::<Vec<_>>(),
+            "finishing the publishing of the last commits"
+        );
+        finish_publishing(cfg, &r.finish).await?;
+    }
+    Ok(RunStart {
+        epoch: r.from.epoch + 1,
+        offsets: r.from.source_offsets,
+        snapshots,
+        pending,
+        history: r.history,
+        discarded: 0,
+        skipped: Vec::new(),
+        lock,
+    })
 }
 
 /// Publishes every commit of `finish` again, oldest first: its staged
