@@ -369,7 +369,7 @@ fn assign<'scope>(
             combiner = WatermarkCombiner::restored(cfg.watermark, &snap.reports, snap.watermark);
             let mut names = names.borrow_mut();
             for k in snap.seen {
-                let series = names.series_named(&k.device.into(), &k.metric.into());
+                let series = names.series_named(&k.device, &k.metric);
                 if seen.len() <= series as usize {
                     seen.resize_with(series as usize + 1, SeriesSeen::default);
                 }
@@ -387,11 +387,7 @@ fn assign<'scope>(
             }
             seen_len = seen.iter().map(SeriesSeen::len).sum();
             for w in snap.windows {
-                let key = (
-                    names.id(&w.device.into()),
-                    names.id(&w.metric.into()),
-                    w.start,
-                );
+                let key = (names.id(&w.device), names.id(&w.metric), w.start);
                 if open.insert(key) {
                     let close_at = cfg.window.end(w.start).saturating_add(cfg.lateness_ms);
                     closing.entry(close_at).or_default().push(key);
