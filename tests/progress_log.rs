@@ -14,6 +14,7 @@ use iotflow_sink::progress::ProgressLog;
 use iotflow_sink::protocol::{
     CommitRecord, EpochStaging, Plan, ProtocolError, PublishTarget, Staged, plan_recovery,
 };
+use rskafka::client::Client;
 use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::record::Record;
 
@@ -36,8 +37,8 @@ fn commit(job: &str, epoch: u64, generation: u64) -> CommitRecord {
     s.commit(job, generation).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commits_round_trip_and_untrusted_records_are_reported() {
+/// A local broker with a fresh one-partition progress topic.
+async fn progress_topic() -> (iotflow_redpanda::LocalBroker, Client, String, ProgressLog) {
     let broker = common::broker(Storage::Memory).await;
     let bootstrap = broker.bootstrap();
     let client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30))
@@ -48,6 +49,12 @@ async fn commits_round_trip_and_untrusted_records_are_reported() {
         .await
         .unwrap();
     let log = ProgressLog::open(&client, &topic).await.unwrap();
+    (broker, client, topic, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_round_trip_and_untrusted_records_are_reported() {
+    let (_broker, client, topic, log) = progress_topic().await;
 
     let mut written = Vec::new();
     for epoch in 0..5 {
@@ -107,16 +114,7 @@ async fn commits_round_trip_and_untrusted_records_are_reported() {
 /// answer with the record's own offset, which `log_from` is built from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_history_is_read_from_the_end_as_far_as_its_newest_record_says() {
-    let broker = common::broker(Storage::Memory).await;
-    let bootstrap = broker.bootstrap();
-    let client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let topic = common::unique("progress");
-    topics::create_topics(&client, &bootstrap, &[TopicSpec::new(topic.as_str(), 1)])
-        .await
-        .unwrap();
-    let log = ProgressLog::open(&client, &topic).await.unwrap();
+    let (_broker, client, topic, log) = progress_topic().await;
     let mut offsets = Vec::new();
     for epoch in 0..40 {
         let mut a = commit("a", epoch, 1);
