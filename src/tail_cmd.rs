@@ -47,6 +47,11 @@ pub struct TailArgs {
 
 /// How long a fetch waits for new records.
 const POLL_MS: i32 = 200;
+/// How long a fetch waits for the rest of an epoch that is committed: its
+/// records are being published, so they are moments away. Partitions are
+/// read one after another, so a long wait here (per partition) would let the
+/// viewer fall behind a job that commits every 250 ms.
+const ASSEMBLY_WAIT_MS: i32 = 20;
 
 /// A partition of the followed topic: where reading stands and what was read ahead.
 struct Partition {
@@ -168,10 +173,14 @@ pub async fn run(home: &Path, args: TailArgs) -> Result<()> {
                     continue;
                 }
                 if part.ahead.is_empty() {
-                    let (records, _) =
-                        scan::fetch_from(&part.pc, part.next, scan::FETCH_MAX_BYTES, POLL_MS)
-                            .await
-                            .with_context(|| format!("reading {}/{p}", args.topic))?;
+                    let (records, _) = scan::fetch_from(
+                        &part.pc,
+                        part.next,
+                        scan::FETCH_MAX_BYTES,
+                        ASSEMBLY_WAIT_MS,
+                    )
+                    .await
+                    .with_context(|| format!("reading {}/{p}", args.topic))?;
                     if let Some(last) = records.last() {
                         part.next = last.offset + 1;
                     }
