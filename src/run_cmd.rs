@@ -188,8 +188,9 @@ pub struct RunArgs {
     #[arg(long, env = "IOTFLOW_SNAPSHOT_FOLD_BYTES", default_value_t = 1 << 20)]
     snapshot_fold_bytes: u64,
     /// Committed epochs that may still be publishing while the next commits
-    /// (pipelining; 1 = each commit waits for the previous epoch's publishing).
-    #[arg(long, env = "IOTFLOW_COMMIT_DEPTH", default_value_t = 4)]
+    /// (pipelining, 1 to 8; 1 = each commit waits for the previous epoch's publishing).
+    #[arg(long, env = "IOTFLOW_COMMIT_DEPTH", default_value_t = 4,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=8))]
     commit_depth: usize,
     /// Output bytes staged but not yet published, per process, past which the
     /// sources wait before starting another epoch (256 MiB).

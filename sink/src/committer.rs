@@ -30,8 +30,14 @@ use std::sync::Arc;
 
 use crate::protocol::{CommitRecord, EpochStaging, ProtocolError, Staged};
 
-/// Commits per job that recovery may fall back through (and compaction keeps).
+/// Commits per job that recovery may fall back through.
 pub const KEPT_COMMITS: usize = 3;
+/// The most committed epochs that may wait for publishing at once.
+pub const MAX_DEPTH: usize = 8;
+/// Records per job that must survive compaction of the progress topic: the
+/// kept commits and every commit in their unpublished ranges, so commit
+/// records are keyed by `epoch % RETAINED_SLOTS`.
+pub const RETAINED_SLOTS: u64 = (KEPT_COMMITS + MAX_DEPTH) as u64;
 
 /// What the committer is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +112,7 @@ pub struct Start {
     /// The valid commits before `epoch` that recovery read, oldest first,
     /// with their progress-topic offsets; all of them fully published.
     pub history: Vec<(CommitRecord, i64)>,
-    /// How many committed epochs may wait for publishing at once (≥ 1).
+    /// How many committed epochs may wait for publishing at once (1 to [`MAX_DEPTH`]).
     pub depth: usize,
 }
 
@@ -149,7 +155,7 @@ impl Committer {
             job: start.job,
             generation: start.generation,
             workers: start.workers,
-            depth: start.depth.max(1),
+            depth: start.depth.clamp(1, MAX_DEPTH),
             staging: BTreeMap::new(),
             next: start.epoch,
             appending: None,
@@ -276,6 +282,17 @@ impl Committer {
     /// Every epoch below this one is committed and fully published.
     pub fn published_below(&self) -> u64 {
         self.unpublished_from
+    }
+
+    /// The epoch that can never commit, once no worker will stage anything
+    /// below `staged_frontier`: the next one to append, if not every worker
+    /// staged it (a worker skips staging only when it stops).
+    pub fn never_commits(&self, staged_frontier: u64) -> Option<u64> {
+        let staged_by_all = self
+            .staging
+            .get(&self.next)
+            .is_some_and(|s| s.commit(&self.job, self.generation).is_some());
+        (self.next < staged_frontier && !staged_by_all).then_some(self.next)
     }
 
     /// Committed epochs still being published.
@@ -408,6 +425,27 @@ mod tests {
             .is_err()
         );
         assert!(!c.done());
+    }
+
+    #[test]
+    fn an_epoch_a_worker_never_staged_is_known_once_the_frontier_passes_it() {
+        let mut c = Committer::new(start(0, 2));
+        c.handle(Event::Staged {
+            epoch: 0,
+            worker: 0,
+            staged: staged(0, 1),
+        })
+        .unwrap();
+        assert_eq!(c.never_commits(0), None, "worker 1 may still stage 0");
+        assert_eq!(c.never_commits(1), Some(0), "it never will");
+        c.handle(Event::Staged {
+            epoch: 0,
+            worker: 1,
+            staged: staged(1, 1),
+        })
+        .unwrap();
+        assert_eq!(c.never_commits(1), None, "0 is being appended; 1 may come");
+        assert_eq!(c.never_commits(5), Some(1), "1 never staged, by anyone");
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //!   a job's history: back from the end to its newest record ─log_from─▶ read forward to the end
 //! ```
 //!
-//! The key is the job and `epoch % KEPT_COMMITS`: compaction keeps the last
-//! few commits of every job, enough to fall back past a corrupt snapshot.
+//! The key is the job and `epoch % RETAINED_SLOTS`: compaction keeps the
+//! last few commits of every job, enough to fall back past a corrupt snapshot
+//! and to finish every commit that may still be partly published.
 //! A broker that does not compact (tansu), or has not yet, keeps every
 //! commit: recovery therefore reads back from the end, only as far as the
 //! newest record's `log_from` (the oldest commit it may fall back to), so a
@@ -19,10 +20,8 @@ use rskafka::client::Client;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
 
+use crate::committer::RETAINED_SLOTS;
 use crate::protocol::{CommitRecord, ProtocolError, history_needs, history_start};
-
-/// Commits per job that compaction keeps (by key).
-pub const KEPT_COMMITS: u64 = crate::committer::KEPT_COMMITS as u64;
 
 /// What can go wrong talking to the progress topic.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +89,7 @@ impl ProgressLog {
 
     /// Appends `record`; returns its offset once the broker acknowledged it.
     pub async fn append(&self, record: &CommitRecord) -> Result<i64, ProgressError> {
-        let key = format!("{}/{}", record.job, record.epoch % KEPT_COMMITS);
+        let key = format!("{}/{}", record.job, record.epoch % RETAINED_SLOTS);
         let r = Record {
             key: Some(key.into_bytes()),
             value: Some(record.encode()?),

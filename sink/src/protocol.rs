@@ -105,7 +105,8 @@ pub struct CommitRecord {
     pub unpublished_from: Option<u64>,
     /// The progress-topic offset from which a reader sees every commit that
     /// recovery may fall back to from this one (the oldest of the last
-    /// `KEPT_COMMITS`): recovery reads from there, not from the topic's start.
+    /// `KEPT_COMMITS`, and every commit in their unpublished ranges): recovery
+    /// reads from there, not from the topic's start.
     #[serde(default)]
     pub log_from: Option<i64>,
 }
@@ -380,12 +381,14 @@ pub fn plan_recovery(
     let generation = valid.next_generation();
     let mut skipped = Vec::new();
     for c in valid.newest_first() {
-        if snapshots_ok(c) {
+        // Every commit that may be partly published must be in view: one
+        // that is not (compacted away, or not read) is never skipped silently.
+        let finish: Option<Vec<CommitRecord>> = c
+            .maybe_unpublished()
+            .map(|e| valid.get(e).cloned())
+            .collect();
+        if let Some(finish) = finish.filter(|_| snapshots_ok(c)) {
             let discard = staged_on_disk.range(c.epoch + 1..).copied().collect();
-            let finish = c
-                .maybe_unpublished()
-                .filter_map(|e| valid.get(e).cloned())
-                .collect();
             return Plan::Resume {
                 generation,
                 from: Box::new(c.clone()),
@@ -549,6 +552,20 @@ mod tests {
         assert_eq!(plan(&commits), vec![(3, 1), (4, 1), (5, 1)]);
         commits.push(resumed);
         assert_eq!(plan(&commits), vec![(2, 1), (3, 1), (4, 2)]);
+    }
+
+    #[test]
+    fn a_commit_whose_unpublished_range_is_not_in_view_is_never_resumed_from() {
+        let mut newest = commit_of(7, 1, 1);
+        newest.unpublished_from = Some(4);
+        // Commit 5 is missing (compacted away, or never read).
+        let commits = vec![commit_of(4, 1, 1), commit_of(6, 1, 1), newest];
+        match plan_recovery("job", &commits, &BTreeSet::new(), |_| true) {
+            Plan::Resume { from, skipped, .. } => {
+                assert_eq!((from.epoch, skipped), (6, vec![7]));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

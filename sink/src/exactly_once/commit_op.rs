@@ -235,6 +235,14 @@ pub fn commit<'scope>(
                 shell.ended = true;
                 events.push(Event::StagingEnded);
             }
+            let staged_frontier = frontiers[0].frontier().first().copied();
+            if let Some(epoch) = staged_frontier.and_then(|f| shell.committer.never_commits(f)) {
+                // A worker stopped (its own error or a stop anywhere in the
+                // job): this epoch never commits, and holding it would hold
+                // the sources' gate, so the stop could never reach them.
+                tracing::warn!(epoch, "not every worker staged; stopping commits");
+                shell.failed = true;
+            }
             shell.handle(events, |cap, record| {
                 committed_out.activate().session(cap).give(record);
             });
