@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
 use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult};
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
@@ -25,10 +24,10 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::exactly_once::outgoing::StagedRecord;
 use crate::protocol::TailMark;
 use crate::records::{
-    AggregateRecord, DeadLetter, EPOCH_HEADER, INDEX_HEADER, JOB_HEADER, dead_letter_partition,
-    key_partition,
+    EPOCH_HEADER, INDEX_HEADER, JOB_HEADER, dead_letter_partition, key_partition,
 };
 
 /// The first error a sink hit; the job stops and fails with it.
@@ -188,21 +187,9 @@ pub fn record_failure(slot: &FailureSlot, stop: &AtomicBool, msg: String) {
 
 /// The Kafka value and headers of an aggregate.
 pub fn aggregate_record(r: &WindowResult, epoch: Epoch) -> Result<(String, Record), String> {
-    let agg = AggregateRecord::of(r, epoch);
-    let key = agg.key();
-    let value = agg
-        .to_json()
-        .map_err(|e| format!("encoding aggregate {key}: {e}"))?;
-    let record = Record {
-        key: Some(key.clone().into_bytes()),
-        value: Some(value),
-        headers: BTreeMap::from([(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes())]),
-        timestamp: Utc
-            .timestamp_millis_opt(r.window_end)
-            .single()
-            .unwrap_or_default(),
-    };
-    Ok((key, record))
+    StagedRecord::aggregate(r, epoch)
+        .map(|(key, record)| (key, record.to_record()))
+        .map_err(|e| e.to_string())
 }
 
 /// Turns one epoch's items into `(partition index, record)` in publish order.
@@ -316,27 +303,11 @@ pub fn publish_dead_letters(
             Ok(dead
                 .into_iter()
                 .map(|d| {
-                    let letter = DeadLetter {
-                        reason: d.reason.code(),
-                        source_topic: cfg.source_topic.clone(),
-                        source_partition: d.record.partition,
-                        source_offset: d.record.offset,
-                        key: d.record.key,
-                        payload: d.record.value.to_vec(),
-                    };
                     let partition = dead_letter_partition(d.record.partition, n) as usize;
-                    // The source record's time, never the wall clock: retention
-                    // counts from it and a replay writes the same record.
-                    let record = Record {
-                        headers: letter.headers(),
-                        key: letter.key,
-                        value: Some(letter.payload),
-                        timestamp: Utc
-                            .timestamp_millis_opt(d.record.timestamp_ms)
-                            .single()
-                            .unwrap_or_default(),
-                    };
-                    (partition, record)
+                    (
+                        partition,
+                        StagedRecord::dead_letter(d, &cfg.source_topic).to_record(),
+                    )
                 })
                 .collect())
         },

@@ -11,6 +11,8 @@
 //! Binary, not JSON: JSON writes each payload byte as a decimal number, about
 //! four times the bytes and most of the staging CPU on an output-heavy job.
 
+use chrono::{TimeZone, Utc};
+use rskafka::record::Record;
 use serde::{Deserialize, Serialize};
 
 use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult};
@@ -101,6 +103,60 @@ impl Outgoing {
     }
 }
 
+impl StagedRecord {
+    /// Window result `r` emitted at `epoch` as an aggregate record, with its
+    /// key: the one place the aggregate's record shape is written, for both
+    /// delivery paths.
+    pub fn aggregate(r: &WindowResult, epoch: Epoch) -> Result<(String, Self), SinkError> {
+        let agg = AggregateRecord::of(r, epoch);
+        let key = agg.key();
+        let value = agg.to_json().map_err(|e| SinkError::Encode {
+            what: format!("aggregate {key}"),
+            detail: e.to_string(),
+        })?;
+        let record = Self {
+            key: Some(key.clone().into_bytes()),
+            value,
+            headers: vec![(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes())],
+            timestamp_ms: r.window_end,
+        };
+        Ok((key, record))
+    }
+
+    /// A rejected input record as a dead letter, stamped with its source
+    /// record's own timestamp (never the wall clock: a replay writes the same
+    /// record, and retention counts from the source's time).
+    pub fn dead_letter(d: DeadRecord, source_topic: &str) -> Self {
+        let letter = DeadLetter {
+            reason: d.reason.code(),
+            source_topic: source_topic.to_owned(),
+            source_partition: d.record.partition,
+            source_offset: d.record.offset,
+            key: d.record.key,
+            payload: d.record.value.to_vec(),
+        };
+        Self {
+            headers: letter.headers().into_iter().collect(),
+            key: letter.key,
+            value: letter.payload,
+            timestamp_ms: d.record.timestamp_ms,
+        }
+    }
+
+    /// The broker's record: these fields, copied.
+    pub fn to_record(&self) -> Record {
+        Record {
+            key: self.key.clone(),
+            value: Some(self.value.clone()),
+            headers: self.headers.iter().cloned().collect(),
+            timestamp: Utc
+                .timestamp_millis_opt(self.timestamp_ms)
+                .single()
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// An aggregate as an outgoing record of `output`.
 pub fn aggregate_outgoing(
     r: &WindowResult,
@@ -108,55 +164,28 @@ pub fn aggregate_outgoing(
     output: OutputId,
     partitions: usize,
 ) -> Result<Outgoing, SinkError> {
-    let agg = AggregateRecord::of(r, epoch);
-    let key = agg.key();
-    let value = agg.to_json().map_err(|e| SinkError::Encode {
-        what: format!("aggregate {key}"),
-        detail: e.to_string(),
-    })?;
+    let (key, record) = StagedRecord::aggregate(r, epoch)?;
     Ok(Outgoing {
         output,
         partition: key_partition(key.as_bytes(), partitions),
         order: Order::Key,
-        record: StagedRecord {
-            key: Some(key.into_bytes()),
-            value,
-            headers: vec![(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes())],
-            timestamp_ms: r.window_end,
-        },
+        record,
     })
 }
 
-/// A rejected input record as an outgoing dead letter of `output`, stamped
-/// with its source record's own timestamp (never the wall clock: a replay
-/// writes the same record, and retention counts from the source's time).
+/// A rejected input record as an outgoing dead letter of `output`.
 pub fn dead_outgoing(
     d: DeadRecord,
     source_topic: &str,
     output: OutputId,
     partitions: usize,
 ) -> Outgoing {
-    let letter = DeadLetter {
-        reason: d.reason.code(),
-        source_topic: source_topic.to_owned(),
-        source_partition: d.record.partition,
-        source_offset: d.record.offset,
-        key: d.record.key,
-        payload: d.record.value.to_vec(),
-    };
+    let (partition, offset) = (d.record.partition, d.record.offset);
     Outgoing {
         output,
-        partition: dead_letter_partition(letter.source_partition, partitions),
-        order: Order::Source {
-            partition: letter.source_partition,
-            offset: letter.source_offset,
-        },
-        record: StagedRecord {
-            headers: letter.headers().into_iter().collect(),
-            key: letter.key,
-            value: letter.payload,
-            timestamp_ms: d.record.timestamp_ms,
-        },
+        partition: dead_letter_partition(partition, partitions),
+        order: Order::Source { partition, offset },
+        record: StagedRecord::dead_letter(d, source_topic),
     }
 }
 

@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
 use iotflow_dataflow::job::Epoch;
 use rskafka::client::Client;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
@@ -203,19 +202,12 @@ impl Publisher {
 
 /// The broker record of `r`, the `index`-th of its partition in `epoch`.
 fn record(r: &StagedRecord, epoch: Epoch, index: u64, job: &str) -> Record {
-    let mut headers: BTreeMap<String, Vec<u8>> = r.headers.iter().cloned().collect();
+    let mut record = r.to_record();
+    let headers = &mut record.headers;
     headers.insert(JOB_HEADER.to_owned(), job.as_bytes().to_vec());
     headers.insert(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes());
     headers.insert(INDEX_HEADER.to_owned(), index.to_string().into_bytes());
-    Record {
-        key: r.key.clone(),
-        value: Some(r.value.clone()),
-        headers,
-        timestamp: Utc
-            .timestamp_millis_opt(r.timestamp_ms)
-            .single()
-            .unwrap_or_default(),
-    }
+    record
 }
 
 /// Appends commit records and moves their Parquet files into the datasets.
