@@ -291,7 +291,7 @@ impl Committer {
         let staged_by_all = self
             .staging
             .get(&self.next)
-            .is_some_and(|s| s.commit(&self.job, self.generation).is_some());
+            .is_some_and(EpochStaging::complete);
         (self.next < staged_frontier && !staged_by_all).then_some(self.next)
     }
 

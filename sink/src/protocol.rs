@@ -197,9 +197,14 @@ impl EpochStaging {
         Ok(())
     }
 
+    /// Whether every worker has staged.
+    pub fn complete(&self) -> bool {
+        self.staged.len() == self.workers as usize
+    }
+
     /// The commit record, once every worker has staged; `None` before.
     pub fn commit(&self, job: &str, generation: u64) -> Option<CommitRecord> {
-        if self.staged.len() != self.workers as usize {
+        if !self.complete() {
             return None;
         }
         let mut record = CommitRecord {
