@@ -88,16 +88,21 @@ pub fn load_chain(
     Ok(chain)
 }
 
-/// The whole state at `head`: its chain loaded and put together.
+/// The whole state at `head`, with `next` (the delta after it) added if
+/// given: the chain loaded and put together. Recovery reads a commit's state
+/// this way; staging folds a chain into a whole snapshot this way.
 pub fn load_whole(
     state_dir: &Path,
     worker: u32,
     head: Link,
+    next: Option<WorkerSnapshot>,
     closing: Closing,
 ) -> Result<WorkerSnapshot, SinkError> {
-    let chain = load_chain(state_dir, worker, head)?;
+    let epoch = next.as_ref().map_or(head.epoch, |n| n.epoch);
+    let mut chain = load_chain(state_dir, worker, head)?;
+    chain.extend(next);
     materialize(chain, closing.close_at()).map_err(|source| SinkError::Snapshot {
-        path: state_dir.join(snapshot_path(head.epoch, worker)),
+        path: state_dir.join(snapshot_path(epoch, worker)),
         source,
     })
 }

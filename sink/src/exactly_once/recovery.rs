@@ -83,7 +83,13 @@ pub fn load_state(
             bytes: entry.bytes,
             checksum: entry.checksum,
         };
-        snapshots.push(load_whole(&cfg.state_dir, entry.worker, head, cfg.closing)?);
+        snapshots.push(load_whole(
+            &cfg.state_dir,
+            entry.worker,
+            head,
+            None,
+            cfg.closing,
+        )?);
     }
     snapshots.sort_by_key(|s| s.worker);
     let pending = commit

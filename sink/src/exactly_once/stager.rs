@@ -23,7 +23,7 @@ use crate::protocol::{PublishTarget, SnapshotEntry, Staged};
 use crate::records::AggregateRecord;
 
 use super::ExactlyOnceConfig;
-use super::chain::{Chain, load_chain};
+use super::chain::{Chain, load_whole};
 use super::outgoing::{Outgoing, StagedOutputs};
 use super::pending::PendingRows;
 use super::state_dir::{outputs_path, snapshot_path, write_durably, write_durably_via};
@@ -155,14 +155,8 @@ impl Stager {
             };
             snapshot.previous = Some(last);
             if self.chain.should_fold(self.cfg.fold_bytes) {
-                let mut whole = load_chain(&self.cfg.state_dir, worker, last)?;
-                whole.push(snapshot);
-                snapshot =
-                    iotflow_dataflow::snapshot::materialize(whole, self.cfg.closing.close_at())
-                        .map_err(|source| SinkError::Snapshot {
-                            path: self.cfg.state_dir.join(snapshot_path(epoch, worker)),
-                            source,
-                        })?;
+                let closing = self.cfg.closing;
+                snapshot = load_whole(&self.cfg.state_dir, worker, last, Some(snapshot), closing)?;
             }
         }
         let rel = snapshot_path(epoch, worker);
