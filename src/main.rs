@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod aggregate_file_cmd;
 mod broker_cmd;
+mod check_cmd;
 mod demo;
 mod http;
 mod pipeline_log;
@@ -65,6 +66,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the windowed dataflow over a JSON-lines file and write the final windows as CSV.
     AggregateFile(aggregate_file_cmd::AggregateFileArgs),
+    /// Validate a job file and print its plan: input mapping, routing, and each
+    /// aggregation's key, window, measures, state kept and outputs.
+    Check(check_cmd::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,10 +79,12 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    if let Command::AggregateFile(args) = cli.command {
+    let command = match cli.command {
         // Pure timely: no async runtime involved.
-        return finish(aggregate_file_cmd::run(args));
-    }
+        Command::AggregateFile(args) => return finish(aggregate_file_cmd::run(args)),
+        Command::Check(args) => return check_cmd::run(&args),
+        other => other,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -90,7 +96,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Broker(args) => broker_cmd::broker(&cli.home, args).await,
             Command::Topics(cmd) => broker_cmd::topics(&cli.home, cmd).await,
             Command::Produce(args) => produce_cmd::run(&cli.home, args).await,
@@ -99,7 +105,7 @@ fn main() -> ExitCode {
             Command::Tail(args) => tail_cmd::run(&cli.home, args).await,
             Command::Demo(args) => demo::run(args).await,
             // Handled above, without a runtime.
-            Command::AggregateFile(_) => Ok(()),
+            Command::AggregateFile(_) | Command::Check(_) => Ok(()),
         }
     });
     finish(result)

@@ -1,0 +1,62 @@
+//! The job file as TOML states it, before validation: every key known
+//! (`deny_unknown_fields`), every value with its span for line-precise errors.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub(crate) type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJob {
+    pub name: Option<S<String>>,
+    pub input: Option<S<RawInput>>,
+    pub watermark: Option<RawWatermark>,
+    pub output: Option<RawOutput>,
+    #[serde(default)]
+    pub aggregation: Vec<S<RawAggregation>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInput {
+    pub topic: Option<S<String>>,
+    pub preset: Option<S<String>>,
+    pub device: Option<S<String>>,
+    pub time: Option<S<String>>,
+    pub time_unit: Option<S<String>>,
+    pub seq: Option<S<String>>,
+    pub dimensions: Option<Vec<S<String>>>,
+    pub metrics: Option<S<Vec<S<String>>>>,
+    pub metric_field: Option<S<String>>,
+    pub value_field: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWatermark {
+    pub max_out_of_order: Option<S<String>>,
+    pub lateness: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutput {
+    pub dead_letter_topic: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAggregation {
+    pub name: S<String>,
+    pub group_by: Option<S<Vec<S<String>>>>,
+    pub window: S<String>,
+    pub measures: Option<S<Vec<S<String>>>>,
+    pub percentiles: Option<S<String>>,
+    #[serde(rename = "where")]
+    pub filter: Option<S<String>>,
+    pub emit: Option<S<String>>,
+    pub topic: Option<S<String>>,
+    pub parquet: Option<S<String>>,
+}
