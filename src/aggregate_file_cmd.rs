@@ -72,7 +72,7 @@ impl SortedCsv {
         let mut by_series: FxHashMap<(&str, &str), Vec<(i64, usize)>> = FxHashMap::default();
         for (i, r) in rows.iter().enumerate() {
             by_series
-                .entry((&r.device_id, &r.metric))
+                .entry(device_and_metric(r))
                 .or_default()
                 .push((r.window_start, i));
         }
@@ -162,19 +162,26 @@ fn merge_sorted(
     }
 }
 
+/// The default job's group key, `device|metric`, as its two names.
+fn device_and_metric(r: &WindowResult) -> (&str, &str) {
+    r.group.split_once('|').unwrap_or((&r.group, ""))
+}
+
 /// Appends the CSV line of `r`; floats in their shortest round-tripping form.
 fn csv_row(buf: &mut Vec<u8>, r: &WindowResult) {
     let (mut ints, mut floats) = (itoa::Buffer::new(), zmij::Buffer::new());
-    buf.extend_from_slice(r.device_id.as_bytes());
+    let (device, metric) = device_and_metric(r);
+    buf.extend_from_slice(device.as_bytes());
     buf.push(b',');
-    buf.extend_from_slice(r.metric.as_bytes());
+    buf.extend_from_slice(metric.as_bytes());
     for i in [r.window_start, r.window_end] {
         buf.push(b',');
         buf.extend_from_slice(ints.format(i).as_bytes());
     }
     buf.push(b',');
-    buf.extend_from_slice(ints.format(r.stats.count).as_bytes());
-    for f in [r.stats.sum, r.stats.min, r.stats.max, r.stats.mean] {
+    buf.extend_from_slice(ints.format(r.stats().count).as_bytes());
+    let s = r.stats();
+    for f in [s.sum, s.min, s.max, s.mean] {
         buf.push(b',');
         buf.extend_from_slice(floats.format(f).as_bytes());
     }
@@ -191,17 +198,17 @@ pub fn run(args: AggregateFileArgs) -> Result<()> {
         bail!("input {} is not a file", args.input.display());
     }
     let parquet = args.input.extension().is_some_and(|e| e == "parquet");
-    let cfg = JobConfig {
-        window: WindowSpec::tumbling(millis(args.window))?,
-        lateness_ms: 0,
-        watermark: WatermarkConfig {
+    let cfg = JobConfig::single(
+        WindowSpec::tumbling(millis(args.window))?,
+        0,
+        WatermarkConfig {
             max_out_of_order_ms: millis(args.max_out_of_order),
             idle_timeout_ms: 0,
             outliers: 1,
         },
-        emit: EmitMode::Final,
-        limits: ParseLimits::default(),
-    };
+        EmitMode::Final,
+        ParseLimits::default(),
+    );
     let metrics = Arc::new(JobMetrics::default());
     let error: InputError = Arc::default();
     let (input, err_slot) = (args.input.clone(), Arc::clone(&error));

@@ -13,9 +13,12 @@ use clap::{Args, ValueEnum};
 use iotflow_dataflow::job::{EmitMode, JobConfig};
 use iotflow_dataflow::kafka::EpochMode;
 use iotflow_dataflow::runner::Parallelism;
-use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowSpec};
+use iotflow_dataflow::{JobMetrics, ParseLimits};
+use iotflow_jobfile::{DefaultJob, JobPlan, WatermarkPlan, WindowKind};
 use iotflow_redpanda::topics;
-use iotflow_runtime::{Committing, Controls, Delivery, LiveJob, LiveJobConfig, StartReport};
+use iotflow_runtime::{
+    AggregationOutput, Committing, Controls, Delivery, LiveJob, LiveJobConfig, StartReport,
+};
 use iotflow_sink::exactly_once::Roll;
 
 pub use iotflow_runtime::RunSummary;
@@ -81,30 +84,37 @@ pub enum StartAt {
 pub struct RunArgs {
     #[command(flatten)]
     select: BrokerSelect,
-    /// Topic to read readings from.
-    #[arg(long, env = "IOTFLOW_INPUT_TOPIC", default_value = topics::READINGS)]
-    input: String,
-    /// Topic to write aggregates to (created like the input if missing).
-    #[arg(long, env = "IOTFLOW_OUTPUT_TOPIC", default_value = topics::AGGREGATES)]
-    output_topic: String,
-    /// Dead-letter topic for rejected and late records (created if missing).
-    #[arg(long, env = "IOTFLOW_DLQ_TOPIC", default_value = topics::DLQ)]
-    dlq: String,
-    /// Window size.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-    window: Duration,
-    /// Slide of hopping windows (default: tumbling, slide = window).
+    /// The job file (TOML) stating the job: its input mapping, aggregations and
+    /// outputs (`iotflow check` validates it). Without it, the flags below describe
+    /// the default job: per (device, metric) over one window, into --output-topic.
+    /// A flag given explicitly (or by its variable) overrides the file.
+    #[arg(long, env = "IOTFLOW_JOB_FILE")]
+    job_file: Option<PathBuf>,
+    /// Topic to read readings from [default: iot.readings].
+    #[arg(long, env = "IOTFLOW_INPUT_TOPIC")]
+    input: Option<String>,
+    /// Default job: topic to write aggregates to (created like the input if missing)
+    /// [default: iot.aggregates].
+    #[arg(long, env = "IOTFLOW_OUTPUT_TOPIC")]
+    output_topic: Option<String>,
+    /// Dead-letter topic for rejected and late records (created if missing) [default: iot.dlq].
+    #[arg(long, env = "IOTFLOW_DLQ_TOPIC")]
+    dlq: Option<String>,
+    /// Default job: window size [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    window: Option<Duration>,
+    /// Default job: slide of hopping windows (default: tumbling, slide = window).
     #[arg(long, value_parser = humantime::parse_duration)]
     slide: Option<Duration>,
-    /// Bounded out-of-orderness: the watermark trails the event time by this much.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
-    max_out_of_order: Duration,
-    /// Allowed lateness after the watermark passes a window's end.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-    lateness: Duration,
-    /// When windows are emitted.
-    #[arg(long, value_enum, default_value = "final")]
-    emit: EmitArg,
+    /// Bounded out-of-orderness: the watermark trails the event time by this much [default: 2s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_out_of_order: Option<Duration>,
+    /// Allowed lateness after the watermark passes a window's end [default: 0s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lateness: Option<Duration>,
+    /// Default job: when windows are emitted [default: final].
+    #[arg(long, value_enum)]
+    emit: Option<EmitArg>,
     /// Deterministic epochs of N records per partition (default: epochs by time).
     #[arg(long)]
     epoch_records: Option<u64>,
@@ -115,9 +125,9 @@ pub struct RunArgs {
     /// a backlog is cut into bounded epochs, so progress commits steadily while catching up.
     #[arg(long, env = "IOTFLOW_EPOCH_MAX_RECORDS", default_value_t = 25_000)]
     epoch_max_records: u64,
-    /// A caught-up partition quiet this long stops holding the watermark back.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
-    idle_timeout: Duration,
+    /// A caught-up partition quiet this long stops holding the watermark back [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
     /// Process the input up to the end offsets seen at start, close every window, exit.
     /// (A running job does the same from the moment it gets SIGUSR1.)
     #[arg(long)]
@@ -162,7 +172,8 @@ pub struct RunArgs {
     /// directory resumes after the last commit [default: data/state/<job>].
     #[arg(long, env = "IOTFLOW_STATE_DIR")]
     state_dir: Option<PathBuf>,
-    /// The job's name in commit records [default: <input>-to-<output topic>].
+    /// The job's name in commit records [default: the job file's `name`, else
+    /// <input>-to-<output topic>].
     #[arg(long, env = "IOTFLOW_JOB")]
     job: Option<String>,
     /// The commit log topic (one partition, compacted; created if missing).
@@ -228,17 +239,75 @@ fn dir_name(job: &str) -> String {
 }
 
 impl RunArgs {
-    /// The job these flags describe.
-    fn job_config(&self, bootstrap: Vec<String>) -> Result<LiveJobConfig> {
-        let window = match self.slide {
-            Some(slide) => WindowSpec::hopping(millis(self.window), millis(slide))?,
-            None => WindowSpec::tumbling(millis(self.window))?,
+    /// The job: the job file's with the flags given explicitly on top, or the
+    /// default job the flags describe.
+    fn plan(&self) -> Result<JobPlan> {
+        let ms = |d: Option<Duration>| d.map(millis);
+        let mut plan = match &self.job_file {
+            Some(path) => {
+                let given = [
+                    ("--output-topic", self.output_topic.is_some()),
+                    ("--window", self.window.is_some()),
+                    ("--slide", self.slide.is_some()),
+                    ("--emit", self.emit.is_some()),
+                ];
+                if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+                    bail!(
+                        "{flag} describes the default job; with --job-file each [[aggregation]] states its own"
+                    );
+                }
+                iotflow_jobfile::load(path)?
+            }
+            None => {
+                let input = self
+                    .input
+                    .clone()
+                    .unwrap_or_else(|| topics::READINGS.to_owned());
+                let output = self
+                    .output_topic
+                    .clone()
+                    .unwrap_or_else(|| topics::AGGREGATES.to_owned());
+                let size = ms(self.window).unwrap_or(10_000);
+                JobPlan::default_job(DefaultJob {
+                    name: format!("{input}-to-{output}"),
+                    input_topic: input,
+                    output_topic: output,
+                    dead_letter_topic: topics::DLQ.to_owned(),
+                    window: WindowKind::Hopping {
+                        size_ms: size,
+                        slide_ms: ms(self.slide).unwrap_or(size),
+                    },
+                    watermark: WatermarkPlan {
+                        max_out_of_order_ms: iotflow_jobfile::DEFAULT_MAX_OUT_OF_ORDER_MS,
+                        lateness_ms: 0,
+                        idle_timeout_ms: iotflow_jobfile::DEFAULT_IDLE_TIMEOUT_MS,
+                    },
+                    emit: match self.emit {
+                        Some(EmitArg::Updates) => EmitMode::Updates,
+                        _ => EmitMode::Final,
+                    },
+                })
+            }
         };
-        let name = self
-            .job
-            .clone()
-            .unwrap_or_else(|| format!("{}-to-{}", self.input, self.output_topic));
-        let under = |root: &str| PathBuf::from(root).join(dir_name(&name));
+        if let Some(input) = &self.input {
+            plan.input.topic = input.clone();
+        }
+        if let Some(dlq) = &self.dlq {
+            plan.dead_letter_topic = dlq.clone();
+        }
+        if let Some(name) = &self.job {
+            plan.name = name.clone();
+        }
+        let wm = &mut plan.watermark;
+        wm.max_out_of_order_ms = ms(self.max_out_of_order).unwrap_or(wm.max_out_of_order_ms);
+        wm.lateness_ms = ms(self.lateness).unwrap_or(wm.lateness_ms);
+        wm.idle_timeout_ms = ms(self.idle_timeout).unwrap_or(wm.idle_timeout_ms);
+        Ok(plan)
+    }
+
+    /// The job these flags (and the job file) describe.
+    fn job_config(&self, plan: &JobPlan, bootstrap: Vec<String>) -> Result<LiveJobConfig> {
+        let under = |root: &str| PathBuf::from(root).join(dir_name(&plan.name));
         let delivery = if self.at_least_once {
             Delivery::AtLeastOnce {
                 parquet_dir: self.parquet_dir.clone(),
@@ -264,33 +333,28 @@ impl RunArgs {
                 max_unpublished_bytes: self.max_unpublished_bytes,
             })
         };
+        let idle = Duration::from_millis(plan.watermark.idle_timeout_ms.max(0) as u64);
         Ok(LiveJobConfig {
             bootstrap,
-            input: self.input.clone(),
-            aggregates_topic: self.output_topic.clone(),
-            dlq_topic: self.dlq.clone(),
-            name,
-            dataflow: JobConfig {
-                window,
-                lateness_ms: millis(self.lateness),
-                watermark: WatermarkConfig {
-                    max_out_of_order_ms: millis(self.max_out_of_order),
-                    idle_timeout_ms: millis(self.idle_timeout),
-                    outliers: 1,
-                },
-                emit: match self.emit {
-                    EmitArg::Final => EmitMode::Final,
-                    EmitArg::Updates => EmitMode::Updates,
-                },
-                limits: ParseLimits::default(),
-            },
+            input: plan.input.topic.clone(),
+            outputs: plan
+                .aggregations
+                .iter()
+                .map(|a| AggregationOutput {
+                    topic: a.topic.clone(),
+                    parquet: a.parquet.clone(),
+                })
+                .collect(),
+            dlq_topic: plan.dead_letter_topic.clone(),
+            name: plan.name.clone(),
+            dataflow: JobConfig::from_plan(plan, ParseLimits::default())?,
             epochs: match self.epoch_records {
                 Some(n) if n > 0 => EpochMode::Records(n),
                 _ => EpochMode::Time(self.epoch_interval),
             },
             max_epoch_records: self.epoch_max_records,
             until_end: self.until_end,
-            idle_timeout: self.idle_timeout,
+            idle_timeout: idle,
             start_at: match self.start_at {
                 StartAt::Earliest => iotflow_runtime::StartAt::Earliest,
                 StartAt::Latest => iotflow_runtime::StartAt::Latest,
@@ -350,10 +414,15 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     // First, so a SIGUSR1 sent once the job shows any sign of life never kills it.
     let drain_signal = drain_on_sigusr1(&controls)?;
     let target = args.select.connect(home).await?;
-    let cfg = args.job_config(target.bootstrap.clone())?;
+    let plan = args.plan()?;
+    let cfg = args.job_config(&plan, target.bootstrap.clone())?;
     let name = cfg.name.clone();
     let job = LiveJob::prepare(&target.client, cfg, controls.clone()).await?;
-    announce(job.report(), &args.input, args.workers * args.processes);
+    announce(
+        job.report(),
+        &plan.input.topic,
+        args.workers * args.processes,
+    );
     let metrics = Arc::clone(&controls.metrics);
     let log_dir = args
         .pipeline_log

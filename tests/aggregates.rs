@@ -12,7 +12,7 @@ use std::sync::Arc;
 use iotflow_dataflow::job::RawRecord;
 use iotflow_dataflow::runner::{Parallelism, RunOutput, run_bounded};
 use iotflow_dataflow::source::memory_inputs;
-use iotflow_dataflow::{JobMetrics, WindowSpec};
+use iotflow_dataflow::{JobMetrics, WindowResult, WindowSpec};
 use iotflow_ingest::producer::partition_for;
 use iotflow_ingest::simulator::{SimConfig, Simulator};
 
@@ -84,32 +84,31 @@ fn table(out: &RunOutput, metrics: &JobMetrics) -> String {
     }
     writeln!(t, "dead letters {dead:?}").unwrap();
     writeln!(t, "device    | metric      | window (s from start) | n  | mean      | min    | max    | stddev   | epoch").unwrap();
+    let names = |r: &WindowResult| -> (String, String) {
+        let (d, m) = r.group.split_once('|').unwrap_or_default();
+        (d.to_owned(), m.to_owned())
+    };
     let mut rows: Vec<_> = out
         .results
         .iter()
-        .filter(|(_, r)| r.device_id == "dev-00000" || r.device_id == "dev-00007")
+        .filter(|(_, r)| ["dev-00000", "dev-00007"].contains(&names(r).0.as_str()))
         .collect();
-    rows.sort_by(|a, b| {
-        (&a.1.device_id, &a.1.metric, a.1.window_start).cmp(&(
-            &b.1.device_id,
-            &b.1.metric,
-            b.1.window_start,
-        ))
-    });
+    rows.sort_by_key(|(_, r)| (names(r), r.window_start));
     for (epoch, r) in rows.iter().take(40) {
+        let (device, metric) = names(r);
         let start = SimConfig::default().start_ms;
         writeln!(
             t,
             "{} | {:<11} | {:>9} .. {:<9} | {:>2} | {:>9.4} | {:>6.2} | {:>6.2} | {:>8.5} | {}",
-            r.device_id,
-            r.metric,
+            device,
+            metric,
             (r.window_start - start) as f64 / 1000.0,
             (r.window_end - start) as f64 / 1000.0,
-            r.stats.count,
-            r.stats.mean,
-            r.stats.min,
-            r.stats.max,
-            r.stats.stddev,
+            r.stats().count,
+            r.stats().mean,
+            r.stats().min,
+            r.stats().max,
+            r.stats().stddev,
             epoch
         )
         .unwrap();

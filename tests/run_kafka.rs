@@ -323,6 +323,7 @@ async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
         })
         .collect();
     let cfg = common::final_job(WindowSpec::tumbling(10_000).unwrap());
+    let shape = iotflow_sink::AggregateShape::of(&cfg.aggregations[0]);
     let shared = Arc::new(parts);
     let mem = run_bounded(
         &Parallelism::default(),
@@ -335,7 +336,7 @@ async fn bounded_runs_agree_across_workers_processes_and_the_memory_source() {
         .results
         .iter()
         .map(|(e, r)| {
-            let (key, rec) = iotflow_sink::kafka::aggregate_record(r, *e).unwrap();
+            let (key, rec) = iotflow_sink::kafka::aggregate_record(r, *e, &shape).unwrap();
             (key, String::from_utf8(rec.value.unwrap()).unwrap())
         })
         .collect();

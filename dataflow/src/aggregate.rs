@@ -79,6 +79,60 @@ impl Stats {
     }
 }
 
+/// Every measure a job file can ask for, of one window's readings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    pub stats: Stats,
+    /// The value of the earliest reading (of equal times, the smallest value).
+    pub first_value: f64,
+    /// The value of the latest reading (of equal times, the largest value).
+    pub last_value: f64,
+    /// The asked-for percentiles, in the order asked.
+    pub percentiles: Vec<f64>,
+}
+
+impl Measured {
+    /// The measures of `readings`, sorted in the canonical (time, `total_cmp`)
+    /// order, with the percentiles at ranks `qs` (0 < q < 1); `scratch` holds
+    /// the values sorted by value when there are percentiles.
+    pub fn of_sorted(readings: &[(i64, f64)], qs: &[f64], scratch: &mut Vec<f64>) -> Option<Self> {
+        let stats = Stats::of_sorted(readings)?;
+        let percentiles = match qs.is_empty() {
+            true => Vec::new(),
+            false => {
+                scratch.clear();
+                scratch.extend(readings.iter().map(|r| r.1));
+                scratch.sort_unstable_by(f64::total_cmp);
+                qs.iter().map(|&q| quantile_cont(scratch, q)).collect()
+            }
+        };
+        Some(Self {
+            stats,
+            first_value: readings[0].1,
+            last_value: readings[readings.len() - 1].1,
+            percentiles,
+        })
+    }
+}
+
+/// The value at rank `q` of `sorted` (ascending, not empty), interpolated
+/// linearly between the closest ranks: DuckDB's `quantile_cont`, numpy's
+/// default. Exact for a given input: no order or worker count changes it.
+pub fn quantile_cont(sorted: &[f64], q: f64) -> f64 {
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return f64::NAN;
+    };
+    let pos = q.clamp(0.0, 1.0) * last as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    let (a, b) = (sorted[lo.min(last)], sorted[hi.min(last)]);
+    if lo == hi || a == b {
+        a
+    } else {
+        a + (pos - lo as f64) * (b - a)
+    }
+}
+
 /// Compensated (Neumaier) summation: exact to the last bit far more often than
 /// a plain sum, and as deterministic for a fixed order.
 fn neumaier_sum(values: impl Iterator<Item = f64>) -> f64 {
@@ -120,7 +174,48 @@ mod tests {
         assert_eq!(Stats::of(&mut r).unwrap().sum, 1.0);
     }
 
+    #[test]
+    fn percentiles_interpolate_between_closest_ranks_as_duckdb_does() {
+        // DuckDB: SELECT quantile_cont(x, [0.5, 0.95, 0.999]) FROM (VALUES (1),(2),(3),(4),(10)) t(x)
+        // → [3.0, 8.8, 9.976000000000003]
+        let sorted = [1.0, 2.0, 3.0, 4.0, 10.0];
+        assert_eq!(quantile_cont(&sorted, 0.5), 3.0);
+        assert!((quantile_cont(&sorted, 0.95) - 8.8).abs() < 1e-12);
+        assert!((quantile_cont(&sorted, 0.999) - 9.976).abs() < 1e-12);
+        assert_eq!(quantile_cont(&[7.0], 0.99), 7.0);
+        let mut scratch = Vec::new();
+        let m = Measured::of_sorted(
+            &[(1, 5.0), (1, 9.0), (2, -1.0), (3, 2.0), (3, 4.0)],
+            &[0.5],
+            &mut scratch,
+        )
+        .unwrap();
+        assert_eq!(
+            (m.first_value, m.last_value, m.percentiles.as_slice()),
+            (5.0, 4.0, &[4.0][..])
+        );
+    }
+
     proptest! {
+        /// Oracle: a percentile against a naive definition (the value at
+        /// fractional rank q·(n−1) of the sorted values, interpolated).
+        #[test]
+        fn percentiles_match_a_naive_recomputation(
+            mut values in prop::collection::vec(-1e6f64..1e6, 1..300),
+            q in 0.001f64..0.999,
+        ) {
+            let mut readings: Vec<(i64, f64)> = values.iter().enumerate().map(|(i, v)| ((i % 7) as i64, *v)).collect();
+            readings.sort_unstable_by(canonical);
+            let mut scratch = Vec::new();
+            let got = Measured::of_sorted(&readings, &[q], &mut scratch).unwrap().percentiles[0];
+            values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let rank = q * (values.len() - 1) as f64;
+            let (lo, hi) = (values[rank.floor() as usize], values[rank.ceil() as usize]);
+            let naive = lo + (hi - lo) * (rank - rank.floor());
+            prop_assert!((got - naive).abs() <= 1e-9 * naive.abs().max(1.0), "{got} vs {naive}");
+            prop_assert!(got >= values[0] && got <= values[values.len() - 1]);
+        }
+
         /// Ordered bits sort like `total_cmp` and round-trip every bit.
         #[test]
         fn ordered_bits_follow_total_order(a in any::<f64>(), b in any::<f64>()) {

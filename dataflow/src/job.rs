@@ -25,14 +25,15 @@ use timely::dataflow::operators::vec::Broadcast;
 
 use compact_str::CompactString;
 
-use crate::aggregate::Stats;
+use crate::aggregate::{Measured, Stats};
+use crate::aggregation::Aggregation;
 use crate::metrics::JobMetrics;
 use crate::operators::windows::Captures;
 use crate::operators::{classify, windows};
-use crate::reading::{ParseLimits, Reading, RejectReason};
+use crate::reading::{InputMapping, ParseLimits, Reading, RejectReason};
 use crate::snapshot::WorkerSnapshot;
 use crate::watermark::{ShareReport, ShareState, WatermarkConfig};
-use crate::window::WindowSpec;
+use crate::window::{WindowError, WindowSpec};
 
 /// Timely timestamps are epochs.
 pub type Epoch = u64;
@@ -124,31 +125,136 @@ impl Backpressure {
     }
 }
 
-/// When windows are emitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EmitMode {
-    /// Each window once, when final.
-    Final,
-    /// Changed windows every epoch with `final = false`, then once with `final = true`.
-    Updates,
-}
+pub use iotflow_jobfile::EmitMode;
 
 /// Everything the dataflow needs to know.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct JobConfig {
-    pub window: WindowSpec,
     /// How long after the watermark passes a window's end it still accepts readings.
     pub lateness_ms: i64,
     pub watermark: WatermarkConfig,
-    pub emit: EmitMode,
     pub limits: ParseLimits,
+    /// How records become readings (and dimensions).
+    pub input: Arc<InputMapping>,
+    /// What is computed from them; at least one.
+    pub aggregations: Arc<[Aggregation]>,
 }
 
 impl JobConfig {
-    /// Whether the window starting at `start` is final under watermark `wm`.
-    pub fn is_final(&self, start: i64, wm: Option<i64>) -> bool {
-        wm.is_some_and(|w| self.window.end(start).saturating_add(self.lateness_ms) <= w)
+    /// The default job: today's shapes, one aggregation per (device, metric)
+    /// named `aggregates` with today's measures.
+    pub fn single(
+        window: WindowSpec,
+        lateness_ms: i64,
+        watermark: WatermarkConfig,
+        emit: EmitMode,
+        limits: ParseLimits,
+    ) -> Self {
+        Self {
+            lateness_ms,
+            watermark,
+            limits,
+            input: Arc::new(InputMapping::new(
+                iotflow_jobfile::Mapping::Preset(iotflow_jobfile::Preset::Auto),
+                Vec::new(),
+            )),
+            aggregations: vec![Aggregation::per_device(
+                iotflow_jobfile::DEFAULT_AGGREGATION,
+                window,
+                emit,
+            )]
+            .into(),
+        }
+    }
+
+    /// The job a job file states.
+    pub fn from_plan(
+        plan: &iotflow_jobfile::JobPlan,
+        limits: ParseLimits,
+    ) -> Result<Self, WindowError> {
+        let aggregations = plan
+            .aggregations
+            .iter()
+            .map(|a| {
+                let window = match a.window {
+                    iotflow_jobfile::WindowKind::Hopping { size_ms, slide_ms } => {
+                        WindowSpec::hopping(size_ms, slide_ms)?
+                    }
+                    iotflow_jobfile::WindowKind::Session { gap_ms } => {
+                        return Err(WindowError::Session(gap_ms));
+                    }
+                };
+                Ok(Aggregation {
+                    name: a.name.as_str().into(),
+                    group_by: a.group_by.clone(),
+                    group_names: a
+                        .group_by
+                        .iter()
+                        .map(|g| plan.group_output_name(g).into())
+                        .collect(),
+                    window,
+                    emit: a.emit,
+                    measures: a.measures.clone(),
+                    filter: a.filter.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, WindowError>>()?;
+        let w = &plan.watermark;
+        Ok(Self {
+            lateness_ms: w.lateness_ms,
+            watermark: WatermarkConfig {
+                max_out_of_order_ms: w.max_out_of_order_ms,
+                idle_timeout_ms: w.idle_timeout_ms,
+                outliers: 1,
+            },
+            limits,
+            input: Arc::new(InputMapping::new(
+                plan.input.mapping.clone(),
+                plan.input
+                    .dimensions
+                    .iter()
+                    .map(|d| d.path.clone())
+                    .collect(),
+            )),
+            aggregations: aggregations.into(),
+        })
+    }
+
+    /// Where its windows close and live, for snapshots.
+    pub fn window_rules(&self) -> crate::snapshot::WindowRules {
+        crate::snapshot::WindowRules {
+            aggregations: Arc::clone(&self.aggregations),
+            lateness_ms: self.lateness_ms,
+        }
+    }
+
+    /// The watermark at which aggregation `agg`'s window starting at `start` is final.
+    pub fn close_at(&self, agg: &Aggregation, start: i64) -> i64 {
+        agg.window.end(start).saturating_add(self.lateness_ms)
+    }
+
+    /// Whether aggregation `agg`'s window starting at `start` is final under watermark `wm`.
+    pub fn is_final(&self, agg: &Aggregation, start: i64, wm: Option<i64>) -> bool {
+        wm.is_some_and(|w| self.close_at(agg, start) <= w)
+    }
+
+    /// Whether a reading at `ts` is late for aggregation `agg`: every window it falls in is final.
+    pub fn late_for(&self, agg: &Aggregation, ts: i64, wm: Option<i64>) -> bool {
+        agg.window.windows_of(ts).all(|s| self.is_final(agg, s, wm))
+    }
+
+    /// When a reading at `ts` is final in every aggregation: its dedupe key lives until then.
+    pub fn final_everywhere_at(&self, ts: i64) -> i64 {
+        self.aggregations
+            .iter()
+            .map(|a| {
+                a.window
+                    .windows_of(ts)
+                    .last()
+                    .map_or(i64::MAX, |s| self.close_at(a, s))
+            })
+            .max()
+            .unwrap_or(i64::MAX)
     }
 }
 
@@ -246,32 +352,56 @@ pub struct DeadRecord {
 /// One window's aggregate at an epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WindowResult {
-    /// Inline up to 24 bytes: no allocation per window for usual names.
-    pub device_id: CompactString,
-    pub metric: CompactString,
+    /// Index of its aggregation in [`JobConfig::aggregations`].
+    pub aggregation: u16,
+    /// The group values joined by `|` ([`Aggregation::group_key`]); inline up
+    /// to 24 bytes: no allocation for usual `device|metric` keys.
+    pub group: CompactString,
     pub window_start: i64,
     pub window_end: i64,
-    pub stats: Stats,
+    pub measured: Measured,
     pub is_final: bool,
 }
 
 impl WindowResult {
+    /// A result of the default job's shape: `device|metric`, today's measures.
     pub fn new(
-        device_id: impl Into<CompactString>,
-        metric: impl Into<CompactString>,
+        device_id: &str,
+        metric: &str,
         start: i64,
         end: i64,
         stats: Stats,
         is_final: bool,
     ) -> Self {
+        let mut group = CompactString::from(device_id);
+        group.push(crate::aggregation::KEY_SEPARATOR);
+        group.push_str(metric);
         Self {
-            device_id: device_id.into(),
-            metric: metric.into(),
+            aggregation: 0,
+            group,
             window_start: start,
             window_end: end,
-            stats,
+            measured: Measured {
+                stats,
+                // Not measured by the default job's records.
+                first_value: 0.0,
+                last_value: 0.0,
+                percentiles: Vec::new(),
+            },
             is_final,
         }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.measured.stats
+    }
+
+    /// The group values, in `group_by` order.
+    pub fn group_values(&self) -> impl Iterator<Item = &str> + '_ {
+        let fleet = self.group.is_empty();
+        self.group
+            .split(crate::aggregation::KEY_SEPARATOR)
+            .filter(move |_| !fleet)
     }
 }
 
@@ -297,6 +427,10 @@ pub struct ReadingBatch {
     ts_ms: Vec<i64>,
     value: Vec<f64>,
     seq: Vec<Option<u64>>,
+    /// Each reading's dimensions ([`encode_dims`]), when the job has any:
+    /// `dim_ends` is then as long as `ends`, else empty.
+    dims: Vec<u8>,
+    dim_ends: Vec<u32>,
 }
 
 /// One reading of a [`ReadingBatch`].
@@ -309,6 +443,33 @@ pub struct BatchReading<'a> {
     pub ts_ms: i64,
     pub value: f64,
     pub seq: Option<u64>,
+    /// Its dimensions, encoded ([`decode_dims`]); empty without dimensions.
+    pub dims: &'a [u8],
+}
+
+/// Marks a missing dimension in [`encode_dims`]: never a byte of UTF-8.
+const MISSING_DIM: u8 = 0xFE;
+
+/// A record's dimensions as bytes: each value (or 0xFE when missing), each
+/// followed by 0xFF. Equal dimensions give equal bytes, so a worker interns them.
+pub fn encode_dims(dims: &[Option<CompactString>], out: &mut Vec<u8>) {
+    for d in dims {
+        match d {
+            Some(v) => out.extend_from_slice(v.as_bytes()),
+            None => out.push(MISSING_DIM),
+        }
+        out.push(ReadingBatch::SEPARATOR);
+    }
+}
+
+/// The inverse of [`encode_dims`] (lossy only if the bytes were damaged in transit).
+pub fn decode_dims(bytes: &[u8]) -> Vec<Option<CompactString>> {
+    let Some(body) = bytes.strip_suffix(&[ReadingBatch::SEPARATOR]) else {
+        return Vec::new();
+    };
+    body.split(|b| *b == ReadingBatch::SEPARATOR)
+        .map(|v| (v != [MISSING_DIM]).then(|| CompactString::from_utf8_lossy(v)))
+        .collect()
 }
 
 impl BatchReading<'_> {
@@ -325,7 +486,7 @@ impl BatchReading<'_> {
 }
 
 impl ReadingBatch {
-    /// Separates device and metric in `names`.
+    /// Separates device and metric in `names`, and dimensions.
     pub const SEPARATOR: u8 = 0xFF;
 
     pub fn new(worker: u32) -> Self {
@@ -337,6 +498,13 @@ impl ReadingBatch {
 
     pub fn push(&mut self, r: &Reading) {
         self.push_parts(&r.device_id, &r.metric, r.ts_ms, r.value, r.seq);
+    }
+
+    /// [`Self::push`] with the record's encoded dimensions.
+    pub fn push_with_dims(&mut self, r: &Reading, dims: &[u8]) {
+        self.push(r);
+        self.dims.extend_from_slice(dims);
+        self.dim_ends.push(self.dims.len() as u32);
     }
 
     pub fn push_parts(
@@ -371,21 +539,33 @@ impl ReadingBatch {
     /// transit) yields only what all columns have.
     pub fn iter(&self) -> impl Iterator<Item = BatchReading<'_>> + '_ {
         let mut start = 0usize;
+        let mut dim_start = 0usize;
         self.ends
             .iter()
             .zip(&self.ts_ms)
             .zip(&self.value)
             .zip(&self.seq)
-            .map(move |((((end, device_len), ts_ms), value), seq)| {
+            .enumerate()
+            .map(move |(i, ((((end, device_len), ts_ms), value), seq))| {
                 let end = (*end as usize).clamp(start, self.names.len());
                 let names = &self.names[start..end];
                 start = end;
+                let dims = match self.dim_ends.get(i) {
+                    Some(&e) => {
+                        let e = (e as usize).clamp(dim_start, self.dims.len());
+                        let d = &self.dims[dim_start..e];
+                        dim_start = e;
+                        d
+                    }
+                    None => &[],
+                };
                 BatchReading {
                     names,
                     device_len: *device_len as usize,
                     ts_ms: *ts_ms,
                     value: *value,
                     seq: *seq,
+                    dims,
                 }
             })
     }
@@ -439,7 +619,7 @@ pub fn build_with_state<'scope>(
     let classified = classify::classify(
         source,
         fed_back,
-        cfg,
+        cfg.clone(),
         Arc::clone(&metrics),
         stop,
         hooks.start,

@@ -11,6 +11,7 @@
 //! All pure. The Timely/Differential operators that wire them together come next.
 
 pub mod aggregate;
+pub mod aggregation;
 pub mod audit;
 pub mod job;
 pub mod kafka;
@@ -25,7 +26,8 @@ pub mod source;
 pub mod watermark;
 pub mod window;
 
-pub use aggregate::Stats;
+pub use aggregate::{Measured, Stats};
+pub use aggregation::Aggregation;
 pub use audit::{Audit, AuditCounts};
 pub use job::{EmitMode, JobConfig, RawRecord, WindowResult};
 pub use metrics::JobMetrics;

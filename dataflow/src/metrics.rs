@@ -50,8 +50,14 @@ pub struct JobMetrics {
     pub records_accepted: AtomicU64,
     pub readings_accepted: AtomicU64,
     pub duplicates: AtomicU64,
-    /// Readings dropped from some (not all) of their hopping windows because those were final.
+    /// Readings dropped from some (not all) of their windows because those were final
+    /// (a window of a hopping aggregation, or every window of one aggregation of several).
     pub late_partial: AtomicU64,
+    /// Readings an aggregation's `where` did not keep, summed over aggregations.
+    pub readings_filtered: AtomicU64,
+    /// Readings an aggregation skipped for lacking a dimension it groups by
+    /// (another aggregation used them), summed over aggregations.
+    pub missing_dimension_partial: AtomicU64,
     pub windows_emitted: AtomicU64,
     pub updates_emitted: AtomicU64,
     /// The job watermark, epoch ms (`i64::MIN` until there is one).
@@ -90,6 +96,8 @@ impl Default for JobMetrics {
             readings_accepted: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             late_partial: AtomicU64::new(0),
+            readings_filtered: AtomicU64::new(0),
+            missing_dimension_partial: AtomicU64::new(0),
             windows_emitted: AtomicU64::new(0),
             updates_emitted: AtomicU64::new(0),
             watermark_ms: AtomicI64::new(i64::MIN),
@@ -211,6 +219,18 @@ impl JobMetrics {
             "counter",
             "Reading-window pairs dropped because that window was already final.",
             &load(&self.late_partial),
+        );
+        metric(
+            "iotflow_readings_filtered_total",
+            "counter",
+            "Readings an aggregation's `where` did not keep, summed over aggregations.",
+            &load(&self.readings_filtered),
+        );
+        metric(
+            "iotflow_missing_dimension_partial_total",
+            "counter",
+            "Readings an aggregation skipped for lacking a dimension it groups by, summed over aggregations.",
+            &load(&self.missing_dimension_partial),
         );
         metric(
             "iotflow_windows_emitted_total",

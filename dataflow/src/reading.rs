@@ -22,8 +22,10 @@ use compact_str::CompactString;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+mod mapped;
 mod scan;
 
+pub use mapped::{Dims, InputMapping};
 pub use scan::PlainRecord;
 
 /// One accepted measurement.
@@ -58,11 +60,13 @@ pub enum RejectReason {
     NoMetrics,
     /// Valid, but its window was already final when it arrived.
     Late,
+    /// Lacks a dimension that every aggregation able to use it groups by.
+    MissingDimension,
 }
 
 impl RejectReason {
     /// Every reason, in code order.
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::Oversized,
         RejectReason::InvalidUtf8,
         RejectReason::MalformedJson,
@@ -75,6 +79,7 @@ impl RejectReason {
         RejectReason::NonFiniteValue,
         RejectReason::NoMetrics,
         RejectReason::Late,
+        RejectReason::MissingDimension,
     ];
 
     pub fn code(self) -> &'static str {
@@ -91,6 +96,7 @@ impl RejectReason {
             RejectReason::NonFiniteValue => "non_finite_value",
             RejectReason::NoMetrics => "no_metrics",
             RejectReason::Late => "late",
+            RejectReason::MissingDimension => "missing_dimension",
         }
     }
 }
@@ -292,6 +298,10 @@ struct RawRecord<'a> {
 enum TsKey {
     Millis,
     Auto,
+    /// Units a job file states (`time_unit`).
+    Seconds,
+    Micros,
+    Nanos,
 }
 
 /// A `metrics` value: name → value pairs in document order, or not an object at all.
@@ -534,6 +544,9 @@ fn int_to_ms(key: TsKey, v: i128) -> i128 {
     let round_div = |d: i128| (v + v.signum() * d / 2) / d;
     match (key, v.unsigned_abs()) {
         (TsKey::Millis, _) => v,
+        (TsKey::Seconds, _) => v * 1000,
+        (TsKey::Micros, _) => round_div(1000),
+        (TsKey::Nanos, _) => round_div(1_000_000),
         (TsKey::Auto, a) if a < 100_000_000_000 => v * 1000,
         (TsKey::Auto, a) if a < 100_000_000_000_000 => v,
         (TsKey::Auto, a) if a < 100_000_000_000_000_000 => round_div(1000),
@@ -547,6 +560,9 @@ fn float_to_ms(key: TsKey, f: f64) -> Result<i128, RejectReason> {
     }
     let ms = match (key, f.abs()) {
         (TsKey::Millis, _) => f,
+        (TsKey::Seconds, _) => f * 1e3,
+        (TsKey::Micros, _) => f / 1e3,
+        (TsKey::Nanos, _) => f / 1e6,
         (TsKey::Auto, a) if a < 1e11 => f * 1e3,
         (TsKey::Auto, a) if a < 1e14 => f,
         (TsKey::Auto, a) if a < 1e17 => f / 1e3,

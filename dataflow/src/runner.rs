@@ -112,21 +112,21 @@ pub struct RunOutput {
 }
 
 impl RunOutput {
-    /// Results by (epoch, device, metric, window start, final), dead letters by
+    /// Results by (epoch, aggregation, group key, window start, final), dead letters by
     /// (epoch, partition, offset): one canonical order to compare runs with.
     pub fn sorted(mut self) -> Self {
         self.results.sort_unstable_by(|a, b| {
             (
                 a.0,
-                &a.1.device_id,
-                &a.1.metric,
+                a.1.aggregation,
+                &a.1.group,
                 a.1.window_start,
                 a.1.is_final,
             )
                 .cmp(&(
                     b.0,
-                    &b.1.device_id,
-                    &b.1.metric,
+                    b.1.aggregation,
+                    &b.1.group,
                     b.1.window_start,
                     b.1.is_final,
                 ))
@@ -196,7 +196,7 @@ where
         worker.dataflow::<Epoch, _, _>(|scope| {
             let gate = job::Backpressure::new(Arc::clone(&metrics));
             let source = chunked_source(scope, owned, gate.clone());
-            let streams = job::build(source, cfg, metrics, Arc::default(), &gate);
+            let streams = job::build(source, cfg.clone(), metrics, Arc::default(), &gate);
             collect(
                 streams.results,
                 "CollectResults",

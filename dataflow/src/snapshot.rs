@@ -20,8 +20,36 @@ use crate::sealed::{Unsealed, checked_body, unseal, with_checksum};
 use crate::watermark::ShareReport;
 
 /// Bumped when the layout changes; older binaries refuse newer snapshots.
-/// 1: sealed JSON (still read); 2: the compact binary form ([`WorkerSnapshot::encode`]).
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// 1: sealed JSON; 2: the compact binary form ([`WorkerSnapshot::encode`]),
+/// windows by (device, metric); 3: windows by (aggregation, group key).
+/// 1 and 2 are still read, as the default job's aggregation.
+pub const SNAPSHOT_FORMAT: u32 = 3;
+
+/// Where windows close and live: the job's aggregations and lateness.
+#[derive(Debug, Clone)]
+pub struct WindowRules {
+    pub aggregations: std::sync::Arc<[crate::aggregation::Aggregation]>,
+    pub lateness_ms: i64,
+}
+
+impl WindowRules {
+    /// The watermark at which a window of aggregation `agg` starting at `start` is final.
+    pub fn close_at(&self, agg: u16, start: i64) -> i64 {
+        match self.aggregations.get(agg as usize) {
+            Some(a) => a.window.end(start).saturating_add(self.lateness_ms),
+            // A window of an aggregation the job no longer has: closed.
+            None => i64::MIN,
+        }
+    }
+
+    /// The worker among `workers` that owns `w`.
+    pub fn owner(&self, w: &OpenWindow, workers: u32) -> u32 {
+        match self.aggregations.get(w.aggregation as usize) {
+            Some(a) => a.key_owner(&w.key, workers),
+            None => 0,
+        }
+    }
+}
 
 /// Why snapshot bytes were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,11 +73,13 @@ pub struct SeenKey {
     pub expires_at: i64,
 }
 
-/// An open window and the readings it holds, as (event time, value bits).
+/// An open window of one aggregation and the readings it holds, as (event time, value bits).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct OpenWindow {
-    pub device: CompactString,
-    pub metric: CompactString,
+    /// Index of its aggregation in the job's list.
+    pub aggregation: u16,
+    /// Its group values joined by `|`.
+    pub key: CompactString,
     pub start: i64,
     /// `(ts, f64::to_bits(value))`, sorted: bits, so snapshots compare exactly.
     pub readings: Vec<(i64, u64)>,
@@ -85,8 +115,10 @@ pub struct WorkerSnapshot {
     pub previous: Option<Link>,
 }
 
-/// (device name, metric name, start, readings).
-type StoredWindow = (u32, u32, i64, Vec<(i64, u64)>);
+/// (aggregation, key name, start, readings).
+type StoredWindow = (u16, u32, i64, Vec<(i64, u64)>);
+/// Format 2's windows: (device name, metric name, start, readings).
+type StoredWindowV2 = (u32, u32, i64, Vec<(i64, u64)>);
 
 /// The stored form: each name once, keys and readings as varints, so a
 /// snapshot costs a few bytes per reading, not a JSON object.
@@ -103,6 +135,53 @@ struct Stored {
     seen: Vec<(u32, u32, u64, i64)>,
     windows: Vec<StoredWindow>,
     previous: Option<Link>,
+}
+
+/// Format 2, as it was stored.
+#[derive(Deserialize)]
+struct StoredV2 {
+    format: u32,
+    epoch: u64,
+    worker: u32,
+    workers: u32,
+    reports: Vec<ShareReport>,
+    watermark: Option<i64>,
+    names: Vec<String>,
+    seen: Vec<(u32, u32, u64, i64)>,
+    windows: Vec<StoredWindowV2>,
+    previous: Option<Link>,
+}
+
+impl StoredV2 {
+    /// As format 3: windows of aggregation 0 keyed `device|metric`.
+    fn upgrade(self) -> Stored {
+        let mut names = self.names;
+        let mut pairs: rustc_hash::FxHashMap<(u32, u32), u32> = Default::default();
+        let windows = self
+            .windows
+            .into_iter()
+            .map(|(d, m, start, readings)| {
+                let key = *pairs.entry((d, m)).or_insert_with(|| {
+                    let get = |i: u32| names.get(i as usize).cloned().unwrap_or_default();
+                    names.push(format!("{}|{}", get(d), get(m)));
+                    names.len() as u32 - 1
+                });
+                (0, key, start, readings)
+            })
+            .collect();
+        Stored {
+            format: self.format,
+            epoch: self.epoch,
+            worker: self.worker,
+            workers: self.workers,
+            reports: self.reports,
+            watermark: self.watermark,
+            names,
+            seen: self.seen,
+            windows,
+            previous: self.previous,
+        }
+    }
 }
 
 /// Each distinct name once, in order of first use.
@@ -146,14 +225,7 @@ impl WorkerSnapshot {
         let windows = self
             .windows
             .iter()
-            .map(|w| {
-                (
-                    names.id(&w.device),
-                    names.id(&w.metric),
-                    w.start,
-                    w.readings.clone(),
-                )
-            })
+            .map(|w| (w.aggregation, names.id(&w.key), w.start, w.readings.clone()))
             .collect();
         let names = names.names;
         let stored = Stored {
@@ -182,12 +254,21 @@ impl WorkerSnapshot {
             let s: WorkerSnapshot = unseal(bytes)?;
             return Ok(s);
         }
-        let s: Stored = codec()
+        let format: u32 = codec()
+            .allow_trailing_bytes()
             .deserialize(body)
             .map_err(|e| Unsealed::Decode(e.to_string()))?;
-        if s.format > SNAPSHOT_FORMAT {
-            return Err(SnapshotError::Format { found: s.format });
+        if format > SNAPSHOT_FORMAT {
+            return Err(SnapshotError::Format { found: format });
         }
+        let decode = |e: bincode::Error| Unsealed::Decode(e.to_string());
+        let s: Stored = match format {
+            2 => codec()
+                .deserialize::<StoredV2>(body)
+                .map_err(decode)?
+                .upgrade(),
+            _ => codec().deserialize(body).map_err(decode)?,
+        };
         let name = |i: u32| -> Result<CompactString, SnapshotError> {
             s.names
                 .get(i as usize)
@@ -209,10 +290,10 @@ impl WorkerSnapshot {
         let windows = s
             .windows
             .into_iter()
-            .map(|(d, m, start, readings)| {
+            .map(|(aggregation, key, start, readings)| {
                 Ok(OpenWindow {
-                    device: name(d)?,
-                    metric: name(m)?,
+                    aggregation,
+                    key: name(key)?,
                     start,
                     readings,
                 })
@@ -235,10 +316,10 @@ impl WorkerSnapshot {
 /// The whole state at the head of `chain` (a whole snapshot, then deltas,
 /// oldest first): every key and reading added along it, less what the head's
 /// watermark has closed: keys expiring at or below it and windows whose
-/// `close_at(start)` (end + lateness) is at or below it, as Assign drops them.
+/// `rules.close_at` (end + lateness) is at or below it, as Collect drops them.
 pub fn materialize(
     chain: Vec<WorkerSnapshot>,
-    close_at: impl Fn(i64) -> i64,
+    rules: &WindowRules,
 ) -> Result<WorkerSnapshot, SnapshotError> {
     let mut chain = chain.into_iter();
     let Some(mut whole) = chain.next() else {
@@ -254,13 +335,11 @@ pub fn materialize(
     }
     // A window can appear more than once in one snapshot (a first epoch holds
     // the restored run and the epoch's own): readings add up, never replace.
-    let mut windows: std::collections::BTreeMap<
-        (CompactString, CompactString, i64),
-        Vec<(i64, u64)>,
-    > = std::collections::BTreeMap::new();
+    let mut windows: std::collections::BTreeMap<(u16, CompactString, i64), Vec<(i64, u64)>> =
+        std::collections::BTreeMap::new();
     for w in whole.windows.drain(..) {
         windows
-            .entry((w.device, w.metric, w.start))
+            .entry((w.aggregation, w.key, w.start))
             .or_default()
             .extend(w.readings);
     }
@@ -277,7 +356,7 @@ pub fn materialize(
         whole.seen.extend(delta.seen);
         for w in delta.windows {
             windows
-                .entry((w.device, w.metric, w.start))
+                .entry((w.aggregation, w.key, w.start))
                 .or_default()
                 .extend(w.readings);
         }
@@ -287,14 +366,14 @@ pub fn materialize(
     whole.seen.sort();
     whole.windows = windows
         .into_iter()
-        .filter(|((_, _, start), _)| open(close_at(*start)))
-        .map(|((device, metric, start), mut readings)| {
+        .filter(|((agg, _, start), _)| open(rules.close_at(*agg, *start)))
+        .map(|((aggregation, key, start), mut readings)| {
             readings.sort_unstable_by_key(|&(ts, bits)| {
                 (ts, crate::aggregate::ordered_bits(f64::from_bits(bits)))
             });
             OpenWindow {
-                device,
-                metric,
+                aggregation,
+                key,
                 start,
                 readings,
             }
@@ -309,6 +388,7 @@ pub fn materialize(
 pub fn reshard(
     snapshots: &[WorkerSnapshot],
     workers: u32,
+    rules: &WindowRules,
 ) -> Result<Vec<WorkerSnapshot>, SnapshotError> {
     let Some(first) = snapshots.first() else {
         return Err(SnapshotError::Inconsistent("no snapshots".into()));
@@ -353,7 +433,7 @@ pub fn reshard(
                 .push(k.clone());
         }
         for w in &s.windows {
-            out[device_owner(&w.device, workers) as usize]
+            out[rules.owner(w, workers) as usize]
                 .windows
                 .push(w.clone());
         }
@@ -371,7 +451,25 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::aggregation::Aggregation;
+    use crate::job::EmitMode;
     use crate::watermark::ShareState;
+    use crate::window::WindowSpec;
+
+    /// Per (device, metric) and per metric, tumbling 10, no lateness.
+    fn rules() -> WindowRules {
+        let per_device =
+            Aggregation::per_device("a", WindowSpec::tumbling(10).unwrap(), EmitMode::Final);
+        let per_metric = Aggregation {
+            name: "m".into(),
+            group_by: vec![iotflow_jobfile::GroupField::Metric],
+            ..per_device.clone()
+        };
+        WindowRules {
+            aggregations: vec![per_device, per_metric].into(),
+            lateness_ms: 0,
+        }
+    }
 
     fn snapshot(worker: u32, workers: u32, devices: &[&str]) -> WorkerSnapshot {
         WorkerSnapshot {
@@ -400,8 +498,8 @@ mod tests {
             windows: devices
                 .iter()
                 .map(|d| OpenWindow {
-                    device: (*d).into(),
-                    metric: "t".into(),
+                    aggregation: 0,
+                    key: format!("{d}|t").into(),
                     start: 0,
                     readings: vec![(1, 2.5f64.to_bits())],
                 })
@@ -445,7 +543,7 @@ mod tests {
     #[test]
     fn a_chain_puts_together_what_each_epoch_added_less_what_closed() {
         // Windows of 10: start 0 closes at 10, start 10 at 20.
-        let close_at = |start: i64| start + 10;
+        let close_at = &rules();
         let key = |device: &str, seq, expires_at| SeenKey {
             device: device.into(),
             metric: "t".into(),
@@ -453,8 +551,8 @@ mod tests {
             expires_at,
         };
         let window = |device: &str, start, readings: &[(i64, f64)]| OpenWindow {
-            device: device.into(),
-            metric: "t".into(),
+            aggregation: 0,
+            key: format!("{device}|t").into(),
             start,
             readings: readings.iter().map(|&(t, v)| (t, v.to_bits())).collect(),
         };
@@ -502,7 +600,7 @@ mod tests {
         );
         assert!(materialize(vec![whole, six], close_at).is_err(), "a gap");
         assert!(
-            reshard(&[five], 1).is_err(),
+            reshard(&[five], 1, &rules()).is_err(),
             "deltas are put together first"
         );
     }
@@ -511,13 +609,13 @@ mod tests {
     fn inconsistent_sets_are_refused() {
         let a = snapshot(0, 2, &["a"]);
         assert!(
-            reshard(std::slice::from_ref(&a), 1).is_err(),
+            reshard(std::slice::from_ref(&a), 1, &rules()).is_err(),
             "one of two snapshots"
         );
         let mut b = snapshot(1, 2, &["b"]);
         b.epoch = 8;
-        assert!(reshard(&[a, b], 1).is_err(), "two epochs");
-        assert!(reshard(&[], 1).is_err());
+        assert!(reshard(&[a, b], 1, &rules()).is_err(), "two epochs");
+        assert!(reshard(&[], 1, &rules()).is_err());
     }
 
     proptest! {
@@ -534,24 +632,38 @@ mod tests {
             for d in &devices {
                 shards[device_owner(d, from) as usize].push(d);
             }
-            let before: Vec<WorkerSnapshot> = shards
+            let rules = rules();
+            let mut before: Vec<WorkerSnapshot> = shards
                 .iter()
                 .enumerate()
                 .map(|(w, ds)| snapshot(w as u32, from, ds))
                 .collect();
-            let after = reshard(&before, to).unwrap();
+            // Aggregation 1 (per metric) keyed by the device's name as its metric.
+            for d in &devices {
+                let w = OpenWindow { aggregation: 1, key: d.as_str().into(), start: 0, readings: vec![(1, 1)] };
+                let owner = rules.owner(&w, from) as usize;
+                before[owner].windows.push(w);
+            }
+            let after = reshard(&before, to, &rules).unwrap();
             prop_assert_eq!(after.len(), to as usize);
             let mut all: Vec<String> = Vec::new();
             for s in &after {
                 for w in &s.windows {
-                    prop_assert_eq!(device_owner(&w.device, to), s.worker);
-                    all.push(w.device.to_string());
+                    prop_assert_eq!(rules.owner(w, to), s.worker);
+                    if w.aggregation == 0 {
+                        let device = w.key.split('|').next().unwrap_or_default();
+                        prop_assert_eq!(device_owner(device, to), s.worker);
+                        all.push(device.to_string());
+                    }
                 }
-                prop_assert_eq!(s.seen.len(), s.windows.len());
+                for k in &s.seen {
+                    prop_assert_eq!(device_owner(&k.device, to), s.worker);
+                }
             }
             all.sort();
-            prop_assert_eq!(all, devices);
-            let back = reshard(&reshard(&after, from).unwrap(), to).unwrap();
+            prop_assert_eq!(all, devices.clone());
+            prop_assert_eq!(after.iter().map(|s| s.windows.len()).sum::<usize>(), 2 * devices.len());
+            let back = reshard(&reshard(&after, from, &rules).unwrap(), to, &rules).unwrap();
             prop_assert_eq!(back, after);
         }
     }

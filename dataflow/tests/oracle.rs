@@ -8,17 +8,17 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use iotflow_dataflow::job::{DeadRecord, EmitMode, Epoch, JobConfig, RawRecord, WindowResult};
-use iotflow_dataflow::reading::{ParseLimits, RejectReason, parse_record};
+use iotflow_dataflow::reading::{Dims, ParseLimits, Reading, RejectReason, parse_record};
 use iotflow_dataflow::runner::{Parallelism, RunOutput, run_bounded};
 use iotflow_dataflow::source::memory_inputs;
-use iotflow_dataflow::{JobMetrics, Stats, TopK, WatermarkConfig, WindowSpec};
+use iotflow_dataflow::{JobMetrics, Measured, Stats, TopK, WatermarkConfig, WindowSpec};
 use proptest::prelude::*;
 
 type Partitions = Vec<(i32, Vec<RawRecord>)>;
 type Outputs = (Vec<(Epoch, WindowResult)>, Vec<(Epoch, DeadRecord)>);
 /// (kind, device, event-time delta ms, value, metric) per record.
 type RecordSpec = (u8, u8, i64, i32, u8);
-type OpenWindows = BTreeMap<(String, String, i64), (Vec<(i64, f64)>, bool)>;
+type OpenWindows = BTreeMap<(u16, String, i64), (Vec<(i64, f64)>, bool)>;
 
 /// The semantics, written the slow and obvious way.
 fn oracle(parts: &Partitions, cfg: &JobConfig, n: u64) -> Outputs {
@@ -43,26 +43,39 @@ fn oracle(parts: &Partitions, cfg: &JobConfig, n: u64) -> Outputs {
     let k = cfg.watermark.outliers + 1;
     let mut tops: BTreeMap<i32, TopK> = BTreeMap::new();
     let mut wm: Option<i64> = None;
-    // Dedupe keys, remembered until every window of the kept copy is final.
+    // Dedupe keys, remembered until every window of the kept copy is final everywhere.
     let mut seen: BTreeMap<(String, u64, String), i64> = BTreeMap::new();
     let mut windows = OpenWindows::new();
     let (mut results, mut dead) = (Vec::new(), Vec::new());
     for e in 0..=last_epoch {
-        let mut readings = Vec::new();
+        let mut readings: Vec<(Reading, Dims)> = Vec::new();
         for (p, recs) in parts {
             for rec in chunk(recs, e) {
-                let mut out = Vec::new();
-                let verdict = parse_record(&rec.value, &cfg.limits, &mut out).and_then(|()| {
+                let (mut out, mut dims) = (Vec::new(), Dims::new());
+                let parsed = match cfg.input.is_default() {
+                    true => parse_record(&rec.value, &cfg.limits, &mut out),
+                    false => cfg
+                        .input
+                        .parse(&rec.value, &cfg.limits, &mut out, &mut dims),
+                };
+                let verdict = parsed.and_then(|()| {
                     let ts = out[0].ts_ms;
                     tops.entry(*p).or_insert_with(|| TopK::new(k)).observe(ts);
-                    if cfg.window.windows_of(ts).all(|s| cfg.is_final(s, wm)) {
+                    let late = cfg.aggregations.iter().all(|a| {
+                        a.window
+                            .windows_of(ts)
+                            .all(|s| a.window.end(s) + cfg.lateness_ms <= wm.unwrap_or(i64::MIN))
+                    });
+                    if late && wm.is_some() {
                         Err(RejectReason::Late)
+                    } else if cfg.aggregations.iter().all(|a| !a.has_dimensions(&dims)) {
+                        Err(RejectReason::MissingDimension)
                     } else {
                         Ok(())
                     }
                 });
                 match verdict {
-                    Ok(()) => readings.extend(out),
+                    Ok(()) => readings.extend(out.into_iter().map(|r| (r, dims.clone()))),
                     Err(reason) => dead.push((
                         e,
                         DeadRecord {
@@ -76,7 +89,7 @@ fn oracle(parts: &Partitions, cfg: &JobConfig, n: u64) -> Outputs {
         // Dedupe: an earlier epoch's copy wins; within the epoch the smallest (ts, value).
         let mut chosen: BTreeMap<(String, u64, String), (i64, u64, usize)> = BTreeMap::new();
         let mut kept: Vec<bool> = vec![true; readings.len()];
-        for (i, r) in readings.iter().enumerate() {
+        for (i, (r, _)) in readings.iter().enumerate() {
             let Some(seq) = r.seq else { continue };
             let key = (r.device_id.to_string(), seq, r.metric.to_string());
             if seen.contains_key(&key) {
@@ -96,17 +109,28 @@ fn oracle(parts: &Partitions, cfg: &JobConfig, n: u64) -> Outputs {
             }
         }
         for (key, (ts, _, _)) in chosen {
-            let last = cfg.window.windows_of(ts).last().unwrap();
-            seen.insert(key, cfg.window.end(last) + cfg.lateness_ms);
+            let until = cfg
+                .aggregations
+                .iter()
+                .map(|a| a.window.end(a.window.windows_of(ts).last().unwrap()) + cfg.lateness_ms)
+                .max()
+                .unwrap();
+            seen.insert(key, until);
         }
-        for (r, _) in readings.into_iter().zip(kept).filter(|(_, k)| *k) {
-            for s in cfg.window.windows_of(r.ts_ms) {
-                if !cfg.is_final(s, wm) {
-                    let w = windows
-                        .entry((r.device_id.to_string(), r.metric.to_string(), s))
-                        .or_default();
-                    w.0.push((r.ts_ms, r.value));
-                    w.1 = true;
+        for ((r, dims), _) in readings.into_iter().zip(kept).filter(|(_, k)| *k) {
+            for (ai, a) in cfg.aggregations.iter().enumerate() {
+                let Some(key) = a.group_key(&r.device_id, &r.metric, &dims) else {
+                    continue;
+                };
+                if !a.keeps(&r.device_id, &r.metric, r.value, &dims) {
+                    continue;
+                }
+                for s in a.window.windows_of(r.ts_ms) {
+                    if wm.is_none_or(|w| a.window.end(s) + cfg.lateness_ms > w) {
+                        let w = windows.entry((ai as u16, key.to_string(), s)).or_default();
+                        w.0.push((r.ts_ms, r.value));
+                        w.1 = true;
+                    }
                 }
             }
         }
@@ -141,34 +165,65 @@ fn oracle(parts: &Partitions, cfg: &JobConfig, n: u64) -> Outputs {
         if let Some(w) = wm {
             seen.retain(|_, expiry| *expiry > w);
         }
-        let mut finals: Vec<(String, String, i64)> = windows
+        let result = |key: &(u16, String, i64), values: &[(i64, f64)], is_final: bool| {
+            let a = &cfg.aggregations[key.0 as usize];
+            WindowResult {
+                aggregation: key.0,
+                group: key.1.as_str().into(),
+                window_start: key.2,
+                window_end: a.window.end(key.2),
+                measured: naive_measures(values, &a.percentile_ranks()),
+                is_final,
+            }
+        };
+        let finals: Vec<(u16, String, i64)> = windows
             .keys()
-            .filter(|key| cfg.is_final(key.2, wm))
+            .filter(|key| {
+                let a = &cfg.aggregations[key.0 as usize];
+                wm.is_some_and(|w| a.window.end(key.2) + cfg.lateness_ms <= w)
+            })
             .cloned()
             .collect();
-        finals.sort();
         for key in finals {
-            let (mut values, _) = windows.remove(&key).unwrap();
-            let s = Stats::of(&mut values).unwrap();
-            let end = cfg.window.end(key.2);
-            results.push((e, WindowResult::new(key.0, key.1, key.2, end, s, true)));
+            let (values, _) = windows.remove(&key).unwrap();
+            results.push((e, result(&key, &values, true)));
         }
-        if cfg.emit == EmitMode::Updates {
-            for (key, (values, changed)) in windows.iter_mut() {
-                if *changed {
-                    *changed = false;
-                    let s = Stats::of(&mut values.clone()).unwrap();
-                    let end = cfg.window.end(key.2);
-                    results.push((
-                        e,
-                        WindowResult::new(key.0.clone(), key.1.clone(), key.2, end, s, false),
-                    ));
-                }
+        for (key, (values, changed)) in windows.iter_mut() {
+            if *changed && cfg.aggregations[key.0 as usize].emit == EmitMode::Updates {
+                results.push((e, result(key, values, false)));
             }
+            *changed = false;
         }
     }
     let sorted = RunOutput { results, dead }.sorted();
     (sorted.results, sorted.dead)
+}
+
+/// Every measure, naively: stats over the canonical order, first/last by
+/// (time, value), percentiles by interpolating the sorted values.
+fn naive_measures(values: &[(i64, f64)], qs: &[f64]) -> Measured {
+    let mut sorted = values.to_vec();
+    let stats = Stats::of(&mut sorted).unwrap();
+    let mut v: Vec<f64> = values.iter().map(|x| x.1).collect();
+    v.sort_by(f64::total_cmp);
+    let percentiles = qs
+        .iter()
+        .map(|q| {
+            let rank = q * (v.len() - 1) as f64;
+            let (lo, hi) = (v[rank.floor() as usize], v[rank.ceil() as usize]);
+            if lo == hi {
+                lo
+            } else {
+                lo + (rank - rank.floor()) * (hi - lo)
+            }
+        })
+        .collect();
+    Measured {
+        stats,
+        first_value: sorted[0].1,
+        last_value: sorted[sorted.len() - 1].1,
+        percentiles,
+    }
 }
 
 const T0: i64 = 1_763_787_600_000;
@@ -184,6 +239,11 @@ fn arb_partition() -> impl Strategy<Value = Vec<RecordSpec>> {
 }
 
 fn build_partitions(spec: Vec<Vec<RecordSpec>>) -> Partitions {
+    build_partitions_with(spec, false)
+}
+
+/// With `sites`, valid records of devices 0–2 carry a `site` (s0 or s1); device 3's never do.
+fn build_partitions_with(spec: Vec<Vec<RecordSpec>>, sites: bool) -> Partitions {
     let mut seq = [0u64; 4];
     spec.into_iter()
         .enumerate()
@@ -207,10 +267,14 @@ fn build_partitions(spec: Vec<Vec<RecordSpec>>) -> Partitions {
                         seq[d] += 1;
                         let ts = clock + delta;
                         let v = f64::from(value) / 8.0;
+                        let site = match (sites, dev) {
+                            (true, 0..=2) => format!(r#""site":"s{}","#, dev % 2),
+                            _ => String::new(),
+                        };
                         if metric == 0 {
-                            format!(r#"{{"device_id":"d{dev}","ts":{ts},"seq":{},"metrics":{{"t":{v},"h":{}}}}}"#, seq[d], v * 2.0)
+                            format!(r#"{{"device_id":"d{dev}",{site}"ts":{ts},"seq":{},"metrics":{{"t":{v},"h":{}}}}}"#, seq[d], v * 2.0)
                         } else {
-                            format!(r#"{{"device_id":"d{dev}","sensor":"p","ts_ms":{ts},"value":{v},"seq":{}}}"#, seq[d])
+                            format!(r#"{{"device_id":"d{dev}",{site}"sensor":"p","ts_ms":{ts},"value":{v},"seq":{}}}"#, seq[d])
                         }
                         .into_bytes()
                     }
@@ -242,22 +306,149 @@ proptest! {
     ) {
         let parts = build_partitions(spec);
         let window = if hop { WindowSpec::hopping(size, size / 2).unwrap() } else { WindowSpec::tumbling(size).unwrap() };
-        let cfg = JobConfig {
+        let cfg = JobConfig::single(
             window,
-            lateness_ms: lateness,
-            watermark: WatermarkConfig { max_out_of_order_ms: ooo, idle_timeout_ms: 0, outliers: 1 },
-            emit: if updates { EmitMode::Updates } else { EmitMode::Final },
-            limits: ParseLimits::default(),
-        };
+            lateness,
+            WatermarkConfig { max_out_of_order_ms: ooo, idle_timeout_ms: 0, outliers: 1 },
+            if updates { EmitMode::Updates } else { EmitMode::Final },
+            ParseLimits::default(),
+        );
         let (want_results, want_dead) = oracle(&parts, &cfg, epoch_records);
         let shared = Arc::new(parts.clone());
         let par = Parallelism { workers, ..Parallelism::default() };
-        let out = run_bounded(&par, cfg, Arc::new(JobMetrics::default()), move |w, peers| {
+        let out = run_bounded(&par, cfg.clone(), Arc::new(JobMetrics::default()), move |w, peers| {
             memory_inputs(&shared, epoch_records, w, peers)
         }).unwrap().sorted();
         prop_assert_eq!(out.dead, want_dead);
         prop_assert_eq!(out.results, want_results);
     }
+}
+
+/// Aggregations a job file can state, for the multi-aggregation oracle: (group_by, measures, where).
+const AGGREGATIONS: [(&str, &str, &str); 5] = [
+    (
+        r#"["device", "metric"]"#,
+        r#"["count", "sum", "mean", "stddev", "first_ts", "last_ts"]"#,
+        "",
+    ),
+    (
+        r#"["site", "metric"]"#,
+        r#"["count", "mean", "p50", "p95"]"#,
+        "value > -20",
+    ),
+    (
+        "[]",
+        r#"["count", "min", "max", "first_value", "last_value", "p99", "p0.1"]"#,
+        "",
+    ),
+    (
+        r#"["metric"]"#,
+        r#"["count", "p50", "p99.9"]"#,
+        "metric != 'h' and (value < 30 or value >= 50)",
+    ),
+    (
+        r#"["site"]"#,
+        r#"["count", "max"]"#,
+        "site == 's1' or metric in ['p']",
+    ),
+];
+
+/// A job file of the picked aggregations, each with its own window and emit mode.
+fn job_file(picks: &[(usize, i64, bool, bool)], ooo: i64, lateness: i64) -> JobConfig {
+    let mut toml = format!(
+        "name = \"oracle\"\n[input]\ndimensions = [\"site\"]\n[watermark]\nmax_out_of_order = \"{ooo}ms\"\nlateness = \"{lateness}ms\"\n"
+    );
+    for (i, &(which, size, hop, updates)) in picks.iter().enumerate() {
+        let (group_by, measures, filter) = AGGREGATIONS[which];
+        let window = match hop {
+            true => format!("hopping {size}ms every {}ms", size / 2),
+            false => format!("tumbling {size}ms"),
+        };
+        let emit = if updates { "updates" } else { "final" };
+        toml.push_str(&format!(
+            "[[aggregation]]\nname = \"a{i}\"\ngroup_by = {group_by}\nwindow = \"{window}\"\nmeasures = {measures}\nemit = \"{emit}\"\ntopic = \"t{i}\"\n"
+        ));
+        if !filter.is_empty() {
+            toml.push_str(&format!("where = \"{filter}\"\n"));
+        }
+    }
+    let plan = iotflow_jobfile::parse(std::path::Path::new("oracle.toml"), &toml).unwrap();
+    let mut cfg = JobConfig::from_plan(&plan, ParseLimits::default()).unwrap();
+    cfg.watermark.idle_timeout_ms = 0;
+    cfg
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(32),
+        ..ProptestConfig::default()
+    })]
+
+    /// Several aggregations over one source, parse and dedupe: group keys of
+    /// device, metric and a dimension (missing for one device), fleet-wide,
+    /// filters, exact percentiles, first/last values; 1 to 3 workers.
+    #[test]
+    fn several_aggregations_equal_the_naive_oracle(
+        spec in prop::collection::vec(arb_partition(), 1..4),
+        epoch_records in 1u64..25,
+        picks in prop::collection::vec(
+            (0usize..AGGREGATIONS.len(), prop::sample::select(vec![2_000i64, 5_000, 10_000]), any::<bool>(), any::<bool>()),
+            1..4,
+        ),
+        ooo in prop::sample::select(vec![0i64, 1_000, 2_500]),
+        lateness in prop::sample::select(vec![0i64, 1_500]),
+        workers in 1usize..4,
+    ) {
+        let parts = build_partitions_with(spec, true);
+        let cfg = job_file(&picks, ooo, lateness);
+        let (want_results, want_dead) = oracle(&parts, &cfg, epoch_records);
+        let shared = Arc::new(parts.clone());
+        let par = Parallelism { workers, ..Parallelism::default() };
+        let out = run_bounded(&par, cfg.clone(), Arc::new(JobMetrics::default()), move |w, peers| {
+            memory_inputs(&shared, epoch_records, w, peers)
+        }).unwrap().sorted();
+        prop_assert_eq!(out.dead, want_dead);
+        prop_assert_eq!(out.results, want_results);
+    }
+}
+
+/// Readings no aggregation can use for a missing dimension are dead letters
+/// `missing_dimension`; those another aggregation uses are not.
+#[test]
+fn a_missing_dimension_is_a_dead_letter_only_when_no_aggregation_can_use_the_reading() {
+    let spec: Vec<Vec<RecordSpec>> = vec![
+        (0..40u32)
+            .map(|i| (10, (i % 4) as u8, 0, i as i32, 0))
+            .collect(),
+    ];
+    let parts = build_partitions_with(spec, true);
+    let by_site = job_file(&[(4, 2_000, false, false)], 0, 0);
+    let (_, dead) = oracle(&parts, &by_site, 5);
+    let missing = dead
+        .iter()
+        .filter(|d| d.1.reason == RejectReason::MissingDimension)
+        .count();
+    assert_eq!(missing, 10, "device 3's records");
+    let both = job_file(&[(4, 2_000, false, false), (0, 2_000, false, false)], 0, 0);
+    let (results, dead) = oracle(&parts, &both, 5);
+    assert!(
+        dead.iter()
+            .all(|d| d.1.reason != RejectReason::MissingDimension)
+    );
+    assert!(results.iter().any(|(_, r)| r.group.starts_with("d3|")));
+    let shared = Arc::new(parts);
+    let out = run_bounded(
+        &Parallelism {
+            workers: 2,
+            ..Parallelism::default()
+        },
+        both,
+        Arc::new(JobMetrics::default()),
+        move |w, p| memory_inputs(&shared, 5, w, p),
+    )
+    .unwrap()
+    .sorted();
+    assert_eq!(out.results, results);
 }
 
 /// The generator produces what the oracle is about: windows, late and bad records, duplicates.
@@ -297,7 +488,7 @@ fn the_generated_inputs_exercise_every_path() {
         workers: 2,
         ..Parallelism::default()
     };
-    let out = run_bounded(&par, cfg, Arc::clone(&metrics), move |w, p| {
+    let out = run_bounded(&par, cfg.clone(), Arc::clone(&metrics), move |w, p| {
         memory_inputs(&shared, 5, w, p)
     })
     .unwrap()
@@ -314,17 +505,17 @@ fn the_generated_inputs_exercise_every_path() {
 
 /// Tumbling windows of `size_ms`, final mode, no out-of-order slack, one outlier guard.
 fn tumbling_final(size_ms: i64, lateness_ms: i64) -> JobConfig {
-    JobConfig {
-        window: WindowSpec::tumbling(size_ms).unwrap(),
+    JobConfig::single(
+        WindowSpec::tumbling(size_ms).unwrap(),
         lateness_ms,
-        watermark: WatermarkConfig {
+        WatermarkConfig {
             max_out_of_order_ms: 0,
             idle_timeout_ms: 0,
             outliers: 1,
         },
-        emit: EmitMode::Final,
-        limits: ParseLimits::default(),
-    }
+        EmitMode::Final,
+        ParseLimits::default(),
+    )
 }
 
 fn reading(device: &str, ts: i64, seq: u64, value: f64) -> Vec<u8> {
@@ -371,7 +562,7 @@ fn finality_and_lateness_at_the_exact_boundary() {
     let summary: Vec<(Epoch, i64, u64, f64)> = out
         .results
         .iter()
-        .map(|(e, r)| (*e, r.window_start - T0, r.stats.count, r.stats.sum))
+        .map(|(e, r)| (*e, r.window_start - T0, r.stats().count, r.stats().sum))
         .collect();
     // [T0, T0+10s) is final at epoch 2 with the first reading only; the last window at the end.
     assert_eq!(summary, vec![(2, 0, 1, 1.0), (4, 10_000, 3, 10.0)]);
@@ -416,7 +607,7 @@ fn window_state_forgets_closed_windows_and_the_source_waits_for_the_dataflow() {
     assert!(
         out.results
             .iter()
-            .all(|(_, r)| r.stats.count == PER_WINDOW as u64)
+            .all(|(_, r)| r.stats().count == PER_WINDOW as u64)
     );
     let peak = metrics
         .window_state_peak

@@ -13,6 +13,7 @@ mod live;
 mod summary;
 
 pub use live::{
-    Committing, Controls, Delivery, LiveJob, LiveJobConfig, RuntimeError, StartAt, StartReport,
+    AggregationOutput, Committing, Controls, Delivery, LiveJob, LiveJobConfig, RuntimeError,
+    StartAt, StartReport,
 };
 pub use summary::RunSummary;

@@ -19,19 +19,18 @@ use iotflow_sink::SinkError;
 use iotflow_sink::exactly_once::outgoing::{aggregate_outgoing, dead_outgoing, with_epoch};
 use iotflow_sink::exactly_once::recovery::{self, RunStart};
 use iotflow_sink::exactly_once::{
-    Closing, ExactlyOnceConfig, Held, OutputId, OutputTopic, PendingRows, Roll, WorkerSinks,
-    commit_outputs,
+    ExactlyOnceConfig, Held, OutputId, OutputTopic, PendingRows, Roll, WorkerSinks, commit_outputs,
 };
 use iotflow_sink::kafka::{
     FailureSlot, KafkaSinkConfig, publish_aggregates, publish_dead_letters, record_failure,
 };
-use iotflow_sink::parquet::{DATASET, write_dataset};
+use iotflow_sink::parquet::{Dataset, write_datasets};
 use iotflow_sink::progress::ProgressLog;
 use iotflow_sink::protocol::CommitRecord;
-use iotflow_sink::records::AggregateRecord;
+use iotflow_sink::shape::{AggregateRow, AggregateShape};
 use rskafka::client::Client;
 use timely::dataflow::operators::Concat;
-use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::vec::{Filter, Map};
 
 /// Where a job without commits starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,12 +65,22 @@ pub struct Committing {
     pub max_unpublished_bytes: u64,
 }
 
+/// Where one aggregation's results go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregationOutput {
+    /// A topic (created like the input when missing).
+    pub topic: Option<String>,
+    /// A Parquet dataset under the Parquet directory.
+    pub parquet: Option<String>,
+}
+
 /// Everything a live job needs to know.
 #[derive(Debug, Clone)]
 pub struct LiveJobConfig {
     pub bootstrap: Vec<String>,
     pub input: String,
-    pub aggregates_topic: String,
+    /// Per aggregation of `dataflow`, in its order.
+    pub outputs: Vec<AggregationOutput>,
     pub dlq_topic: String,
     /// The job's name: commit records, record headers, default directories.
     pub name: String,
@@ -151,12 +160,64 @@ struct Resume {
     max_unpublished_bytes: u64,
 }
 
+/// The job's output topics and datasets, and which aggregation writes where.
+#[derive(Debug, Clone)]
+struct Routes {
+    /// In [`OutputId`] order: each aggregation's topic (in aggregation order), then dead letters.
+    topics: Vec<OutputTopic>,
+    /// Per aggregation: its topic's id and its records' shape.
+    aggregations: Vec<(Option<OutputId>, AggregateShape)>,
+    dead_letters: OutputId,
+    datasets: Vec<Dataset>,
+}
+
+impl Routes {
+    fn new(cfg: &LiveJobConfig, partitions_of: impl Fn(&str) -> OutputTopic) -> Self {
+        let mut topics = Vec::new();
+        let mut aggregations = Vec::new();
+        let mut datasets = Vec::new();
+        for (i, (agg, out)) in cfg
+            .dataflow
+            .aggregations
+            .iter()
+            .zip(&cfg.outputs)
+            .enumerate()
+        {
+            let shape = AggregateShape::of(agg);
+            let id = out.topic.as_deref().map(|t| {
+                topics.push(partitions_of(t));
+                OutputId(topics.len() as u16 - 1)
+            });
+            if let Some(name) = &out.parquet {
+                datasets.push(Dataset {
+                    name: name.clone(),
+                    aggregation: i as u16,
+                    shape: shape.clone(),
+                });
+            }
+            aggregations.push((id, shape));
+        }
+        topics.push(partitions_of(&cfg.dlq_topic));
+        Self {
+            dead_letters: OutputId(topics.len() as u16 - 1),
+            topics,
+            aggregations,
+            datasets,
+        }
+    }
+
+    fn partitions(&self, id: OutputId) -> usize {
+        self.topics
+            .get(usize::from(id.0))
+            .map_or(1, |t| t.partitions)
+    }
+}
+
 /// A prepared job: topics exist, recovery is planned; [`LiveJob::run`] runs it.
 #[derive(Debug)]
 pub struct LiveJob {
     cfg: LiveJobConfig,
-    /// In [`OutputId`] order: aggregates, dead letters.
-    outputs: Vec<OutputTopic>,
+    routes: Routes,
     source: KafkaSourceConfig,
     controls: Controls,
     resume: Option<Arc<Resume>>,
@@ -179,8 +240,11 @@ impl LiveJob {
             .find(|t| t.name == cfg.input)
             .map(|t| t.partitions.len() as i32)
             .ok_or_else(|| RuntimeError::NoInput(cfg.input.clone()))?;
-        let missing: Vec<TopicSpec> = [&cfg.aggregates_topic, &cfg.dlq_topic]
-            .into_iter()
+        let missing: Vec<TopicSpec> = cfg
+            .outputs
+            .iter()
+            .filter_map(|o| o.topic.as_ref())
+            .chain([&cfg.dlq_topic])
             .filter(|name| !listed.iter().any(|t| &&t.name == name))
             .map(|name| TopicSpec::new(name.as_str(), input_partitions))
             .collect();
@@ -201,14 +265,10 @@ impl LiveJob {
         source.until_end = cfg.until_end;
         source.drain = Arc::clone(&controls.drain);
         source.idle_timeout = cfg.idle_timeout;
-        let outputs = vec![
-            partitions_of(&cfg.aggregates_topic),
-            partitions_of(&cfg.dlq_topic),
-        ];
+        let routes = Routes::new(&cfg, partitions_of);
         let (resume, lock, mut report) = match &cfg.delivery {
             Delivery::ExactlyOnce(c) => {
-                let (resume, lock, report) =
-                    prepare_commits(client, &cfg, c, outputs.clone()).await?;
+                let (resume, lock, report) = prepare_commits(client, &cfg, c, &routes).await?;
                 source.start_epoch = resume.start;
                 (Some(Arc::new(resume)), Some(lock), report)
             }
@@ -235,7 +295,7 @@ impl LiveJob {
         source.start_offsets = offsets.clone();
         Ok(Self {
             cfg,
-            outputs,
+            routes,
             source,
             controls,
             resume,
@@ -273,7 +333,7 @@ impl LiveJob {
         let sink_err: FailureSlot = Arc::default();
         let plan = Arc::new(WorkerPlan {
             cfg: self.cfg.clone(),
-            outputs: self.outputs.clone(),
+            routes: self.routes.clone(),
             source: self.source.clone(),
             controls: self.controls.clone(),
             resume: self.resume.clone(),
@@ -306,7 +366,7 @@ async fn prepare_commits(
     client: &Client,
     cfg: &LiveJobConfig,
     c: &Committing,
-    outputs: Vec<OutputTopic>,
+    routes: &Routes,
 ) -> Result<(Resume, File, StartReport), RuntimeError> {
     let spec = topics::default_topics(1, 1)
         .into_iter()
@@ -332,13 +392,10 @@ async fn prepare_commits(
         parquet_dir: c.parquet_dir.clone(),
         bootstrap: cfg.bootstrap.clone(),
         progress_topic: c.progress_topic.clone(),
-        outputs,
-        datasets: vec![DATASET.to_owned()],
+        outputs: routes.topics.clone(),
+        datasets: routes.datasets.clone(),
         roll: c.roll,
-        closing: Closing {
-            window: cfg.dataflow.window,
-            lateness_ms: cfg.dataflow.lateness_ms,
-        },
+        closing: cfg.dataflow.window_rules(),
         fold_bytes: c.fold_bytes,
         depth: c.depth,
         max_unpublished_bytes: c.max_unpublished_bytes,
@@ -373,14 +430,10 @@ async fn prepare_commits(
     Ok((resume, start.lock, report))
 }
 
-/// The default job's outputs, in [`OutputId`] order.
-const AGGREGATES: OutputId = OutputId(0);
-const DEAD_LETTERS: OutputId = OutputId(1);
-
 /// What every worker builds its dataflow from.
 struct WorkerPlan {
     cfg: LiveJobConfig,
-    outputs: Vec<OutputTopic>,
+    routes: Routes,
     source: KafkaSourceConfig,
     controls: Controls,
     resume: Option<Arc<Resume>>,
@@ -412,7 +465,7 @@ impl WorkerPlan {
         };
         let streams = job::build_with_state(
             source,
-            self.cfg.dataflow,
+            self.cfg.dataflow.clone(),
             Arc::clone(metrics),
             Arc::clone(stop),
             &gate,
@@ -422,29 +475,42 @@ impl WorkerPlan {
             self.at_least_once(streams);
             return;
         };
-        let [aggs, dlq] =
-            [AGGREGATES, DEAD_LETTERS].map(|o| self.outputs[usize::from(o.0)].partitions);
         let (error, stop_agg) = (Arc::clone(&self.sink_err), Arc::clone(stop));
+        let routes = self.routes.clone();
         let aggregates = with_epoch(
             streams.results.clone(),
             "EncodeAggregates",
             move |w, epoch| {
+                let (id, shape) = routes.aggregations.get(usize::from(w.aggregation))?;
+                let id = (*id)?;
                 // Encoding an aggregate fails only on a bug; the job stops with it.
-                aggregate_outgoing(w, epoch, AGGREGATES, aggs)
+                aggregate_outgoing(w, epoch, id, routes.partitions(id), shape)
                     .map_err(|e| record_failure(&error, &stop_agg, e.to_string()))
                     .ok()
             },
         );
         let source_topic = self.cfg.input.clone();
+        let (dlq, dlq_partitions) = (
+            self.routes.dead_letters,
+            self.routes.partitions(self.routes.dead_letters),
+        );
         let dead = streams
             .dead
-            .map(move |d| dead_outgoing(d, &source_topic, DEAD_LETTERS, dlq));
-        let finals = with_epoch(streams.results, "FinalRows", |w, epoch| {
-            w.is_final.then(|| AggregateRecord::of(w, epoch))
-        });
+            .map(move |d| dead_outgoing(d, &source_topic, dlq, dlq_partitions));
+        let finals = self
+            .routes
+            .datasets
+            .iter()
+            .map(|d| {
+                let aggregation = d.aggregation;
+                with_epoch(streams.results.clone(), "FinalRows", move |w, epoch| {
+                    (w.is_final && w.aggregation == aggregation).then(|| AggregateRow::of(w, epoch))
+                })
+            })
+            .collect();
         let acks = commit_outputs(
             aggregates.concat(dead),
-            vec![finals],
+            finals,
             captures,
             WorkerSinks {
                 cfg: Arc::clone(&r.cfg),
@@ -466,36 +532,45 @@ impl WorkerPlan {
 
     fn at_least_once(&self, streams: job::JobStreams<'_>) {
         let Controls { stop, .. } = &self.controls;
-        let sink = |output: OutputId| {
-            let topic = &self.outputs[usize::from(output.0)];
+        let sink = |output: OutputId, shape: Option<AggregateShape>| {
+            let topic = &self.routes.topics[usize::from(output.0)];
             KafkaSinkConfig {
                 bootstrap: self.cfg.bootstrap.clone(),
                 topic: topic.name.clone(),
                 partitions: topic.partitions,
                 source_topic: self.cfg.input.clone(),
                 job: self.cfg.name.clone(),
+                shape,
             }
         };
         if let Delivery::AtLeastOnce {
             parquet_dir: Some(dir),
         } = &self.cfg.delivery
         {
-            write_dataset(
+            write_datasets(
                 streams.results.clone(),
                 dir.clone(),
+                self.routes.datasets.clone(),
                 Arc::clone(&self.sink_err),
                 Arc::clone(stop),
             );
         }
-        publish_aggregates(
-            streams.results,
-            sink(AGGREGATES),
-            Arc::clone(&self.sink_err),
-            Arc::clone(stop),
-        );
+        for (i, (id, shape)) in self.routes.aggregations.iter().enumerate() {
+            let Some(id) = id else { continue };
+            let mine = streams
+                .results
+                .clone()
+                .filter(move |r| usize::from(r.aggregation) == i);
+            publish_aggregates(
+                mine,
+                sink(*id, Some(shape.clone())),
+                Arc::clone(&self.sink_err),
+                Arc::clone(stop),
+            );
+        }
         publish_dead_letters(
             streams.dead,
-            sink(DEAD_LETTERS),
+            sink(self.routes.dead_letters, None),
             Arc::clone(&self.sink_err),
             Arc::clone(stop),
         );

@@ -1,7 +1,7 @@
 //! Publishing results to Kafka, epoch by epoch (at least once).
 //!
 //! ```text
-//!   WindowResult@e ──buffer──▶ frontier passed e ──▶ AggregateRecord, sorted by key
+//!   WindowResult@e ──buffer──▶ frontier passed e ──▶ its shape's record, sorted by key
 //!        ──murmur2(key) % partitions──▶ produce per partition (epoch in value and header)
 //!   DeadRecord@e ──▶ original key and bytes, reason + source in headers ──▶ DLQ partition
 //!        = source partition % DLQ partitions (keeps each source partition's order)
@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult};
+
+use crate::shape::AggregateShape;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
 use timely::dataflow::Stream;
@@ -46,6 +48,8 @@ pub struct KafkaSinkConfig {
     pub source_topic: String,
     /// The job, named in every record's [`JOB_HEADER`].
     pub job: String,
+    /// The shape of the aggregates this topic carries (none for dead letters).
+    pub shape: Option<crate::shape::AggregateShape>,
 }
 
 struct Publisher {
@@ -185,9 +189,13 @@ pub fn record_failure(slot: &FailureSlot, stop: &AtomicBool, msg: String) {
     stop.store(true, Ordering::Relaxed);
 }
 
-/// The Kafka value and headers of an aggregate.
-pub fn aggregate_record(r: &WindowResult, epoch: Epoch) -> Result<(String, Record), String> {
-    StagedRecord::aggregate(r, epoch)
+/// The Kafka value and headers of an aggregate of `shape`.
+pub fn aggregate_record(
+    r: &WindowResult,
+    epoch: Epoch,
+    shape: &AggregateShape,
+) -> Result<(String, Record), String> {
+    StagedRecord::aggregate(r, epoch, shape)
         .map(|(key, record)| (key, record.to_record()))
         .map_err(|e| e.to_string())
 }
@@ -248,12 +256,12 @@ fn publish_by_epoch<T: timely::ExchangeData>(
     });
 }
 
-/// The Kafka key of an aggregate: `device|metric|window_start`.
+/// The Kafka key of an aggregate: its group values and window start joined by `|`.
 pub fn aggregate_key(r: &WindowResult) -> String {
-    crate::records::aggregate_key(&r.device_id, &r.metric, r.window_start)
+    AggregateShape::key(&r.group, r.window_start)
 }
 
-/// Publishes aggregates to `cfg.topic` as each epoch completes, sorted by key.
+/// Publishes aggregates (of `cfg.shape`) to `cfg.topic` as each epoch completes, sorted by key.
 pub fn publish_aggregates(
     stream: Stream<'_, Epoch, Vec<WindowResult>>,
     cfg: KafkaSinkConfig,
@@ -268,9 +276,13 @@ pub fn publish_aggregates(
         stop,
         |r, partitions| key_partition(aggregate_key(r).as_bytes(), partitions) as usize,
         |results, epoch, cfg| {
+            let shape = cfg
+                .shape
+                .as_ref()
+                .ok_or_else(|| format!("{}: aggregates without a shape", cfg.topic))?;
             let mut keyed = results
                 .iter()
-                .map(|r| aggregate_record(r, epoch))
+                .map(|r| aggregate_record(r, epoch, shape))
                 .collect::<Result<Vec<_>, String>>()?;
             keyed.sort_by(|a, b| a.0.cmp(&b.0));
             let n = cfg.partitions.max(1);
@@ -320,24 +332,31 @@ mod tests {
 
     #[test]
     fn routing_key_is_the_published_key() {
-        let r = WindowResult {
-            device_id: "dev-1".into(),
-            metric: "t".into(),
-            window_start: 1_763_787_600_000,
-            window_end: 1_763_787_610_000,
-            stats: iotflow_dataflow::Stats {
-                count: 1,
-                sum: 1.0,
-                min: 1.0,
-                max: 1.0,
-                mean: 1.0,
-                stddev: 0.0,
-                first_ts: 1_763_787_600_001,
-                last_ts: 1_763_787_600_001,
-            },
-            is_final: true,
+        let stats = iotflow_dataflow::Stats {
+            count: 1,
+            sum: 1.0,
+            min: 1.0,
+            max: 1.0,
+            mean: 1.0,
+            stddev: 0.0,
+            first_ts: 1_763_787_600_001,
+            last_ts: 1_763_787_600_001,
         };
-        let (key, record) = aggregate_record(&r, 3).unwrap();
+        let r = WindowResult::new(
+            "dev-1",
+            "t",
+            1_763_787_600_000,
+            1_763_787_610_000,
+            stats,
+            true,
+        );
+        let agg = iotflow_dataflow::Aggregation::per_device(
+            "aggregates",
+            iotflow_dataflow::WindowSpec::tumbling(10_000).unwrap(),
+            iotflow_dataflow::EmitMode::Final,
+        );
+        let (key, record) = aggregate_record(&r, 3, &AggregateShape::of(&agg)).unwrap();
+        assert_eq!(key, "dev-1|t|1763787600000");
         assert_eq!(key, aggregate_key(&r));
         assert_eq!(record.key.as_deref(), Some(key.as_bytes()));
         assert_eq!(record.headers[EPOCH_HEADER], b"3");

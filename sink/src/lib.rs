@@ -21,6 +21,8 @@ pub mod parquet;
 pub mod progress;
 pub mod protocol;
 pub mod records;
+pub mod shape;
 
 pub use error::{Fault, SinkError};
 pub use records::{AggregateRecord, DeadLetter};
+pub use shape::{AggregateRow, AggregateShape};

@@ -1,29 +1,25 @@
-//! The Parquet dataset of final windows: files are written into a staging
-//! directory outside the dataset, and enter it only by an atomic rename once
-//! their epoch is committed, so readers never see a partial or uncommitted file.
+//! The Parquet datasets of final windows, one per aggregation: files are
+//! written into a staging directory outside the datasets, and enter one only
+//! by an atomic rename once their epoch is committed, so readers never see a
+//! partial or uncommitted file.
 //!
 //! ```text
-//!   final AggregateRecords of epoch e on worker w
-//!     ──group by UTC date of window_start, sort by (device, metric, start)──▶
-//!   <staging>/e<e>-w<w>-<date>.parquet (written, fsynced)        stage_epoch
+//!   final AggregateRows of epoch e on worker w
+//!     ──group by UTC date of window_start, sort by (group key, start)──▶
+//!   <staging>/e<e>-w<w>-<dataset>-<date>.parquet (written, fsynced)   stage_rows
 //!     ──commit record lists them (path, bytes, CRC)──▶
-//!   <dataset>/aggregates/date=<date>/part-<e>-<w>.parquet         publish
+//!   <parquet dir>/<dataset>/date=<date>/part-<e>-<w>.parquet          publish
 //!     (rename, then fsync of the date directory; idempotent)
 //! ```
 //!
-//! The schema uses real types: timestamps are `Timestamp(ms, "UTC")`, the
-//! count is `UInt64`, the statistics `Float64`.
+//! The schema ([`AggregateShape::schema`]) uses real types: timestamps are
+//! `Timestamp(ms, "UTC")`, the count is `UInt64`, the other measures `Float64`.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray,
-    UInt64Array,
-};
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -39,10 +35,20 @@ use timely::dataflow::operators::generic::Operator;
 use crate::failpoint::{self, Site};
 use crate::kafka::FailureSlot;
 use crate::protocol::FileEntry;
-use crate::records::AggregateRecord;
+use crate::shape::{AggregateRow, AggregateShape};
 
-/// Where the dataset lives under the Parquet directory.
+/// The default job's dataset under the Parquet directory.
 pub const DATASET: &str = "aggregates";
+
+/// A Parquet dataset of the job: its directory, and the aggregation whose
+/// final windows it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    pub name: String,
+    /// Index of its aggregation in the job's list.
+    pub aggregation: u16,
+    pub shape: AggregateShape,
+}
 /// Staged files, outside the dataset (readers glob `aggregates/`).
 pub const STAGING: &str = ".staging";
 
@@ -71,73 +77,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ParquetSinkError + '_ {
     }
 }
 
-fn ts_field(name: &str) -> Field {
-    Field::new(
-        name,
-        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-        false,
-    )
-}
-
-/// The dataset's Arrow schema.
-pub fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("device_id", DataType::Utf8, false),
-        Field::new("metric", DataType::Utf8, false),
-        ts_field("window_start"),
-        ts_field("window_end"),
-        Field::new("count", DataType::UInt64, false),
-        Field::new("sum", DataType::Float64, false),
-        Field::new("min", DataType::Float64, false),
-        Field::new("max", DataType::Float64, false),
-        Field::new("mean", DataType::Float64, false),
-        Field::new("stddev", DataType::Float64, false),
-        ts_field("first_ts"),
-        ts_field("last_ts"),
-        Field::new("final", DataType::Boolean, false),
-        Field::new("epoch", DataType::UInt64, false),
-    ]))
-}
-
-/// `records` as one Arrow batch, in the order given.
-pub fn to_batch(records: &[AggregateRecord]) -> Result<RecordBatch, ParquetSinkError> {
-    let ts = |f: fn(&AggregateRecord) -> i64| -> ArrayRef {
-        Arc::new(
-            TimestampMillisecondArray::from_iter_values(records.iter().map(f)).with_timezone("UTC"),
-        )
-    };
-    let float = |f: fn(&AggregateRecord) -> f64| -> ArrayRef {
-        Arc::new(Float64Array::from_iter_values(records.iter().map(f)))
-    };
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            records.iter().map(|r| r.device_id.as_str()),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            records.iter().map(|r| r.metric.as_str()),
-        )),
-        ts(|r| r.window_start),
-        ts(|r| r.window_end),
-        Arc::new(UInt64Array::from_iter_values(
-            records.iter().map(|r| r.count),
-        )),
-        float(|r| r.sum),
-        float(|r| r.min),
-        float(|r| r.max),
-        float(|r| r.mean),
-        float(|r| r.stddev),
-        ts(|r| r.first_ts),
-        ts(|r| r.last_ts),
-        Arc::new(BooleanArray::from_iter(
-            records.iter().map(|r| Some(r.is_final)),
-        )),
-        Arc::new(UInt64Array::from_iter_values(
-            records.iter().map(|r| r.epoch),
-        )),
-    ];
-    RecordBatch::try_new(schema(), columns).map_err(|e| ParquetSinkError::Encode(e.to_string()))
-}
-
 const DAY_MS: i64 = 86_400_000;
 
 /// The UTC date (`YYYY-MM-DD`) of an epoch-millisecond time.
@@ -147,37 +86,26 @@ pub fn date_of(ms: i64) -> String {
         .unwrap_or_else(|| "invalid".into())
 }
 
-/// Writes epoch `epoch`'s final windows on `worker` into `staging`, one file
-/// per UTC date, each sorted by (device, metric, window start) and fsynced.
-/// Returns the entries for the commit record (paths relative to the Parquet
-/// directory).
-pub fn stage_epoch(
-    staging: &Path,
-    epoch: u64,
-    worker: u32,
-    records: &[AggregateRecord],
-) -> Result<Vec<FileEntry>, ParquetSinkError> {
-    stage_rows(staging, DATASET, epoch, epoch, worker, records)
-}
-
-/// [`stage_epoch`] for rows gathered since epoch `first` and staged at epoch
-/// `epoch` (a roll): the dataset file is named after `first`, so it is the
-/// same whichever epoch happens to stage it; the staging file after `epoch`,
-/// so discarding that epoch's staging removes it.
+/// Writes `rows`, final windows of `dataset` gathered since epoch `first`
+/// and staged at epoch `epoch` on `worker`, into `staging`: one file per UTC
+/// date, each sorted by (group key, window start) and fsynced. The dataset
+/// file is named after `first`, so it is the same whichever epoch happens to
+/// stage it (a roll); the staging file after `epoch`, so discarding that
+/// epoch's staging removes it. Returns the entries for the commit record
+/// (paths relative to the Parquet directory).
 pub fn stage_rows(
     staging: &Path,
-    dataset: &str,
+    dataset: &Dataset,
     epoch: u64,
     first: u64,
     worker: u32,
-    records: &[AggregateRecord],
+    records: &[AggregateRow],
 ) -> Result<Vec<FileEntry>, ParquetSinkError> {
-    let mut finals: Vec<&AggregateRecord> = records.iter().filter(|r| r.is_final).collect();
-    finals.sort_by(|a, b| {
-        (&a.device_id, &a.metric, a.window_start).cmp(&(&b.device_id, &b.metric, b.window_start))
-    });
+    let (shape, dataset) = (&dataset.shape, dataset.name.as_str());
+    let mut finals: Vec<&AggregateRow> = records.iter().filter(|r| r.is_final).collect();
+    finals.sort_by(|a, b| (&a.group, a.window_start).cmp(&(&b.group, b.window_start)));
     // Grouped by UTC day first: formatting a date per row cost more than the rest.
-    let mut by_day: std::collections::BTreeMap<i64, Vec<AggregateRecord>> =
+    let mut by_day: std::collections::BTreeMap<i64, Vec<AggregateRow>> =
         std::collections::BTreeMap::new();
     for r in finals {
         by_day
@@ -199,9 +127,12 @@ pub fn stage_rows(
         let staged = staging.join(&name);
         let mut bytes = Vec::new();
         {
-            let mut w = ArrowWriter::try_new(&mut bytes, schema(), Some(props.clone()))
+            let mut w = ArrowWriter::try_new(&mut bytes, shape.schema(), Some(props.clone()))
                 .map_err(|e| ParquetSinkError::Encode(e.to_string()))?;
-            w.write(&to_batch(&rows)?)
+            let batch = shape
+                .batch(&rows)
+                .map_err(|e| ParquetSinkError::Encode(e.to_string()))?;
+            w.write(&batch)
                 .map_err(|e| ParquetSinkError::Encode(e.to_string()))?;
             w.close()
                 .map_err(|e| ParquetSinkError::Encode(e.to_string()))?;
@@ -275,37 +206,46 @@ pub fn verify(path: &Path, entry: &FileEntry) -> Result<Check, ParquetSinkError>
     }
 }
 
-/// Writes each completed epoch's final windows into the dataset under `root`
-/// (each worker its own files). At least once until the commit protocol sits
-/// between staging and publishing: a crash can replay an epoch's files.
-pub fn write_dataset(
+/// Writes each completed epoch's final windows into their datasets under
+/// `root` (each worker its own files). At least once: a crash can replay an
+/// epoch's files; the exactly-once sinks put the commit protocol between
+/// staging and publishing.
+pub fn write_datasets(
     stream: Stream<'_, Epoch, Vec<WindowResult>>,
     root: PathBuf,
+    datasets: Vec<Dataset>,
     error: FailureSlot,
     stop: Arc<AtomicBool>,
 ) {
     let worker = stream.scope().index() as u32;
     let staging = root.join(STAGING).join(format!("w{worker:04}"));
-    let mut pending: BTreeMap<Epoch, Vec<AggregateRecord>> = BTreeMap::new();
+    let mut pending: BTreeMap<Epoch, Vec<Vec<AggregateRow>>> = BTreeMap::new();
     stream.sink(Pipeline, "WriteParquet", move |(input, frontier)| {
         input.for_each(|time, data| {
             let epoch = iotflow_dataflow::job::epoch_of(&time);
-            pending.entry(epoch).or_default().extend(
-                data.iter()
-                    .filter(|r| r.is_final)
-                    .map(|r| AggregateRecord::of(r, epoch)),
-            );
+            let rows = pending
+                .entry(epoch)
+                .or_insert_with(|| vec![Vec::new(); datasets.len()]);
+            for r in data.iter().filter(|r| r.is_final) {
+                for (d, dataset) in datasets.iter().enumerate() {
+                    if dataset.aggregation == r.aggregation {
+                        rows[d].push(AggregateRow::of(r, epoch));
+                    }
+                }
+            }
         });
         while let Some(entry) = pending.first_entry() {
             if frontier.less_equal(entry.key()) || stop.load(Ordering::Relaxed) {
                 break;
             }
             let epoch = *entry.key();
-            let records = entry.remove();
-            let written = stage_epoch(&staging, epoch, worker, &records)
-                .and_then(|entries| entries.iter().try_for_each(|e| publish(&staging, &root, e)));
-            if let Err(e) = written {
-                return crate::kafka::record_failure(&error, &stop, e.to_string());
+            for (dataset, rows) in datasets.iter().zip(entry.remove()) {
+                let written = stage_rows(&staging, dataset, epoch, epoch, worker, &rows).and_then(
+                    |entries| entries.iter().try_for_each(|e| publish(&staging, &root, e)),
+                );
+                if let Err(e) = written {
+                    return crate::kafka::record_failure(&error, &stop, e.to_string());
+                }
             }
         }
     });
@@ -318,19 +258,15 @@ fn sync_dir(dir: &Path) -> Result<(), ParquetSinkError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use arrow_array::cast::AsArray;
     use arrow_array::types::TimestampMillisecondType;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     use super::*;
 
-    fn record(device: &str, start: i64, is_final: bool) -> AggregateRecord {
-        AggregateRecord {
-            device_id: device.into(),
-            metric: "temperature".into(),
-            window_start: start,
-            window_end: start + 10_000,
+    fn record(device: &str, start: i64, is_final: bool) -> AggregateRow {
+        let stats = iotflow_dataflow::Stats {
             count: 3,
             sum: 63.0,
             min: 20.0,
@@ -339,9 +275,70 @@ mod tests {
             stddev: 0.816_496_580_927_726,
             first_ts: start + 1,
             last_ts: start + 9_999,
+        };
+        let r = WindowResult::new(
+            device,
+            "temperature",
+            start,
+            start + 10_000,
+            stats,
             is_final,
-            epoch: 4,
+        );
+        AggregateRow::of(&r, 4)
+    }
+
+    /// The default job's dataset.
+    pub(crate) fn aggregates() -> Dataset {
+        let agg = iotflow_dataflow::Aggregation::per_device(
+            DATASET,
+            iotflow_dataflow::WindowSpec::tumbling(10_000).unwrap(),
+            iotflow_dataflow::EmitMode::Final,
+        );
+        Dataset {
+            name: DATASET.into(),
+            aggregation: 0,
+            shape: AggregateShape::of(&agg),
         }
+    }
+
+    fn stage_epoch(
+        staging: &Path,
+        epoch: u64,
+        worker: u32,
+        rows: &[AggregateRow],
+    ) -> Result<Vec<FileEntry>, ParquetSinkError> {
+        stage_rows(staging, &aggregates(), epoch, epoch, worker, rows)
+    }
+
+    /// The schema every dataset of the default job has had, column for column.
+    #[test]
+    fn the_default_dataset_keeps_today_s_schema() {
+        use arrow_schema::{DataType, Field, TimeUnit};
+        let ts = |n: &str| {
+            Field::new(
+                n,
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            )
+        };
+        let float = |n: &str| Field::new(n, DataType::Float64, false);
+        let want = arrow_schema::Schema::new(vec![
+            Field::new("device_id", DataType::Utf8, false),
+            Field::new("metric", DataType::Utf8, false),
+            ts("window_start"),
+            ts("window_end"),
+            Field::new("count", DataType::UInt64, false),
+            float("sum"),
+            float("min"),
+            float("max"),
+            float("mean"),
+            float("stddev"),
+            ts("first_ts"),
+            ts("last_ts"),
+            Field::new("final", DataType::Boolean, false),
+            Field::new("epoch", DataType::UInt64, false),
+        ]);
+        assert_eq!(aggregates().shape.schema().as_ref(), &want);
     }
 
     #[test]
@@ -372,7 +369,10 @@ mod tests {
         }
         let file = File::open(root.join(&entries[1].path)).unwrap();
         let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
-        assert_eq!(reader.schema().as_ref(), schema().as_ref());
+        assert_eq!(
+            reader.schema().as_ref(),
+            aggregates().shape.schema().as_ref()
+        );
         let batch = reader.build().unwrap().next().unwrap().unwrap();
         let devices: Vec<&str> = batch
             .column(0)

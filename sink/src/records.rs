@@ -1,8 +1,10 @@
 //! The records iotflow writes: window aggregates and dead letters.
 //!
 //! ```text
-//!   AggregateRecord ──key()──▶ "device|metric|window_start"
+//!   AggregateRecord: the default job's records as readers see them
+//!                   ──key()──▶ "device|metric|window_start"
 //!                   ──to_json()──▶ value of `iot.aggregates` (epoch also in a header)
+//!   (any aggregation's records are written by `shape::AggregateShape`)
 //!   DeadLetter ──▶ value = the original bytes, untouched
 //!              ──▶ headers iotflow.reason / .source.topic / .source.partition / .source.offset
 //! ```
@@ -27,7 +29,8 @@ pub const SOURCE_TOPIC_HEADER: &str = "iotflow.source.topic";
 pub const SOURCE_PARTITION_HEADER: &str = "iotflow.source.partition";
 pub const SOURCE_OFFSET_HEADER: &str = "iotflow.source.offset";
 
-/// One window's aggregate for one (device, metric).
+/// One window's aggregate for one (device, metric): a record of the default
+/// job's shape, as tests, `tail` and notebooks read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateRecord {
@@ -50,29 +53,11 @@ pub struct AggregateRecord {
     #[serde(rename = "final")]
     pub is_final: bool,
     pub epoch: u64,
+    /// The aggregation's name.
+    pub aggregation: String,
 }
 
 impl AggregateRecord {
-    /// The record of window result `r` emitted at `epoch`.
-    pub fn of(r: &iotflow_dataflow::job::WindowResult, epoch: u64) -> Self {
-        Self {
-            device_id: r.device_id.to_string(),
-            metric: r.metric.to_string(),
-            window_start: r.window_start,
-            window_end: r.window_end,
-            count: r.stats.count,
-            sum: r.stats.sum,
-            min: r.stats.min,
-            max: r.stats.max,
-            mean: r.stats.mean,
-            stddev: r.stats.stddev,
-            first_ts: r.stats.first_ts,
-            last_ts: r.stats.last_ts,
-            is_final: r.is_final,
-            epoch,
-        }
-    }
-
     /// The Kafka key: `device|metric|window_start`.
     pub fn key(&self) -> String {
         aggregate_key(&self.device_id, &self.metric, self.window_start)
@@ -177,6 +162,7 @@ mod tests {
             last_ts: 1_763_787_609_900,
             is_final: true,
             epoch: 7,
+            aggregation: "aggregates".into(),
         }
     }
 
@@ -187,7 +173,7 @@ mod tests {
         let json = String::from_utf8(a.to_json().unwrap()).unwrap();
         assert_eq!(
             json,
-            r#"{"device_id":"dev-00042","metric":"temperature","window_start":1763787600000,"window_end":1763787610000,"count":3,"sum":63.0,"min":20.5,"max":21.5,"mean":21.0,"stddev":0.408248290463863,"first_ts":1763787600100,"last_ts":1763787609900,"final":true,"epoch":7}"#
+            r#"{"device_id":"dev-00042","metric":"temperature","window_start":1763787600000,"window_end":1763787610000,"count":3,"sum":63.0,"min":20.5,"max":21.5,"mean":21.0,"stddev":0.408248290463863,"first_ts":1763787600100,"last_ts":1763787609900,"final":true,"epoch":7,"aggregation":"aggregates"}"#
         );
         let back: AggregateRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, a);

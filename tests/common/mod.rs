@@ -65,17 +65,17 @@ pub fn stdout(out: &Output) -> String {
 /// Final-mode windows with 2 s out-of-orderness and 1 s lateness: what the
 /// seeded-input tests use, and `run_args` passes to the CLI.
 pub fn final_job(window: WindowSpec) -> JobConfig {
-    JobConfig {
+    JobConfig::single(
         window,
-        lateness_ms: 1_000,
-        watermark: WatermarkConfig {
+        1_000,
+        WatermarkConfig {
             max_out_of_order_ms: 2_000,
             idle_timeout_ms: 0,
             outliers: 1,
         },
-        emit: EmitMode::Final,
-        limits: ParseLimits::default(),
-    }
+        EmitMode::Final,
+        ParseLimits::default(),
+    )
 }
 
 /// Every record of every partition of `topic`, earliest to the high watermark.

@@ -21,12 +21,13 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::job::encode_dims;
 use crate::job::{
     Classified, DeadRecord, Epoch, JobConfig, PartitionStatus, ReadingBatch, SourceEvent,
 };
 use crate::metrics::{JobMetrics, LatenessCounts, lateness_bucket};
 use crate::operators::windows::device_owner;
-use crate::reading::{PlainRecord, Reading, RejectReason, parse_borrowed};
+use crate::reading::{Dims, PlainRecord, Reading, RejectReason, parse_borrowed};
 use crate::snapshot::WorkerSnapshot;
 use crate::watermark::{ShareReport, ShareState, TopK, WatermarkCombiner};
 
@@ -52,13 +53,38 @@ impl Judge<'_> {
         self.lateness[lateness_bucket(behind)] += 1;
         self.lateness_sum += behind.max(0) as u64;
         top.observe(ts);
-        // Late only when every window of the reading is final.
+        // Late only when every window of the reading is final in every aggregation.
         let (cfg, wm) = (self.cfg, self.wm);
-        if cfg.window.windows_of(ts).all(|s| cfg.is_final(s, wm)) {
+        if cfg.aggregations.iter().all(|a| cfg.late_for(a, ts, wm)) {
             Err(RejectReason::Late)
         } else {
             Ok(())
         }
+    }
+
+    /// Parses and judges one record through the job's input mapping (its
+    /// readings in `scratch`, its dimensions in `dims`): also refused when no
+    /// aggregation can use it for a missing dimension.
+    fn mapped(
+        &mut self,
+        top: &mut TopK,
+        payload: &[u8],
+        scratch: &mut Vec<Reading>,
+        dims: &mut Dims,
+    ) -> Result<(), RejectReason> {
+        scratch.clear();
+        self.cfg
+            .input
+            .parse(payload, &self.cfg.limits, scratch, dims)?;
+        let ts = scratch
+            .first()
+            .map(|r| r.ts_ms)
+            .ok_or(RejectReason::NoMetrics)?;
+        self.judge(top, ts)?;
+        if !self.cfg.aggregations.iter().any(|a| a.has_dimensions(dims)) {
+            return Err(RejectReason::MissingDimension);
+        }
+        Ok(())
     }
 
     /// Parses and judges one record; its readings are in `plain` (`true`) or
@@ -131,6 +157,10 @@ pub fn classify<'scope>(
             let mut tops: FxHashMap<i32, TopK> = tops;
             let mut statuses: Vec<PartitionStatus> = Vec::new();
             let mut scratch: Vec<Reading> = Vec::new();
+            // A job file's mapping, or dimensions: the general parser, dimensions with every reading.
+            let mapped = !cfg.input.is_default();
+            let mut dims: Dims = Vec::new();
+            let mut dim_bytes: Vec<u8> = Vec::new();
             let peers = peers.max(1);
             let mut batches: Vec<ReadingBatch> = (0..peers).map(ReadingBatch::new).collect();
 
@@ -178,44 +208,46 @@ pub fn classify<'scope>(
                         let mut records_accepted = 0u64;
                         let mut accepted = 0u64;
                         let mut session = output.session(c);
-                        let mut accept =
-                            |parsed: Option<&PlainRecord<'_>>, scratch: &mut Vec<Reading>| {
-                                records_accepted += 1;
-                                let mut give = |worker: usize, batch: &mut ReadingBatch| {
-                                    if batch.len() >= READINGS_PER_BATCH {
-                                        let full = std::mem::replace(
-                                            batch,
-                                            ReadingBatch::new(worker as u32),
-                                        );
-                                        session.give(Classified::Readings(full));
-                                    }
-                                };
-                                match parsed {
-                                    Some(p) => {
-                                        let worker = device_owner(p.device_id, peers) as usize;
-                                        let batch = &mut batches[worker];
-                                        for &(metric, value) in p.metrics() {
-                                            accepted += 1;
-                                            batch.push_parts(
-                                                p.device_id,
-                                                metric,
-                                                p.ts_ms,
-                                                value,
-                                                p.seq,
-                                            );
-                                        }
-                                        give(worker, batch);
-                                    }
-                                    None => {
-                                        for r in scratch.drain(..) {
-                                            accepted += 1;
-                                            let worker = device_owner(&r.device_id, peers) as usize;
-                                            batches[worker].push(&r);
-                                            give(worker, &mut batches[worker]);
-                                        }
-                                    }
+                        let mut accept = |parsed: Option<&PlainRecord<'_>>,
+                                          scratch: &mut Vec<Reading>,
+                                          dims: &[u8]| {
+                            records_accepted += 1;
+                            let mut give = |worker: usize, batch: &mut ReadingBatch| {
+                                if batch.len() >= READINGS_PER_BATCH {
+                                    let full =
+                                        std::mem::replace(batch, ReadingBatch::new(worker as u32));
+                                    session.give(Classified::Readings(full));
                                 }
                             };
+                            match parsed {
+                                Some(p) => {
+                                    let worker = device_owner(p.device_id, peers) as usize;
+                                    let batch = &mut batches[worker];
+                                    for &(metric, value) in p.metrics() {
+                                        accepted += 1;
+                                        batch.push_parts(
+                                            p.device_id,
+                                            metric,
+                                            p.ts_ms,
+                                            value,
+                                            p.seq,
+                                        );
+                                    }
+                                    give(worker, batch);
+                                }
+                                None => {
+                                    for r in scratch.drain(..) {
+                                        accepted += 1;
+                                        let worker = device_owner(&r.device_id, peers) as usize;
+                                        match mapped {
+                                            true => batches[worker].push_with_dims(&r, dims),
+                                            false => batches[worker].push(&r),
+                                        }
+                                        give(worker, &mut batches[worker]);
+                                    }
+                                }
+                            }
+                        };
                         let mut reject = |reason: RejectReason, record| {
                             metrics.reject(reason, 1);
                             dead.push(Classified::Dead(DeadRecord { reason, record }));
@@ -223,6 +255,19 @@ pub fn classify<'scope>(
                         for event in events {
                             match event {
                                 SourceEvent::Status(s) => statuses.push(s),
+                                SourceEvent::Record(record) if mapped => {
+                                    records += 1;
+                                    let top = top_of(&mut tops, record.partition, k);
+                                    match judge.mapped(top, &record.value, &mut scratch, &mut dims)
+                                    {
+                                        Ok(()) => {
+                                            dim_bytes.clear();
+                                            encode_dims(&dims, &mut dim_bytes);
+                                            accept(None, &mut scratch, &dim_bytes)
+                                        }
+                                        Err(reason) => reject(reason, record),
+                                    }
+                                }
                                 SourceEvent::Record(record) => {
                                     records += 1;
                                     let mut plain = PlainRecord::default();
@@ -233,7 +278,7 @@ pub fn classify<'scope>(
                                         &mut plain,
                                     ) {
                                         Ok(parsed) => {
-                                            accept(parsed.then_some(&plain), &mut scratch)
+                                            accept(parsed.then_some(&plain), &mut scratch, &[])
                                         }
                                         Err(reason) => reject(reason, record),
                                     }
@@ -245,9 +290,27 @@ pub fn classify<'scope>(
                                     let top = top_of(&mut tops, lines.partition, k);
                                     for (i, &(from, to)) in lines.spans.iter().enumerate() {
                                         let payload = &lines.buf[from as usize..to as usize];
+                                        if mapped {
+                                            match judge.mapped(
+                                                top,
+                                                payload,
+                                                &mut scratch,
+                                                &mut dims,
+                                            ) {
+                                                Ok(()) => {
+                                                    dim_bytes.clear();
+                                                    encode_dims(&dims, &mut dim_bytes);
+                                                    accept(None, &mut scratch, &dim_bytes)
+                                                }
+                                                Err(reason) => {
+                                                    reject(reason, lines.record(i, (from, to)))
+                                                }
+                                            }
+                                            continue;
+                                        }
                                         match judge.record(top, payload, &mut scratch, &mut plain) {
                                             Ok(parsed) => {
-                                                accept(parsed.then_some(&plain), &mut scratch)
+                                                accept(parsed.then_some(&plain), &mut scratch, &[])
                                             }
                                             Err(reason) => {
                                                 reject(reason, lines.record(i, (from, to)))

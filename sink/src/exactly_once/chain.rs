@@ -11,25 +11,11 @@ use std::fs;
 use std::path::Path;
 
 use iotflow_dataflow::job::Epoch;
-use iotflow_dataflow::snapshot::{Link, WorkerSnapshot, materialize};
-use iotflow_dataflow::window::WindowSpec;
+use iotflow_dataflow::snapshot::{Link, WindowRules, WorkerSnapshot, materialize};
 
 use crate::error::SinkError;
 
 use super::state_dir::snapshot_path;
-
-/// Which windows a snapshot chain's watermark has closed: their end plus the lateness.
-#[derive(Debug, Clone, Copy)]
-pub struct Closing {
-    pub window: WindowSpec,
-    pub lateness_ms: i64,
-}
-
-impl Closing {
-    pub fn close_at(self) -> impl Fn(i64) -> i64 {
-        move |start| self.window.end(start).saturating_add(self.lateness_ms)
-    }
-}
 
 /// A worker's chain as staging writes it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -96,12 +82,12 @@ pub fn load_whole(
     worker: u32,
     head: Link,
     next: Option<WorkerSnapshot>,
-    closing: Closing,
+    closing: &WindowRules,
 ) -> Result<WorkerSnapshot, SinkError> {
     let epoch = next.as_ref().map_or(head.epoch, |n| n.epoch);
     let mut chain = load_chain(state_dir, worker, head)?;
     chain.extend(next);
-    materialize(chain, closing.close_at()).map_err(|source| SinkError::Snapshot {
+    materialize(chain, closing).map_err(|source| SinkError::Snapshot {
         path: state_dir.join(snapshot_path(epoch, worker)),
         source,
     })

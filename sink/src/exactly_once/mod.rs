@@ -52,10 +52,10 @@ use timely::dataflow::operators::core::{ConnectLoop, Feedback};
 
 use crate::error::SinkError;
 use crate::protocol::CommitRecord;
-use crate::records::AggregateRecord;
+use crate::shape::AggregateRow;
 
-pub use chain::Closing;
 pub use commit_op::Ack;
+pub use iotflow_dataflow::snapshot::WindowRules;
 pub use offload::Held;
 pub use outgoing::{Outgoing, OutputId, OutputTopic};
 pub use pending::{PendingRows, Roll};
@@ -72,11 +72,11 @@ pub struct ExactlyOnceConfig {
     pub progress_topic: String,
     /// The output topics; [`OutputId`] indexes this list.
     pub outputs: Vec<OutputTopic>,
-    /// The Parquet datasets (directory names under `parquet_dir`).
-    pub datasets: Vec<String>,
+    /// The Parquet datasets (directories under `parquet_dir`).
+    pub datasets: Vec<crate::parquet::Dataset>,
     pub roll: Roll,
-    /// Which windows a snapshot chain's watermark has closed.
-    pub closing: Closing,
+    /// Which windows a snapshot chain's watermark has closed, and where windows live.
+    pub closing: WindowRules,
     /// Deltas fold into a whole snapshot once they add up to this many bytes
     /// or the last whole one, whichever is more.
     pub fold_bytes: u64,
@@ -150,7 +150,7 @@ impl SinkContext {
 /// snapshots. Returns the acks (for the sources' backpressure).
 pub fn commit_outputs<'scope>(
     records: Stream<'scope, Epoch, Vec<Outgoing>>,
-    datasets: Vec<Stream<'scope, Epoch, Vec<AggregateRecord>>>,
+    datasets: Vec<Stream<'scope, Epoch, Vec<AggregateRow>>>,
     captures: Captures,
     sinks: WorkerSinks,
 ) -> Stream<'scope, Epoch, Vec<Ack>> {

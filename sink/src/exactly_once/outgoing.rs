@@ -19,9 +19,8 @@ use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult};
 use iotflow_dataflow::sealed::{checked_body, with_checksum};
 
 use crate::error::SinkError;
-use crate::records::{
-    AggregateRecord, DeadLetter, EPOCH_HEADER, dead_letter_partition, key_partition,
-};
+use crate::records::{DeadLetter, EPOCH_HEADER, dead_letter_partition, key_partition};
+use crate::shape::AggregateShape;
 
 /// An output topic of the job and its partition count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,13 +103,16 @@ impl Outgoing {
 }
 
 impl StagedRecord {
-    /// Window result `r` emitted at `epoch` as an aggregate record, with its
-    /// key: the one place the aggregate's record shape is written, for both
+    /// Window result `r` emitted at `epoch` as a record of `shape`, with its
+    /// key: the one place an aggregate becomes a Kafka record, for both
     /// delivery paths.
-    pub fn aggregate(r: &WindowResult, epoch: Epoch) -> Result<(String, Self), SinkError> {
-        let agg = AggregateRecord::of(r, epoch);
-        let key = agg.key();
-        let value = agg.to_json().map_err(|e| SinkError::Encode {
+    pub fn aggregate(
+        r: &WindowResult,
+        epoch: Epoch,
+        shape: &AggregateShape,
+    ) -> Result<(String, Self), SinkError> {
+        let key = AggregateShape::key(&r.group, r.window_start);
+        let value = shape.json(r, epoch).map_err(|e| SinkError::Encode {
             what: format!("aggregate {key}"),
             detail: e.to_string(),
         })?;
@@ -157,14 +159,15 @@ impl StagedRecord {
     }
 }
 
-/// An aggregate as an outgoing record of `output`.
+/// An aggregate of `shape` as an outgoing record of `output`.
 pub fn aggregate_outgoing(
     r: &WindowResult,
     epoch: Epoch,
     output: OutputId,
     partitions: usize,
+    shape: &AggregateShape,
 ) -> Result<Outgoing, SinkError> {
-    let (key, record) = StagedRecord::aggregate(r, epoch)?;
+    let (key, record) = StagedRecord::aggregate(r, epoch, shape)?;
     Ok(Outgoing {
         output,
         partition: key_partition(key.as_bytes(), partitions),

@@ -21,7 +21,7 @@ use iotflow_dataflow::sealed::{checked_body, with_checksum};
 
 use crate::error::SinkError;
 use crate::protocol::PendingEntry;
-use crate::records::AggregateRecord;
+use crate::shape::AggregateRow;
 
 /// Where pending final windows live under the state directory.
 pub const PENDING: &str = "parquet-pending";
@@ -60,18 +60,18 @@ pub struct PendingRows {
     pub since: Option<Epoch>,
     pub rows: u64,
     /// Restored rows (recovery), written to this run's segment at its first stage.
-    restored: Vec<AggregateRecord>,
+    restored: Vec<AggregateRow>,
     /// This run's segment (relative to the state directory) and its length.
     segment: Option<(String, u64)>,
 }
 
 /// The rows of one frame, as stored.
 #[derive(Serialize, Deserialize)]
-struct Frame(Vec<AggregateRecord>);
+struct Frame(Vec<AggregateRow>);
 
 impl PendingRows {
     /// Rows restored from a commit; written to a segment of this run when it first stages.
-    pub fn restored(since: Epoch, rows: Vec<AggregateRecord>) -> Self {
+    pub fn restored(since: Epoch, rows: Vec<AggregateRow>) -> Self {
         Self {
             since: (!rows.is_empty()).then_some(since),
             rows: rows.len() as u64,
@@ -93,7 +93,7 @@ impl PendingRows {
         dir: &str,
         worker: u32,
         epoch: Epoch,
-        rows: &[AggregateRecord],
+        rows: &[AggregateRow],
     ) -> Result<(), SinkError> {
         if !self.restored.is_empty() {
             let restored = std::mem::take(&mut self.restored);
@@ -114,7 +114,7 @@ impl PendingRows {
         dir: &str,
         worker: u32,
         epoch: Epoch,
-        rows: &[AggregateRecord],
+        rows: &[AggregateRow],
     ) -> Result<(), SinkError> {
         use bincode::Options;
         let body = codec()
@@ -174,7 +174,7 @@ impl PendingRows {
         state_dir: &Path,
         dataset: &str,
         worker: u32,
-    ) -> Result<Vec<AggregateRecord>, SinkError> {
+    ) -> Result<Vec<AggregateRow>, SinkError> {
         let rows = match self.entry(dataset, worker) {
             Some(entry) => read_segment(state_dir, &entry)?,
             None => std::mem::take(&mut self.restored),
@@ -189,7 +189,7 @@ impl PendingRows {
 pub fn read_segment(
     state_dir: &Path,
     entry: &PendingEntry,
-) -> Result<Vec<AggregateRecord>, SinkError> {
+) -> Result<Vec<AggregateRow>, SinkError> {
     use bincode::Options;
     let path = state_dir.join(&entry.path);
     let damaged = |problem: String| SinkError::Damaged {
@@ -239,12 +239,8 @@ pub fn segment_epoch(name: &str) -> Option<Epoch> {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn row(device: &str) -> AggregateRecord {
-        AggregateRecord {
-            device_id: device.into(),
-            metric: "t".into(),
-            window_start: 0,
-            window_end: 10,
+    pub(crate) fn row(device: &str) -> AggregateRow {
+        let stats = iotflow_dataflow::Stats {
             count: 1,
             sum: 1.0,
             min: 1.0,
@@ -253,9 +249,9 @@ pub(crate) mod tests {
             stddev: 0.0,
             first_ts: 1,
             last_ts: 1,
-            is_final: true,
-            epoch: 3,
-        }
+        };
+        let r = iotflow_dataflow::WindowResult::new(device, "t", 0, 10, stats, true);
+        AggregateRow::of(&r, 3)
     }
 
     #[test]

@@ -15,12 +15,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use iotflow_dataflow::job::Epoch;
-use iotflow_dataflow::snapshot::{Link, WorkerSnapshot, device_owner, reshard};
+use iotflow_dataflow::snapshot::{Link, WindowRules, WorkerSnapshot, reshard};
 
 use crate::error::SinkError;
+use crate::parquet::Dataset;
 use crate::progress::{History, ProgressLog};
 use crate::protocol::{CommitRecord, PendingEntry, Plan, plan_recovery, valid_history};
-use crate::records::AggregateRecord;
+use crate::shape::AggregateRow;
 
 use super::ExactlyOnceConfig;
 use super::chain::load_whole;
@@ -53,7 +54,7 @@ pub struct CommitState {
     /// Each worker's whole state (its chain put together), by worker.
     pub snapshots: Vec<WorkerSnapshot>,
     /// Each worker's final rows waiting for a Parquet roll, per dataset.
-    pub pending: Vec<(PendingEntry, Vec<AggregateRecord>)>,
+    pub pending: Vec<(PendingEntry, Vec<AggregateRow>)>,
 }
 
 /// The state `commit` names: every worker's snapshot chain (each file's size
@@ -88,7 +89,7 @@ pub fn load_state(
             entry.worker,
             head,
             None,
-            cfg.closing,
+            &cfg.closing,
         )?);
     }
     snapshots.sort_by_key(|s| s.worker);
@@ -223,11 +224,19 @@ async fn resume(
     process: usize,
     lock: File,
 ) -> Result<RunStart, SinkError> {
-    let snapshots = reshard(&r.state.snapshots, workers).map_err(|source| SinkError::Snapshot {
-        path: cfg.state_dir.clone(),
-        source,
+    let snapshots = reshard(&r.state.snapshots, workers, &cfg.closing).map_err(|source| {
+        SinkError::Snapshot {
+            path: cfg.state_dir.clone(),
+            source,
+        }
     })?;
-    let pending = regroup_pending(r.state.pending, r.from.workers, workers, &cfg.datasets);
+    let pending = regroup_pending(
+        r.state.pending,
+        r.from.workers,
+        workers,
+        &cfg.datasets,
+        &cfg.closing,
+    );
     if process == 0 {
         tracing::info!(
             from = r.from.epoch,
@@ -318,15 +327,16 @@ fn staged_outputs(
 }
 
 /// Each worker's pending rows per dataset for `workers` workers: as they were
-/// when the count is unchanged, else regrouped by device like the window state.
+/// when the count is unchanged, else regrouped by key owner like the window state.
 fn regroup_pending(
-    entries: Vec<(PendingEntry, Vec<AggregateRecord>)>,
+    entries: Vec<(PendingEntry, Vec<AggregateRow>)>,
     was: u32,
     workers: u32,
-    datasets: &[String],
+    datasets: &[Dataset],
+    rules: &WindowRules,
 ) -> Vec<Vec<PendingRows>> {
     let mut out = vec![vec![PendingRows::default(); datasets.len()]; workers as usize];
-    let slot = |dataset: &str| datasets.iter().position(|d| d == dataset);
+    let slot = |dataset: &str| datasets.iter().position(|d| d.name == dataset);
     if was == workers {
         for (entry, rows) in entries {
             if let (Some(d), Some(w)) = (slot(&entry.dataset), out.get_mut(entry.worker as usize)) {
@@ -336,14 +346,18 @@ fn regroup_pending(
         return out;
     }
     for (d, dataset) in datasets.iter().enumerate() {
-        let mine: Vec<&(PendingEntry, Vec<AggregateRecord>)> = entries
+        let mine: Vec<&(PendingEntry, Vec<AggregateRow>)> = entries
             .iter()
-            .filter(|(e, _)| &e.dataset == dataset)
+            .filter(|(e, _)| e.dataset == dataset.name)
             .collect();
         let since = mine.iter().map(|(e, _)| e.since).min().unwrap_or_default();
-        let mut rows: Vec<Vec<AggregateRecord>> = vec![Vec::new(); workers as usize];
+        let mut rows: Vec<Vec<AggregateRow>> = vec![Vec::new(); workers as usize];
+        let owner = |group: &str| match rules.aggregations.get(dataset.aggregation as usize) {
+            Some(a) => a.key_owner(group, workers),
+            None => 0,
+        };
         for r in mine.into_iter().flat_map(|(_, rows)| rows) {
-            rows[device_owner(&r.device_id, workers) as usize].push(r.clone());
+            rows[owner(&r.group) as usize].push(r.clone());
         }
         for (w, rows) in rows.into_iter().enumerate() {
             out[w][d] = PendingRows::restored(since, rows);
@@ -354,6 +368,8 @@ fn regroup_pending(
 
 #[cfg(test)]
 mod tests {
+    use iotflow_dataflow::snapshot::device_owner;
+
     use super::*;
     use crate::exactly_once::pending::tests::row;
 
@@ -367,14 +383,23 @@ mod tests {
             path: String::new(),
             bytes: 0,
         };
-        let datasets = ["aggregates".to_owned()];
+        let datasets = [crate::parquet::tests::aggregates()];
+        let rules = WindowRules {
+            aggregations: vec![iotflow_dataflow::Aggregation::per_device(
+                "aggregates",
+                iotflow_dataflow::WindowSpec::tumbling(10_000).unwrap(),
+                iotflow_dataflow::EmitMode::Final,
+            )]
+            .into(),
+            lateness_ms: 0,
+        };
         let entries = vec![
             (entry(0, 4), vec![row("a"), row("b")]),
             (entry(1, 6), vec![row("c")]),
         ];
-        let same = regroup_pending(entries.clone(), 2, 2, &datasets);
+        let same = regroup_pending(entries.clone(), 2, 2, &datasets, &rules);
         assert_eq!(same[1][0], PendingRows::restored(6, vec![row("c")]));
-        let three = regroup_pending(entries, 2, 3, &datasets);
+        let three = regroup_pending(entries, 2, 3, &datasets, &rules);
         let mut all = Vec::new();
         for (w, per_dataset) in three.iter().enumerate() {
             let mut p = per_dataset[0].clone();
@@ -382,11 +407,12 @@ mod tests {
                 .take(Path::new("/nonexistent"), "aggregates", w as u32)
                 .unwrap();
             for r in &rows {
-                assert_eq!(device_owner(&r.device_id, 3), w as u32);
+                let device = r.group.split('|').next().unwrap_or_default();
+                assert_eq!(device_owner(device, 3), w as u32);
             }
             all.extend(rows);
         }
-        all.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        all.sort_by(|a, b| a.group.cmp(&b.group));
         assert_eq!(all, vec![row("a"), row("b"), row("c")]);
     }
 }

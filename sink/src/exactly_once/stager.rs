@@ -20,7 +20,7 @@ use crate::error::SinkError;
 use crate::failpoint::{self, Site};
 use crate::parquet;
 use crate::protocol::{PublishTarget, SnapshotEntry, Staged};
-use crate::records::AggregateRecord;
+use crate::shape::AggregateRow;
 
 use super::ExactlyOnceConfig;
 use super::chain::{Chain, load_whole};
@@ -34,7 +34,7 @@ pub struct StageJob {
     pub epoch: Epoch,
     pub records: Vec<Outgoing>,
     /// Final rows of each dataset (in the config's order).
-    pub finals: Vec<Vec<AggregateRecord>>,
+    pub finals: Vec<Vec<AggregateRow>>,
     pub snapshot: WorkerSnapshot,
     /// The input ended: nothing follows, roll whatever is pending.
     pub last: bool,
@@ -103,23 +103,23 @@ impl Stager {
     fn stage_rows(
         &mut self,
         epoch: Epoch,
-        finals: Vec<Vec<AggregateRecord>>,
+        finals: Vec<Vec<AggregateRow>>,
         last: bool,
         staged: &mut Staged,
     ) -> Result<(), SinkError> {
         let cfg = Arc::clone(&self.cfg);
         let mut finals = finals.into_iter();
         for (dataset, pending) in cfg.datasets.iter().zip(&mut self.pending) {
-            let rows: Vec<AggregateRecord> = finals
+            let rows: Vec<AggregateRow> = finals
                 .next()
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|r| r.is_final)
                 .collect();
-            pending.append(&cfg.state_dir, dataset, self.worker, epoch, &rows)?;
+            pending.append(&cfg.state_dir, &dataset.name, self.worker, epoch, &rows)?;
             if cfg.roll.due(pending, epoch, last) {
                 let since = pending.since.unwrap_or(epoch);
-                let rows = pending.take(&cfg.state_dir, dataset, self.worker)?;
+                let rows = pending.take(&cfg.state_dir, &dataset.name, self.worker)?;
                 let staging = cfg.parquet_dir.join(parquet::STAGING);
                 staged.files.extend(parquet::stage_rows(
                     &staging,
@@ -130,7 +130,9 @@ impl Stager {
                     &rows,
                 )?);
             }
-            staged.pending.extend(pending.entry(dataset, self.worker));
+            staged
+                .pending
+                .extend(pending.entry(&dataset.name, self.worker));
         }
         staged.files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(())
@@ -155,8 +157,13 @@ impl Stager {
             };
             snapshot.previous = Some(last);
             if self.chain.should_fold(self.cfg.fold_bytes) {
-                let closing = self.cfg.closing;
-                snapshot = load_whole(&self.cfg.state_dir, worker, last, Some(snapshot), closing)?;
+                snapshot = load_whole(
+                    &self.cfg.state_dir,
+                    worker,
+                    last,
+                    Some(snapshot),
+                    &self.cfg.closing,
+                )?;
             }
         }
         let rel = snapshot_path(epoch, worker);

@@ -1,0 +1,198 @@
+//! One aggregation of a job, as the dataflow runs it: its group key, window,
+//! measures and filter, and the rules that follow from them (one place each):
+//! a reading's group key, the worker that owns a key's windows, when a
+//! window is final.
+//!
+//! ```text
+//!   reading (device, metric, dims) ──where──▶ kept?
+//!     ──group_key──▶ "v1|v2|…" (group_by order; "" fleet-wide; None: a grouped dimension is missing)
+//!     ──key_owner──▶ worker: the device's worker when the key holds the device
+//!                     (no second exchange), else a hash of the key
+//! ```
+
+use compact_str::CompactString;
+use iotflow_jobfile::expr::{Expr, Value};
+use iotflow_jobfile::{FilterField, GroupField, Measure};
+
+use crate::job::EmitMode;
+use crate::window::WindowSpec;
+
+/// An aggregation the dataflow computes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregation {
+    pub name: CompactString,
+    pub group_by: Vec<GroupField>,
+    /// The group fields' names in output records (the device is `device_id`).
+    pub group_names: Vec<CompactString>,
+    pub window: WindowSpec,
+    pub emit: EmitMode,
+    pub measures: Vec<Measure>,
+    pub filter: Option<Expr<FilterField>>,
+}
+
+/// Separates a group key's values; names and dimension values never hold it.
+pub const KEY_SEPARATOR: char = '|';
+
+impl Aggregation {
+    /// Per (device, metric), today's measures: the default job's aggregation.
+    pub fn per_device(name: &str, window: WindowSpec, emit: EmitMode) -> Self {
+        Self {
+            name: name.into(),
+            group_by: vec![GroupField::Device, GroupField::Metric],
+            group_names: vec!["device_id".into(), "metric".into()],
+            window,
+            emit,
+            measures: iotflow_jobfile::DEFAULT_MEASURES.to_vec(),
+            filter: None,
+        }
+    }
+
+    /// The ranks of the percentiles among its measures, in order.
+    pub fn percentile_ranks(&self) -> Vec<f64> {
+        self.measures
+            .iter()
+            .filter_map(|m| match m {
+                Measure::Percentile(p) => Some(p.q),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Where the device stands in the key, if the key holds it.
+    pub fn device_position(&self) -> Option<usize> {
+        self.group_by.iter().position(|g| *g == GroupField::Device)
+    }
+
+    /// Whether the filter keeps a reading (a filter over a missing dimension does not).
+    pub fn keeps(
+        &self,
+        device: &str,
+        metric: &str,
+        value: f64,
+        dims: &[Option<CompactString>],
+    ) -> bool {
+        self.filter.as_ref().is_none_or(|f| {
+            f.holds(&|field| match field {
+                FilterField::Device => Some(Value::Text(device)),
+                FilterField::Metric => Some(Value::Text(metric)),
+                FilterField::Value => Some(Value::Number(value)),
+                FilterField::Dimension(i) => dims.get(i)?.as_deref().map(Value::Text),
+            })
+        })
+    }
+
+    /// Whether the filter reads the value (else it can be judged once per series).
+    pub fn filter_reads_value(&self) -> bool {
+        self.filter
+            .as_ref()
+            .is_some_and(|f| f.fields().contains(&FilterField::Value))
+    }
+
+    /// Whether a reading with these dimensions has every one the key needs.
+    pub fn has_dimensions(&self, dims: &[Option<CompactString>]) -> bool {
+        self.group_by.iter().all(|g| match g {
+            GroupField::Dimension(i) => dims.get(*i).is_some_and(Option::is_some),
+            _ => true,
+        })
+    }
+
+    /// The group key of a reading: its group values joined by `|`, in
+    /// `group_by` order; `None` when a grouped dimension is missing.
+    pub fn group_key(
+        &self,
+        device: &str,
+        metric: &str,
+        dims: &[Option<CompactString>],
+    ) -> Option<CompactString> {
+        let mut key = CompactString::default();
+        for (i, g) in self.group_by.iter().enumerate() {
+            if i > 0 {
+                key.push(KEY_SEPARATOR);
+            }
+            match g {
+                GroupField::Device => key.push_str(device),
+                GroupField::Metric => key.push_str(metric),
+                GroupField::Dimension(d) => key.push_str(dims.get(*d)?.as_deref()?),
+            }
+        }
+        Some(key)
+    }
+
+    /// The worker among `workers` that owns `key`'s windows: the device's
+    /// worker when the key holds the device, so those windows never leave it.
+    pub fn key_owner(&self, key: &str, workers: u32) -> u32 {
+        match self.device_position() {
+            Some(at) => {
+                let device = key.split(KEY_SEPARATOR).nth(at).unwrap_or_default();
+                crate::operators::windows::device_owner(device, workers)
+            }
+            None => crate::operators::windows::device_owner(key, workers),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use iotflow_jobfile::expr::{self, FieldType, Fields};
+
+    use super::*;
+    use crate::operators::windows::device_owner;
+
+    fn agg(group_by: Vec<GroupField>) -> Aggregation {
+        Aggregation {
+            group_by,
+            ..Aggregation::per_device("a", WindowSpec::tumbling(1_000).unwrap(), EmitMode::Final)
+        }
+    }
+
+    #[test]
+    fn keys_join_group_values_and_a_missing_dimension_has_none() {
+        let dims = [Some(CompactString::from("lyon")), None];
+        let by = |g| agg(g).group_key("d-1", "temp", &dims);
+        assert_eq!(
+            by(vec![GroupField::Device, GroupField::Metric]).as_deref(),
+            Some("d-1|temp")
+        );
+        assert_eq!(
+            by(vec![GroupField::Dimension(0), GroupField::Metric]).as_deref(),
+            Some("lyon|temp")
+        );
+        assert_eq!(by(vec![]).as_deref(), Some(""));
+        assert_eq!(by(vec![GroupField::Dimension(1)]), None);
+        assert!(!agg(vec![GroupField::Dimension(1)]).has_dimensions(&dims));
+    }
+
+    #[test]
+    fn a_key_with_the_device_stays_on_the_device_s_worker() {
+        let a = agg(vec![GroupField::Metric, GroupField::Device]);
+        for d in ["d-1", "d-2", "pump-77"] {
+            assert_eq!(a.key_owner(&format!("temp|{d}"), 5), device_owner(d, 5));
+        }
+        let fleet = agg(vec![]);
+        assert_eq!(fleet.key_owner("", 3), device_owner("", 3));
+    }
+
+    struct F;
+    impl Fields for F {
+        type Field = FilterField;
+        fn resolve(&self, n: &str) -> Result<(FilterField, FieldType), String> {
+            match n {
+                "metric" => Ok((FilterField::Metric, FieldType::Text)),
+                "value" => Ok((FilterField::Value, FieldType::Number)),
+                "site" => Ok((FilterField::Dimension(0), FieldType::Text)),
+                _ => Err(String::new()),
+            }
+        }
+    }
+
+    #[test]
+    fn filters_read_names_values_and_dimensions() {
+        let mut a = agg(vec![]);
+        a.filter = Some(expr::parse("metric == 't' and value > 1 and site != 'x'", &F).unwrap());
+        let lyon = [Some(CompactString::from("lyon"))];
+        assert!(a.keeps("d", "t", 2.0, &lyon));
+        assert!(!a.keeps("d", "t", 1.0, &lyon));
+        assert!(!a.keeps("d", "t", 2.0, &[None]), "unknown is not kept");
+        assert!(a.filter_reads_value());
+    }
+}

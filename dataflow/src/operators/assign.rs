@@ -1,0 +1,396 @@
+//! Assign, on the device's worker: dedupe once, then each aggregation's
+//! filter, group key and windows; one sorted run per (aggregation, key,
+//! window) and epoch, bound for the worker that owns the key.
+//!
+//! ```text
+//!   ReadingBatch@e ──▶ rows by series (device, metric) ──dedupe──▶ survivors
+//!     for each aggregation: lacks a grouped dimension? counted | where? counted
+//!       each window of its event time still open under W_{e−1} (else counted late_partial)
+//!       ──▶ RunBatch for key_owner(key): (aggregation, key, start) + its (ts, value bits), sorted
+//!   snapshot delta of e: reports, watermark, the dedupe keys e added
+//! ```
+//!
+//! Runs, not readings, cross the second exchange: a fleet-wide aggregation
+//! sends one run per worker and window, and its owner merges sorted runs
+//! instead of sorting the fleet's readings on one worker.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use compact_str::CompactString;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+
+use super::dedupe::{Row, SEEN_SWEEP_MIN, Seen, SeriesSeen, by_series, dedupe};
+use super::names::Names;
+use crate::aggregate::ordered_bits;
+use crate::job::{Classified, Epoch, JobConfig, MAX_EPOCHS_IN_FLIGHT, StateHooks, held_from};
+use crate::metrics::JobMetrics;
+use crate::snapshot::{self, WorkerSnapshot};
+use crate::watermark::{ShareReport, WatermarkCombiner};
+
+/// Runs bound for one worker: per (aggregation, group key, window start), one
+/// worker's readings of that window in one epoch, sorted by (event time,
+/// value bits): ready to merge.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunBatch {
+    /// The worker that owns these keys' windows.
+    pub worker: u32,
+    pub heads: Vec<RunHead>,
+    /// (event time, [`ordered_bits`] of the value) of every run, one after the other.
+    pub readings: Vec<(i64, u64)>,
+}
+
+/// One run of a [`RunBatch`]: its window, and where its readings end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunHead {
+    pub aggregation: u16,
+    pub key: CompactString,
+    pub start: i64,
+    pub end: u32,
+}
+
+impl RunBatch {
+    /// Each run with its readings (a damaged batch yields what it holds).
+    pub fn runs(&self) -> impl Iterator<Item = (&RunHead, &[(i64, u64)])> + '_ {
+        let mut at = 0usize;
+        self.heads.iter().map(move |h| {
+            let end = (h.end as usize).clamp(at, self.readings.len());
+            let run = &self.readings[at..end];
+            at = end;
+            (h, run)
+        })
+    }
+}
+
+/// Per-aggregation counts of one epoch, summed into the metrics at its end.
+#[derive(Default)]
+struct Counts {
+    duplicates: u64,
+    partial: u64,
+    filtered: u64,
+    missing: u64,
+}
+
+/// The Assign operator's state between epochs.
+struct State {
+    cfg: JobConfig,
+    worker: u32,
+    workers: u32,
+    combiner: WatermarkCombiner,
+    /// Dedupe keys by series id, and how many there are.
+    seen: Vec<SeriesSeen>,
+    seen_len: usize,
+    sweep_at: usize,
+    /// Per aggregation: (series, dims id) → group key (`None`: a grouped dimension is missing).
+    keys: Vec<FxHashMap<(u32, u32), Option<CompactString>>>,
+    /// Whether snapshots are taken (the job commits).
+    capturing: bool,
+    /// Dedupe keys this epoch added, for the snapshot delta: (series, seq, expires at).
+    seen_added: Vec<(u32, u64, i64)>,
+    // Scratch kept for its capacity.
+    counts: Vec<u32>,
+    grouped: Vec<Row>,
+    keep: Vec<bool>,
+    run: Vec<(u32, i64, i64, u64)>,
+}
+
+/// See the module docs.
+pub(crate) fn assign<'scope>(
+    readings: Stream<'scope, Epoch, Vec<Classified>>,
+    reports: Stream<'scope, Epoch, Vec<ShareReport>>,
+    cfg: JobConfig,
+    names: Rc<RefCell<Names>>,
+    metrics: Arc<JobMetrics>,
+    hooks: &StateHooks,
+) -> Stream<'scope, Epoch, Vec<RunBatch>> {
+    let (worker, workers) = (
+        readings.scope().index() as u32,
+        readings.scope().peers() as u32,
+    );
+    // Classify already grouped the readings by the worker of their device.
+    let by_device = Exchange::new(|c: &Classified| match c {
+        Classified::Readings(b) => u64::from(b.worker),
+        _ => 0,
+    });
+    let mut builder = OperatorBuilder::new("Assign".to_owned(), readings.scope());
+    let mut readings_in = builder.new_input(readings, by_device);
+    let mut reports_in = builder.new_input(reports, Pipeline);
+    let (runs_out, runs) = builder.new_output::<Vec<RunBatch>>();
+    let mut runs_out = OutputBuilder::from(runs_out);
+    let start = hooks.start;
+    let capture = hooks.capture.clone();
+    let mut state = State {
+        combiner: WatermarkCombiner::new(cfg.watermark),
+        keys: vec![FxHashMap::default(); cfg.aggregations.len()],
+        cfg,
+        worker,
+        workers,
+        seen: Vec::new(),
+        seen_len: 0,
+        sweep_at: SEEN_SWEEP_MIN,
+        capturing: capture.is_some(),
+        seen_added: Vec::new(),
+        counts: Vec::new(),
+        grouped: Vec::new(),
+        keep: Vec::new(),
+        run: Vec::new(),
+    };
+    if let Some(snap) = &hooks.restore {
+        state.restore(snap, &mut names.borrow_mut());
+    }
+
+    builder.build(move |caps| {
+        let mut caps = held_from(caps, start);
+        let mut next: Epoch = start;
+        let mut pending: BTreeMap<Epoch, Vec<Row>> = BTreeMap::new();
+        let mut pending_reports: BTreeMap<Epoch, Vec<ShareReport>> = BTreeMap::new();
+        let mut spare_rows: Vec<Vec<Row>> = Vec::new();
+
+        move |frontiers| {
+            readings_in.for_each(|time, data| {
+                let rows = pending
+                    .entry(crate::job::epoch_of(&time))
+                    .or_insert_with(|| spare_rows.pop().unwrap_or_default());
+                let mut names = names.borrow_mut();
+                for c in data.drain(..) {
+                    let Classified::Readings(batch) = c else {
+                        continue;
+                    };
+                    rows.reserve(batch.len());
+                    rows.extend(batch.iter().map(|r| Row {
+                        ts_ms: r.ts_ms,
+                        value: r.value,
+                        seq: r.seq.unwrap_or_default(),
+                        series: names.series_of(&r),
+                        dims: names.dims_id(r.dims),
+                        sequenced: r.seq.is_some(),
+                    }));
+                }
+            });
+            reports_in.for_each(|time, data| {
+                pending_reports
+                    .entry(crate::job::epoch_of(&time))
+                    .or_default()
+                    .append(data)
+            });
+            let (readings_frontier, reports_frontier) = (&frontiers[0], &frontiers[1]);
+            while let Some([runs_cap]) = caps.as_deref_mut() {
+                if readings_frontier.less_equal(&next) || reports_frontier.less_equal(&next) {
+                    break;
+                }
+                let mut arrived = pending.remove(&next).unwrap_or_default();
+                let reports = pending_reports.remove(&next).unwrap_or_default();
+                let mut batches = state.epoch(next, &arrived, &reports, &names.borrow(), &metrics);
+                arrived.clear();
+                // Only vectors worth keeping, and no more than epochs in flight.
+                if arrived.capacity() > 0 && spare_rows.len() <= MAX_EPOCHS_IN_FLIGHT as usize {
+                    spare_rows.push(arrived);
+                }
+                if let Some(capture) = &capture {
+                    let snap = state.snapshot(next, start, &names.borrow());
+                    capture.borrow_mut().put(next, snap);
+                }
+                if !batches.is_empty() {
+                    runs_out
+                        .activate()
+                        .session(runs_cap)
+                        .give_container(&mut batches);
+                }
+                if readings_frontier.frontier().is_empty()
+                    && reports_frontier.frontier().is_empty()
+                    && pending.is_empty()
+                {
+                    caps = None;
+                    break;
+                }
+                next += 1;
+                runs_cap.downgrade(&next);
+            }
+        }
+    });
+    runs
+}
+
+impl State {
+    /// The restored dedupe keys and watermark inputs.
+    fn restore(&mut self, snap: &WorkerSnapshot, names: &mut Names) {
+        self.combiner =
+            WatermarkCombiner::restored(self.cfg.watermark, &snap.reports, snap.watermark);
+        for k in &snap.seen {
+            let series = names.series_named(&k.device, &k.metric);
+            if self.seen.len() <= series as usize {
+                self.seen
+                    .resize_with(series as usize + 1, SeriesSeen::default);
+            }
+            // Restored keys (epoch 0) are older than any epoch a run starts
+            // at > 0, and at 0 nothing was restored.
+            let seen = Seen {
+                expires_at: k.expires_at,
+                epoch: 0,
+                row: 0,
+            };
+            self.seen[series as usize].insert(k.seq, seen);
+            if self.capturing {
+                self.seen_added.push((series, k.seq, k.expires_at));
+            }
+        }
+        self.seen_len = self.seen.iter().map(SeriesSeen::len).sum();
+    }
+
+    /// Epoch `epoch`'s rows: dedupe, then every aggregation's runs, by owner worker.
+    fn epoch(
+        &mut self,
+        epoch: Epoch,
+        arrived: &[Row],
+        reports: &[ShareReport],
+        names: &Names,
+        metrics: &JobMetrics,
+    ) -> Vec<RunBatch> {
+        let wm_before = self.combiner.watermark();
+        let mut batches: Vec<RunBatch> = (0..self.workers)
+            .map(|worker| RunBatch {
+                worker,
+                ..RunBatch::default()
+            })
+            .collect();
+        let groups = by_series(arrived, &mut self.counts, &mut self.grouped);
+        self.keep.clear();
+        self.keep.resize(self.grouped.len(), true);
+        if self.seen.len() < names.series.len() {
+            self.seen
+                .resize_with(names.series.len(), SeriesSeen::default);
+        }
+        let mut counts = Counts::default();
+        let cfg = self.cfg.clone();
+        let capture = self.capturing;
+        for (series, range) in groups {
+            let series_seen = &mut self.seen[series as usize];
+            let before = series_seen.len();
+            let rows = &self.grouped[range.clone()];
+            let keep = &mut self.keep[range];
+            let expiry = |ts: i64| cfg.final_everywhere_at(ts);
+            counts.duplicates += dedupe(rows, epoch, wm_before, expiry, series_seen, keep);
+            self.seen_len += series_seen.len() - before;
+            for (r, _) in rows.iter().zip(keep.iter()).filter(|(_, k)| **k) {
+                if let (Some(seq), true) = (r.seq(), capture) {
+                    self.seen_added.push((series, seq, expiry(r.ts_ms)));
+                }
+            }
+            let (device, metric) = names.ids_of(series);
+            let (device, metric) = (names.name(device), names.name(metric));
+            for (ai, agg) in cfg.aggregations.iter().enumerate() {
+                self.run.clear();
+                for (r, _) in rows.iter().zip(keep.iter()).filter(|(_, k)| **k) {
+                    let dims = names.dims_of(r.dims);
+                    if !agg.has_dimensions(dims) {
+                        counts.missing += 1;
+                        continue;
+                    }
+                    if !agg.keeps(device, metric, r.value, dims) {
+                        counts.filtered += 1;
+                        continue;
+                    }
+                    for start in agg.window.windows_of(r.ts_ms) {
+                        if cfg.is_final(agg, start, wm_before) {
+                            counts.partial += 1;
+                        } else {
+                            self.run
+                                .push((r.dims, start, r.ts_ms, ordered_bits(r.value)));
+                        }
+                    }
+                }
+                // By (dimensions, window), each run in (ts, value) order.
+                self.run.sort_unstable();
+                let keys = &mut self.keys[ai];
+                for window in self.run.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+                    let (dims, start) = (window[0].0, window[0].1);
+                    let Some(key) = keys
+                        .entry((series, dims))
+                        .or_insert_with(|| agg.group_key(device, metric, names.dims_of(dims)))
+                        .clone()
+                    else {
+                        continue;
+                    };
+                    let batch = &mut batches[agg.key_owner(&key, self.workers) as usize];
+                    batch
+                        .readings
+                        .extend(window.iter().map(|&(_, _, ts, v)| (ts, v)));
+                    batch.heads.push(RunHead {
+                        aggregation: ai as u16,
+                        key,
+                        start,
+                        end: batch.readings.len() as u32,
+                    });
+                }
+            }
+        }
+        for r in reports {
+            self.combiner.apply(r);
+        }
+        if let Some(w) = self.combiner.watermark()
+            && self.seen_len >= self.sweep_at
+        {
+            self.seen.iter_mut().for_each(|s| s.retain_live(w));
+            self.seen_len = self.seen.iter().map(SeriesSeen::len).sum();
+            self.sweep_at = (2 * self.seen_len).max(SEEN_SWEEP_MIN);
+        }
+        metrics
+            .duplicates
+            .fetch_add(counts.duplicates, Ordering::Relaxed);
+        metrics
+            .late_partial
+            .fetch_add(counts.partial, Ordering::Relaxed);
+        metrics
+            .readings_filtered
+            .fetch_add(counts.filtered, Ordering::Relaxed);
+        metrics
+            .missing_dimension_partial
+            .fetch_add(counts.missing, Ordering::Relaxed);
+        batches.retain(|b| !b.heads.is_empty());
+        batches
+    }
+
+    /// This epoch's snapshot delta of Assign's part (Collect adds the windows).
+    fn snapshot(&mut self, epoch: Epoch, start: Epoch, names: &Names) -> WorkerSnapshot {
+        // Ordered by interned ids, not by name: one order within a run
+        // without comparing strings (an epoch adds a key per reading).
+        self.seen_added.sort_unstable();
+        let seen = self
+            .seen_added
+            .drain(..)
+            .map(|(series, seq, expires_at)| {
+                let (device, metric) = names.ids_of(series);
+                snapshot::SeenKey {
+                    device: names.compact_name(device),
+                    metric: names.compact_name(metric),
+                    seq,
+                    expires_at,
+                }
+            })
+            .collect();
+        WorkerSnapshot {
+            format: snapshot::SNAPSHOT_FORMAT,
+            epoch,
+            worker: self.worker,
+            workers: self.workers,
+            reports: self.combiner.reports(),
+            watermark: self.combiner.emitted(),
+            seen,
+            windows: Vec::new(),
+            // The sink fills in the predecessor's size and checksum.
+            previous: (epoch > start).then(|| snapshot::Link {
+                epoch: epoch - 1,
+                bytes: 0,
+                checksum: 0,
+            }),
+        }
+    }
+}
