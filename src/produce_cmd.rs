@@ -38,6 +38,11 @@ pub struct SimArgs {
     /// Number of simulated devices.
     #[arg(long, env = "IOTFLOW_DEVICES", default_value_t = 100)]
     pub devices: u32,
+    /// With N > 0, every valid record carries `"site":"site-<device % N>"`: a
+    /// dimension for job files (jobs/demo.toml groups by it; the default job,
+    /// which has no dimensions, dead-letters such records).
+    #[arg(long, env = "IOTFLOW_SITES", default_value_t = 0)]
+    pub sites: u32,
     /// Metric names, comma-separated; temperature, humidity, pressure, co2 and
     /// battery get realistic ranges, other names a generic one.
     #[arg(
@@ -174,6 +179,7 @@ impl SimArgs {
                 .map(|m| m.0)
                 .unwrap_or(defaults.bad_mix),
             spike_ratio: self.spikes,
+            sites: self.sites,
             ..defaults
         }
     }

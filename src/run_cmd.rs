@@ -413,8 +413,9 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     let controls = Controls::default();
     // First, so a SIGUSR1 sent once the job shows any sign of life never kills it.
     let drain_signal = drain_on_sigusr1(&controls)?;
-    let target = args.select.connect(home).await?;
+    // The job file first: a refused file needs no broker.
     let plan = args.plan()?;
+    let target = args.select.connect(home).await?;
     let cfg = args.job_config(&plan, target.bootstrap.clone())?;
     let name = cfg.name.clone();
     let job = LiveJob::prepare(&target.client, cfg, controls.clone()).await?;

@@ -163,6 +163,9 @@ pub struct SimConfig {
     pub spike_ratio: f64,
     /// Size of an oversized payload (must exceed the parser's limit, 64 KiB).
     pub oversized_bytes: usize,
+    /// With N > 0, valid records carry `"site":"site-<device % N>"`, a
+    /// dimension for job files (the default job reads it as a bad metric).
+    pub sites: u32,
 }
 
 impl Default for SimConfig {
@@ -183,6 +186,7 @@ impl Default for SimConfig {
             bad_mix: BadKind::ALL.iter().map(|k| (*k, 1)).collect(),
             spike_ratio: 0.002,
             oversized_bytes: 100 * 1024,
+            sites: 0,
         }
     }
 }
@@ -255,6 +259,8 @@ pub struct Simulator {
     emitted: u64,
     pending: VecDeque<(u64, SimRecord)>,
     bad_total_weight: u32,
+    /// The site of the record being generated (`SimConfig::sites`).
+    site: Option<u32>,
 }
 
 const DAY_MS: f64 = 86_400_000.0;
@@ -283,6 +289,7 @@ impl Simulator {
             emitted: 0,
             pending: VecDeque::new(),
             bad_total_weight,
+            site: None,
             cfg,
         })
     }
@@ -346,6 +353,7 @@ impl Simulator {
 
     fn generate(&mut self) -> SimRecord {
         let (tick, device, metric) = self.next_slot();
+        self.site = (self.cfg.sites > 0).then(|| device % self.cfg.sites);
         let cfg = &self.cfg;
         let arrival_ms = cfg.start_ms
             + tick * cfg.interval_ms
@@ -426,11 +434,15 @@ impl Simulator {
     fn encode(&self, device_id: &str, ts_ms: i64, seq: u64, values: &[(usize, f64)]) -> String {
         let mut s = String::with_capacity(128);
         let name = |m: usize| self.cfg.metrics[m].name.as_str();
+        let site = self
+            .site
+            .map(|n| format!(r#","site":"site-{n}""#))
+            .unwrap_or_default();
         match self.cfg.format {
             Format::Canonical => {
                 let _ = write!(
                     s,
-                    r#"{{"device_id":"{device_id}","ts":{ts_ms},"seq":{seq},"metrics":{{"#
+                    r#"{{"device_id":"{device_id}"{site},"ts":{ts_ms},"seq":{seq},"metrics":{{"#
                 );
                 for (i, (m, v)) in values.iter().enumerate() {
                     let sep = if i == 0 { "" } else { "," };
@@ -442,7 +454,7 @@ impl Simulator {
                 let (secs, millis) = (ts_ms.div_euclid(1000), ts_ms.rem_euclid(1000));
                 let _ = write!(
                     s,
-                    r#"{{"device_id":"{device_id}","timestamp":{secs}.{millis:03},"seq":{seq}"#
+                    r#"{{"device_id":"{device_id}"{site},"timestamp":{secs}.{millis:03},"seq":{seq}"#
                 );
                 for (m, v) in values {
                     let _ = write!(s, r#","{}":{}"#, name(*m), v);
@@ -453,7 +465,7 @@ impl Simulator {
                 for (m, v) in values {
                     let _ = write!(
                         s,
-                        r#"{{"device_id":"{device_id}","sensor":"{}","ts_ms":{ts_ms},"value":{v},"seq":{seq}}}"#,
+                        r#"{{"device_id":"{device_id}"{site},"sensor":"{}","ts_ms":{ts_ms},"value":{v},"seq":{seq}}}"#,
                         name(*m)
                     );
                 }

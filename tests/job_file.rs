@@ -1,0 +1,420 @@
+//! Jobs stated in a job file, end to end against a real broker: three
+//! aggregations over one source (per device, per site and metric with a
+//! filter and percentiles on hopping windows, fleet-wide with updates), each
+//! into its own topic (and two into Parquet datasets), exactly once through
+//! SIGKILLs and a 1 → 2 worker rescale: byte-identical to a run never killed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use iotflow_ingest::simulator::SimConfig;
+use iotflow_redpanda::{LocalBroker, Storage, TopicSpec, topics};
+
+const RUN_BOUND: Duration = Duration::from_secs(120);
+/// Each run's outputs: (suffix of its topic, dataset if any).
+const OUTPUTS: [(&str, Option<&str>); 4] = [
+    ("aggregates", Some("aggregates")),
+    ("site_1m", Some("site_1m")),
+    ("fleet", None),
+    ("dlq", None),
+];
+
+struct Fixture {
+    _broker: LocalBroker,
+    addr: String,
+    input: String,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = common::broker(Storage::Memory).await;
+        let bootstrap = broker.bootstrap();
+        let client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let input = common::unique("jobin");
+        topics::create_topics(&client, &bootstrap, &[TopicSpec::new(input.as_str(), 2)])
+            .await
+            .unwrap();
+        let sim = SimConfig {
+            devices: 40,
+            interval_ms: 200,
+            seed: 17,
+            sites: 3,
+            duplicate_ratio: 0.02,
+            bad_ratio: 0.01,
+            late_ratio: 0.01,
+            late_by_ms: 90_000,
+            ..SimConfig::default()
+        };
+        common::produce_sim(&client, &input, sim, 12_000).await;
+        Self {
+            addr: broker.addr().to_owned(),
+            _broker: broker,
+            input,
+            dir,
+        }
+    }
+
+    /// Job `name`'s file: its outputs are named after it.
+    fn job_file(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        let input = &self.input;
+        std::fs::write(
+            &path,
+            format!(
+                r#"name = "{name}"
+[input]
+topic = "{input}"
+dimensions = ["site"]
+[watermark]
+max_out_of_order = "2s"
+lateness = "1s"
+[output]
+dead_letter_topic = "{name}.dlq"
+
+[[aggregation]]
+name = "aggregates"
+window = "tumbling 10s"
+topic = "{name}.aggregates"
+parquet = "aggregates"
+
+[[aggregation]]
+name = "site_1m"
+group_by = ["site", "metric"]
+window = "hopping 1m every 20s"
+measures = ["count", "mean", "p50", "p95", "first_value", "last_value"]
+where = "metric != 'pressure' and value > -1000"
+topic = "{name}.site_1m"
+parquet = "site_1m"
+
+[[aggregation]]
+name = "fleet"
+group_by = []
+window = "tumbling 30s"
+measures = ["count", "min", "max", "p99"]
+emit = "updates"
+topic = "{name}.fleet"
+"#
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn parquet_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name).join("parquet")
+    }
+
+    fn command(&self, name: &str, workers: u32) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_iotflow"));
+        let state = self.dir.path().join(name).join("state");
+        c.args(["run", "--brokers", &self.addr, "--job-file"])
+            .arg(self.job_file(name))
+            .args([
+                "--epoch-records",
+                "100",
+                "-w",
+                &workers.to_string(),
+                "--until-end",
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--parquet-dir")
+            .arg(self.parquet_dir(name))
+            .args(["--parquet-roll-rows", "100", "--parquet-roll-epochs", "25"])
+            .args(["--snapshot-fold-bytes", "20000"])
+            .env_remove(iotflow_sink::failpoint::ENV)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Each output topic's records per partition as (key, value, epoch header), and
+    /// every dataset file's bytes.
+    async fn outputs(
+        &self,
+        name: &str,
+    ) -> (
+        BTreeMap<String, Vec<Vec<(Vec<u8>, Vec<u8>)>>>,
+        BTreeMap<PathBuf, Vec<u8>>,
+    ) {
+        let mut topics = BTreeMap::new();
+        for (suffix, _) in OUTPUTS {
+            let parts = common::read_topic(
+                std::slice::from_ref(&self.addr),
+                &format!("{name}.{suffix}"),
+            )
+            .await;
+            let records = parts
+                .into_values()
+                .map(|records| {
+                    records
+                        .into_iter()
+                        .map(|r| {
+                            (
+                                r.record.key.unwrap_or_default(),
+                                r.record.value.unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                })
+                .collect();
+            topics.insert(suffix.to_owned(), records);
+        }
+        (topics, files(&self.parquet_dir(name)))
+    }
+}
+
+fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.unwrap().path();
+            if path
+                .file_name()
+                .is_some_and(|n| n == ".staging" || n == "_pipeline")
+            {
+                continue;
+            }
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                out.insert(
+                    path.strip_prefix(root).unwrap().to_path_buf(),
+                    std::fs::read(&path).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn wait_bounded(mut child: Child, what: &str) -> Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > RUN_BOUND {
+            child.kill().unwrap();
+            panic!("{what} did not finish in {RUN_BOUND:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json(value: &[u8]) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::from_slice(value).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_aggregation_writes_its_own_shape_and_the_default_one_today_s() {
+    let fx = Fixture::new().await;
+    wait_bounded(fx.command("shapes", 2).spawn().unwrap(), "the run");
+    let (topics, parquet) = fx.outputs("shapes").await;
+    let first = |t: &str| -> (Vec<u8>, Vec<u8>) {
+        topics[t]
+            .iter()
+            .flatten()
+            .next()
+            .unwrap_or_else(|| panic!("{t} is empty"))
+            .clone()
+    };
+    // The default shape: today's record (its reader refuses unknown fields) plus the name.
+    let (key, value) = first("aggregates");
+    let agg: iotflow_sink::AggregateRecord = serde_json::from_slice(&value).unwrap();
+    assert_eq!(agg.aggregation, "aggregates");
+    assert_eq!(String::from_utf8(key).unwrap(), agg.key());
+    let (key, value) = first("site_1m");
+    let site = json(&value);
+    let fields: Vec<&str> = site.keys().map(String::as_str).collect();
+    let mut want = vec![
+        "site",
+        "metric",
+        "window_start",
+        "window_end",
+        "count",
+        "mean",
+        "p50",
+        "p95",
+    ];
+    want.extend(["first_value", "last_value", "final", "epoch", "aggregation"]);
+    want.sort_unstable();
+    assert_eq!(fields, want, "serde_json's map is sorted");
+    assert_eq!(site["aggregation"], "site_1m");
+    assert_ne!(site["metric"], "pressure", "filtered out");
+    let key = String::from_utf8(key).unwrap();
+    assert_eq!(
+        key,
+        format!(
+            "{}|{}|{}",
+            site["site"].as_str().unwrap(),
+            site["metric"].as_str().unwrap(),
+            site["window_start"]
+        )
+    );
+    assert_eq!(
+        site["window_end"].as_i64().unwrap() - site["window_start"].as_i64().unwrap(),
+        60_000
+    );
+    // Fleet-wide: the key is the window start; updates before the final record.
+    let fleet: Vec<_> = topics["fleet"]
+        .iter()
+        .flatten()
+        .map(|(k, v)| (String::from_utf8(k.clone()).unwrap(), json(v)))
+        .collect();
+    assert!(fleet.iter().all(|(k, v)| {
+        v["window_start"]
+            .as_i64()
+            .is_some_and(|s| *k == s.to_string())
+            && !v.contains_key("metric")
+    }));
+    assert!(
+        fleet.iter().any(|(_, v)| v["final"] == false)
+            && fleet.iter().any(|(_, v)| v["final"] == true)
+    );
+    // Every reading but the filtered metric's ends up in some site window: the
+    // final counts per (site, metric) add up the same in every window position.
+    let datasets: Vec<String> = parquet
+        .keys()
+        .map(|p| p.iter().next().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        datasets.contains(&"aggregates".to_owned()) && datasets.contains(&"site_1m".to_owned())
+    );
+    assert!(
+        !datasets.iter().any(|d| d == "fleet"),
+        "fleet has no dataset"
+    );
+}
+
+#[test]
+fn flags_of_the_default_job_are_refused_with_a_job_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job.toml");
+    std::fs::write(
+        &path,
+        "name = \"x\"\n[[aggregation]]\nname = \"a\"\nwindow = \"tumbling 1m\"\ntopic = \"t\"\n",
+    )
+    .unwrap();
+    let out = common::iotflow_unchecked(&[
+        "run",
+        "--job-file",
+        path.to_str().unwrap(),
+        "--window",
+        "5s",
+        "--brokers",
+        "127.0.0.1:1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--window describes the default job"), "{err}");
+    std::fs::write(
+        &path,
+        "name = \"x\"\n[[aggregation]]\nname = \"a\"\nwindow = \"tumbling 1x\"\ntopic = \"t\"\n",
+    )
+    .unwrap();
+    let out = common::iotflow_unchecked(&[
+        "run",
+        "--job-file",
+        path.to_str().unwrap(),
+        "--brokers",
+        "127.0.0.1:1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("job.toml:4:10: `1x`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_file_job_under_sigkills_equals_a_run_never_killed() {
+    let fx = Fixture::new().await;
+    wait_bounded(
+        fx.command("reference", 2).spawn().unwrap(),
+        "the reference run",
+    );
+    let wanted: u32 = std::env::var("IOTFLOW_CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let (mut kills, mut runs, mut x) = (
+        0u32,
+        0u32,
+        0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id()),
+    );
+    loop {
+        runs += 1;
+        assert!(runs <= wanted + 50, "the job never finished");
+        let mut child = fx.command("chaos", 2).spawn().unwrap();
+        if kills < wanted {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let at = Duration::from_millis(20 + x % 1_200);
+            let started = Instant::now();
+            while started.elapsed() < at && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                continue;
+            }
+        }
+        wait_bounded(child, &format!("run {runs} after {kills} kills"));
+        break;
+    }
+    eprintln!("{kills} kills, {runs} runs");
+    assert!(kills >= wanted.min(5), "only {kills} kills landed");
+    let (want, got) = (fx.outputs("reference").await, fx.outputs("chaos").await);
+    for (topic, parts) in &want.0 {
+        assert!(parts.iter().any(|p| !p.is_empty()), "{topic} is empty");
+        assert!(got.0[topic] == *parts, "{topic} differs from the reference");
+    }
+    assert_eq!(
+        got.1.keys().collect::<Vec<_>>(),
+        want.1.keys().collect::<Vec<_>>()
+    );
+    assert!(got.1 == want.1, "Parquet bytes differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_file_job_killed_with_one_worker_resumes_with_two() {
+    let fx = Fixture::new().await;
+    wait_bounded(
+        fx.command("reference", 2).spawn().unwrap(),
+        "the reference run",
+    );
+    // One worker, killed mid-run with windows of every aggregation open.
+    let mut child = fx.command("rescale", 1).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the one-worker run ended too soon to be killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = wait_bounded(fx.command("rescale", 2).spawn().unwrap(), "the resumed run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("resuming"), "{stderr}");
+    let (want, got) = (fx.outputs("reference").await, fx.outputs("rescale").await);
+    for (topic, parts) in &want.0 {
+        assert!(got.0[topic] == *parts, "{topic} differs from the reference");
+    }
+}
