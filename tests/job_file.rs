@@ -1,8 +1,9 @@
-//! Jobs stated in a job file, end to end against a real broker: three
+//! Jobs stated in a job file, end to end against a real broker: four
 //! aggregations over one source (per device, per site and metric with a
-//! filter and percentiles on hopping windows, fleet-wide with updates), each
-//! into its own topic (and two into Parquet datasets), exactly once through
-//! SIGKILLs and a 1 → 2 worker rescale: byte-identical to a run never killed.
+//! filter and percentiles on hopping windows, fleet-wide with updates, and
+//! sessions of each device's warm spells), each into its own topic (three
+//! into Parquet datasets), exactly once through SIGKILLs and a 1 → 2 worker
+//! rescale with open sessions: byte-identical to a run never killed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -17,10 +18,11 @@ use iotflow_redpanda::{LocalBroker, Storage, TopicSpec, topics};
 
 const RUN_BOUND: Duration = Duration::from_secs(120);
 /// Each run's outputs: (suffix of its topic, dataset if any).
-const OUTPUTS: [(&str, Option<&str>); 4] = [
+const OUTPUTS: [(&str, Option<&str>); 5] = [
     ("aggregates", Some("aggregates")),
     ("site_1m", Some("site_1m")),
     ("fleet", None),
+    ("warm", Some("warm")),
     ("dlq", None),
 ];
 
@@ -102,6 +104,15 @@ window = "tumbling 30s"
 measures = ["count", "min", "max", "p99"]
 emit = "updates"
 topic = "{name}.fleet"
+
+[[aggregation]]
+name = "warm"
+group_by = ["device"]
+window = "session 3s"
+where = "metric == 'temperature' and value > 21.5"
+measures = ["count", "first_ts", "last_ts", "max"]
+topic = "{name}.warm"
+parquet = "warm"
 "#
             ),
         )
@@ -291,6 +302,27 @@ async fn each_aggregation_writes_its_own_shape_and_the_default_one_today_s() {
     );
     // Every reading but the filtered metric's ends up in some site window: the
     // final counts per (site, metric) add up the same in every window position.
+    // Sessions: [first, last + gap), closed by 3 s without a warm reading.
+    let warm: Vec<_> = topics["warm"]
+        .iter()
+        .flatten()
+        .map(|(_, v)| json(v))
+        .collect();
+    assert!(warm.len() > 40, "{} sessions", warm.len());
+    for s in &warm {
+        let (start, end) = (
+            s["window_start"].as_i64().unwrap(),
+            s["window_end"].as_i64().unwrap(),
+        );
+        assert_eq!(
+            (
+                s["first_ts"].as_i64().unwrap(),
+                s["last_ts"].as_i64().unwrap() + 3_000
+            ),
+            (start, end)
+        );
+        assert!(s["max"].as_f64().unwrap() > 21.5 && s["final"] == true);
+    }
     let datasets: Vec<String> = parquet
         .keys()
         .map(|p| p.iter().next().unwrap().to_string_lossy().into_owned())

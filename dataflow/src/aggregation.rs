@@ -17,6 +17,20 @@ use iotflow_jobfile::{FilterField, GroupField, Measure};
 use crate::job::EmitMode;
 use crate::window::WindowSpec;
 
+/// An aggregation's windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Tumbling or hopping, aligned to the Unix epoch.
+    Grid(WindowSpec),
+    /// Per group key, `[first reading, last reading + gap)`: a reading within
+    /// `gap` of a session joins it, one that bridges two merges them.
+    Session { gap_ms: i64 },
+}
+
+/// The one slot a session aggregation's key keeps its open readings under
+/// (sessions have no start until they close).
+pub const SESSION_SLOT: i64 = 0;
+
 /// An aggregation the dataflow computes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Aggregation {
@@ -24,7 +38,7 @@ pub struct Aggregation {
     pub group_by: Vec<GroupField>,
     /// The group fields' names in output records (the device is `device_id`).
     pub group_names: Vec<CompactString>,
-    pub window: WindowSpec,
+    pub window: Window,
     pub emit: EmitMode,
     pub measures: Vec<Measure>,
     pub filter: Option<Expr<FilterField>>,
@@ -40,11 +54,51 @@ impl Aggregation {
             name: name.into(),
             group_by: vec![GroupField::Device, GroupField::Metric],
             group_names: vec!["device_id".into(), "metric".into()],
-            window,
+            window: Window::Grid(window),
             emit,
             measures: iotflow_jobfile::DEFAULT_MEASURES.to_vec(),
             filter: None,
         }
+    }
+
+    /// Calls `f` with each window slot a reading at `ts` belongs to: grid
+    /// windows' starts, or a session key's one slot.
+    pub fn slots_of(&self, ts: i64, mut f: impl FnMut(i64)) {
+        match self.window {
+            Window::Grid(w) => w.windows_of(ts).for_each(f),
+            Window::Session { .. } => f(SESSION_SLOT),
+        }
+    }
+
+    /// Whether slot `start` of a reading at `ts` is final under watermark
+    /// `wm`: its grid window's end + lateness, or the end of any session the
+    /// reading could still start or extend (ts + gap) + lateness, is past.
+    pub fn slot_final(&self, start: i64, ts: i64, lateness_ms: i64, wm: Option<i64>) -> bool {
+        wm.is_some_and(|w| self.slot_close_at(start, ts).saturating_add(lateness_ms) <= w)
+    }
+
+    /// The end of slot `start` for a reading at `ts` (before lateness).
+    fn slot_close_at(&self, start: i64, ts: i64) -> i64 {
+        match self.window {
+            Window::Grid(g) => g.end(start),
+            Window::Session { gap_ms } => ts.saturating_add(gap_ms),
+        }
+    }
+
+    /// Whether a reading at `ts` is late here: every slot of it is final.
+    pub fn late(&self, ts: i64, lateness_ms: i64, wm: Option<i64>) -> bool {
+        let mut late = true;
+        self.slots_of(ts, |s| late &= self.slot_final(s, ts, lateness_ms, wm));
+        late
+    }
+
+    /// The watermark at which every window a reading at `ts` can be in is
+    /// final here, for its dedupe key. A session may go on past it, but a
+    /// copy arriving then is late here (its own `ts + gap` has passed).
+    pub fn final_at(&self, ts: i64, lateness_ms: i64) -> i64 {
+        let mut last = i64::MIN;
+        self.slots_of(ts, |s| last = last.max(self.slot_close_at(s, ts)));
+        last.saturating_add(lateness_ms)
     }
 
     /// The ranks of the percentiles among its measures, in order.

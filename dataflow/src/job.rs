@@ -26,7 +26,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use compact_str::CompactString;
 
 use crate::aggregate::{Measured, Stats};
-use crate::aggregation::Aggregation;
+use crate::aggregation::{Aggregation, Window};
 use crate::metrics::JobMetrics;
 use crate::operators::windows::Captures;
 use crate::operators::{classify, windows};
@@ -178,10 +178,13 @@ impl JobConfig {
             .map(|a| {
                 let window = match a.window {
                     iotflow_jobfile::WindowKind::Hopping { size_ms, slide_ms } => {
-                        WindowSpec::hopping(size_ms, slide_ms)?
+                        Window::Grid(WindowSpec::hopping(size_ms, slide_ms)?)
+                    }
+                    iotflow_jobfile::WindowKind::Session { gap_ms } if gap_ms > 0 => {
+                        Window::Session { gap_ms }
                     }
                     iotflow_jobfile::WindowKind::Session { gap_ms } => {
-                        return Err(WindowError::Session(gap_ms));
+                        return Err(WindowError::Size(gap_ms));
                     }
                 };
                 Ok(Aggregation {
@@ -228,31 +231,16 @@ impl JobConfig {
         }
     }
 
-    /// The watermark at which aggregation `agg`'s window starting at `start` is final.
-    pub fn close_at(&self, agg: &Aggregation, start: i64) -> i64 {
-        agg.window.end(start).saturating_add(self.lateness_ms)
-    }
-
-    /// Whether aggregation `agg`'s window starting at `start` is final under watermark `wm`.
-    pub fn is_final(&self, agg: &Aggregation, start: i64, wm: Option<i64>) -> bool {
-        wm.is_some_and(|w| self.close_at(agg, start) <= w)
-    }
-
     /// Whether a reading at `ts` is late for aggregation `agg`: every window it falls in is final.
     pub fn late_for(&self, agg: &Aggregation, ts: i64, wm: Option<i64>) -> bool {
-        agg.window.windows_of(ts).all(|s| self.is_final(agg, s, wm))
+        agg.late(ts, self.lateness_ms, wm)
     }
 
     /// When a reading at `ts` is final in every aggregation: its dedupe key lives until then.
     pub fn final_everywhere_at(&self, ts: i64) -> i64 {
         self.aggregations
             .iter()
-            .map(|a| {
-                a.window
-                    .windows_of(ts)
-                    .last()
-                    .map_or(i64::MAX, |s| self.close_at(a, s))
-            })
+            .map(|a| a.final_at(ts, self.lateness_ms))
             .max()
             .unwrap_or(i64::MAX)
     }

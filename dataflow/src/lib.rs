@@ -21,6 +21,7 @@ pub mod parquet_file;
 pub mod reading;
 pub mod runner;
 pub mod sealed;
+pub mod session;
 pub mod snapshot;
 pub mod source;
 pub mod watermark;

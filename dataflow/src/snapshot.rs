@@ -15,6 +15,7 @@
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
+use crate::aggregation::Window;
 pub use crate::operators::windows::device_owner;
 use crate::sealed::{Unsealed, checked_body, unseal, with_checksum};
 use crate::watermark::ShareReport;
@@ -33,12 +34,32 @@ pub struct WindowRules {
 }
 
 impl WindowRules {
-    /// The watermark at which a window of aggregation `agg` starting at `start` is final.
-    pub fn close_at(&self, agg: u16, start: i64) -> i64 {
-        match self.aggregations.get(agg as usize) {
-            Some(a) => a.window.end(start).saturating_add(self.lateness_ms),
+    /// The watermark at which grid window `start` of aggregation `agg` is
+    /// final; `None` for a session key's slot (its sessions decide).
+    pub fn close_at(&self, agg: u16, start: i64) -> Option<i64> {
+        match self.aggregations.get(agg as usize).map(|a| a.window) {
+            Some(Window::Grid(w)) => Some(w.end(start).saturating_add(self.lateness_ms)),
+            Some(Window::Session { .. }) => None,
             // A window of an aggregation the job no longer has: closed.
-            None => i64::MIN,
+            None => Some(i64::MIN),
+        }
+    }
+
+    /// The session gap of aggregation `agg`, if its windows are sessions.
+    fn gap(&self, agg: u16) -> Option<i64> {
+        match self.aggregations.get(agg as usize).map(|a| a.window) {
+            Some(Window::Session { gap_ms }) => Some(gap_ms),
+            _ => None,
+        }
+    }
+
+    /// Drops from a session key's `readings` those of the sessions that
+    /// watermark `wm` closed, as Collect does at each epoch.
+    fn close_sessions(&self, gap_ms: i64, readings: &mut Vec<(i64, u64)>, wm: i64) {
+        let mut sessions = crate::session::split(readings.iter().map(|r| r.0), gap_ms);
+        let closed = sessions.close(gap_ms, self.lateness_ms, wm);
+        if !closed.is_empty() {
+            readings.retain(|(ts, _)| !closed.iter().any(|(f, l)| f <= ts && ts <= l));
         }
     }
 
@@ -337,12 +358,25 @@ pub fn materialize(
     // the restored run and the epoch's own): readings add up, never replace.
     let mut windows: std::collections::BTreeMap<(u16, CompactString, i64), Vec<(i64, u64)>> =
         std::collections::BTreeMap::new();
+    // Session keys close sessions epoch by epoch, as Collect did: a later
+    // reading must not join a session that had already closed.
+    let close_sessions = |windows: &mut std::collections::BTreeMap<_, Vec<(i64, u64)>>,
+                          wm: Option<i64>| {
+        let Some(wm) = wm else { return };
+        for ((agg, _, _), readings) in windows.iter_mut() {
+            if let Some(gap) = rules.gap(*agg) {
+                rules.close_sessions(gap, readings, wm);
+            }
+        }
+        windows.retain(|_, r| !r.is_empty());
+    };
     for w in whole.windows.drain(..) {
         windows
             .entry((w.aggregation, w.key, w.start))
             .or_default()
             .extend(w.readings);
     }
+    close_sessions(&mut windows, whole.watermark);
     for delta in chain {
         if delta.previous.map(|l| l.epoch) != Some(whole.epoch) {
             return Err(SnapshotError::Inconsistent(format!(
@@ -360,13 +394,14 @@ pub fn materialize(
                 .or_default()
                 .extend(w.readings);
         }
+        close_sessions(&mut windows, whole.watermark);
     }
     let open = |at: i64| whole.watermark.is_none_or(|wm| at > wm);
     whole.seen.retain(|k| open(k.expires_at));
     whole.seen.sort();
     whole.windows = windows
         .into_iter()
-        .filter(|((agg, _, start), _)| open(rules.close_at(*agg, *start)))
+        .filter(|((agg, _, start), _)| rules.close_at(*agg, *start).is_none_or(open))
         .map(|((aggregation, key, start), mut readings)| {
             readings.sort_unstable_by_key(|&(ts, bits)| {
                 (ts, crate::aggregate::ordered_bits(f64::from_bits(bits)))
@@ -602,6 +637,49 @@ mod tests {
         assert!(
             reshard(&[five], 1, &rules()).is_err(),
             "deltas are put together first"
+        );
+    }
+
+    /// A session closed at one epoch stays closed: a later reading within the
+    /// gap of it starts a new session, as Collect saw it, not a merged one.
+    #[test]
+    fn a_chain_closes_sessions_epoch_by_epoch() {
+        let session = Aggregation {
+            name: "s".into(),
+            window: Window::Session { gap_ms: 10 },
+            ..Aggregation::per_device("s", WindowSpec::tumbling(10).unwrap(), EmitMode::Final)
+        };
+        let rules = WindowRules {
+            aggregations: vec![session].into(),
+            lateness_ms: 0,
+        };
+        let slot = |times: &[i64]| OpenWindow {
+            aggregation: 0,
+            key: "a|t".into(),
+            start: crate::aggregation::SESSION_SLOT,
+            readings: times.iter().map(|&t| (t, 1f64.to_bits())).collect(),
+        };
+        let mut whole = snapshot(0, 1, &[]);
+        (whole.epoch, whole.watermark, whole.windows) = (1, Some(0), vec![slot(&[1, 5])]);
+        let mut closes = snapshot(0, 1, &[]);
+        (closes.epoch, closes.watermark, closes.windows) = (2, Some(16), vec![]);
+        closes.previous = Some(Link {
+            epoch: 1,
+            bytes: 0,
+            checksum: 0,
+        });
+        let mut later = snapshot(0, 1, &[]);
+        (later.epoch, later.watermark, later.windows) = (3, Some(16), vec![slot(&[12])]);
+        later.previous = Some(Link {
+            epoch: 2,
+            bytes: 0,
+            checksum: 0,
+        });
+        let got = materialize(vec![whole, closes, later], &rules).unwrap();
+        assert_eq!(
+            got.windows,
+            vec![slot(&[12])],
+            "[1, 15) closed at 16; 12 is a session of its own"
         );
     }
 

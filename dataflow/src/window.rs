@@ -19,8 +19,6 @@ pub enum WindowError {
     Size(i64),
     #[error("window slide must be in 1..=size ({size} ms), not {slide} ms")]
     Slide { size: i64, slide: i64 },
-    #[error("session windows (gap {0} ms) are not supported by this engine yet")]
-    Session(i64),
 }
 
 /// Tumbling (`slide == size`) or hopping windows.

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use iotflow_dataflow::aggregation::Window;
 use iotflow_dataflow::job::{DeadRecord, EmitMode, Epoch, JobConfig, RawRecord, WindowResult};
 use iotflow_dataflow::reading::{Dims, ParseLimits, Reading, RejectReason, parse_record};
 use iotflow_dataflow::runner::{Parallelism, RunOutput, run_bounded};
@@ -61,10 +62,13 @@ fn oracle(parts: &Partitions, cfg: &JobConfig, n: u64) -> Outputs {
                 let verdict = parsed.and_then(|()| {
                     let ts = out[0].ts_ms;
                     tops.entry(*p).or_insert_with(|| TopK::new(k)).observe(ts);
-                    let late = cfg.aggregations.iter().all(|a| {
-                        a.window
+                    let late = cfg.aggregations.iter().all(|a| match a.window {
+                        Window::Grid(g) => g
                             .windows_of(ts)
-                            .all(|s| a.window.end(s) + cfg.lateness_ms <= wm.unwrap_or(i64::MIN))
+                            .all(|s| g.end(s) + cfg.lateness_ms <= wm.unwrap_or(i64::MIN)),
+                        Window::Session { gap_ms } => {
+                            ts + gap_ms + cfg.lateness_ms <= wm.unwrap_or(i64::MIN)
+                        }
                     });
                     if late && wm.is_some() {
                         Err(RejectReason::Late)
@@ -112,7 +116,10 @@ fn oracle(parts: &Partitions, cfg: &JobConfig, n: u64) -> Outputs {
             let until = cfg
                 .aggregations
                 .iter()
-                .map(|a| a.window.end(a.window.windows_of(ts).last().unwrap()) + cfg.lateness_ms)
+                .map(|a| match a.window {
+                    Window::Grid(g) => g.end(g.windows_of(ts).last().unwrap()) + cfg.lateness_ms,
+                    Window::Session { gap_ms } => ts + gap_ms + cfg.lateness_ms,
+                })
                 .max()
                 .unwrap();
             seen.insert(key, until);
@@ -125,8 +132,13 @@ fn oracle(parts: &Partitions, cfg: &JobConfig, n: u64) -> Outputs {
                 if !a.keeps(&r.device_id, &r.metric, r.value, &dims) {
                     continue;
                 }
-                for s in a.window.windows_of(r.ts_ms) {
-                    if wm.is_none_or(|w| a.window.end(s) + cfg.lateness_ms > w) {
+                let slots: Vec<(i64, i64)> = match a.window {
+                    Window::Grid(g) => g.windows_of(r.ts_ms).map(|s| (s, g.end(s))).collect(),
+                    // A session key's open readings, all in one slot.
+                    Window::Session { gap_ms } => vec![(0, r.ts_ms + gap_ms)],
+                };
+                for (s, end) in slots {
+                    if wm.is_none_or(|w| end + cfg.lateness_ms > w) {
                         let w = windows.entry((ai as u16, key.to_string(), s)).or_default();
                         w.0.push((r.ts_ms, r.value));
                         w.1 = true;
@@ -165,34 +177,64 @@ fn oracle(parts: &Partitions, cfg: &JobConfig, n: u64) -> Outputs {
         if let Some(w) = wm {
             seen.retain(|_, expiry| *expiry > w);
         }
-        let result = |key: &(u16, String, i64), values: &[(i64, f64)], is_final: bool| {
+        let result = |key: &(u16, String, i64),
+                      values: &[(i64, f64)],
+                      start: i64,
+                      end: i64,
+                      is_final: bool| {
             let a = &cfg.aggregations[key.0 as usize];
             WindowResult {
                 aggregation: key.0,
                 group: key.1.as_str().into(),
-                window_start: key.2,
-                window_end: a.window.end(key.2),
+                window_start: start,
+                window_end: end,
                 measured: naive_measures(values, &a.percentile_ranks()),
                 is_final,
             }
         };
-        let finals: Vec<(u16, String, i64)> = windows
-            .keys()
-            .filter(|key| {
-                let a = &cfg.aggregations[key.0 as usize];
-                wm.is_some_and(|w| a.window.end(key.2) + cfg.lateness_ms <= w)
-            })
-            .cloned()
-            .collect();
-        for key in finals {
-            let (values, _) = windows.remove(&key).unwrap();
-            results.push((e, result(&key, &values, true)));
-        }
-        for (key, (values, changed)) in windows.iter_mut() {
-            if *changed && cfg.aggregations[key.0 as usize].emit == EmitMode::Updates {
-                results.push((e, result(key, values, false)));
+        let keys: Vec<(u16, String, i64)> = windows.keys().cloned().collect();
+        for key in keys {
+            let a = &cfg.aggregations[key.0 as usize];
+            let (mut values, changed) = windows.remove(&key).unwrap();
+            let updates = changed && a.emit == EmitMode::Updates;
+            match a.window {
+                Window::Grid(g) => {
+                    let end = g.end(key.2);
+                    if wm.is_some_and(|w| end + cfg.lateness_ms <= w) {
+                        results.push((e, result(&key, &values, key.2, end, true)));
+                        continue;
+                    }
+                    if updates {
+                        results.push((e, result(&key, &values, key.2, end, false)));
+                    }
+                    windows.insert(key, (values, false));
+                }
+                Window::Session { gap_ms } => {
+                    // The sessions: runs of the sorted readings closer than the gap.
+                    values.sort_by_key(|v| v.0);
+                    let mut spans: Vec<Vec<(i64, f64)>> = Vec::new();
+                    for v in values {
+                        match spans.last_mut() {
+                            Some(span) if v.0 < span[span.len() - 1].0 + gap_ms => span.push(v),
+                            _ => spans.push(vec![v]),
+                        }
+                    }
+                    let mut open = Vec::new();
+                    for span in spans {
+                        let (first, last) = (span[0].0, span[span.len() - 1].0);
+                        let closed = wm.is_some_and(|w| last + gap_ms + cfg.lateness_ms <= w);
+                        if closed || updates {
+                            results.push((e, result(&key, &span, first, last + gap_ms, closed)));
+                        }
+                        if !closed {
+                            open.extend(span);
+                        }
+                    }
+                    if !open.is_empty() {
+                        windows.insert(key, (open, false));
+                    }
+                }
             }
-            *changed = false;
         }
     }
     let sorted = RunOutput { results, dead }.sorted();
@@ -360,9 +402,11 @@ fn job_file(picks: &[(usize, i64, bool, bool)], ooo: i64, lateness: i64) -> JobC
     );
     for (i, &(which, size, hop, updates)) in picks.iter().enumerate() {
         let (group_by, measures, filter) = AGGREGATIONS[which];
-        let window = match hop {
-            true => format!("hopping {size}ms every {}ms", size / 2),
-            false => format!("tumbling {size}ms"),
+        // The last template is per device in sessions (gap: a fifth of the size).
+        let window = match (which == AGGREGATIONS.len() - 1, hop) {
+            (true, _) => format!("session {}ms", size / 5),
+            (false, true) => format!("hopping {size}ms every {}ms", size / 2),
+            (false, false) => format!("tumbling {size}ms"),
         };
         let emit = if updates { "updates" } else { "final" };
         toml.push_str(&format!(

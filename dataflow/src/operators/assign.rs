@@ -298,14 +298,14 @@ impl State {
                         counts.filtered += 1;
                         continue;
                     }
-                    for start in agg.window.windows_of(r.ts_ms) {
-                        if cfg.is_final(agg, start, wm_before) {
+                    let run = &mut self.run;
+                    agg.slots_of(r.ts_ms, |start| {
+                        if agg.slot_final(start, r.ts_ms, cfg.lateness_ms, wm_before) {
                             counts.partial += 1;
                         } else {
-                            self.run
-                                .push((r.dims, start, r.ts_ms, ordered_bits(r.value)));
+                            run.push((r.dims, start, r.ts_ms, ordered_bits(r.value)));
                         }
-                    }
+                    });
                 }
                 // By (dimensions, window), each run in (ts, value) order.
                 self.run.sort_unstable();

@@ -2,6 +2,8 @@
 
 pub mod assign;
 pub mod classify;
+mod collect;
 mod dedupe;
+mod emit;
 mod names;
 pub mod windows;
