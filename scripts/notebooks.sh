@@ -14,7 +14,7 @@ fi
 case "${1:-}" in
   demo)
     dataset=$here/data/demo/parquet
-    [ -d "$dataset/aggregates" ] || { echo "no demo output in $dataset: run make demo first"; exit 1; }
+    [ -d "$dataset/aggregates" ] && [ -d "$dataset/site_1m" ] || { echo "no demo output in $dataset: run make demo first"; exit 1; }
     out=$here/data/notebooks
     ;;
   test)
@@ -24,8 +24,10 @@ case "${1:-}" in
     trap '"$BIN" --home "$home" broker stop >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
     addr=$("$BIN" --home "$home" broker --detach 2>/dev/null)
     "$BIN" --home "$home" topics create --brokers "$addr" --partitions 2 >/dev/null
-    "$BIN" produce --brokers "$addr" --devices 20 --count 6000 --duplicates 0.01 --bad 0.01 --late 0.01 --json >/dev/null
-    "$BIN" run --brokers "$addr" --until-end --epoch-records 500 -w 2 --parquet-dir "$work/parquet" --json >/dev/null
+    # The demo's job file: per-device statistics and per-site percentiles, both datasets read.
+    "$BIN" produce --brokers "$addr" --devices 20 --sites 3 --count 6000 --duplicates 0.01 --bad 0.01 --late 0.01 --json >/dev/null
+    "$BIN" run --brokers "$addr" --job-file "$here/jobs/demo.toml" --until-end --epoch-records 500 -w 2 \
+      --parquet-dir "$work/parquet" --state-dir "$work/state" --json >/dev/null
     dataset=$work/parquet
     out=$work/html
     ;;

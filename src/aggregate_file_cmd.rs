@@ -67,16 +67,23 @@ impl SeriesLines {
 impl SortedCsv {
     fn of(results: impl Iterator<Item = WindowResult>) -> Self {
         let rows: Vec<WindowResult> = results.filter(|r| r.is_final).collect();
+        // What a line needs, in arrival order: lines are written series by
+        // series, and a compact row is one cache line where a result is three.
+        let lines: Vec<CsvRow> = rows.iter().map(CsvRow::of).collect();
         // Group by series first: the strings are compared once per series
         // (a few thousand), not once per comparison of a row sort.
-        let mut by_series: FxHashMap<(&str, &str), Vec<(i64, usize)>> = FxHashMap::default();
+        let mut by_series: FxHashMap<&str, Vec<(i64, usize)>> = FxHashMap::default();
         for (i, r) in rows.iter().enumerate() {
             by_series
-                .entry(device_and_metric(r))
+                .entry(&r.group)
                 .or_default()
                 .push((r.window_start, i));
         }
-        let mut by_series: Vec<_> = by_series.into_iter().collect();
+        // `device|metric` split once per series: ordered as (device, metric).
+        let mut by_series: Vec<_> = by_series
+            .into_iter()
+            .map(|(group, windows)| (group.split_once('|').unwrap_or((group, "")), windows))
+            .collect();
         by_series.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut csv = Self {
             lines: Vec::with_capacity(rows.len() * 96),
@@ -89,7 +96,7 @@ impl SortedCsv {
             windows.sort_unstable();
             let first = csv.ends.len();
             for (start, i) in windows {
-                csv_row(&mut csv.lines, &rows[i]);
+                lines[i].write(&mut csv.lines, (device, metric));
                 csv.ends.push(csv.lines.len());
                 csv.starts.push(start);
             }
@@ -162,30 +169,45 @@ fn merge_sorted(
     }
 }
 
-/// The default job's group key, `device|metric`, as its two names.
-fn device_and_metric(r: &WindowResult) -> (&str, &str) {
-    r.group.split_once('|').unwrap_or((&r.group, ""))
+/// One final window as a CSV line needs it.
+struct CsvRow {
+    window_start: i64,
+    window_end: i64,
+    count: u64,
+    /// sum, min, max, mean.
+    floats: [f64; 4],
 }
 
-/// Appends the CSV line of `r`; floats in their shortest round-tripping form.
-fn csv_row(buf: &mut Vec<u8>, r: &WindowResult) {
-    let (mut ints, mut floats) = (itoa::Buffer::new(), zmij::Buffer::new());
-    let (device, metric) = device_and_metric(r);
-    buf.extend_from_slice(device.as_bytes());
-    buf.push(b',');
-    buf.extend_from_slice(metric.as_bytes());
-    for i in [r.window_start, r.window_end] {
-        buf.push(b',');
-        buf.extend_from_slice(ints.format(i).as_bytes());
+impl CsvRow {
+    fn of(r: &WindowResult) -> Self {
+        let s = r.stats();
+        Self {
+            window_start: r.window_start,
+            window_end: r.window_end,
+            count: s.count,
+            floats: [s.sum, s.min, s.max, s.mean],
+        }
     }
-    buf.push(b',');
-    buf.extend_from_slice(ints.format(r.stats().count).as_bytes());
-    let s = r.stats();
-    for f in [s.sum, s.min, s.max, s.mean] {
+
+    /// Appends the line of this window of (`device`, `metric`); floats in
+    /// their shortest round-tripping form.
+    fn write(&self, buf: &mut Vec<u8>, (device, metric): (&str, &str)) {
+        let (mut ints, mut floats) = (itoa::Buffer::new(), zmij::Buffer::new());
+        buf.extend_from_slice(device.as_bytes());
         buf.push(b',');
-        buf.extend_from_slice(floats.format(f).as_bytes());
+        buf.extend_from_slice(metric.as_bytes());
+        for i in [self.window_start, self.window_end] {
+            buf.push(b',');
+            buf.extend_from_slice(ints.format(i).as_bytes());
+        }
+        buf.push(b',');
+        buf.extend_from_slice(ints.format(self.count).as_bytes());
+        for f in self.floats {
+            buf.push(b',');
+            buf.extend_from_slice(floats.format(f).as_bytes());
+        }
+        buf.push(b'\n');
     }
-    buf.push(b'\n');
 }
 
 fn millis(d: Duration) -> i64 {

@@ -1,11 +1,12 @@
 //! `iotflow demo`: what a newcomer runs first. A local broker and the topics;
-//! the windowed job (`iotflow run -w 2`, exactly once, this same binary)
-//! started first and left to run live; simulated devices with every kind of
-//! trouble writing into it at a steady rate while the job prints its progress;
-//! then a drain (SIGUSR1: read to the end, close every window, commit, exit)
-//! and a summary checked three ways: the simulator's bad records against the
-//! job's dead letters, the job's windows against the aggregates topic and the
-//! Parquet dataset.
+//! the windowed job of `jobs/demo.toml` (`iotflow run --job-file … -w 2`,
+//! exactly once, this same binary: per-device statistics and per-site
+//! percentiles) started first and left to run live; simulated devices at
+//! several sites, with every kind of trouble, writing into it at a steady
+//! rate while the job prints its progress; then a drain (SIGUSR1: read to the
+//! end, close every window, commit, exit) and a summary checked three ways:
+//! the simulator's bad records against the job's dead letters, the job's
+//! windows against the output topics and the Parquet datasets.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +21,12 @@ use iotflow_redpanda::topics;
 use iotflow_redpanda::{LocalBroker, Storage};
 
 use crate::produce_cmd::{self, SimArgs};
+
+/// The demo's job, shipped in the repo and built into the binary.
+const DEMO_JOB: &str = include_str!("../jobs/demo.toml");
+/// Its aggregations' topics and datasets, in its order.
+const DEMO_OUTPUTS: [(&str, &str); 2] =
+    [("iot.aggregates", "aggregates"), ("iot.site_1m", "site_1m")];
 use crate::run_cmd::{RunSummary, end_offsets};
 use crate::target::Target;
 
@@ -41,8 +48,8 @@ pub struct DemoArgs {
     /// Longest wait for the job to finish once the devices stop.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     drain_timeout: Duration,
-    /// Simulator flags, as for `produce`; the demo defaults to 300 devices,
-    /// 2 000 000 records at 100 000 records/s, 1 % duplicates, 0.5 % bad, 1 % late.
+    /// Simulator flags, as for `produce`; the demo defaults to 300 devices at 4
+    /// sites, 2 000 000 records at 100 000 records/s, 1 % duplicates, 0.5 % bad, 1 % late.
     #[command(flatten)]
     sim: SimArgs,
 }
@@ -52,6 +59,10 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
     // some of every kind of trouble.
     if args.sim.devices == 100 {
         args.sim.devices = 300;
+    }
+    // The demo job groups by site.
+    if args.sim.sites == 0 {
+        args.sim.sites = 4;
     }
     if args.sim.count.is_none() && args.sim.duration.is_none() {
         args.sim.count = Some(2_000_000);
@@ -108,16 +119,24 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         }
     }
     let job_name = format!("demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"));
+    let job_file = args.dir.join("demo.toml");
+    std::fs::create_dir_all(&args.dir)?;
+    std::fs::write(&job_file, DEMO_JOB)
+        .with_context(|| format!("writing {}", job_file.display()))?;
     let before = OutputOffsets::read(&target).await?;
     let http = free_local_addr()?;
     println!(
-        "3. starting the job {job_name}: 10 s tumbling windows, {} workers, exactly once, from the end of {}…",
+        "3. starting the job {job_name} of {} (jobs/demo.toml): per-device stats in 10 s windows and \
+         per-site percentiles per minute, {} workers, exactly once, from the end of {}…",
+        job_file.display(),
         args.workers,
         topics::READINGS
     );
     let exe = std::env::current_exe().context("locating the iotflow binary")?;
     let mut job = tokio::process::Command::new(&exe)
         .args(["run", "--brokers", &target.bootstrap.join(",")])
+        .arg("--job-file")
+        .arg(&job_file)
         .args(["-w", &args.workers.to_string(), "--start-at", "latest"])
         .args(["--http", &http.to_string(), "--progress-interval", "1s"])
         .arg("--parquet-dir")
@@ -177,7 +196,11 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         .context("reading the job's summary (`iotflow run --json`)")?;
     let after = OutputOffsets::read(&target).await?;
     let dataset = parquet_dir.join(iotflow_sink::parquet::DATASET);
-    let (files, rows) = parquet_dataset_size(&dataset)?;
+    let (mut files, mut rows) = (0, 0);
+    for (_, name) in DEMO_OUTPUTS {
+        let (f, r) = parquet_dataset_size(&parquet_dir.join(name))?;
+        (files, rows) = (files + f, rows + r);
+    }
 
     println!(
         "5. summary ({:.1} s in all)",
@@ -189,13 +212,18 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         (after.aggregates - before.aggregates, after.dlq - before.dlq),
         (files, rows),
     );
+    println!("   a sample of iot.site_1m (per site and metric, last minute):");
+    print_site_sample(&target, before.sites_p0).await?;
     println!("   a sample of {} (full windows):", topics::AGGREGATES);
     print_aggregates_sample(&target, before.aggregates_p0, 8).await?;
     println!("6. where to look next:");
     for (what, how) in [
         (
             "the Parquet dataset",
-            format!("{}/*/*.parquet", dataset.display()),
+            format!(
+                "{}/{{aggregates,site_1m}}/*/*.parquet",
+                parquet_dir.display()
+            ),
         ),
         (
             "query it",
@@ -321,16 +349,13 @@ fn print_summary(
     );
     println!("   aggregates out (each window exactly once)");
     let windows = i64::try_from(job.windows_final).unwrap_or(i64::MAX);
-    println!("     final windows      {windows:>10}");
+    println!("     final windows      {windows:>10}  (both aggregations)");
     let kafka_ok = check(
-        "aggregates topic",
+        "output topics",
         kafka_aggregates == windows,
         format!("{kafka_aggregates} records for {windows} windows"),
     );
-    println!(
-        "     on {:<15} {kafka_aggregates:>10} records  [{kafka_ok}]",
-        topics::AGGREGATES
-    );
+    println!("     on the topics      {kafka_aggregates:>10} records  [{kafka_ok}]");
     let parquet_ok = check(
         "Parquet",
         parquet_rows == windows,
@@ -350,23 +375,82 @@ fn print_summary(
     problems
 }
 
-/// End offsets of the output topics, summed, and partition 0's of the aggregates.
+/// End offsets of the aggregations' topics and the dead letters', summed,
+/// and partition 0's of each aggregation's topic.
 struct OutputOffsets {
     aggregates: i64,
     aggregates_p0: i64,
+    sites_p0: i64,
     dlq: i64,
 }
 
 impl OutputOffsets {
     async fn read(target: &Target) -> Result<Self> {
-        let aggregates = end_offsets(&target.client, topics::AGGREGATES).await?;
+        let mut aggregates = 0;
+        let mut p0 = Vec::new();
+        for (topic, _) in DEMO_OUTPUTS {
+            // A cluster's first demo run creates the site topic itself.
+            let ends = match topics::partitions_of(&target.client, topic).await? {
+                Some(_) => end_offsets(&target.client, topic).await?,
+                None => BTreeMap::new(),
+            };
+            aggregates += ends.values().sum::<i64>();
+            p0.push(ends.get(&0).copied().unwrap_or(0));
+        }
         let dlq = end_offsets(&target.client, topics::DLQ).await?;
         Ok(Self {
-            aggregates: aggregates.values().sum(),
-            aggregates_p0: aggregates.get(&0).copied().unwrap_or(0),
+            aggregates,
+            aggregates_p0: p0[0],
+            sites_p0: p0[1],
             dlq: dlq.values().sum(),
         })
     }
+}
+
+/// The last minute's windows of `iot.site_1m` on partition 0, from `from` on.
+async fn print_site_sample(target: &Target, from: i64) -> Result<()> {
+    use iotflow_redpanda::rskafka::client::partition::UnknownTopicHandling;
+    let pc = target
+        .client
+        .partition_client(DEMO_OUTPUTS[1].0, 0, UnknownTopicHandling::Retry)
+        .await
+        .context("connecting to the site topic")?;
+    let (_, end) = iotflow_redpanda::scan::offsets(&pc).await?;
+    let records = iotflow_redpanda::scan::read_range(&pc, from, end).await?;
+    let rows: Vec<serde_json::Map<String, serde_json::Value>> = records
+        .iter()
+        .filter_map(|r| r.record.value.as_deref())
+        .filter_map(|v| serde_json::from_slice(v).ok())
+        .collect();
+    let last = rows.iter().filter_map(|r| r["window_start"].as_i64()).max();
+    println!(
+        "     {:<8} {:<12} {:<20} {:>6} {:>9} {:>9} {:>9} {:>9}",
+        "site", "metric", "window start (UTC)", "n", "mean", "p50", "p95", "p99"
+    );
+    for r in rows
+        .iter()
+        .filter(|r| r["window_start"].as_i64() == last)
+        .take(8)
+    {
+        let start = r["window_start"]
+            .as_i64()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "     {:<8} {:<12} {:<20} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            r["site"].as_str().unwrap_or_default(),
+            r["metric"].as_str().unwrap_or_default(),
+            start,
+            r["count"],
+            f("mean"),
+            f("p50"),
+            f("p95"),
+            f("p99")
+        );
+    }
+    Ok(())
 }
 
 /// A loopback address with a port free right now, for the job's status server.

@@ -135,6 +135,18 @@ impl Aggregation {
         })
     }
 
+    /// Whether its key or filter reads a dimension.
+    pub fn reads_dimensions(&self) -> bool {
+        self.group_by
+            .iter()
+            .any(|g| matches!(g, GroupField::Dimension(_)))
+            || self.filter.as_ref().is_some_and(|f| {
+                f.fields()
+                    .iter()
+                    .any(|f| matches!(f, FilterField::Dimension(_)))
+            })
+    }
+
     /// Whether the filter reads the value (else it can be judged once per series).
     pub fn filter_reads_value(&self) -> bool {
         self.filter

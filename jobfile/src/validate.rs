@@ -16,7 +16,7 @@ pub const MAX_HOLD_MS: i64 = 7 * 24 * 3_600_000;
 
 /// Today's defaults, shared with the flags of `run`.
 pub const DEFAULT_INPUT_TOPIC: &str = "iot.readings";
-pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "iot.dlq";
+pub const DEFAULT_DEAD_LETTER_TOPIC: &str = "iot.readings.dlq";
 pub const DEFAULT_MAX_OUT_OF_ORDER_MS: i64 = 2_000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: i64 = 5_000;
 
@@ -342,6 +342,11 @@ fn aggregation(
                     Problem::new(p.span(), "`percentiles` without any pNN measure")
                         .hint("add a percentile to measures, e.g. \"p95\", or drop `percentiles`"),
                 );
+            }
+            if mode == PercentileMode::Approx {
+                return Err(Problem::new(p.span(), "approximate percentiles are not built yet").hint(
+                    "every window keeps its readings and computes exact percentiles: percentiles = \"exact\"",
+                ));
             }
             mode
         }

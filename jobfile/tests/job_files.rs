@@ -23,7 +23,7 @@ fn the_per_device_file_is_the_default_job() {
         name: "per-device".into(),
         input_topic: "iot.readings".into(),
         output_topic: "iot.aggregates".into(),
-        dead_letter_topic: "iot.dlq".into(),
+        dead_letter_topic: "iot.readings.dlq".into(),
         window: iotflow_jobfile::WindowKind::Hopping {
             size_ms: 10_000,
             slide_ms: 10_000,
@@ -77,6 +77,7 @@ fn bad_job_files_are_refused_at_their_line_with_a_hint() {
         ("percentile out of range", with_aggregation(&format!("measures = [\"p100\"]\n{window}"))),
         ("measure twice", with_aggregation(&format!("measures = [\"p95\", \"p95.0\"]\n{window}"))),
         ("approx without percentiles", with_aggregation(&format!("measures = [\"mean\"]\npercentiles = \"approx\"\n{window}"))),
+        ("approx percentiles", with_aggregation(&format!("measures = [\"p95\"]\npercentiles = \"approx\"\n{window}"))),
         ("unknown field in where", with_aggregation(&format!("where = \"metric == 'temperature' and line == 'L2'\"\n{window}"))),
         ("unknown metric in where", with_aggregation(&format!("where = \"metric in ['temperature', 'pressure']\"\n{window}"))),
         ("text ordered in where", with_aggregation(&format!("where = \"site > 'b'\"\n{window}"))),

@@ -36,38 +36,23 @@ use crate::metrics::JobMetrics;
 use crate::snapshot::{self, WorkerSnapshot};
 use crate::watermark::{ShareReport, WatermarkCombiner};
 
-/// Runs bound for one worker: per (aggregation, group key, window start), one
+/// Runs bound for one worker: per (aggregation, group key, window slot), one
 /// worker's readings of that window in one epoch, sorted by (event time,
-/// value bits): ready to merge.
+/// value bits): ready to merge. A run is shared: within a process it moves to
+/// the arrangement without a copy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunBatch {
     /// The worker that owns these keys' windows.
     pub worker: u32,
-    pub heads: Vec<RunHead>,
-    /// (event time, [`ordered_bits`] of the value) of every run, one after the other.
-    pub readings: Vec<(i64, u64)>,
+    pub runs: Vec<(RunHead, Arc<[(i64, u64)]>)>,
 }
 
-/// One run of a [`RunBatch`]: its window, and where its readings end.
+/// One run of a [`RunBatch`]: its window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunHead {
     pub aggregation: u16,
     pub key: CompactString,
     pub start: i64,
-    pub end: u32,
-}
-
-impl RunBatch {
-    /// Each run with its readings (a damaged batch yields what it holds).
-    pub fn runs(&self) -> impl Iterator<Item = (&RunHead, &[(i64, u64)])> + '_ {
-        let mut at = 0usize;
-        self.heads.iter().map(move |h| {
-            let end = (h.end as usize).clamp(at, self.readings.len());
-            let run = &self.readings[at..end];
-            at = end;
-            (h, run)
-        })
-    }
 }
 
 /// Per-aggregation counts of one epoch, summed into the metrics at its end.
@@ -270,6 +255,17 @@ impl State {
         }
         let mut counts = Counts::default();
         let cfg = self.cfg.clone();
+        // Per aggregation: whether its key or filter reads the dimensions.
+        let uses_dims: Vec<bool> = cfg
+            .aggregations
+            .iter()
+            .map(|a| a.reads_dimensions())
+            .collect();
+        let by_device: Vec<bool> = cfg
+            .aggregations
+            .iter()
+            .map(|a| a.device_position().is_some())
+            .collect();
         let capture = self.capturing;
         for (series, range) in groups {
             let series_seen = &mut self.seen[series as usize];
@@ -289,12 +285,16 @@ impl State {
             for (ai, agg) in cfg.aggregations.iter().enumerate() {
                 self.run.clear();
                 for (r, _) in rows.iter().zip(keep.iter()).filter(|(_, k)| **k) {
-                    let dims = names.dims_of(r.dims);
-                    if !agg.has_dimensions(dims) {
-                        counts.missing += 1;
-                        continue;
+                    if uses_dims[ai] {
+                        let dims = names.dims_of(r.dims);
+                        if !agg.has_dimensions(dims) {
+                            counts.missing += 1;
+                            continue;
+                        }
                     }
-                    if !agg.keeps(device, metric, r.value, dims) {
+                    if agg.filter.is_some()
+                        && !agg.keeps(device, metric, r.value, names.dims_of(r.dims))
+                    {
                         counts.filtered += 1;
                         continue;
                     }
@@ -312,23 +312,28 @@ impl State {
                 let keys = &mut self.keys[ai];
                 for window in self.run.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
                     let (dims, start) = (window[0].0, window[0].1);
+                    // A key that holds no dimension is the same for every dimension id.
+                    let slot = if uses_dims[ai] { dims } else { 0 };
                     let Some(key) = keys
-                        .entry((series, dims))
+                        .entry((series, slot))
                         .or_insert_with(|| agg.group_key(device, metric, names.dims_of(dims)))
                         .clone()
                     else {
                         continue;
                     };
-                    let batch = &mut batches[agg.key_owner(&key, self.workers) as usize];
-                    batch
-                        .readings
-                        .extend(window.iter().map(|&(_, _, ts, v)| (ts, v)));
-                    batch.heads.push(RunHead {
+                    let run: Arc<[(i64, u64)]> =
+                        window.iter().map(|&(_, _, ts, v)| (ts, v)).collect();
+                    let head = RunHead {
                         aggregation: ai as u16,
-                        key,
                         start,
-                        end: batch.readings.len() as u32,
-                    });
+                        key,
+                    };
+                    // A key holding the device is owned by the device's worker: this one.
+                    let owner = match by_device[ai] {
+                        true => self.worker,
+                        false => agg.key_owner(&head.key, self.workers),
+                    } as usize;
+                    batches[owner].runs.push((head, run));
                 }
             }
         }
@@ -354,7 +359,7 @@ impl State {
         metrics
             .missing_dimension_partial
             .fetch_add(counts.missing, Ordering::Relaxed);
-        batches.retain(|b| !b.heads.is_empty());
+        batches.retain(|b| !b.runs.is_empty());
         batches
     }
 

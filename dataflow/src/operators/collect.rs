@@ -239,18 +239,18 @@ pub(super) fn collect<'scope>(
                 batches.sort_unstable_by_key(|b| b.worker);
                 {
                     let mut keys = keys.borrow_mut();
-                    for batch in &batches {
-                        for (head, run) in batch.runs() {
+                    for batch in batches {
+                        for (head, run) in batch.runs {
                             let key = (
                                 u32::from(head.aggregation),
                                 keys.id(head.aggregation, &head.key),
                                 head.start,
                             );
-                            life.add(key, run);
+                            life.add(key, &run);
                             if capture.is_some() {
                                 opened.push(OpenWindow {
                                     aggregation: head.aggregation,
-                                    key: head.key.clone(),
+                                    key: head.key,
                                     start: head.start,
                                     readings: run
                                         .iter()
@@ -258,7 +258,7 @@ pub(super) fn collect<'scope>(
                                         .collect(),
                                 });
                             }
-                            out.push(((key, run.into()), next, 1));
+                            out.push(((key, run), next, 1));
                         }
                     }
                 }

@@ -102,18 +102,23 @@ pub(super) struct WindowEvent {
 /// The group keys of every aggregation on this worker, interned.
 #[derive(Default)]
 pub(super) struct Keys {
-    ids: FxHashMap<(u16, CompactString), u32>,
+    /// Per aggregation: key → id.
+    ids: Vec<FxHashMap<CompactString, u32>>,
     names: Vec<CompactString>,
 }
 
 impl Keys {
     pub fn id(&mut self, aggregation: u16, key: &CompactString) -> u32 {
-        if let Some(&id) = self.ids.get(&(aggregation, key.clone())) {
+        let a = aggregation as usize;
+        if self.ids.len() <= a {
+            self.ids.resize_with(a + 1, FxHashMap::default);
+        }
+        if let Some(&id) = self.ids[a].get(key) {
             return id;
         }
         let id = self.names.len() as u32;
         self.names.push(key.clone());
-        self.ids.insert((aggregation, key.clone()), id);
+        self.ids[a].insert(key.clone(), id);
         id
     }
 
