@@ -44,8 +44,11 @@ use crate::watermark::{ShareReport, WatermarkCombiner};
 pub struct RunBatch {
     /// The worker that owns these keys' windows.
     pub worker: u32,
-    pub runs: Vec<(RunHead, Arc<[(i64, u64)]>)>,
+    pub runs: Vec<(RunHead, Run)>,
 }
+
+/// One run's (event time, [`ordered_bits`] of the value), sorted.
+pub type Run = Arc<[(i64, u64)]>;
 
 /// One run of a [`RunBatch`]: its window.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
