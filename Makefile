@@ -9,11 +9,12 @@ DEBUG_BIN := $(CARGO_TARGET_DIR)/debug/iotflow
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release/iotflow
 BENCH_COUNT ?= 1000000
 BENCH_N ?= 2000000
+BENCH_JOBS_COUNT ?= 600000
 FUZZ_SECONDS ?= 60
 CHAOS_KILLS ?= 200
 TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
-.PHONY: help demo demo-redpanda notebooks test tansu chromium nextest build release lint fmt bench bench-ingest bench-dataflow bench-exactly-once chaos fuzz clean
+.PHONY: help demo demo-redpanda notebooks test tansu chromium nextest build release lint fmt bench bench-ingest bench-dataflow bench-exactly-once bench-jobs chaos fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -59,7 +60,7 @@ lint: ## cargo fmt --check and clippy -D warnings
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: bench-ingest bench-dataflow bench-exactly-once ## Print every benchmark figure
+bench: bench-ingest bench-dataflow bench-exactly-once bench-jobs ## Print every benchmark figure
 
 bench-ingest: release tansu-release ## Produce throughput into the local broker, 1 and 4 partitions
 	BIN=$(RELEASE_BIN) COUNT=$(BENCH_COUNT) ./scripts/bench-ingest.sh
@@ -67,6 +68,9 @@ bench-ingest: release tansu-release ## Produce throughput into the local broker,
 bench-exactly-once: release tansu-release ## Exactly-once vs at-least-once (throughput, RSS), commit and visibility latency, recovery, history reads (OLD_BIN=another build to compare)
 	$(CARGO) build --profile tools -p iotflow-sink --example progress_history
 	BIN=$(RELEASE_BIN) HISTORY_BIN=$(CARGO_TARGET_DIR)/tools/examples/progress_history ./scripts/bench-exactly-once.sh
+
+bench-jobs: release tansu-release ## Job files end to end: per device, per site, fleet-wide, sessions, the demo job; 1 and 2 workers
+	BIN=$(RELEASE_BIN) COUNT=$(BENCH_JOBS_COUNT) ./scripts/bench-jobs.sh
 
 bench-dataflow: release tansu-release ## Dataflow throughput: file source, end to end vs raw fetch, peers
 	BIN=$(RELEASE_BIN) BENCH_N=$(BENCH_N) ./scripts/bench-dataflow.sh

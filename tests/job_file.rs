@@ -125,10 +125,15 @@ parquet = "warm"
     }
 
     fn command(&self, name: &str, workers: u32) -> Command {
+        self.command_of(name, &self.job_file(name), workers)
+    }
+
+    /// Job `name` of the job file at `file`.
+    fn command_of(&self, name: &str, file: &Path, workers: u32) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_iotflow"));
         let state = self.dir.path().join(name).join("state");
         c.args(["run", "--brokers", &self.addr, "--job-file"])
-            .arg(self.job_file(name))
+            .arg(file)
             .args([
                 "--epoch-records",
                 "100",
@@ -449,4 +454,20 @@ async fn a_job_file_job_killed_with_one_worker_resumes_with_two() {
     for (topic, parts) in &want.0 {
         assert!(got.0[topic] == *parts, "{topic} differs from the reference");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_job_is_refused_on_the_state_of_the_old_one() {
+    let fx = Fixture::new().await;
+    wait_bounded(fx.command("shape", 1).spawn().unwrap(), "the first run");
+    let file = fx.job_file("shape");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let changed = fx.dir.path().join("changed.toml");
+    std::fs::write(&changed, text.replace("tumbling 10s", "tumbling 20s")).unwrap();
+    let out = fx.command_of("shape", &changed, 1).output().unwrap();
+    assert!(!out.status.success(), "a changed job ran on the old state");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("written by a job with other aggregations"), "{err}");
+    // The same job again is welcome: nothing left to do.
+    wait_bounded(fx.command_of("shape", &file, 1).spawn().unwrap(), "the same job again");
 }

@@ -146,6 +146,17 @@ pub enum RuntimeError {
     Failed(String),
     #[error("the job stopped because a source in another process stopped (see that process's log)")]
     StoppedElsewhere,
+    #[error(
+        "{path}: the state was written by a job with other aggregations, windows or lateness; \
+         its snapshots cannot be read as this job's (give the changed job its own --job and --state-dir)"
+    )]
+    JobChanged { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What each worker starts from (shared by the workers of this process).
@@ -382,6 +393,7 @@ async fn prepare_commits(
     {
         topics::create_topics(client, &cfg.bootstrap, &[spec]).await?;
     }
+    check_job_shape(&c.state_dir, &cfg.dataflow)?;
     let log = ProgressLog::open(client, &c.progress_topic)
         .await
         .map_err(SinkError::from)?;
@@ -428,6 +440,28 @@ async fn prepare_commits(
         max_unpublished_bytes: c.max_unpublished_bytes,
     };
     Ok((resume, start.lock, report))
+}
+
+/// What the state of a job depends on: its aggregations (keys, windows,
+/// measures, filters, in order: snapshots name aggregations by index) and
+/// lateness. Kept in the state directory; a job whose shape differs is
+/// refused there instead of reading another job's state as its own.
+fn check_job_shape(state_dir: &Path, job: &JobConfig) -> Result<(), RuntimeError> {
+    let path = state_dir.join("JOB-SHAPE");
+    let shape = format!("{:#?}\nlateness_ms: {}\n", job.aggregations, job.lateness_ms);
+    let io = |source| RuntimeError::Io {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(kept) if kept == shape => Ok(()),
+        Ok(_) => Err(RuntimeError::JobChanged { path }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(state_dir).map_err(io)?;
+            std::fs::write(&path, shape).map_err(io)
+        }
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// What every worker builds its dataflow from.
