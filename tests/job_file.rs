@@ -467,7 +467,13 @@ async fn a_changed_job_is_refused_on_the_state_of_the_old_one() {
     let out = fx.command_of("shape", &changed, 1).output().unwrap();
     assert!(!out.status.success(), "a changed job ran on the old state");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("written by a job with other aggregations"), "{err}");
+    assert!(
+        err.contains("written by a job with other aggregations"),
+        "{err}"
+    );
     // The same job again is welcome: nothing left to do.
-    wait_bounded(fx.command_of("shape", &file, 1).spawn().unwrap(), "the same job again");
+    wait_bounded(
+        fx.command_of("shape", &file, 1).spawn().unwrap(),
+        "the same job again",
+    );
 }

@@ -323,10 +323,13 @@ pub struct PartitionStatus {
 }
 
 /// What sources emit: records, and once per epoch a status per owned share.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// They stay on their worker (Classify is next to the source).
+#[derive(Debug, Clone)]
 pub enum SourceEvent {
     Record(RawRecord),
     Lines(LineBatch),
+    /// A Parquet file's rows, read column by column.
+    Rows(crate::parquet_file::RowBatch),
     Status(PartitionStatus),
 }
 

@@ -1,11 +1,13 @@
-//! A Parquet file of readings as a source: each row becomes the JSON record
-//! it stands for, so Parquet input meets exactly the parser, validation and
+//! A Parquet file of readings as a source: each row stands for the JSON record
+//! of its columns, so Parquet input meets exactly the parser, validation and
 //! dead-letter rules of Kafka input.
 //!
 //! ```text
 //!   row group g = epoch g ──share w of shares: rows [w·n/s, (w+1)·n/s)──▶ RecordBatch
-//!     row ──columns as JSON fields (struct/map columns as objects)──▶ a line of a
-//!       numbered LineBatch@g (one per RecordBatch, one buffer)
+//!     ──▶ RowBatch@g: Classify reads plain columns straight into readings
+//!         (`reading::columns`, the JSON parser's own field rules), and renders a
+//!         row as its JSON line only when that row is rejected or unusual:
+//!     row ──columns as JSON fields (struct/map columns as objects)──▶ a line
 //! ```
 //!
 //! Epochs follow the file's row groups, so they depend only on the file, not
@@ -30,8 +32,41 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
 
-use crate::job::LineBatch;
+use crate::job::{LineBatch, RawRecord};
 use crate::source::{InputError, OwnedInput, Piece};
+
+/// Rows of a Parquet file (a decoded Arrow batch) on their way to Classify.
+#[derive(Debug, Clone)]
+pub struct RowBatch {
+    pub partition: i32,
+    /// The offset (row number in the file) of row 0.
+    pub base: i64,
+    pub batch: RecordBatch,
+}
+
+impl RowBatch {
+    pub fn len(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.num_rows() == 0
+    }
+
+    /// Row `row` as the record it stands for (its JSON line).
+    pub fn record(&self, row: usize) -> RawRecord {
+        let value = render_rows(&self.batch, row..row + 1)
+            .map(|(buf, _)| buf)
+            .unwrap_or_default();
+        RawRecord {
+            partition: self.partition,
+            offset: self.base + row as i64,
+            key: None,
+            value: Bytes::from(value),
+            timestamp_ms: 0,
+        }
+    }
+}
 
 /// Rows decoded per Arrow batch.
 const BATCH_ROWS: usize = 8192;
@@ -72,7 +107,7 @@ pub fn parquet_share(
     let (share, shares) = (u64::from(share), u64::from(shares.max(1)));
     let path_buf = path.to_owned();
     let mut group = 0usize;
-    let mut pending: Option<(u64, LineBatch)> = None;
+    let mut pending: Option<(u64, RowBatch)> = None;
     let mut reader: Option<(
         usize,
         u64,
@@ -98,12 +133,13 @@ pub fn parquet_share(
                         let (g, first_row) = (*g, *row);
                         *row += batch.num_rows() as u64;
                         let base = groups.get(g).map_or(0, |x| x.0);
-                        match rows_as_lines(&batch, g as u64, first_row, base) {
-                            Ok(lines) => pending = lines,
-                            Err(e) => {
-                                fail(e);
-                                return None;
-                            }
+                        if batch.num_rows() > 0 {
+                            let rows = RowBatch {
+                                partition: 0,
+                                base: i64::try_from(base + first_row).unwrap_or(i64::MAX),
+                                batch,
+                            };
+                            pending = Some((g as u64 * GROUP_STRIDE + first_row, rows));
                         }
                         continue;
                     }
@@ -152,40 +188,31 @@ pub fn parquet_share(
         share: share as u32,
         shares: shares as u32,
         per_epoch: GROUP_STRIDE,
-        records: Box::new(iter.map(|(ord, lines)| (ord, Piece::Lines(lines)))),
+        records: Box::new(iter.map(|(ord, rows)| (ord, Piece::Rows(rows)))),
     })
 }
 
-/// The rows of `batch` (rows `first_row..` of row group `group`, whose first
-/// row is row `base` of the file) as JSON lines sharing one buffer, and the
-/// first row's ordinal; `None` for no rows.
-fn rows_as_lines(
+/// JSON lines in one buffer, and each one's (start, end) in it.
+type Rendered = (Vec<u8>, Vec<(u32, u32)>);
+
+/// Rows `rows` of `batch` as JSON lines sharing one buffer, and each one's span.
+fn render_rows(
     batch: &RecordBatch,
-    group: u64,
-    first_row: u64,
-    base: u64,
-) -> Result<Option<(u64, LineBatch)>, ParquetInputError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(batch.num_rows() * 128);
-    let mut spans = Vec::with_capacity(batch.num_rows());
+    rows: std::ops::Range<usize>,
+) -> Result<Rendered, ParquetInputError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(rows.len() * 128);
+    let mut spans = Vec::with_capacity(rows.len());
     let schema = batch.schema();
-    for row in 0..batch.num_rows() {
+    for row in rows {
         let start = buf.len();
         buf.push(b'{');
         let mut first = true;
         for (field, col) in schema.fields().iter().zip(batch.columns()) {
-            let name = match col.data_type() {
-                DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
-                    if is_time_name(field.name()) =>
-                {
-                    "ts_ms"
-                }
-                _ => field.name().as_str(),
-            };
             if !first {
                 buf.push(b',');
             }
             first = false;
-            write_str(&mut buf, name);
+            write_str(&mut buf, json_key(field.name(), col.data_type()));
             buf.push(b':');
             write_value(&mut buf, col.as_ref(), row);
         }
@@ -195,17 +222,37 @@ fn rows_as_lines(
             u32::try_from(buf.len()).map_err(|_| too_long())?,
         ));
     }
-    if spans.is_empty() {
-        return Ok(None);
+    Ok((buf, spans))
+}
+
+/// A column's key in the JSON record a row stands for: time-typed columns
+/// with a time's name are `ts_ms` (their values are written in milliseconds).
+pub(crate) fn json_key<'a>(name: &'a str, data_type: &DataType) -> &'a str {
+    match data_type {
+        DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 if is_time_name(name) => {
+            "ts_ms"
+        }
+        _ => name,
     }
-    let lines = LineBatch {
-        partition: 0,
-        base: i64::try_from(base + first_row).unwrap_or(i64::MAX),
-        buf: Bytes::from(buf),
-        spans,
-        numbered: true,
-    };
-    Ok(Some((group * GROUP_STRIDE + first_row, lines)))
+}
+
+/// A timestamp's value in milliseconds, as the JSON line writes it.
+pub(crate) fn timestamp_ms(col: &dyn Array, unit: TimeUnit, row: usize) -> i64 {
+    match unit {
+        TimeUnit::Second => col
+            .as_primitive::<TimestampSecondType>()
+            .value(row)
+            .saturating_mul(1000),
+        TimeUnit::Millisecond => col.as_primitive::<TimestampMillisecondType>().value(row),
+        TimeUnit::Microsecond => round_div(
+            col.as_primitive::<TimestampMicrosecondType>().value(row),
+            1000,
+        ),
+        TimeUnit::Nanosecond => round_div(
+            col.as_primitive::<TimestampNanosecondType>().value(row),
+            1_000_000,
+        ),
+    }
 }
 
 /// Spans index a batch's buffer with 32 bits.
@@ -276,24 +323,7 @@ fn write_value(buf: &mut Vec<u8>, col: &dyn Array, row: usize) {
         DataType::Utf8 => write_str(buf, col.as_string::<i32>().value(row)),
         DataType::LargeUtf8 => write_str(buf, col.as_string::<i64>().value(row)),
         DataType::Utf8View => write_str(buf, col.as_string_view().value(row)),
-        DataType::Timestamp(unit, _) => {
-            let ms = match unit {
-                TimeUnit::Second => col
-                    .as_primitive::<TimestampSecondType>()
-                    .value(row)
-                    .saturating_mul(1000),
-                TimeUnit::Millisecond => col.as_primitive::<TimestampMillisecondType>().value(row),
-                TimeUnit::Microsecond => round_div(
-                    col.as_primitive::<TimestampMicrosecondType>().value(row),
-                    1000,
-                ),
-                TimeUnit::Nanosecond => round_div(
-                    col.as_primitive::<TimestampNanosecondType>().value(row),
-                    1_000_000,
-                ),
-            };
-            write_int(buf, ms);
-        }
+        DataType::Timestamp(unit, _) => write_int(buf, timestamp_ms(col, *unit, row)),
         DataType::Date32 => write_int(
             buf,
             i64::from(col.as_primitive::<Date32Type>().value(row)) * 86_400_000,
@@ -386,18 +416,102 @@ mod tests {
                     .unwrap()
                     .records
                     .flat_map(|(ord, piece)| match piece {
-                        Piece::Lines(lines) => lines
-                            .records()
-                            .enumerate()
-                            .map(|(i, r)| (ord + i as u64, r))
+                        Piece::Rows(rows) => (0..rows.len())
+                            .map(|i| (ord + i as u64, rows.record(i)))
                             .collect::<Vec<_>>(),
-                        Piece::Record(_) => panic!("Parquet rows come as lines"),
+                        Piece::Record(_) | Piece::Lines(_) => panic!("Parquet rows come as rows"),
                     })
                     .collect::<Vec<_>>()
             })
             .collect();
         all.sort_by_key(|(ord, _)| *ord);
         all
+    }
+
+    /// A batch of the columns that matter, with every kind of trouble.
+    fn troubled_batch(rows: &[(u8, u8, i64, f64, i64, bool)]) -> RecordBatch {
+        use arrow_array::builder::{Int64Builder, TimestampMillisecondBuilder};
+        let (mut device, mut sensor, mut value) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            Float64Builder::new(),
+        );
+        let (mut ts, mut seq, mut stamp) = (
+            Int64Builder::new(),
+            Int64Builder::new(),
+            TimestampMillisecondBuilder::new(),
+        );
+        let mut extra = Float64Builder::new();
+        for &(d, kind, t, v, q, null) in rows {
+            match d % 6 {
+                0 => device.append_null(),
+                1 => device.append_value("bad|name"),
+                _ => device.append_value(format!("dev-{d}")),
+            }
+            match kind % 4 {
+                0 => sensor.append_null(),
+                _ => sensor.append_value(["t", "h", "p"][usize::from(kind % 3)]),
+            }
+            if null {
+                value.append_null()
+            } else {
+                value.append_value(v)
+            }
+            ts.append_value(t);
+            seq.append_value(q);
+            stamp.append_value(t);
+            if kind % 5 == 0 {
+                extra.append_null()
+            } else {
+                extra.append_value(v * 2.0)
+            }
+        }
+        let cols: Vec<(&str, ArrayRef)> = vec![
+            ("device_id", Arc::new(device.finish())),
+            ("sensor", Arc::new(sensor.finish())),
+            ("ts_ms", Arc::new(ts.finish())),
+            ("value", Arc::new(value.finish())),
+            ("seq", Arc::new(seq.finish())),
+            ("extra", Arc::new(extra.finish())),
+            ("time", Arc::new(stamp.finish())),
+        ];
+        RecordBatch::try_from_iter(cols).unwrap()
+    }
+
+    proptest::proptest! {
+        /// The column reader answers only for rows the JSON parser accepts,
+        /// and then with the same readings; it takes the plain ones.
+        #[test]
+        fn columns_read_rows_as_their_json_lines_parse(
+            spec in proptest::collection::vec(
+                (
+                    0u8..12,
+                    0u8..12,
+                    proptest::prop_oneof![proptest::strategy::Just(1_700_000_000_000i64), 0i64..2_000_000_000_000_000, -5i64..5],
+                    proptest::prop_oneof![-1e6f64..1e6, proptest::strategy::Just(f64::NAN), proptest::strategy::Just(f64::INFINITY), proptest::strategy::Just(0.1)],
+                    -2i64..1_000,
+                    proptest::bool::weighted(0.1),
+                ),
+                1..60,
+            ),
+        ) {
+            let batch = troubled_batch(&spec);
+            let limits = ParseLimits::default();
+            let cols = crate::reading::Columns::of(&batch, &limits).unwrap();
+            let rows = RowBatch { partition: 0, base: 0, batch: batch.clone() };
+            let mut taken = 0;
+            for i in 0..rows.len() {
+                let mut ours = Vec::new();
+                if cols.readings(i, &limits, &mut ours).is_some() {
+                    taken += 1;
+                    proptest::prop_assert_eq!(Ok(ours), parse(&rows.record(i)), "row {}", i);
+                } else {
+                    proptest::prop_assert!(ours.is_empty());
+                }
+            }
+            let plain = (0..rows.len()).filter(|&i| parse(&rows.record(i)).is_ok()).count();
+            proptest::prop_assert_eq!(taken, plain, "every row the parser accepts is read from its columns");
+        }
     }
 
     proptest::proptest! {

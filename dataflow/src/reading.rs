@@ -22,9 +22,11 @@ use compact_str::CompactString;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+mod columns;
 mod mapped;
 mod scan;
 
+pub use columns::Columns;
 pub use mapped::{Dims, InputMapping};
 pub use scan::PlainRecord;
 

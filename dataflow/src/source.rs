@@ -38,6 +38,8 @@ pub(crate) const GATE_RETRY: std::time::Duration = std::time::Duration::from_mil
 pub enum Piece {
     Record(RawRecord),
     Lines(LineBatch),
+    /// A Parquet file's rows.
+    Rows(crate::parquet_file::RowBatch),
 }
 
 /// One input owned by this worker.
@@ -126,6 +128,11 @@ pub fn chunked_source<'scope>(
                                 }
                                 budget = budget.saturating_sub(lines.spans.len());
                                 session.give(SourceEvent::Lines(lines));
+                            }
+                            Some((_, Piece::Rows(rows))) => {
+                                cur.next_offset = rows.base + rows.len() as i64;
+                                budget = budget.saturating_sub(rows.len());
+                                session.give(SourceEvent::Rows(rows));
                             }
                             None => break,
                         }

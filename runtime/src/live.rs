@@ -448,7 +448,10 @@ async fn prepare_commits(
 /// refused there instead of reading another job's state as its own.
 fn check_job_shape(state_dir: &Path, job: &JobConfig) -> Result<(), RuntimeError> {
     let path = state_dir.join("JOB-SHAPE");
-    let shape = format!("{:#?}\nlateness_ms: {}\n", job.aggregations, job.lateness_ms);
+    let shape = format!(
+        "{:#?}\nlateness_ms: {}\n",
+        job.aggregations, job.lateness_ms
+    );
     let io = |source| RuntimeError::Io {
         path: path.clone(),
         source,

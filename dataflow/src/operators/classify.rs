@@ -27,7 +27,7 @@ use crate::job::{
 };
 use crate::metrics::{JobMetrics, LatenessCounts, lateness_bucket};
 use crate::operators::windows::device_owner;
-use crate::reading::{Dims, PlainRecord, Reading, RejectReason, parse_borrowed};
+use crate::reading::{Columns, Dims, PlainRecord, Reading, RejectReason, parse_borrowed};
 use crate::snapshot::WorkerSnapshot;
 use crate::watermark::{ShareReport, ShareState, TopK, WatermarkCombiner};
 
@@ -281,6 +281,59 @@ pub fn classify<'scope>(
                                             accept(parsed.then_some(&plain), &mut scratch, &[])
                                         }
                                         Err(reason) => reject(reason, record),
+                                    }
+                                }
+                                SourceEvent::Rows(rows) => {
+                                    records += rows.len() as u64;
+                                    let top = top_of(&mut tops, rows.partition, k);
+                                    // Plain columns straight to readings; a row they cannot
+                                    // take (or a job's own mapping) is rendered and parsed.
+                                    let columns = match mapped {
+                                        true => None,
+                                        false => Columns::of(&rows.batch, &cfg.limits),
+                                    };
+                                    for i in 0..rows.len() {
+                                        scratch.clear();
+                                        let read = columns
+                                            .as_ref()
+                                            .and_then(|c| c.readings(i, &cfg.limits, &mut scratch));
+                                        if read.is_some() {
+                                            let ts = scratch.first().map_or(0, |r| r.ts_ms);
+                                            match judge.judge(top, ts) {
+                                                Ok(()) => accept(None, &mut scratch, &[]),
+                                                Err(reason) => reject(reason, rows.record(i)),
+                                            }
+                                            continue;
+                                        }
+                                        let record = rows.record(i);
+                                        if mapped {
+                                            match judge.mapped(
+                                                top,
+                                                &record.value,
+                                                &mut scratch,
+                                                &mut dims,
+                                            ) {
+                                                Ok(()) => {
+                                                    dim_bytes.clear();
+                                                    encode_dims(&dims, &mut dim_bytes);
+                                                    accept(None, &mut scratch, &dim_bytes)
+                                                }
+                                                Err(reason) => reject(reason, record),
+                                            }
+                                            continue;
+                                        }
+                                        let mut plain = PlainRecord::default();
+                                        match judge.record(
+                                            top,
+                                            &record.value,
+                                            &mut scratch,
+                                            &mut plain,
+                                        ) {
+                                            Ok(parsed) => {
+                                                accept(parsed.then_some(&plain), &mut scratch, &[])
+                                            }
+                                            Err(reason) => reject(reason, record),
+                                        }
                                     }
                                 }
                                 SourceEvent::Lines(lines) => {
