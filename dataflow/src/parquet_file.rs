@@ -32,7 +32,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
 
-use crate::job::{LineBatch, RawRecord};
+use crate::job::RawRecord;
 use crate::source::{InputError, OwnedInput, Piece};
 
 /// Rows of a Parquet file (a decoded Arrow batch) on their way to Classify.
