@@ -8,8 +8,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,8 @@ use iotflow_sink::failpoint::{self, Site};
 use iotflow_sink::progress::ProgressLog;
 use iotflow_sink::protocol::CommitRecord;
 
+use common::RUN_BOUND;
+
 /// Kills in `make test`; `IOTFLOW_CHAOS_KILLS` raises it (`make chaos`).
 fn kills_wanted() -> u32 {
     std::env::var("IOTFLOW_CHAOS_KILLS")
@@ -26,9 +28,6 @@ fn kills_wanted() -> u32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30)
 }
-
-/// How long one run may take before the test calls it stalled.
-const RUN_BOUND: Duration = Duration::from_secs(120);
 
 /// Each partition's records as (key, value, headers), in offset order.
 type Partitions = BTreeMap<i32, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, BTreeMap<String, Vec<u8>>)>>;
@@ -54,62 +53,6 @@ async fn partitions(bootstrap: &[String], topic: &str) -> Partitions {
             (p, records)
         })
         .collect()
-}
-
-/// Every file under `root` (relative path → bytes), staging excluded.
-fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries {
-            let path = e.unwrap().path();
-            // Staging, and the pipeline log (wall-clock samples, not output).
-            if path
-                .file_name()
-                .is_some_and(|n| n == ".staging" || n == "_pipeline")
-            {
-                continue;
-            }
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                let rel = path.strip_prefix(root).unwrap().to_path_buf();
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    out
-}
-
-/// Waits for `child` at most [`RUN_BOUND`]: a stalled job fails the test.
-fn wait_bounded(mut child: Child, what: &str) -> Output {
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > RUN_BOUND {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{what} did not finish in {RUN_BOUND:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
-/// Runs `child` to a successful end.
-fn finish(child: Child, what: &str) -> Output {
-    let out = wait_bounded(child, what);
-    assert!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// A broker with a seeded input topic, and the jobs that read it.
@@ -251,7 +194,7 @@ impl Fixture {
 
     /// The crash-free run everything is compared with.
     fn reference(&self) {
-        finish(
+        common::finish(
             self.command("reference", 2).spawn().unwrap(),
             "the reference run",
         );
@@ -295,8 +238,8 @@ impl Fixture {
     async fn assert_matches_run(&self, name: &str, reference: &str) {
         self.assert_kafka_matches_run(name, reference).await;
         let (want, got) = (
-            files(&self.parquet_dir(reference)),
-            files(&self.parquet_dir(name)),
+            common::files(&self.parquet_dir(reference)),
+            common::files(&self.parquet_dir(name)),
         );
         assert!(!want.is_empty());
         assert_eq!(
@@ -412,7 +355,7 @@ async fn sigkill_at_random_moments_leaves_the_output_of_a_run_never_killed() {
                     continue;
                 }
             }
-            finish(child, &format!("run {runs} after {kills} kills"));
+            common::finish(child, &format!("run {runs} after {kills} kills"));
             return (kills, runs);
         }
     })
@@ -474,7 +417,7 @@ async fn a_crash_at_every_protocol_step_leaves_the_output_of_a_run_never_killed(
                     .env(failpoint::ENV, &spec)
                     .spawn()
                     .unwrap();
-                let out = wait_bounded(child, &format!("{job} with {spec}"));
+                let out = common::wait_bounded(child, &format!("{job} with {spec}"));
                 let stderr = String::from_utf8_lossy(&out.stderr);
                 if out.status.success() {
                     return crashes; // the job finished before passing there again
@@ -485,7 +428,7 @@ async fn a_crash_at_every_protocol_step_leaves_the_output_of_a_run_never_killed(
                 );
                 crashes += 1;
             }
-            finish(fx2.command(&job, 2).spawn().unwrap(), &job);
+            common::finish(fx2.command(&job, 2).spawn().unwrap(), &job);
             crashes
         })
         .await
@@ -525,7 +468,7 @@ async fn a_corrupt_latest_snapshot_falls_back_to_the_previous_commit() {
     bytes[10] ^= 0x40;
     std::fs::write(&flipped, &bytes).unwrap();
 
-    let out = finish(fx.command("corrupt", 2).spawn().unwrap(), "the resumed run");
+    let out = common::finish(fx.command("corrupt", 2).spawn().unwrap(), "the resumed run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
@@ -556,7 +499,7 @@ async fn a_job_killed_with_one_worker_resumes_with_two() {
         fx.commits("rescale").await.iter().all(|c| c.workers == 1),
         "the first run had one worker"
     );
-    let out = finish(fx.command("rescale", 2).spawn().unwrap(), "the resumed run");
+    let out = common::finish(fx.command("rescale", 2).spawn().unwrap(), "the resumed run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("resuming with 2"), "{stderr}");
     fx.assert_kafka_matches("rescale").await;
@@ -582,7 +525,7 @@ async fn a_job_killed_with_one_worker_resumes_with_two() {
 async fn a_broker_killed_and_restarted_mid_run_leaves_the_output_of_a_run_never_killed() {
     const EPOCH_RECORDS: u32 = 20;
     let fx = Fixture::durable().await;
-    finish(
+    common::finish(
         fx.command_with("reference20", 2, EPOCH_RECORDS)
             .spawn()
             .unwrap(),
@@ -614,7 +557,7 @@ async fn a_broker_killed_and_restarted_mid_run_leaves_the_output_of_a_run_never_
             fx.start_broker().await;
             restarts += 1;
         }
-        let out = wait_bounded(child, &format!("run {runs}"));
+        let out = common::wait_bounded(child, &format!("run {runs}"));
         if out.status.success() {
             break;
         }
@@ -747,7 +690,7 @@ async fn a_drained_live_job_equals_a_bounded_run_over_what_it_read() {
     .await
     .unwrap();
     common::produce_sim(&client, &alone, later.clone(), 4_000).await;
-    finish(
+    common::finish(
         fx.command_on("reference", 2, &alone)
             .arg("--until-end")
             .spawn()
@@ -817,10 +760,10 @@ async fn a_drained_live_job_equals_a_bounded_run_over_what_it_read() {
     let want = dead(partitions(&bootstrap, "reference.dlq").await);
     assert!(want.values().any(|p| !p.is_empty()));
     assert!(dead(partitions(&bootstrap, "drained.dlq").await) == want);
-    let want = files(&fx.parquet_dir("reference"));
+    let want = common::files(&fx.parquet_dir("reference"));
     assert!(!want.is_empty());
     assert!(
-        files(&fx.parquet_dir("drained")) == want,
+        common::files(&fx.parquet_dir("drained")) == want,
         "Parquet bytes differ"
     );
 

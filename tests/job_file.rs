@@ -10,13 +10,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use iotflow_ingest::simulator::SimConfig;
 use iotflow_redpanda::{LocalBroker, Storage, TopicSpec, topics};
 
-const RUN_BOUND: Duration = Duration::from_secs(120);
 /// Each run's outputs: (suffix of its topic, dataset if any).
 const OUTPUTS: [(&str, Option<&str>); 5] = [
     ("aggregates", Some("aggregates")),
@@ -185,54 +184,8 @@ parquet = "warm"
                 .collect();
             topics.insert(suffix.to_owned(), records);
         }
-        (topics, files(&self.parquet_dir(name)))
+        (topics, common::files(&self.parquet_dir(name)))
     }
-}
-
-fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries {
-            let path = e.unwrap().path();
-            if path
-                .file_name()
-                .is_some_and(|n| n == ".staging" || n == "_pipeline")
-            {
-                continue;
-            }
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                out.insert(
-                    path.strip_prefix(root).unwrap().to_path_buf(),
-                    std::fs::read(&path).unwrap(),
-                );
-            }
-        }
-    }
-    out
-}
-
-fn wait_bounded(mut child: Child, what: &str) -> Output {
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > RUN_BOUND {
-            child.kill().unwrap();
-            panic!("{what} did not finish in {RUN_BOUND:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn json(value: &[u8]) -> serde_json::Map<String, serde_json::Value> {
@@ -242,7 +195,7 @@ fn json(value: &[u8]) -> serde_json::Map<String, serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_aggregation_writes_its_own_shape_and_the_default_one_today_s() {
     let fx = Fixture::new().await;
-    wait_bounded(fx.command("shapes", 2).spawn().unwrap(), "the run");
+    common::finish(fx.command("shapes", 2).spawn().unwrap(), "the run");
     let (topics, parquet) = fx.outputs("shapes").await;
     let first = |t: &str| -> (Vec<u8>, Vec<u8>) {
         topics[t]
@@ -381,7 +334,7 @@ fn flags_of_the_default_job_are_refused_with_a_job_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_file_job_under_sigkills_equals_a_run_never_killed() {
     let fx = Fixture::new().await;
-    wait_bounded(
+    common::finish(
         fx.command("reference", 2).spawn().unwrap(),
         "the reference run",
     );
@@ -414,7 +367,7 @@ async fn a_job_file_job_under_sigkills_equals_a_run_never_killed() {
                 continue;
             }
         }
-        wait_bounded(child, &format!("run {runs} after {kills} kills"));
+        common::finish(child, &format!("run {runs} after {kills} kills"));
         break;
     }
     eprintln!("{kills} kills, {runs} runs");
@@ -434,7 +387,7 @@ async fn a_job_file_job_under_sigkills_equals_a_run_never_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_file_job_killed_with_one_worker_resumes_with_two() {
     let fx = Fixture::new().await;
-    wait_bounded(
+    common::finish(
         fx.command("reference", 2).spawn().unwrap(),
         "the reference run",
     );
@@ -447,7 +400,7 @@ async fn a_job_file_job_killed_with_one_worker_resumes_with_two() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    let out = wait_bounded(fx.command("rescale", 2).spawn().unwrap(), "the resumed run");
+    let out = common::finish(fx.command("rescale", 2).spawn().unwrap(), "the resumed run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("resuming"), "{stderr}");
     let (want, got) = (fx.outputs("reference").await, fx.outputs("rescale").await);
@@ -459,7 +412,7 @@ async fn a_job_file_job_killed_with_one_worker_resumes_with_two() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_job_is_refused_on_the_state_of_the_old_one() {
     let fx = Fixture::new().await;
-    wait_bounded(fx.command("shape", 1).spawn().unwrap(), "the first run");
+    common::finish(fx.command("shape", 1).spawn().unwrap(), "the first run");
     let file = fx.job_file("shape");
     let text = std::fs::read_to_string(&file).unwrap();
     let changed = fx.dir.path().join("changed.toml");
@@ -472,7 +425,7 @@ async fn a_changed_job_is_refused_on_the_state_of_the_old_one() {
         "{err}"
     );
     // The same job again is welcome: nothing left to do.
-    wait_bounded(
+    common::finish(
         fx.command_of("shape", &file, 1).spawn().unwrap(),
         "the same job again",
     );

@@ -160,6 +160,7 @@ struct Stored {
 
 /// Format 2, as it was stored.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct StoredV2 {
     format: u32,
     epoch: u64,
@@ -638,6 +639,43 @@ mod tests {
             reshard(&[five], 1, &rules()).is_err(),
             "deltas are put together first"
         );
+    }
+
+    /// Snapshots an older binary wrote (format 2, windows by device and
+    /// metric) read as the default job's: aggregation 0, keyed `device|metric`.
+    #[test]
+    fn format_2_snapshots_read_as_the_default_job_s_windows() {
+        use bincode::Options;
+        let old = StoredV2 {
+            format: 2,
+            epoch: 9,
+            worker: 0,
+            workers: 1,
+            reports: Vec::new(),
+            watermark: Some(5),
+            names: vec!["dev-1".into(), "temp".into()],
+            seen: vec![(0, 1, 4, 100)],
+            windows: vec![(0, 1, 10, vec![(12, 2.5f64.to_bits())])],
+            previous: None,
+        };
+        let bytes = with_checksum(codec().serialize(&old).unwrap());
+        let s = WorkerSnapshot::decode(&bytes).unwrap();
+        assert_eq!((s.format, s.epoch), (2, 9));
+        assert_eq!(
+            s.windows,
+            vec![OpenWindow {
+                aggregation: 0,
+                key: "dev-1|temp".into(),
+                start: 10,
+                readings: vec![(12, 2.5f64.to_bits())],
+            }]
+        );
+        assert_eq!(
+            (s.seen[0].device.as_str(), s.seen[0].metric.as_str()),
+            ("dev-1", "temp")
+        );
+        let again = WorkerSnapshot::decode(&s.encode().unwrap()).unwrap();
+        assert_eq!((again.format, again.windows), (SNAPSHOT_FORMAT, s.windows));
     }
 
     /// A session closed at one epoch stays closed: a later reading within the

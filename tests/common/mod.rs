@@ -166,3 +166,62 @@ pub async fn produce_sim(
     .await
     .unwrap()
 }
+
+/// How long one run of a job may take before a test calls it stalled.
+pub const RUN_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Every file under `root` (relative path → bytes), staging excluded.
+pub fn files(root: &std::path::Path) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.unwrap().path();
+            // Staging, and the pipeline log (wall-clock samples, not output).
+            if path
+                .file_name()
+                .is_some_and(|n| n == ".staging" || n == "_pipeline")
+            {
+                continue;
+            }
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().to_path_buf();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Waits for `child` at most [`RUN_BOUND`]: a stalled job fails the test.
+pub fn wait_bounded(mut child: std::process::Child, what: &str) -> Output {
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > RUN_BOUND {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what} did not finish in {RUN_BOUND:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs `child` to a successful end.
+pub fn finish(child: std::process::Child, what: &str) -> Output {
+    let out = wait_bounded(child, what);
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
