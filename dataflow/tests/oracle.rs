@@ -367,7 +367,7 @@ proptest! {
 }
 
 /// Aggregations a job file can state, for the multi-aggregation oracle: (group_by, measures, where).
-const AGGREGATIONS: [(&str, &str, &str); 5] = [
+const AGGREGATIONS: [(&str, &str, &str); 6] = [
     (
         r#"["device", "metric"]"#,
         r#"["count", "sum", "mean", "stddev", "first_ts", "last_ts"]"#,
@@ -393,6 +393,11 @@ const AGGREGATIONS: [(&str, &str, &str); 5] = [
         r#"["count", "max"]"#,
         "site == 's1' or metric in ['p']",
     ),
+    (
+        r#"["device"]"#,
+        r#"["count", "first_ts", "last_ts", "mean", "p95"]"#,
+        "value > 0",
+    ),
 ];
 
 /// A job file of the picked aggregations, each with its own window and emit mode.
@@ -402,8 +407,10 @@ fn job_file(picks: &[(usize, i64, bool, bool)], ooo: i64, lateness: i64) -> JobC
     );
     for (i, &(which, size, hop, updates)) in picks.iter().enumerate() {
         let (group_by, measures, filter) = AGGREGATIONS[which];
-        // The last template is per device in sessions (gap: a fifth of the size).
-        let window = match (which == AGGREGATIONS.len() - 1, hop) {
+        // Sessions (gap: a fifth of the size): always the last template (per
+        // device), the one before when not hopping (per site).
+        let last = AGGREGATIONS.len() - 1;
+        let window = match (which == last || (which == last - 1 && !hop), hop) {
             (true, _) => format!("session {}ms", size / 5),
             (false, true) => format!("hopping {size}ms every {}ms", size / 2),
             (false, false) => format!("tumbling {size}ms"),
