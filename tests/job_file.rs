@@ -147,7 +147,7 @@ parquet = "warm"
             .args(["--parquet-roll-rows", "100", "--parquet-roll-epochs", "25"])
             .args(["--snapshot-fold-bytes", "20000"])
             .env_remove(iotflow_sink::failpoint::ENV)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         c
     }
@@ -195,8 +195,27 @@ fn json(value: &[u8]) -> serde_json::Map<String, serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_aggregation_writes_its_own_shape_and_the_default_one_today_s() {
     let fx = Fixture::new().await;
-    common::finish(fx.command("shapes", 2).spawn().unwrap(), "the run");
+    let out = common::finish(
+        fx.command("shapes", 2).arg("--json").spawn().unwrap(),
+        "the run",
+    );
+    let summary: iotflow_runtime::RunSummary = serde_json::from_slice(&out.stdout).unwrap();
     let (topics, parquet) = fx.outputs("shapes").await;
+    // Each aggregation's own counts: its final windows are its topic's final records.
+    for (name, counts) in &summary.aggregations {
+        let finals = topics[name.as_str()]
+            .iter()
+            .flatten()
+            .filter(|(_, v)| json(v)["final"] == true)
+            .count() as u64;
+        assert_eq!(counts.windows, finals, "{name}: {counts:?}");
+    }
+    assert!(
+        summary.aggregations["site_1m"].filtered > 0,
+        "pressure is filtered out"
+    );
+    assert_eq!(summary.aggregations["aggregates"].filtered, 0);
+    assert!(summary.aggregations["warm"].filtered > summary.aggregations["site_1m"].filtered);
     let first = |t: &str| -> (Vec<u8>, Vec<u8>) {
         topics[t]
             .iter()

@@ -86,6 +86,21 @@ pub struct JobMetrics {
     lateness_sum_ms: AtomicU64,
     /// Commits not yet taken by the metrics log (oldest dropped past `RECENT_COMMITS`).
     recent_commits: Mutex<VecDeque<CommitSample>>,
+    /// Per aggregation (by name): what it skipped and emitted.
+    aggregations: Mutex<BTreeMap<String, AggregationCounts>>,
+}
+
+/// One aggregation's counts (the job-wide ones sum them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AggregationCounts {
+    /// Reading-window pairs dropped because that window was already final here.
+    pub late_partial: u64,
+    /// Readings its `where` did not keep.
+    pub filtered: u64,
+    /// Readings without a dimension it groups by.
+    pub missing_dimension: u64,
+    /// Final windows it emitted.
+    pub windows: u64,
 }
 
 impl Default for JobMetrics {
@@ -115,11 +130,37 @@ impl Default for JobMetrics {
             lateness: std::array::from_fn(|_| AtomicU64::new(0)),
             lateness_sum_ms: AtomicU64::new(0),
             recent_commits: Mutex::new(VecDeque::new()),
+            aggregations: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl JobMetrics {
+    /// Adds `counts` to aggregation `name`'s, and the skips to the job's sums.
+    pub fn add_aggregation(&self, name: &str, counts: AggregationCounts) {
+        self.late_partial
+            .fetch_add(counts.late_partial, Ordering::Relaxed);
+        self.readings_filtered
+            .fetch_add(counts.filtered, Ordering::Relaxed);
+        self.missing_dimension_partial
+            .fetch_add(counts.missing_dimension, Ordering::Relaxed);
+        if let Ok(mut all) = self.aggregations.lock() {
+            let mine = all.entry(name.to_owned()).or_default();
+            mine.late_partial += counts.late_partial;
+            mine.filtered += counts.filtered;
+            mine.missing_dimension += counts.missing_dimension;
+            mine.windows += counts.windows;
+        }
+    }
+
+    /// Each aggregation's counts so far.
+    pub fn aggregations(&self) -> BTreeMap<String, AggregationCounts> {
+        self.aggregations
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
     pub fn reject(&self, reason: RejectReason, n: u64) {
         if let Some(i) = RejectReason::ALL.iter().position(|r| *r == reason) {
             self.rejected[i].fetch_add(n, Ordering::Relaxed);
@@ -232,6 +273,44 @@ impl JobMetrics {
             "Readings an aggregation skipped for lacking a dimension it groups by, summed over aggregations.",
             &load(&self.missing_dimension_partial),
         );
+        let per = self.aggregations();
+        let labelled = |f: fn(&AggregationCounts) -> u64| -> Vec<(String, f64)> {
+            per.iter()
+                .map(|(name, c)| (format!("{{aggregation=\"{name}\"}}"), f(c) as f64))
+                .collect()
+        };
+        if !per.is_empty() {
+            let skipped: Vec<(String, f64)> = [
+                (
+                    "late",
+                    (|c| c.late_partial) as fn(&AggregationCounts) -> u64,
+                ),
+                ("filtered", |c| c.filtered),
+                ("missing_dimension", |c| c.missing_dimension),
+            ]
+            .into_iter()
+            .flat_map(|(why, f)| {
+                per.iter().map(move |(name, c)| {
+                    (
+                        format!("{{aggregation=\"{name}\",why=\"{why}\"}}"),
+                        f(c) as f64,
+                    )
+                })
+            })
+            .collect();
+            metric(
+                "iotflow_aggregation_readings_skipped_total",
+                "counter",
+                "Readings an aggregation did not take while others could: late there, filtered by its `where`, or without a dimension it groups by.",
+                &skipped,
+            );
+            metric(
+                "iotflow_aggregation_windows_emitted_total",
+                "counter",
+                "Final window results emitted, per aggregation.",
+                &labelled(|c| c.windows),
+            );
+        }
         metric(
             "iotflow_windows_emitted_total",
             "counter",
@@ -434,7 +513,38 @@ mod tests {
         late[lateness_bucket(1_500)] += 2;
         late[lateness_bucket(900_000)] += 1;
         m.add_lateness(&late, 3_000 + 900_000);
+        let skipped = AggregationCounts {
+            late_partial: 4,
+            filtered: 9,
+            missing_dimension: 1,
+            windows: 0,
+        };
+        m.add_aggregation("site_1m", skipped);
+        m.add_aggregation(
+            "site_1m",
+            AggregationCounts {
+                windows: 6,
+                ..Default::default()
+            },
+        );
+        m.add_aggregation(
+            "fleet",
+            AggregationCounts {
+                filtered: 2,
+                ..Default::default()
+            },
+        );
         let text = m.prometheus();
+        for sample in [
+            "iotflow_aggregation_readings_skipped_total{aggregation=\"site_1m\",why=\"filtered\"} 9\n",
+            "iotflow_aggregation_readings_skipped_total{aggregation=\"site_1m\",why=\"late\"} 4\n",
+            "iotflow_aggregation_readings_skipped_total{aggregation=\"fleet\",why=\"missing_dimension\"} 0\n",
+            "iotflow_aggregation_windows_emitted_total{aggregation=\"site_1m\"} 6\n",
+            "iotflow_readings_filtered_total 11\n",
+            "iotflow_late_partial_total 4\n",
+        ] {
+            assert!(text.contains(sample), "{sample} missing:\n{text}");
+        }
         for sample in [
             "iotflow_record_lateness_seconds_bucket{le=\"0\"} 5\n",
             "iotflow_record_lateness_seconds_bucket{le=\"1\"} 5\n",

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use iotflow_dataflow::JobMetrics;
+use iotflow_dataflow::metrics::AggregationCounts;
 use serde::{Deserialize, Serialize};
 
 /// What a run did, on this process (`iotflow run --json` prints it).
@@ -26,6 +27,10 @@ pub struct RunSummary {
     pub commit_latency_ms_mean: Option<f64>,
     pub commit_latency_ms_max: Option<f64>,
     pub seconds: f64,
+    /// Per aggregation: readings it skipped (late there, filtered, without a
+    /// grouped dimension) and the final windows it emitted.
+    #[serde(default)]
+    pub aggregations: BTreeMap<String, AggregationCounts>,
 }
 
 impl RunSummary {
@@ -54,6 +59,7 @@ impl RunSummary {
             commit_latency_ms_max: (commits > 0)
                 .then(|| m.commit_latency_micros_max.load(Relaxed) as f64 / 1e3),
             seconds: started.elapsed().as_secs_f64(),
+            aggregations: m.aggregations(),
         }
     }
 }

@@ -32,7 +32,7 @@ use super::dedupe::{Row, SEEN_SWEEP_MIN, Seen, SeriesSeen, by_series, dedupe};
 use super::names::Names;
 use crate::aggregate::ordered_bits;
 use crate::job::{Classified, Epoch, JobConfig, MAX_EPOCHS_IN_FLIGHT, StateHooks, held_from};
-use crate::metrics::JobMetrics;
+use crate::metrics::{AggregationCounts, JobMetrics};
 use crate::snapshot::{self, WorkerSnapshot};
 use crate::watermark::{ShareReport, WatermarkCombiner};
 
@@ -56,15 +56,6 @@ pub struct RunHead {
     pub aggregation: u16,
     pub key: CompactString,
     pub start: i64,
-}
-
-/// Per-aggregation counts of one epoch, summed into the metrics at its end.
-#[derive(Default)]
-struct Counts {
-    duplicates: u64,
-    partial: u64,
-    filtered: u64,
-    missing: u64,
 }
 
 /// The Assign operator's state between epochs.
@@ -256,7 +247,8 @@ impl State {
             self.seen
                 .resize_with(names.series.len(), SeriesSeen::default);
         }
-        let mut counts = Counts::default();
+        let mut duplicates = 0u64;
+        let mut counts = vec![AggregationCounts::default(); self.cfg.aggregations.len()];
         let cfg = self.cfg.clone();
         // Per aggregation: whether its key or filter reads the dimensions.
         let uses_dims: Vec<bool> = cfg
@@ -276,7 +268,7 @@ impl State {
             let rows = &self.grouped[range.clone()];
             let keep = &mut self.keep[range];
             let expiry = |ts: i64| cfg.final_everywhere_at(ts);
-            counts.duplicates += dedupe(rows, epoch, wm_before, expiry, series_seen, keep);
+            duplicates += dedupe(rows, epoch, wm_before, expiry, series_seen, keep);
             self.seen_len += series_seen.len() - before;
             for (r, _) in rows.iter().zip(keep.iter()).filter(|(_, k)| **k) {
                 if let (Some(seq), true) = (r.seq(), capture) {
@@ -291,20 +283,20 @@ impl State {
                     if uses_dims[ai] {
                         let dims = names.dims_of(r.dims);
                         if !agg.has_dimensions(dims) {
-                            counts.missing += 1;
+                            counts[ai].missing_dimension += 1;
                             continue;
                         }
                     }
                     if agg.filter.is_some()
                         && !agg.keeps(device, metric, r.value, names.dims_of(r.dims))
                     {
-                        counts.filtered += 1;
+                        counts[ai].filtered += 1;
                         continue;
                     }
-                    let run = &mut self.run;
+                    let (run, partial) = (&mut self.run, &mut counts[ai].late_partial);
                     agg.slots_of(r.ts_ms, |start| {
                         if agg.slot_final(start, r.ts_ms, cfg.lateness_ms, wm_before) {
-                            counts.partial += 1;
+                            *partial += 1;
                         } else {
                             run.push((r.dims, start, r.ts_ms, ordered_bits(r.value)));
                         }
@@ -350,18 +342,12 @@ impl State {
             self.seen_len = self.seen.iter().map(SeriesSeen::len).sum();
             self.sweep_at = (2 * self.seen_len).max(SEEN_SWEEP_MIN);
         }
-        metrics
-            .duplicates
-            .fetch_add(counts.duplicates, Ordering::Relaxed);
-        metrics
-            .late_partial
-            .fetch_add(counts.partial, Ordering::Relaxed);
-        metrics
-            .readings_filtered
-            .fetch_add(counts.filtered, Ordering::Relaxed);
-        metrics
-            .missing_dimension_partial
-            .fetch_add(counts.missing, Ordering::Relaxed);
+        metrics.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        for (agg, counts) in self.cfg.aggregations.iter().zip(counts) {
+            if counts != AggregationCounts::default() {
+                metrics.add_aggregation(&agg.name, counts);
+            }
+        }
         batches.retain(|b| !b.runs.is_empty());
         batches
     }

@@ -29,7 +29,7 @@ use super::windows::{Keys, StateSpine, Update, WindowEvent, WindowVal};
 use crate::aggregate::{Measured, from_ordered_bits};
 use crate::aggregation::Window;
 use crate::job::{Epoch, JobConfig, WindowResult, held_from};
-use crate::metrics::JobMetrics;
+use crate::metrics::{AggregationCounts, JobMetrics};
 
 /// What the windows of one epoch are computed with.
 struct Measures {
@@ -223,6 +223,21 @@ pub(super) fn emit<'scope>(
                 }
                 let finals = out.iter().filter(|r| r.is_final).count() as u64;
                 metrics.windows_emitted.fetch_add(finals, Ordering::Relaxed);
+                let mut per: Vec<u64> = vec![0; measures.cfg.aggregations.len()];
+                for r in out.iter().filter(|r| r.is_final) {
+                    if let Some(n) = per.get_mut(usize::from(r.aggregation)) {
+                        *n += 1;
+                    }
+                }
+                for (agg, windows) in measures.cfg.aggregations.iter().zip(per) {
+                    if windows > 0 {
+                        let counts = AggregationCounts {
+                            windows,
+                            ..AggregationCounts::default()
+                        };
+                        metrics.add_aggregation(&agg.name, counts);
+                    }
+                }
                 metrics
                     .updates_emitted
                     .fetch_add(out.len() as u64 - finals, Ordering::Relaxed);
