@@ -64,11 +64,13 @@ pub enum RejectReason {
     Late,
     /// Lacks a dimension that every aggregation able to use it groups by.
     MissingDimension,
+    /// A dimension's value breaks the rule for names (`|`, control characters, length).
+    InvalidDimension,
 }
 
 impl RejectReason {
     /// Every reason, in code order.
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 14] = [
         RejectReason::Oversized,
         RejectReason::InvalidUtf8,
         RejectReason::MalformedJson,
@@ -82,6 +84,7 @@ impl RejectReason {
         RejectReason::NoMetrics,
         RejectReason::Late,
         RejectReason::MissingDimension,
+        RejectReason::InvalidDimension,
     ];
 
     pub fn code(self) -> &'static str {
@@ -99,6 +102,7 @@ impl RejectReason {
             RejectReason::NoMetrics => "no_metrics",
             RejectReason::Late => "late",
             RejectReason::MissingDimension => "missing_dimension",
+            RejectReason::InvalidDimension => "invalid_dimension",
         }
     }
 }

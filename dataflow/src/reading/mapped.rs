@@ -91,7 +91,7 @@ fn dimension(
     };
     // Dimension values end up in output keys, as names do.
     if !valid_name(&value, limits.max_id_len) {
-        return Err(RejectReason::InvalidDeviceId);
+        return Err(RejectReason::InvalidDimension);
     }
     Ok(Some(value))
 }
@@ -330,7 +330,7 @@ mod tests {
         );
         assert_eq!(
             reason(r#"{"id":"a","at":1764576000,"temperature":1,"site":"a|b"}"#),
-            RejectReason::InvalidDeviceId
+            RejectReason::InvalidDimension
         );
         assert_eq!(
             reason(r#"{"id":"a","at":1764576000,"temperature":NaN}"#),
