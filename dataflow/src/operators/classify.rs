@@ -41,6 +41,20 @@ struct Judge<'a> {
     wm: Option<i64>,
     lateness: LatenessCounts,
     lateness_sum: u64,
+    /// The last mapped record's dimensions, and encoded for its readings.
+    dims: Dims,
+    dim_bytes: Vec<u8>,
+}
+
+/// Where a judged record's readings are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parsed {
+    /// In the `PlainRecord` slot (the default job's fast path).
+    Plain,
+    /// In the scratch readings.
+    Scratch,
+    /// In the scratch readings, their dimensions in `Judge::dim_bytes`.
+    Mapped,
 }
 
 impl Judge<'_> {
@@ -62,17 +76,38 @@ impl Judge<'_> {
         }
     }
 
+    /// Parses and judges one record's payload the job's way: through its
+    /// input mapping (a job file's fields or dimensions), else today's shapes.
+    fn payload<'a>(
+        &mut self,
+        top: &mut TopK,
+        payload: &'a [u8],
+        scratch: &mut Vec<Reading>,
+        plain: &mut PlainRecord<'a>,
+    ) -> Result<Parsed, RejectReason> {
+        if self.cfg.input.is_default() {
+            return Ok(match self.record(top, payload, scratch, plain)? {
+                true => Parsed::Plain,
+                false => Parsed::Scratch,
+            });
+        }
+        self.mapped(top, payload, scratch)?;
+        self.dim_bytes.clear();
+        encode_dims(&self.dims, &mut self.dim_bytes);
+        Ok(Parsed::Mapped)
+    }
+
     /// Parses and judges one record through the job's input mapping (its
-    /// readings in `scratch`, its dimensions in `dims`): also refused when no
-    /// aggregation can use it for a missing dimension.
+    /// readings in `scratch`, its dimensions in `self.dims`): also refused
+    /// when no aggregation can use it for a missing dimension.
     fn mapped(
         &mut self,
         top: &mut TopK,
         payload: &[u8],
         scratch: &mut Vec<Reading>,
-        dims: &mut Dims,
     ) -> Result<(), RejectReason> {
         scratch.clear();
+        let dims = &mut self.dims;
         self.cfg
             .input
             .parse(payload, &self.cfg.limits, scratch, dims)?;
@@ -81,7 +116,12 @@ impl Judge<'_> {
             .map(|r| r.ts_ms)
             .ok_or(RejectReason::NoMetrics)?;
         self.judge(top, ts)?;
-        if !self.cfg.aggregations.iter().any(|a| a.has_dimensions(dims)) {
+        if !self
+            .cfg
+            .aggregations
+            .iter()
+            .any(|a| a.has_dimensions(&self.dims))
+        {
             return Err(RejectReason::MissingDimension);
         }
         Ok(())
@@ -159,8 +199,6 @@ pub fn classify<'scope>(
             let mut scratch: Vec<Reading> = Vec::new();
             // A job file's mapping, or dimensions: the general parser, dimensions with every reading.
             let mapped = !cfg.input.is_default();
-            let mut dims: Dims = Vec::new();
-            let mut dim_bytes: Vec<u8> = Vec::new();
             let peers = peers.max(1);
             let mut batches: Vec<ReadingBatch> = (0..peers).map(ReadingBatch::new).collect();
 
@@ -202,13 +240,16 @@ pub fn classify<'scope>(
                             wm,
                             lateness: Default::default(),
                             lateness_sum: 0,
+                            dims: Vec::new(),
+                            dim_bytes: Vec::new(),
                         };
                         let mut dead: Vec<Classified> = Vec::new();
                         let mut records = 0u64;
                         let mut records_accepted = 0u64;
                         let mut accepted = 0u64;
                         let mut session = output.session(c);
-                        let mut accept = |parsed: Option<&PlainRecord<'_>>,
+                        let mut accept = |parsed: Parsed,
+                                          plain: &PlainRecord<'_>,
                                           scratch: &mut Vec<Reading>,
                                           dims: &[u8]| {
                             records_accepted += 1;
@@ -219,33 +260,25 @@ pub fn classify<'scope>(
                                     session.give(Classified::Readings(full));
                                 }
                             };
-                            match parsed {
-                                Some(p) => {
-                                    let worker = device_owner(p.device_id, peers) as usize;
-                                    let batch = &mut batches[worker];
-                                    for &(metric, value) in p.metrics() {
-                                        accepted += 1;
-                                        batch.push_parts(
-                                            p.device_id,
-                                            metric,
-                                            p.ts_ms,
-                                            value,
-                                            p.seq,
-                                        );
-                                    }
-                                    give(worker, batch);
+                            if parsed == Parsed::Plain {
+                                let p = plain;
+                                let worker = device_owner(p.device_id, peers) as usize;
+                                let batch = &mut batches[worker];
+                                for &(metric, value) in p.metrics() {
+                                    accepted += 1;
+                                    batch.push_parts(p.device_id, metric, p.ts_ms, value, p.seq);
                                 }
-                                None => {
-                                    for r in scratch.drain(..) {
-                                        accepted += 1;
-                                        let worker = device_owner(&r.device_id, peers) as usize;
-                                        match mapped {
-                                            true => batches[worker].push_with_dims(&r, dims),
-                                            false => batches[worker].push(&r),
-                                        }
-                                        give(worker, &mut batches[worker]);
-                                    }
+                                give(worker, batch);
+                                return;
+                            }
+                            for r in scratch.drain(..) {
+                                accepted += 1;
+                                let worker = device_owner(&r.device_id, peers) as usize;
+                                match parsed {
+                                    Parsed::Mapped => batches[worker].push_with_dims(&r, dims),
+                                    _ => batches[worker].push(&r),
                                 }
+                                give(worker, &mut batches[worker]);
                             }
                         };
                         let mut reject = |reason: RejectReason, record| {
@@ -255,31 +288,17 @@ pub fn classify<'scope>(
                         for event in events {
                             match event {
                                 SourceEvent::Status(s) => statuses.push(s),
-                                SourceEvent::Record(record) if mapped => {
-                                    records += 1;
-                                    let top = top_of(&mut tops, record.partition, k);
-                                    match judge.mapped(top, &record.value, &mut scratch, &mut dims)
-                                    {
-                                        Ok(()) => {
-                                            dim_bytes.clear();
-                                            encode_dims(&dims, &mut dim_bytes);
-                                            accept(None, &mut scratch, &dim_bytes)
-                                        }
-                                        Err(reason) => reject(reason, record),
-                                    }
-                                }
                                 SourceEvent::Record(record) => {
                                     records += 1;
+                                    let top = top_of(&mut tops, record.partition, k);
                                     let mut plain = PlainRecord::default();
-                                    match judge.record(
-                                        top_of(&mut tops, record.partition, k),
+                                    match judge.payload(
+                                        top,
                                         &record.value,
                                         &mut scratch,
                                         &mut plain,
                                     ) {
-                                        Ok(parsed) => {
-                                            accept(parsed.then_some(&plain), &mut scratch, &[])
-                                        }
+                                        Ok(p) => accept(p, &plain, &mut scratch, &judge.dim_bytes),
                                         Err(reason) => reject(reason, record),
                                     }
                                 }
@@ -292,6 +311,7 @@ pub fn classify<'scope>(
                                         true => None,
                                         false => Columns::of(&rows.batch, &cfg.limits),
                                     };
+                                    let none = PlainRecord::default();
                                     for i in 0..rows.len() {
                                         scratch.clear();
                                         let read = columns
@@ -300,37 +320,26 @@ pub fn classify<'scope>(
                                         if read.is_some() {
                                             let ts = scratch.first().map_or(0, |r| r.ts_ms);
                                             match judge.judge(top, ts) {
-                                                Ok(()) => accept(None, &mut scratch, &[]),
+                                                Ok(()) => accept(
+                                                    Parsed::Scratch,
+                                                    &none,
+                                                    &mut scratch,
+                                                    &[],
+                                                ),
                                                 Err(reason) => reject(reason, rows.record(i)),
                                             }
                                             continue;
                                         }
                                         let record = rows.record(i);
-                                        if mapped {
-                                            match judge.mapped(
-                                                top,
-                                                &record.value,
-                                                &mut scratch,
-                                                &mut dims,
-                                            ) {
-                                                Ok(()) => {
-                                                    dim_bytes.clear();
-                                                    encode_dims(&dims, &mut dim_bytes);
-                                                    accept(None, &mut scratch, &dim_bytes)
-                                                }
-                                                Err(reason) => reject(reason, record),
-                                            }
-                                            continue;
-                                        }
                                         let mut plain = PlainRecord::default();
-                                        match judge.record(
+                                        match judge.payload(
                                             top,
                                             &record.value,
                                             &mut scratch,
                                             &mut plain,
                                         ) {
-                                            Ok(parsed) => {
-                                                accept(parsed.then_some(&plain), &mut scratch, &[])
+                                            Ok(p) => {
+                                                accept(p, &plain, &mut scratch, &judge.dim_bytes)
                                             }
                                             Err(reason) => reject(reason, record),
                                         }
@@ -343,27 +352,10 @@ pub fn classify<'scope>(
                                     let top = top_of(&mut tops, lines.partition, k);
                                     for (i, &(from, to)) in lines.spans.iter().enumerate() {
                                         let payload = &lines.buf[from as usize..to as usize];
-                                        if mapped {
-                                            match judge.mapped(
-                                                top,
-                                                payload,
-                                                &mut scratch,
-                                                &mut dims,
-                                            ) {
-                                                Ok(()) => {
-                                                    dim_bytes.clear();
-                                                    encode_dims(&dims, &mut dim_bytes);
-                                                    accept(None, &mut scratch, &dim_bytes)
-                                                }
-                                                Err(reason) => {
-                                                    reject(reason, lines.record(i, (from, to)))
-                                                }
-                                            }
-                                            continue;
-                                        }
-                                        match judge.record(top, payload, &mut scratch, &mut plain) {
-                                            Ok(parsed) => {
-                                                accept(parsed.then_some(&plain), &mut scratch, &[])
+                                        match judge.payload(top, payload, &mut scratch, &mut plain)
+                                        {
+                                            Ok(p) => {
+                                                accept(p, &plain, &mut scratch, &judge.dim_bytes)
                                             }
                                             Err(reason) => {
                                                 reject(reason, lines.record(i, (from, to)))
