@@ -82,25 +82,13 @@ impl Fixture {
             .start()
             .await
             .expect("local broker starts (run `make tansu` if it is not installed)");
-        let bootstrap = broker.bootstrap();
-        let client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30))
-            .await
-            .unwrap();
-        let input = common::unique("in");
-        topics::create_topics(&client, &bootstrap, &[TopicSpec::new(input.as_str(), 2)])
-            .await
-            .unwrap();
-        let sim = SimConfig {
-            devices: 40,
-            interval_ms: 200,
-            seed: 11,
-            duplicate_ratio: 0.02,
-            bad_ratio: 0.01,
-            late_ratio: 0.01,
-            late_by_ms: 30_000,
-            ..SimConfig::default()
-        };
-        common::produce_sim(&client, &input, sim, 12_000).await;
+        let input = common::seeded_input(
+            &broker.bootstrap(),
+            "in",
+            common::troubled_sim(11, 30_000),
+            12_000,
+        )
+        .await;
         Self {
             addr: broker.addr().to_owned(),
             broker: std::sync::Mutex::new(broker),

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use iotflow_ingest::simulator::SimConfig;
-use iotflow_redpanda::{LocalBroker, Storage, TopicSpec, topics};
+use iotflow_redpanda::{LocalBroker, Storage};
 
 /// Each run's outputs: (suffix of its topic, dataset if any).
 const OUTPUTS: [(&str, Option<&str>); 5] = [
@@ -36,26 +36,11 @@ impl Fixture {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let broker = common::broker(Storage::Memory).await;
-        let bootstrap = broker.bootstrap();
-        let client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30))
-            .await
-            .unwrap();
-        let input = common::unique("jobin");
-        topics::create_topics(&client, &bootstrap, &[TopicSpec::new(input.as_str(), 2)])
-            .await
-            .unwrap();
         let sim = SimConfig {
-            devices: 40,
-            interval_ms: 200,
-            seed: 17,
             sites: 3,
-            duplicate_ratio: 0.02,
-            bad_ratio: 0.01,
-            late_ratio: 0.01,
-            late_by_ms: 90_000,
-            ..SimConfig::default()
+            ..common::troubled_sim(17, 90_000)
         };
-        common::produce_sim(&client, &input, sim, 12_000).await;
+        let input = common::seeded_input(&broker.bootstrap(), "jobin", sim, 12_000).await;
         Self {
             addr: broker.addr().to_owned(),
             _broker: broker,

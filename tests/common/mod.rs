@@ -143,6 +143,45 @@ pub fn parquet_rows(root: &std::path::Path) -> Vec<(String, Vec<Row>)> {
     files
 }
 
+/// A new input topic of two partitions holding `count` records of the
+/// simulator `sim` (40 devices at 5 Hz with a little of every trouble, unless
+/// `sim` says otherwise), for the crash and job-file tests.
+pub async fn seeded_input(
+    bootstrap: &[String],
+    prefix: &str,
+    sim: iotflow_ingest::simulator::SimConfig,
+    count: u64,
+) -> String {
+    let client = iotflow_redpanda::connect(bootstrap, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let input = unique(prefix);
+    topics::create_topics(
+        &client,
+        bootstrap,
+        &[iotflow_redpanda::TopicSpec::new(input.as_str(), 2)],
+    )
+    .await
+    .unwrap();
+    produce_sim(&client, &input, sim, count).await;
+    input
+}
+
+/// The crash tests' simulator: 40 devices at 5 Hz, 2 % duplicates, 1 % bad,
+/// 1 % late by `late_by_ms`.
+pub fn troubled_sim(seed: u64, late_by_ms: i64) -> iotflow_ingest::simulator::SimConfig {
+    iotflow_ingest::simulator::SimConfig {
+        devices: 40,
+        interval_ms: 200,
+        seed,
+        duplicate_ratio: 0.02,
+        bad_ratio: 0.01,
+        late_ratio: 0.01,
+        late_by_ms,
+        ..iotflow_ingest::simulator::SimConfig::default()
+    }
+}
+
 /// Writes `count` records of the simulator `sim` to `topic`, in order.
 pub async fn produce_sim(
     client: &iotflow_redpanda::rskafka::client::Client,
