@@ -227,6 +227,17 @@ fn status_page(state: &PageState) -> String {
     if dead.is_empty() {
         dead.push_str("<tr><td colspan=2>none</td></tr>");
     }
+    let mut aggregations = String::new();
+    for (name, c) in m.aggregations() {
+        let _ = write!(
+            aggregations,
+            "<tr><th>{name}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            c.windows, c.late_partial, c.filtered, c.missing_dimension
+        );
+    }
+    if aggregations.is_empty() {
+        aggregations.push_str("<tr><td colspan=5>no windows yet</td></tr>");
+    }
     let mut lag = String::new();
     for (p, n) in m.lag() {
         let _ = write!(lag, "<tr><th>partition {p}</th><td>{n}</td></tr>");
@@ -248,10 +259,41 @@ td {{ font-variant-numeric: tabular-nums; }}
 </style></head>
 <body><h1>iotflow run</h1>
 <table>{rows}</table>
+<h2>Aggregations</h2><table><tr><th>name</th><th>final windows</th><th>late there</th><th>filtered</th><th>missing dimension</th></tr>{aggregations}</table>
 <h2>Dead letters by reason</h2><table>{dead}</table>
 <h2>Lag per partition (records)</h2><table>{lag}</table>
 <p><a href="/metrics">/metrics</a> (Prometheus)</p>
 </body></html>
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use iotflow_dataflow::metrics::AggregationCounts;
+
+    use super::*;
+
+    #[test]
+    fn the_page_shows_each_aggregation_s_counts() {
+        let metrics = Arc::new(JobMetrics::default());
+        let state = PageState {
+            metrics: Arc::clone(&metrics),
+            started: Instant::now(),
+            samples: Mutex::default(),
+        };
+        assert!(status_page(&state).contains("no windows yet"));
+        let counts = AggregationCounts {
+            windows: 12,
+            late_partial: 3,
+            filtered: 7,
+            missing_dimension: 1,
+        };
+        metrics.add_aggregation("site_1m", counts);
+        let page = status_page(&state);
+        assert!(
+            page.contains("<tr><th>site_1m</th><td>12</td><td>3</td><td>7</td><td>1</td></tr>"),
+            "{page}"
+        );
+    }
 }
