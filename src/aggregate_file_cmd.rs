@@ -15,6 +15,7 @@ use iotflow_dataflow::parquet_file::{ParquetInputError, parquet_share};
 use iotflow_dataflow::runner::{Parallelism, run_bounded_then};
 use iotflow_dataflow::source::{InputError, jsonl_share};
 use iotflow_dataflow::{JobMetrics, ParseLimits, WatermarkConfig, WindowResult, WindowSpec};
+use iotflow_sink::AggregateShape;
 use rustc_hash::FxHashMap;
 
 #[derive(Debug, Args)]
@@ -23,7 +24,12 @@ pub struct AggregateFileArgs {
     /// flat or long shape; in Parquet a `metrics` struct or map column is the canonical shape).
     input: PathBuf,
     /// Where to write the CSV: device_id,sensor,window_start,window_end,count,sum,min,max,mean.
+    /// With --job-file, a directory: one <aggregation>.csv per aggregation.
     output: PathBuf,
+    /// A job file (TOML): its input mapping and aggregations instead of the default job
+    /// (`--window` and `--max-out-of-order` then come from the file).
+    #[arg(long, env = "IOTFLOW_JOB_FILE")]
+    job_file: Option<PathBuf>,
     /// Timely worker threads.
     #[arg(short = 'w', long, env = "IOTFLOW_WORKERS", default_value_t = 1)]
     workers: usize,
@@ -214,12 +220,102 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The worker inputs of `input` (JSON lines, or Parquet by its name).
+fn file_inputs(
+    input: PathBuf,
+    epoch_bytes: u64,
+    error: InputError,
+) -> impl Fn(usize, usize) -> Vec<iotflow_dataflow::source::OwnedInput> + Send + Sync + 'static {
+    let parquet = input.extension().is_some_and(|e| e == "parquet");
+    move |w, peers| {
+        let (share, shares, slot) = (w as u32, peers as u32, Arc::clone(&error));
+        let opened = if parquet {
+            parquet_share(&input, share, shares, slot).map_err(|e| match e {
+                ParquetInputError::Io(e) => e,
+                other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
+            })
+        } else {
+            jsonl_share(&input, share, shares, epoch_bytes, slot)
+        };
+        match opened {
+            Ok(i) => vec![i],
+            Err(e) => {
+                if let Ok(mut slot) = error.lock() {
+                    slot.get_or_insert((input.clone(), e));
+                }
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// `aggregate-file --job-file`: every aggregation's final windows, each
+/// into `<output>/<aggregation>.csv` in (group values, window start) order.
+fn run_job(args: &AggregateFileArgs, job_file: &std::path::Path, started: Instant) -> Result<()> {
+    let plan = iotflow_jobfile::load(job_file)?;
+    let mut cfg = JobConfig::from_plan(&plan, ParseLimits::default())?;
+    // A file is read to its end: no partition is ever idle.
+    cfg.watermark.idle_timeout_ms = 0;
+    let shapes: Vec<AggregateShape> = cfg.aggregations.iter().map(AggregateShape::of).collect();
+    let metrics = Arc::new(JobMetrics::default());
+    let error: InputError = Arc::default();
+    let parallelism = Parallelism {
+        workers: args.workers,
+        ..Parallelism::default()
+    };
+    let inputs = file_inputs(args.input.clone(), args.epoch_bytes, Arc::clone(&error));
+    let parts = run_bounded_then(&parallelism, cfg, Arc::clone(&metrics), inputs, |part| {
+        part.results
+            .into_iter()
+            .filter(|(_, r)| r.is_final)
+            .map(|(_, r)| r)
+            .collect::<Vec<WindowResult>>()
+    })?;
+    if let Some((path, e)) = error.lock().ok().and_then(|mut s| s.take()) {
+        return Err(e).with_context(|| format!("reading {}", path.display()));
+    }
+    let mut by_aggregation: Vec<Vec<WindowResult>> = vec![Vec::new(); shapes.len()];
+    for r in parts.into_iter().flatten() {
+        if let Some(rows) = by_aggregation.get_mut(usize::from(r.aggregation)) {
+            rows.push(r);
+        }
+    }
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let mut windows = 0;
+    for (shape, mut rows) in shapes.iter().zip(by_aggregation) {
+        // By group values, then start: `a|b` must not sort by the separator.
+        rows.sort_by(|a, b| {
+            a.group_values()
+                .cmp(b.group_values())
+                .then(a.window_start.cmp(&b.window_start))
+        });
+        let mut out = format!("{}\n", shape.csv_header()).into_bytes();
+        for r in &rows {
+            shape.csv(r, &mut out);
+        }
+        let path = args.output.join(format!("{}.csv", shape.aggregation));
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+        windows += rows.len();
+    }
+    eprintln!(
+        "{} windows of {} aggregations in {}",
+        windows,
+        shapes.len(),
+        args.output.display()
+    );
+    println!("PROC_SECONDS={:.4}", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
 pub fn run(args: AggregateFileArgs) -> Result<()> {
     let started = Instant::now();
     if !args.input.is_file() {
         bail!("input {} is not a file", args.input.display());
     }
-    let parquet = args.input.extension().is_some_and(|e| e == "parquet");
+    if let Some(job_file) = &args.job_file {
+        return run_job(&args, job_file, started);
+    }
     let cfg = JobConfig::single(
         WindowSpec::tumbling(millis(args.window))?,
         0,
@@ -233,37 +329,16 @@ pub fn run(args: AggregateFileArgs) -> Result<()> {
     );
     let metrics = Arc::new(JobMetrics::default());
     let error: InputError = Arc::default();
-    let (input, err_slot) = (args.input.clone(), Arc::clone(&error));
     let parallelism = Parallelism {
         workers: args.workers,
         ..Parallelism::default()
     };
-    let epoch_bytes = args.epoch_bytes;
     // Each worker sorts and formats its own windows; the main thread merges.
     let parts = run_bounded_then(
         &parallelism,
         cfg,
         Arc::clone(&metrics),
-        move |w, peers| {
-            let (share, shares, slot) = (w as u32, peers as u32, Arc::clone(&err_slot));
-            let opened = if parquet {
-                parquet_share(&input, share, shares, slot).map_err(|e| match e {
-                    ParquetInputError::Io(e) => e,
-                    other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
-                })
-            } else {
-                jsonl_share(&input, share, shares, epoch_bytes, slot)
-            };
-            match opened {
-                Ok(i) => vec![i],
-                Err(e) => {
-                    if let Ok(mut slot) = err_slot.lock() {
-                        slot.get_or_insert((input.clone(), e));
-                    }
-                    Vec::new()
-                }
-            }
-        },
+        file_inputs(args.input.clone(), args.epoch_bytes, Arc::clone(&error)),
         |out| SortedCsv::of(out.results.into_iter().map(|(_, r)| r)),
     )?;
     if let Some((path, e)) = error.lock().ok().and_then(|mut s| s.take()) {

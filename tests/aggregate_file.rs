@@ -179,3 +179,118 @@ fn jsonl_and_parquet_agree_for_1_and_2_workers_and_match_a_naive_recomputation()
         assert!(close(f[6], min) && close(f[7], max), "{line}");
     }
 }
+
+/// `--job-file`: every aggregation into `<dir>/<name>.csv`. The per-device
+/// one equals the default CSV column for column; the fleet's percentiles
+/// per metric and minute equal a naive recomputation; JSON lines and
+/// Parquet, 1 and 2 workers, agree byte for byte.
+#[test]
+fn a_job_file_writes_each_aggregation_and_its_percentiles_match_a_naive_recomputation() {
+    let rows = rows(20_000);
+    let dir = tempfile::tempdir().unwrap();
+    let (jsonl, parquet) = (dir.path().join("r.jsonl"), dir.path().join("r.parquet"));
+    write_jsonl(&jsonl, &rows);
+    write_parquet(&parquet, &rows);
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        r#"name = "file"
+[watermark]
+max_out_of_order = "2s"
+[[aggregation]]
+name = "aggregates"
+window = "tumbling 10s"
+topic = "unused.aggregates"
+[[aggregation]]
+name = "fleet"
+group_by = ["metric"]
+window = "tumbling 1m"
+measures = ["count", "p50", "p95"]
+parquet = "fleet"
+"#,
+    )
+    .unwrap();
+    let run = |input: &Path, out: &str, workers: &str| -> (String, String) {
+        let out = dir.path().join(out);
+        let status = Command::new(env!("CARGO_BIN_EXE_iotflow"))
+            .args([
+                "aggregate-file",
+                "--epoch-bytes",
+                "65536",
+                "-w",
+                workers,
+                "--job-file",
+            ])
+            .arg(&job)
+            .arg(input)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+        (read("aggregates.csv"), read("fleet.csv"))
+    };
+    let (per_device, fleet) = run(&jsonl, "j1", "1");
+    for (input, workers, name) in [
+        (&jsonl, "2", "j2"),
+        (&parquet, "1", "p1"),
+        (&parquet, "2", "p2"),
+    ] {
+        assert!(
+            run(input, name, workers) == (per_device.clone(), fleet.clone()),
+            "{name} differs"
+        );
+    }
+    let default = aggregate_file(&jsonl, &dir.path().join("default.csv"), "1");
+    let head = |csv: &str| -> Vec<String> {
+        csv.lines()
+            .skip(1)
+            .map(|l| l.split(',').take(9).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    assert_eq!(
+        per_device.lines().next(),
+        Some(
+            "device_id,metric,window_start,window_end,count,sum,min,max,mean,stddev,first_ts,last_ts"
+        )
+    );
+    assert_eq!(head(&per_device), head(&default));
+
+    let mut naive: BTreeMap<(&str, i64), Vec<f64>> = BTreeMap::new();
+    for r in &rows {
+        naive
+            .entry((r.sensor, r.ts_ms.div_euclid(60_000) * 60_000))
+            .or_default()
+            .push(r.value);
+    }
+    let lines: Vec<&str> = fleet.lines().collect();
+    assert_eq!(lines[0], "metric,window_start,window_end,count,p50,p95");
+    assert_eq!(lines.len() - 1, naive.len());
+    let quantile = |v: &[f64], q: f64| {
+        let rank = q * (v.len() - 1) as f64;
+        let (lo, hi) = (v[rank.floor() as usize], v[rank.ceil() as usize]);
+        lo + (hi - lo) * (rank - rank.floor())
+    };
+    let mut by_key: BTreeMap<(String, i64), Vec<String>> = BTreeMap::new();
+    for l in &lines[1..] {
+        let f: Vec<String> = l.split(',').map(str::to_owned).collect();
+        by_key.insert((f[0].clone(), f[1].parse().unwrap()), f);
+    }
+    for ((metric, start), mut values) in naive {
+        let f = &by_key[&(metric.to_owned(), start)];
+        values.sort_by(f64::total_cmp);
+        assert_eq!(f[3], values.len().to_string());
+        for (got, q) in [(&f[4], 0.5), (&f[5], 0.95)] {
+            let want = quantile(&values, q);
+            let got: f64 = got.parse().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{metric} {start} p{q}: {got} vs {want}"
+            );
+        }
+    }
+}

@@ -154,6 +154,46 @@ impl AggregateShape {
         Ok(out)
     }
 
+    /// The CSV header of its rows: the group fields, the window, the measures.
+    pub fn csv_header(&self) -> String {
+        let mut fields: Vec<String> = self.group_fields.clone();
+        fields.extend(["window_start".to_owned(), "window_end".to_owned()]);
+        fields.extend(self.measures.iter().map(Measure::column));
+        fields.join(",")
+    }
+
+    /// `r` as a CSV line (a text with `,` or `"` quoted); floats in their
+    /// shortest round-tripping form.
+    pub fn csv(&self, r: &WindowResult, out: &mut Vec<u8>) {
+        let field = |out: &mut Vec<u8>, text: &str| {
+            if !out.is_empty() && out.last() != Some(&b'\n') {
+                out.push(b',');
+            }
+            if text.contains([',', '"']) {
+                out.push(b'"');
+                out.extend_from_slice(text.replace('"', "\"\"").as_bytes());
+                out.push(b'"');
+            } else {
+                out.extend_from_slice(text.as_bytes());
+            }
+        };
+        for v in r.group_values() {
+            field(out, v);
+        }
+        field(out, &r.window_start.to_string());
+        field(out, &r.window_end.to_string());
+        let mut p = 0;
+        for m in &self.measures {
+            let text = match value_of(m, &r.measured, &mut p) {
+                MeasureValue::Count(v) => v.to_string(),
+                MeasureValue::Time(v) => v.to_string(),
+                MeasureValue::Float(v) => zmij::Buffer::new().format(v).to_owned(),
+            };
+            field(out, &text);
+        }
+        out.push(b'\n');
+    }
+
     /// The dataset's Arrow schema.
     pub fn schema(&self) -> SchemaRef {
         let ts = |name: &str| {
@@ -347,5 +387,16 @@ mod tests {
         );
         let batch = shape.batch(&[AggregateRow::of(&r, 3)]).unwrap();
         assert_eq!(batch.num_rows(), 1);
+        assert_eq!(
+            shape.csv_header(),
+            "site,window_start,window_end,count,p99_9,last_value"
+        );
+        let mut line = Vec::new();
+        r.group = "a,\"b\"".into();
+        shape.csv(&r, &mut line);
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "\"a,\"\"b\"\"\",0,60000,3,3.5,2.0\n"
+        );
     }
 }
