@@ -83,6 +83,9 @@ pub async fn broker(home: &Path, args: BrokerArgs) -> Result<()> {
             if let Some(p) = args.port {
                 builder = builder.port(p);
             }
+            // Handled before the address is printed: whoever reads it may signal at once.
+            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing SIGTERM handler")?;
             let mut broker = builder.start().await?;
             // The address alone on stdout, so scripts can read it.
             println!("{}", broker.addr());
@@ -91,7 +94,7 @@ pub async fn broker(home: &Path, args: BrokerArgs) -> Result<()> {
                 broker.pid().unwrap_or_default(),
                 broker.log_path().display()
             );
-            wait_for_shutdown_signal().await?;
+            wait_for_shutdown_signal(term).await?;
             broker.stop(Duration::from_secs(5));
             eprintln!("local broker stopped");
             Ok(())
@@ -99,9 +102,7 @@ pub async fn broker(home: &Path, args: BrokerArgs) -> Result<()> {
     }
 }
 
-async fn wait_for_shutdown_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+async fn wait_for_shutdown_signal(mut term: tokio::signal::unix::Signal) -> Result<()> {
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
         _ = term.recv() => Ok(()),
