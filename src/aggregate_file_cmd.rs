@@ -284,12 +284,15 @@ fn run_job(args: &AggregateFileArgs, job_file: &std::path::Path, started: Instan
         .with_context(|| format!("creating {}", args.output.display()))?;
     let mut windows = 0;
     for (shape, mut rows) in shapes.iter().zip(by_aggregation) {
-        // By group values, then start: `a|b` must not sort by the separator.
-        rows.sort_by(|a, b| {
-            a.group_values()
-                .cmp(b.group_values())
-                .then(a.window_start.cmp(&b.window_start))
-        });
+        // By group values, then start. Values hold no `|` and no control
+        // character, so the separator read as 0 orders keys as value tuples.
+        let tuple = |r: &WindowResult| -> Vec<u8> {
+            r.group
+                .bytes()
+                .map(|b| if b == b'|' { 0 } else { b })
+                .collect()
+        };
+        rows.sort_by_cached_key(|r| (tuple(r), r.window_start));
         let mut out = format!("{}\n", shape.csv_header()).into_bytes();
         for r in &rows {
             shape.csv(r, &mut out);

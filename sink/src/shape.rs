@@ -165,31 +165,36 @@ impl AggregateShape {
     /// `r` as a CSV line (a text with `,` or `"` quoted); floats in their
     /// shortest round-tripping form.
     pub fn csv(&self, r: &WindowResult, out: &mut Vec<u8>) {
-        let field = |out: &mut Vec<u8>, text: &str| {
-            if !out.is_empty() && out.last() != Some(&b'\n') {
+        let (mut ints, mut floats) = (itoa::Buffer::new(), zmij::Buffer::new());
+        let mut first = true;
+        let mut sep = |out: &mut Vec<u8>| {
+            if !std::mem::take(&mut first) {
                 out.push(b',');
-            }
-            if text.contains([',', '"']) {
-                out.push(b'"');
-                out.extend_from_slice(text.replace('"', "\"\"").as_bytes());
-                out.push(b'"');
-            } else {
-                out.extend_from_slice(text.as_bytes());
             }
         };
         for v in r.group_values() {
-            field(out, v);
+            sep(out);
+            if v.contains([',', '"']) {
+                out.push(b'"');
+                out.extend_from_slice(v.replace('"', "\"\"").as_bytes());
+                out.push(b'"');
+            } else {
+                out.extend_from_slice(v.as_bytes());
+            }
         }
-        field(out, &r.window_start.to_string());
-        field(out, &r.window_end.to_string());
+        for t in [r.window_start, r.window_end] {
+            sep(out);
+            out.extend_from_slice(ints.format(t).as_bytes());
+        }
         let mut p = 0;
         for m in &self.measures {
+            sep(out);
             let text = match value_of(m, &r.measured, &mut p) {
-                MeasureValue::Count(v) => v.to_string(),
-                MeasureValue::Time(v) => v.to_string(),
-                MeasureValue::Float(v) => zmij::Buffer::new().format(v).to_owned(),
+                MeasureValue::Count(v) => ints.format(v),
+                MeasureValue::Time(v) => ints.format(v),
+                MeasureValue::Float(v) => floats.format(v),
             };
-            field(out, &text);
+            out.extend_from_slice(text.as_bytes());
         }
         out.push(b'\n');
     }
