@@ -101,6 +101,29 @@ impl Aggregation {
         last.saturating_add(lateness_ms)
     }
 
+    /// What its state depends on, as one line of text: name, key, window,
+    /// measures, filter and emit mode, each spelled out (not its `Debug`
+    /// form, which changes with the type).
+    pub fn shape(&self) -> String {
+        let window = match self.window {
+            Window::Grid(w) => format!("grid {} every {}", w.size_ms(), w.slide_ms()),
+            Window::Session { gap_ms } => format!("session {gap_ms}"),
+        };
+        let measures: Vec<String> = self.measures.iter().map(Measure::name).collect();
+        let filter = self
+            .filter
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        format!(
+            "{} | key {} | window {window} | measures {} | where {filter} | emit {:?}",
+            self.name,
+            self.group_names.join(","),
+            measures.join(","),
+            self.emit
+        )
+    }
+
     /// The ranks of the percentiles among its measures, in order.
     pub fn percentile_ranks(&self) -> Vec<f64> {
         self.measures
@@ -236,6 +259,25 @@ mod tests {
         }
         let fleet = agg(vec![]);
         assert_eq!(fleet.key_owner("", 3), device_owner("", 3));
+    }
+
+    #[test]
+    fn a_shape_spells_out_what_the_state_depends_on() {
+        let a = Aggregation::per_device(
+            "aggregates",
+            WindowSpec::tumbling(10_000).unwrap(),
+            EmitMode::Final,
+        );
+        assert_eq!(
+            a.shape(),
+            "aggregates | key device_id,metric | window grid 10000 every 10000 | \
+             measures count,sum,min,max,mean,stddev,first_ts,last_ts | where  | emit Final"
+        );
+        let sessions = Aggregation {
+            window: Window::Session { gap_ms: 30_000 },
+            ..a.clone()
+        };
+        assert_ne!(sessions.shape(), a.shape());
     }
 
     struct F;

@@ -444,14 +444,16 @@ async fn prepare_commits(
 
 /// What the state of a job depends on: its aggregations (keys, windows,
 /// measures, filters, in order: snapshots name aggregations by index) and
-/// lateness. Kept in the state directory; a job whose shape differs is
+/// lateness, spelled out line by line (`Aggregation::shape`). Kept in the state directory; a job whose shape differs is
 /// refused there instead of reading another job's state as its own.
 fn check_job_shape(state_dir: &Path, job: &JobConfig) -> Result<(), RuntimeError> {
     let path = state_dir.join("JOB-SHAPE");
-    let shape = format!(
-        "{:#?}\nlateness_ms: {}\n",
-        job.aggregations, job.lateness_ms
-    );
+    let mut shape = String::from("iotflow job shape 1\n");
+    for a in job.aggregations.iter() {
+        shape.push_str(&a.shape());
+        shape.push('\n');
+    }
+    shape.push_str(&format!("lateness_ms {}\n", job.lateness_ms));
     let io = |source| RuntimeError::Io {
         path: path.clone(),
         source,
