@@ -9,6 +9,9 @@ use crate::expr::{self, Expr, FieldType, Fields, Literal};
 use crate::plan::*;
 use crate::raw::{RawAggregation, RawInput, RawJob, RawWatermark, S};
 
+mod input;
+use input::input;
+
 /// The longest a window may stay open: its extent + out-of-orderness + lateness.
 /// Every open window's state is held that long; a longer one would in
 /// practice never close.
@@ -76,180 +79,6 @@ pub(crate) fn job(raw: RawJob, whole: Range<usize>) -> Result<JobPlan> {
     })
 }
 
-fn input(raw: RawInput, span: Range<usize>) -> Result<InputPlan> {
-    let topic = match &raw.topic {
-        Some(t) => topic_name(t)?,
-        None => DEFAULT_INPUT_TOPIC.to_owned(),
-    };
-    let dimensions = dimensions(raw.dimensions.as_deref().unwrap_or_default())?;
-    let mapped = [
-        &raw.device,
-        &raw.time,
-        &raw.seq,
-        &raw.metric_field,
-        &raw.value_field,
-    ]
-    .into_iter()
-    .flatten()
-    .map(S::span)
-    .chain(raw.metrics.as_ref().map(S::span))
-    .chain(raw.time_unit.as_ref().map(S::span))
-    .next();
-    let mapping = match (&raw.preset, mapped) {
-        (Some(p), Some(field)) => {
-            return Err(Problem::new(
-                field,
-                "a preset fixes the fields; this one cannot be mapped too",
-            )
-            .hint(format!(
-                "drop `preset = \"{}\"` to map every field yourself",
-                p.get_ref()
-            )));
-        }
-        (Some(p), None) => Mapping::Preset(pick(p, &Preset::NAMES, "preset")?),
-        (None, None) => Mapping::Preset(Preset::Auto),
-        (None, Some(_)) => Mapping::Fields(fields(&raw, span)?),
-    };
-    if let Mapping::Fields(f) = &mapping {
-        check_overlap(f, &dimensions, &raw)?;
-    }
-    Ok(InputPlan {
-        topic,
-        mapping,
-        dimensions,
-    })
-}
-
-fn fields(raw: &RawInput, span: Range<usize>) -> Result<FieldMapping> {
-    let required = |v: &Option<S<String>>, key: &str, example: &str| {
-        v.as_ref().map(path).transpose()?.ok_or_else(|| {
-            Problem::new(
-                span.start..span.start,
-                format!("[input] maps its own fields but has no `{key}`"),
-            )
-            .hint(format!(
-                "{key} = \"{example}\", or a preset: preset = \"auto\""
-            ))
-        })
-    };
-    let device = required(&raw.device, "device", "device_id")?;
-    let time = required(&raw.time, "time", "timestamp")?;
-    let time_unit = match &raw.time_unit {
-        Some(u) => pick(u, &TimeUnit::NAMES, "time_unit")?,
-        None => TimeUnit::Auto,
-    };
-    let seq = raw.seq.as_ref().map(path).transpose()?;
-    let metrics = match (&raw.metrics, &raw.metric_field, &raw.value_field) {
-        (Some(m), None, None) => {
-            if m.get_ref().is_empty() {
-                return Err(Problem::new(m.span(), "an empty metric list reads nothing")
-                    .hint("list metrics, or leave `metrics` out for every other numeric field"));
-            }
-            MetricFields::Listed(
-                m.get_ref()
-                    .iter()
-                    .map(metric_field)
-                    .collect::<Result<_>>()?,
-            )
-        }
-        (None, Some(name), Some(value)) => MetricFields::Long {
-            name: path(name)?,
-            value: path(value)?,
-        },
-        (None, None, None) => MetricFields::EveryOtherNumeric,
-        (Some(m), _, _) => {
-            return Err(Problem::new(m.span(), "`metrics` and `metric_field`/`value_field` exclude each other")
-                .hint("metrics lists value fields; metric_field + value_field read one named value per record"));
-        }
-        (None, Some(one), None) | (None, None, Some(one)) => {
-            return Err(Problem::new(one.span(), "`metric_field` and `value_field` go together")
-                .hint("metric_field = \"sensor\" names the metric, value_field = \"value\" holds its value"));
-        }
-    };
-    Ok(FieldMapping {
-        device,
-        time,
-        time_unit,
-        seq,
-        metrics,
-    })
-}
-
-/// The device, time, seq and dimension fields are not metrics.
-fn check_overlap(f: &FieldMapping, dims: &[Dimension], raw: &RawInput) -> Result<()> {
-    let MetricFields::Listed(listed) = &f.metrics else {
-        return Ok(());
-    };
-    let mut taken: Vec<(&FieldPath, &str)> = vec![(&f.device, "the device"), (&f.time, "the time")];
-    taken.extend(f.seq.iter().map(|s| (s, "the seq")));
-    taken.extend(dims.iter().map(|d| (&d.path, "a dimension")));
-    for (m, s) in listed
-        .iter()
-        .zip(raw.metrics.iter().flat_map(|m| m.get_ref()))
-    {
-        let MetricField::One(p) = m else { continue };
-        if let Some((_, what)) = taken.iter().find(|(t, _)| *t == p) {
-            return Err(Problem::new(
-                s.span(),
-                format!("`{p}` is {what}, not a metric"),
-            ));
-        }
-    }
-    let mut names = HashSet::new();
-    for (m, s) in listed
-        .iter()
-        .zip(raw.metrics.iter().flat_map(|m| m.get_ref()))
-    {
-        if let MetricField::One(p) = m
-            && !names.insert(p.last().to_owned())
-        {
-            return Err(
-                Problem::new(s.span(), format!("two metrics named `{}`", p.last()))
-                    .hint("a listed metric is named by its path's last segment"),
-            );
-        }
-    }
-    Ok(())
-}
-
-fn metric_field(s: &S<String>) -> Result<MetricField> {
-    match s.get_ref().strip_suffix(".*") {
-        Some(object) => Ok(MetricField::EveryIn(path_of(object, s.span())?)),
-        None => Ok(MetricField::One(path(s)?)),
-    }
-}
-
-fn dimensions(raw: &[S<String>]) -> Result<Vec<Dimension>> {
-    let mut out: Vec<Dimension> = Vec::new();
-    for d in raw {
-        let (p, alias) = match d.get_ref().split_once(" as ") {
-            Some((p, a)) => (p.trim(), Some(a.trim())),
-            None => (d.get_ref().trim(), None),
-        };
-        let path = path_of(p, d.span())?;
-        let name = alias.unwrap_or(path.last()).to_owned();
-        if !is_identifier(&name) {
-            return Err(Problem::new(d.span(), format!("`{name}` cannot name a dimension"))
-                .hint("letters, digits and _, not starting with a digit; give a path an alias: \"meta.line-no as line\""));
-        }
-        if RESERVED.contains(&name.as_str()) || SIMPLE_MEASURES.iter().any(|(m, _)| *m == name) {
-            return Err(Problem::new(
-                d.span(),
-                format!("a dimension named `{name}` would collide with an output field"),
-            )
-            .hint(format!("give it an alias: \"{p} as {name}_tag\"")));
-        }
-        if out.iter().any(|o| o.name == name) {
-            return Err(
-                Problem::new(d.span(), format!("two dimensions named `{name}`"))
-                    .hint("give one an alias: \"path as other_name\""),
-            );
-        }
-        out.push(Dimension { name, path });
-    }
-    Ok(out)
-}
-
 fn watermark(raw: RawWatermark) -> Result<WatermarkPlan> {
     let ms = |v: &Option<S<String>>, default: i64| v.as_ref().map_or(Ok(default), duration_ms);
     let plan = WatermarkPlan {
@@ -311,47 +140,12 @@ fn aggregation(
         Some(g) => group_by(g, input)?,
         None => vec![GroupField::Device, GroupField::Metric],
     };
-    let window = window(&raw.window)?;
-    let hold = window
-        .extent_ms()
-        .saturating_add(wm.max_out_of_order_ms)
-        .saturating_add(wm.lateness_ms);
-    if hold > MAX_HOLD_MS {
-        return Err(Problem::new(raw.window.span(), format!(
-            "windows of `{name}` would stay open {} (window {} + out of order {} + lateness {})",
-            Ms(hold), Ms(window.extent_ms()), Ms(wm.max_out_of_order_ms), Ms(wm.lateness_ms)
-        ))
-        .hint(format!("every open window's readings are held until it closes; at most {}", Ms(MAX_HOLD_MS))));
-    }
+    let window = held_window(&raw.window, &name, wm)?;
     let measures = match &raw.measures {
         Some(m) => measures(m)?,
         None => DEFAULT_MEASURES.to_vec(),
     };
-    let percentiles = match &raw.percentiles {
-        Some(p) => {
-            let mode = pick(
-                p,
-                &[
-                    ("exact", PercentileMode::Exact),
-                    ("approx", PercentileMode::Approx),
-                ],
-                "percentiles",
-            )?;
-            if !measures.iter().any(Measure::is_percentile) {
-                return Err(
-                    Problem::new(p.span(), "`percentiles` without any pNN measure")
-                        .hint("add a percentile to measures, e.g. \"p95\", or drop `percentiles`"),
-                );
-            }
-            if mode == PercentileMode::Approx {
-                return Err(Problem::new(p.span(), "approximate percentiles are not built yet").hint(
-                    "every window keeps its readings and computes exact percentiles: percentiles = \"exact\"",
-                ));
-            }
-            mode
-        }
-        None => PercentileMode::Exact,
-    };
+    let percentiles = percentile_mode(raw.percentiles.as_ref(), &measures)?;
     let filter = raw.filter.as_ref().map(|f| filter(f, input)).transpose()?;
     let emit = match &raw.emit {
         Some(e) => pick(
@@ -361,39 +155,7 @@ fn aggregation(
         )?,
         None => EmitMode::Final,
     };
-    let topic = raw.topic.as_ref().map(topic_name).transpose()?;
-    if let (Some(t), Some(s)) = (&topic, &raw.topic)
-        && !outputs.topics.insert(t.clone())
-    {
-        return Err(Problem::new(s.span(), format!("topic `{t}` is already the input, the dead-letter topic or another aggregation's output"))
-            .hint("each aggregation writes a topic of its own"));
-    }
-    let parquet = match &raw.parquet {
-        Some(p) if !is_dataset_name(p.get_ref()) => {
-            return Err(Problem::new(
-                p.span(),
-                format!("`{}` cannot name a Parquet dataset", p.get_ref()),
-            )
-            .hint("letters, digits, _ and -: it is a directory under the Parquet dir"));
-        }
-        Some(p) if !outputs.datasets.insert(p.get_ref().clone()) => {
-            return Err(Problem::new(
-                p.span(),
-                format!("dataset `{}` is already another aggregation's", p.get_ref()),
-            ));
-        }
-        Some(p) => Some(p.get_ref().clone()),
-        None => None,
-    };
-    if topic.is_none() && parquet.is_none() {
-        return Err(Problem::new(
-            span.start..span.start,
-            format!("aggregation `{name}` has no output"),
-        )
-        .hint(format!(
-            "topic = \"iot.{name}\" and/or parquet = \"{name}\""
-        )));
-    }
+    let (topic, parquet) = outputs.of(&raw, &name, span)?;
     Ok(AggregationPlan {
         name,
         group_by,
@@ -405,6 +167,95 @@ fn aggregation(
         topic,
         parquet,
     })
+}
+
+/// The window, refused when it would stay open past [`MAX_HOLD_MS`].
+fn held_window(raw: &S<String>, name: &str, wm: &WatermarkPlan) -> Result<WindowKind> {
+    let window = window(raw)?;
+    let hold = window
+        .extent_ms()
+        .saturating_add(wm.max_out_of_order_ms)
+        .saturating_add(wm.lateness_ms);
+    if hold > MAX_HOLD_MS {
+        return Err(Problem::new(raw.span(), format!(
+            "windows of `{name}` would stay open {} (window {} + out of order {} + lateness {})",
+            Ms(hold), Ms(window.extent_ms()), Ms(wm.max_out_of_order_ms), Ms(wm.lateness_ms)
+        ))
+        .hint(format!("every open window's readings are held until it closes; at most {}", Ms(MAX_HOLD_MS))));
+    }
+    Ok(window)
+}
+
+/// `percentiles`: only with a pNN measure, and only exact for now.
+fn percentile_mode(raw: Option<&S<String>>, measures: &[Measure]) -> Result<PercentileMode> {
+    let Some(p) = raw else {
+        return Ok(PercentileMode::Exact);
+    };
+    let mode = pick(
+        p,
+        &[
+            ("exact", PercentileMode::Exact),
+            ("approx", PercentileMode::Approx),
+        ],
+        "percentiles",
+    )?;
+    if !measures.iter().any(Measure::is_percentile) {
+        return Err(
+            Problem::new(p.span(), "`percentiles` without any pNN measure")
+                .hint("add a percentile to measures, e.g. \"p95\", or drop `percentiles`"),
+        );
+    }
+    if mode == PercentileMode::Approx {
+        return Err(Problem::new(p.span(), "approximate percentiles are not built yet").hint(
+            "every window keeps its readings and computes exact percentiles: percentiles = \"exact\"",
+        ));
+    }
+    Ok(mode)
+}
+
+impl Outputs {
+    /// The aggregation's topic and dataset: each legal, its own, and at least one.
+    fn of(
+        &mut self,
+        raw: &RawAggregation,
+        name: &str,
+        span: Range<usize>,
+    ) -> Result<(Option<String>, Option<String>)> {
+        let topic = raw.topic.as_ref().map(topic_name).transpose()?;
+        if let (Some(t), Some(s)) = (&topic, &raw.topic)
+            && !self.topics.insert(t.clone())
+        {
+            return Err(Problem::new(s.span(), format!("topic `{t}` is already the input, the dead-letter topic or another aggregation's output"))
+                .hint("each aggregation writes a topic of its own"));
+        }
+        let parquet = match &raw.parquet {
+            Some(p) if !is_dataset_name(p.get_ref()) => {
+                return Err(Problem::new(
+                    p.span(),
+                    format!("`{}` cannot name a Parquet dataset", p.get_ref()),
+                )
+                .hint("letters, digits, _ and -: it is a directory under the Parquet dir"));
+            }
+            Some(p) if !self.datasets.insert(p.get_ref().clone()) => {
+                return Err(Problem::new(
+                    p.span(),
+                    format!("dataset `{}` is already another aggregation's", p.get_ref()),
+                ));
+            }
+            Some(p) => Some(p.get_ref().clone()),
+            None => None,
+        };
+        if topic.is_none() && parquet.is_none() {
+            return Err(Problem::new(
+                span.start..span.start,
+                format!("aggregation `{name}` has no output"),
+            )
+            .hint(format!(
+                "topic = \"iot.{name}\" and/or parquet = \"{name}\""
+            )));
+        }
+        Ok((topic, parquet))
+    }
 }
 
 fn group_by(raw: &S<Vec<S<String>>>, input: &InputPlan) -> Result<Vec<GroupField>> {

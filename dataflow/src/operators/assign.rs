@@ -31,6 +31,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use super::dedupe::{Row, SEEN_SWEEP_MIN, Seen, SeriesSeen, by_series, dedupe};
 use super::names::Names;
 use crate::aggregate::ordered_bits;
+use crate::aggregation::Aggregation;
 use crate::job::{Classified, Epoch, JobConfig, MAX_EPOCHS_IN_FLIGHT, StateHooks, held_from};
 use crate::metrics::{AggregationCounts, JobMetrics};
 use crate::snapshot::{self, WorkerSnapshot};
@@ -68,8 +69,8 @@ struct State {
     seen: Vec<SeriesSeen>,
     seen_len: usize,
     sweep_at: usize,
-    /// Per aggregation: (series, dims id) → group key (`None`: a grouped dimension is missing).
-    keys: Vec<FxHashMap<(u32, u32), Option<CompactString>>>,
+    /// Per aggregation: its keys and scratch.
+    per_aggregation: Vec<PerAggregation>,
     /// Whether snapshots are taken (the job commits).
     capturing: bool,
     /// Dedupe keys this epoch added, for the snapshot delta: (series, seq, expires at).
@@ -78,7 +79,102 @@ struct State {
     counts: Vec<u32>,
     grouped: Vec<Row>,
     keep: Vec<bool>,
+}
+
+/// What Assign keeps for one aggregation.
+#[derive(Default)]
+struct PerAggregation {
+    /// Whether its key or filter reads the dimensions.
+    uses_dims: bool,
+    /// Whether its key holds the device (its windows stay on this worker).
+    by_device: bool,
+    /// (series, dims id) → group key (`None`: a grouped dimension is missing).
+    keys: FxHashMap<(u32, u32), Option<CompactString>>,
+    /// Scratch: (dims id, window slot, event time, value bits) of one series.
     run: Vec<(u32, i64, i64, u64)>,
+}
+
+/// One series' rows of an epoch, deduped (`keep`), with its names.
+struct SeriesRows<'a> {
+    id: u32,
+    rows: &'a [Row],
+    keep: &'a [bool],
+    device: &'a str,
+    metric: &'a str,
+}
+
+/// What an epoch's runs are built with.
+struct RunContext<'a> {
+    names: &'a Names,
+    /// W_{e−1}: what was already final.
+    wm: Option<i64>,
+    lateness_ms: i64,
+    worker: u32,
+    workers: u32,
+}
+
+impl PerAggregation {
+    /// `series`' readings of aggregation `ai` as sorted runs, each into the
+    /// batch of its key's owner; what it skips into `counts`.
+    fn runs(
+        &mut self,
+        agg: &Aggregation,
+        ai: u16,
+        series: &SeriesRows<'_>,
+        ctx: &RunContext<'_>,
+        counts: &mut AggregationCounts,
+        batches: &mut [RunBatch],
+    ) {
+        let (names, wm) = (ctx.names, ctx.wm);
+        self.run.clear();
+        for (r, _) in series.rows.iter().zip(series.keep).filter(|(_, k)| **k) {
+            if self.uses_dims && !agg.has_dimensions(names.dims_of(r.dims)) {
+                counts.missing_dimension += 1;
+                continue;
+            }
+            if agg.filter.is_some()
+                && !agg.keeps(series.device, series.metric, r.value, names.dims_of(r.dims))
+            {
+                counts.filtered += 1;
+                continue;
+            }
+            let (run, partial) = (&mut self.run, &mut counts.late_partial);
+            agg.slots_of(r.ts_ms, |start| {
+                if agg.slot_final(start, r.ts_ms, ctx.lateness_ms, wm) {
+                    *partial += 1;
+                } else {
+                    run.push((r.dims, start, r.ts_ms, ordered_bits(r.value)));
+                }
+            });
+        }
+        // By (dimensions, window), each run in (ts, value) order.
+        self.run.sort_unstable();
+        for window in self.run.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let (dims, start) = (window[0].0, window[0].1);
+            // A key that holds no dimension is the same for every dimension id.
+            let slot = if self.uses_dims { dims } else { 0 };
+            let Some(key) = self
+                .keys
+                .entry((series.id, slot))
+                .or_insert_with(|| agg.group_key(series.device, series.metric, names.dims_of(dims)))
+                .clone()
+            else {
+                continue;
+            };
+            let run: Run = window.iter().map(|&(_, _, ts, v)| (ts, v)).collect();
+            // A key holding the device is owned by the device's worker: this one.
+            let owner = match self.by_device {
+                true => ctx.worker,
+                false => agg.key_owner(&key, ctx.workers),
+            } as usize;
+            let head = RunHead {
+                aggregation: ai,
+                start,
+                key,
+            };
+            batches[owner].runs.push((head, run));
+        }
+    }
 }
 
 /// See the module docs.
@@ -108,7 +204,15 @@ pub(crate) fn assign<'scope>(
     let capture = hooks.capture.clone();
     let mut state = State {
         combiner: WatermarkCombiner::new(cfg.watermark),
-        keys: vec![FxHashMap::default(); cfg.aggregations.len()],
+        per_aggregation: cfg
+            .aggregations
+            .iter()
+            .map(|a| PerAggregation {
+                uses_dims: a.reads_dimensions(),
+                by_device: a.device_position().is_some(),
+                ..PerAggregation::default()
+            })
+            .collect(),
         cfg,
         worker,
         workers,
@@ -120,7 +224,6 @@ pub(crate) fn assign<'scope>(
         counts: Vec::new(),
         grouped: Vec::new(),
         keep: Vec::new(),
-        run: Vec::new(),
     };
     if let Some(snap) = &hooks.restore {
         state.restore(snap, &mut names.borrow_mut());
@@ -250,17 +353,13 @@ impl State {
         let mut duplicates = 0u64;
         let mut counts = vec![AggregationCounts::default(); self.cfg.aggregations.len()];
         let cfg = self.cfg.clone();
-        // Per aggregation: whether its key or filter reads the dimensions.
-        let uses_dims: Vec<bool> = cfg
-            .aggregations
-            .iter()
-            .map(|a| a.reads_dimensions())
-            .collect();
-        let by_device: Vec<bool> = cfg
-            .aggregations
-            .iter()
-            .map(|a| a.device_position().is_some())
-            .collect();
+        let ctx = RunContext {
+            names,
+            wm: wm_before,
+            lateness_ms: cfg.lateness_ms,
+            worker: self.worker,
+            workers: self.workers,
+        };
         let capture = self.capturing;
         for (series, range) in groups {
             let series_seen = &mut self.seen[series as usize];
@@ -276,60 +375,20 @@ impl State {
                 }
             }
             let (device, metric) = names.ids_of(series);
-            let (device, metric) = (names.name(device), names.name(metric));
-            for (ai, agg) in cfg.aggregations.iter().enumerate() {
-                self.run.clear();
-                for (r, _) in rows.iter().zip(keep.iter()).filter(|(_, k)| **k) {
-                    if uses_dims[ai] {
-                        let dims = names.dims_of(r.dims);
-                        if !agg.has_dimensions(dims) {
-                            counts[ai].missing_dimension += 1;
-                            continue;
-                        }
-                    }
-                    if agg.filter.is_some()
-                        && !agg.keeps(device, metric, r.value, names.dims_of(r.dims))
-                    {
-                        counts[ai].filtered += 1;
-                        continue;
-                    }
-                    let (run, partial) = (&mut self.run, &mut counts[ai].late_partial);
-                    agg.slots_of(r.ts_ms, |start| {
-                        if agg.slot_final(start, r.ts_ms, cfg.lateness_ms, wm_before) {
-                            *partial += 1;
-                        } else {
-                            run.push((r.dims, start, r.ts_ms, ordered_bits(r.value)));
-                        }
-                    });
-                }
-                // By (dimensions, window), each run in (ts, value) order.
-                self.run.sort_unstable();
-                let keys = &mut self.keys[ai];
-                for window in self.run.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-                    let (dims, start) = (window[0].0, window[0].1);
-                    // A key that holds no dimension is the same for every dimension id.
-                    let slot = if uses_dims[ai] { dims } else { 0 };
-                    let Some(key) = keys
-                        .entry((series, slot))
-                        .or_insert_with(|| agg.group_key(device, metric, names.dims_of(dims)))
-                        .clone()
-                    else {
-                        continue;
-                    };
-                    let run: Arc<[(i64, u64)]> =
-                        window.iter().map(|&(_, _, ts, v)| (ts, v)).collect();
-                    let head = RunHead {
-                        aggregation: ai as u16,
-                        start,
-                        key,
-                    };
-                    // A key holding the device is owned by the device's worker: this one.
-                    let owner = match by_device[ai] {
-                        true => self.worker,
-                        false => agg.key_owner(&head.key, self.workers),
-                    } as usize;
-                    batches[owner].runs.push((head, run));
-                }
+            let rows = SeriesRows {
+                id: series,
+                rows,
+                keep,
+                device: names.name(device),
+                metric: names.name(metric),
+            };
+            for (ai, (agg, per)) in cfg
+                .aggregations
+                .iter()
+                .zip(&mut self.per_aggregation)
+                .enumerate()
+            {
+                per.runs(agg, ai as u16, &rows, &ctx, &mut counts[ai], &mut batches);
             }
         }
         for r in reports {
