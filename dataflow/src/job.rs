@@ -44,6 +44,16 @@ pub fn epoch_of(cap: &timely::dataflow::operators::InputCapability<Epoch>) -> Ep
     cap.least().copied().unwrap_or_default()
 }
 
+/// Keeps a received batch with the others of its epoch until the operator
+/// gets to that epoch.
+pub fn stash<D>(
+    pending: &mut std::collections::BTreeMap<Epoch, Vec<D>>,
+    cap: &timely::dataflow::operators::InputCapability<Epoch>,
+    data: &mut Vec<D>,
+) {
+    pending.entry(epoch_of(cap)).or_default().append(data);
+}
+
 /// An operator's capabilities, moved to `start` (a resumed job's first epoch;
 /// nothing earlier will ever be sent) and held until the operator drops them.
 pub fn held_from(

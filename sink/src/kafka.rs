@@ -220,12 +220,7 @@ fn publish_by_epoch<T: timely::ExchangeData>(
     let mut publisher: Option<Publisher> = None;
     let mut pending: BTreeMap<Epoch, Vec<T>> = BTreeMap::new();
     stream.sink(route, name, move |(input, frontier)| {
-        input.for_each(|time, data| {
-            pending
-                .entry(iotflow_dataflow::job::epoch_of(&time))
-                .or_default()
-                .append(data)
-        });
+        input.for_each(|time, data| iotflow_dataflow::job::stash(&mut pending, &time, data));
         while let Some(entry) = pending.first_entry() {
             if frontier.less_equal(entry.key()) || stop.load(Ordering::Relaxed) {
                 break;

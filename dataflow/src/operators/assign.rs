@@ -257,12 +257,7 @@ pub(crate) fn assign<'scope>(
                     }));
                 }
             });
-            reports_in.for_each(|time, data| {
-                pending_reports
-                    .entry(crate::job::epoch_of(&time))
-                    .or_default()
-                    .append(data)
-            });
+            reports_in.for_each(|time, data| crate::job::stash(&mut pending_reports, &time, data));
             let (readings_frontier, reports_frontier) = (&frontiers[0], &frontiers[1]);
             while let Some([runs_cap]) = caps.as_deref_mut() {
                 if readings_frontier.less_equal(&next) || reports_frontier.less_equal(&next) {

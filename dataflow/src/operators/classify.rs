@@ -203,18 +203,9 @@ pub fn classify<'scope>(
             let mut batches: Vec<ReadingBatch> = (0..peers).map(ReadingBatch::new).collect();
 
             move |(source_in, source_frontier), (reports_in, reports_frontier), output| {
-                source_in.for_each(|time, data| {
-                    pending
-                        .entry(crate::job::epoch_of(&time))
-                        .or_default()
-                        .append(data)
-                });
-                reports_in.for_each(|time, data| {
-                    pending_reports
-                        .entry(crate::job::epoch_of(&time))
-                        .or_default()
-                        .append(data)
-                });
+                source_in.for_each(|time, data| crate::job::stash(&mut pending, &time, data));
+                reports_in
+                    .for_each(|time, data| crate::job::stash(&mut pending_reports, &time, data));
                 while let Some(c) = cap.as_mut() {
                     // W_{next−1} needs every report stamped ≤ next (fed back with +1).
                     if reports_frontier.less_equal(&next) {

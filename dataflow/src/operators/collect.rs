@@ -215,18 +215,8 @@ pub(super) fn collect<'scope>(
         }
 
         move |frontiers| {
-            runs_in.for_each(|time, data| {
-                pending
-                    .entry(crate::job::epoch_of(&time))
-                    .or_default()
-                    .append(data)
-            });
-            reports_in.for_each(|time, data| {
-                pending_reports
-                    .entry(crate::job::epoch_of(&time))
-                    .or_default()
-                    .append(data)
-            });
+            runs_in.for_each(|time, data| crate::job::stash(&mut pending, &time, data));
+            reports_in.for_each(|time, data| crate::job::stash(&mut pending_reports, &time, data));
             let (runs_frontier, reports_frontier) = (&frontiers[0], &frontiers[1]);
             while let Some([updates_cap, events_cap]) = caps.as_deref_mut() {
                 if runs_frontier.less_equal(&next) || reports_frontier.less_equal(&next) {

@@ -175,12 +175,7 @@ pub(super) fn emit<'scope>(
         let mut state_len: i64 = 0;
 
         move |frontiers| {
-            events_in.for_each(|time, data| {
-                pending
-                    .entry(crate::job::epoch_of(&time))
-                    .or_default()
-                    .append(data)
-            });
+            events_in.for_each(|time, data| crate::job::stash(&mut pending, &time, data));
             batches_in.for_each(|_, _| {});
             let (events_frontier, batches_frontier) = (&frontiers[0], &frontiers[1]);
             while let (Some([results_cap, retract_cap]), Some(tr)) =

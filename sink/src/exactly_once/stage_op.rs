@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use iotflow_dataflow::job::{Epoch, epoch_of, held_from};
+use iotflow_dataflow::job::{Epoch, epoch_of, held_from, stash};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -194,13 +194,7 @@ pub fn stage<'scope>(
                 caps = None;
                 return;
             };
-            records_in.for_each(|time, data| {
-                shell
-                    .records
-                    .entry(epoch_of(&time))
-                    .or_default()
-                    .append(data);
-            });
+            records_in.for_each(|time, data| stash(&mut shell.records, &time, data));
             for (i, input) in datasets_in.iter_mut().enumerate() {
                 input.for_each(|time, data| {
                     let slots = shell
