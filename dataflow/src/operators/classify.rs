@@ -41,6 +41,8 @@ struct Judge<'a> {
     wm: Option<i64>,
     lateness: LatenessCounts,
     lateness_sum: u64,
+    /// Records go through the job's input mapping, not today's shapes.
+    mapped: bool,
     /// The last mapped record's dimensions, and encoded for its readings.
     dims: Dims,
     dim_bytes: Vec<u8>,
@@ -85,7 +87,7 @@ impl Judge<'_> {
         scratch: &mut Vec<Reading>,
         plain: &mut PlainRecord<'a>,
     ) -> Result<Parsed, RejectReason> {
-        if self.cfg.input.is_default() {
+        if !self.mapped {
             return Ok(match self.record(top, payload, scratch, plain)? {
                 true => Parsed::Plain,
                 false => Parsed::Scratch,
@@ -231,6 +233,7 @@ pub fn classify<'scope>(
                             wm,
                             lateness: Default::default(),
                             lateness_sum: 0,
+                            mapped,
                             dims: Vec::new(),
                             dim_bytes: Vec::new(),
                         };
