@@ -170,13 +170,6 @@ impl Aggregation {
             })
     }
 
-    /// Whether the filter reads the value (else it can be judged once per series).
-    pub fn filter_reads_value(&self) -> bool {
-        self.filter
-            .as_ref()
-            .is_some_and(|f| f.fields().contains(&FilterField::Value))
-    }
-
     /// Whether a reading with these dimensions has every one the key needs.
     pub fn has_dimensions(&self, dims: &[Option<CompactString>]) -> bool {
         self.group_by.iter().all(|g| match g {
@@ -301,6 +294,5 @@ mod tests {
         assert!(a.keeps("d", "t", 2.0, &lyon));
         assert!(!a.keeps("d", "t", 1.0, &lyon));
         assert!(!a.keeps("d", "t", 2.0, &[None]), "unknown is not kept");
-        assert!(a.filter_reads_value());
     }
 }

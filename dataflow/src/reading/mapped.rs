@@ -47,10 +47,6 @@ impl InputMapping {
         self.mapping == Mapping::Preset(Preset::Auto) && self.dimensions.is_empty()
     }
 
-    pub fn dimension_count(&self) -> usize {
-        self.dimensions.len()
-    }
-
     /// Parses one record into `out` (appending) and its dimensions into `dims`
     /// (replacing); on error nothing is appended.
     pub fn parse(
