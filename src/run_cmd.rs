@@ -345,6 +345,10 @@ impl RunArgs {
                     parquet: a.parquet.clone(),
                 })
                 .collect(),
+            alert_output: (!plan.alerts.is_empty()).then(|| AggregationOutput {
+                topic: Some(plan.alert_outputs.topic.clone()),
+                parquet: Some(plan.alert_outputs.parquet.clone()),
+            }),
             dlq_topic: plan.dead_letter_topic.clone(),
             name: plan.name.clone(),
             dataflow: JobConfig::from_plan(plan, ParseLimits::default())?,

@@ -3,7 +3,10 @@
 //! filter and percentiles on hopping windows, fleet-wide with updates, and
 //! sessions of each device's warm spells), each into its own topic (three
 //! into Parquet datasets), exactly once through SIGKILLs and a 1 → 2 worker
-//! rescale with open sessions: byte-identical to a run never killed.
+//! rescale with open sessions: byte-identical to a run never killed. Four
+//! alert rules ride along (threshold, rate of change, anomaly, absence):
+//! their topic and dataset are held to the same bar, and two of them are
+//! recomputed from the job's own windows.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -17,11 +20,12 @@ use iotflow_ingest::simulator::SimConfig;
 use iotflow_redpanda::{LocalBroker, Storage};
 
 /// Each run's outputs: (suffix of its topic, dataset if any).
-const OUTPUTS: [(&str, Option<&str>); 5] = [
+const OUTPUTS: [(&str, Option<&str>); 6] = [
     ("aggregates", Some("aggregates")),
     ("site_1m", Some("site_1m")),
     ("fleet", None),
     ("warm", Some("warm")),
+    ("alerts", Some("alerts")),
     ("dlq", None),
 ];
 
@@ -65,6 +69,7 @@ max_out_of_order = "2s"
 lateness = "1s"
 [output]
 dead_letter_topic = "{name}.dlq"
+alerts_topic = "{name}.alerts"
 
 [[aggregation]]
 name = "aggregates"
@@ -97,6 +102,32 @@ where = "metric == 'temperature' and value > 21.5"
 measures = ["count", "first_ts", "last_ts", "max"]
 topic = "{name}.warm"
 parquet = "warm"
+
+[[alert]]
+name = "overheat"
+on = "aggregates"
+when = "mean > 21.5 and metric == 'temperature'"
+for = 2
+clear = "mean < 21.3"
+severity = "critical"
+
+[[alert]]
+name = "jump"
+on = "aggregates"
+change_of = "mean"
+when = "rate > 0.02 and metric == 'humidity'"
+
+[[alert]]
+name = "odd"
+on = "site_1m"
+anomaly_of = "p95"
+warmup = 2
+deviations = 1.5
+
+[[alert]]
+name = "silent"
+on = "aggregates"
+absent_for = "30s"
 "#
             ),
         )
@@ -433,4 +464,161 @@ async fn a_changed_job_is_refused_on_the_state_of_the_old_one() {
         fx.command_of("shape", &file, 1).spawn().unwrap(),
         "the same job again",
     );
+}
+
+/// A threshold with hysteresis over one series' windows, computed naively
+/// from the aggregates the job itself wrote: (state, window_start, since).
+fn naive_hysteresis(
+    windows: &[(i64, f64)],
+    step: i64,
+    fires: impl Fn(f64, Option<f64>) -> Option<bool>,
+    clears: impl Fn(f64, Option<f64>) -> bool,
+    streak: usize,
+) -> Vec<(String, i64, i64)> {
+    let mut out = Vec::new();
+    let mut firing: Option<i64> = None;
+    let mut run: Vec<i64> = Vec::new();
+    for (i, &(start, x)) in windows.iter().enumerate() {
+        let previous = i
+            .checked_sub(1)
+            .map(|j| windows[j])
+            .filter(|(s, _)| s + step == start)
+            .map(|(_, v)| v);
+        if let Some(since) = firing {
+            if clears(x, previous) {
+                out.push(("resolved".to_owned(), start, since));
+                firing = None;
+            }
+            continue;
+        }
+        match fires(x, previous) {
+            Some(true) => {
+                if run.last().is_some_and(|s| s + step != start) {
+                    run.clear();
+                }
+                run.push(start);
+                if run.len() >= streak {
+                    out.push(("firing".to_owned(), start, run[0]));
+                    firing = Some(run[0]);
+                    run.clear();
+                }
+            }
+            _ => run.clear(),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_events_follow_the_rules_over_the_job_s_own_windows() {
+    let fx = Fixture::new().await;
+    common::finish(fx.command("alerting", 2).spawn().unwrap(), "the run");
+    let (topics, parquet) = fx.outputs("alerting").await;
+    // Each series' final windows, by (device, metric), as the job wrote them.
+    let mut series: BTreeMap<(String, String), Vec<(i64, f64)>> = BTreeMap::new();
+    for (_, v) in topics["aggregates"].iter().flatten() {
+        let r = json(v);
+        let key = (
+            r["device_id"].as_str().unwrap().to_owned(),
+            r["metric"].as_str().unwrap().to_owned(),
+        );
+        series.entry(key).or_default().push((
+            r["window_start"].as_i64().unwrap(),
+            r["mean"].as_f64().unwrap(),
+        ));
+    }
+    let mut want: BTreeMap<&str, Vec<(String, String, i64, i64)>> = BTreeMap::new();
+    for ((device, metric), windows) in &mut series {
+        windows.sort_by_key(|w| w.0);
+        let tag = |events: Vec<(String, i64, i64)>| {
+            events
+                .into_iter()
+                .map(|(s, w, since)| (s, device.clone(), w, since))
+                .collect::<Vec<_>>()
+        };
+        if metric == "temperature" {
+            let events =
+                naive_hysteresis(windows, 10_000, |x, _| Some(x > 21.5), |x, _| x < 21.3, 2);
+            want.entry("overheat").or_default().extend(tag(events));
+        }
+        if metric == "humidity" {
+            let rate = |x: f64, p: Option<f64>| p.map(|p| (x - p) / 10.0 > 0.02);
+            let events =
+                naive_hysteresis(windows, 10_000, rate, |x, p| rate(x, p) == Some(false), 1);
+            want.entry("jump").or_default().extend(tag(events));
+        }
+    }
+    let mut got: BTreeMap<String, Vec<(String, String, i64, i64)>> = BTreeMap::new();
+    for (k, v) in topics["alerts"].iter().flatten() {
+        let e = json(v);
+        for field in [
+            "alert",
+            "state",
+            "severity",
+            "window_start",
+            "window_end",
+            "value",
+            "threshold",
+            "since",
+            "epoch",
+        ] {
+            assert!(e.contains_key(field), "{field} missing from {e:?}");
+        }
+        let (rule, state) = (e["alert"].as_str().unwrap(), e["state"].as_str().unwrap());
+        let since = e["since"].as_i64().unwrap();
+        if rule != "odd" {
+            let device = e["device_id"].as_str().unwrap();
+            let metric = e["metric"].as_str().unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(k),
+                format!("{rule}|{device}|{metric}|{since}")
+            );
+            got.entry(rule.to_owned()).or_default().push((
+                state.to_owned(),
+                device.to_owned(),
+                e["window_start"].as_i64().unwrap(),
+                since,
+            ));
+        }
+        if rule == "overheat" && state == "firing" {
+            assert_eq!(
+                (e["severity"].as_str(), e["threshold"].as_f64()),
+                (Some("critical"), Some(21.5))
+            );
+            assert!(e["value"].as_f64().unwrap() > 21.5, "{e:?}");
+        }
+    }
+    for rule in ["overheat", "jump"] {
+        let (mut w, mut g) = (
+            want.remove(rule).unwrap_or_default(),
+            got.remove(rule).unwrap_or_default(),
+        );
+        w.sort();
+        g.sort();
+        assert!(
+            !w.is_empty(),
+            "{rule} never fires on this data: the test proves nothing"
+        );
+        assert_eq!(g, w, "{rule}");
+    }
+    // The dataset holds the same events.
+    let mut rows = 0;
+    for (path, bytes) in parquet.iter().filter(|(p, _)| p.starts_with("alerts")) {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            bytes::Bytes::from(bytes.clone()),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            assert_eq!(
+                batch.schema(),
+                iotflow_sink::alert_shape::AlertShape::schema(),
+                "{path:?}"
+            );
+            rows += batch.num_rows();
+        }
+    }
+    assert_eq!(rows, topics["alerts"].iter().flatten().count());
 }

@@ -11,6 +11,7 @@
 
 use std::cmp::Ordering;
 
+use iotflow_jobfile::Measure;
 use serde::{Deserialize, Serialize};
 
 /// The statistics of one window's readings.
@@ -112,6 +113,55 @@ impl Measured {
             last_value: readings[readings.len() - 1].1,
             percentiles,
         })
+    }
+}
+
+/// A measure's value of one window, typed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MeasureValue {
+    Count(u64),
+    Time(i64),
+    Float(f64),
+}
+
+impl Measured {
+    /// Measure `m` of this window; `percentile` counts the percentile measures
+    /// read so far (they are kept in the order asked).
+    pub fn value_of(&self, m: &Measure, percentile: &mut usize) -> MeasureValue {
+        let measured = self;
+        let s: &Stats = &measured.stats;
+        match m {
+            Measure::Count => MeasureValue::Count(s.count),
+            Measure::Sum => MeasureValue::Float(s.sum),
+            Measure::Min => MeasureValue::Float(s.min),
+            Measure::Max => MeasureValue::Float(s.max),
+            Measure::Mean => MeasureValue::Float(s.mean),
+            Measure::Stddev => MeasureValue::Float(s.stddev),
+            Measure::FirstTs => MeasureValue::Time(s.first_ts),
+            Measure::LastTs => MeasureValue::Time(s.last_ts),
+            Measure::FirstValue => MeasureValue::Float(measured.first_value),
+            Measure::LastValue => MeasureValue::Float(measured.last_value),
+            Measure::Percentile(_) => {
+                let v = measured
+                    .percentiles
+                    .get(*percentile)
+                    .copied()
+                    .unwrap_or(f64::NAN);
+                *percentile += 1;
+                MeasureValue::Float(v)
+            }
+        }
+    }
+}
+
+impl MeasureValue {
+    /// As a number (times in epoch milliseconds).
+    pub fn as_f64(&self) -> f64 {
+        match *self {
+            MeasureValue::Count(n) => n as f64,
+            MeasureValue::Time(t) => t as f64,
+            MeasureValue::Float(v) => v,
+        }
     }
 }
 

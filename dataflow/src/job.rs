@@ -148,6 +148,8 @@ pub struct JobConfig {
     pub input: Arc<InputMapping>,
     /// What is computed from them; at least one.
     pub aggregations: Arc<[Aggregation]>,
+    /// Rules over the aggregations' final windows.
+    pub alerts: crate::alert::AlertRules,
 }
 
 impl JobConfig {
@@ -174,6 +176,7 @@ impl JobConfig {
                 emit,
             )]
             .into(),
+            alerts: crate::alert::AlertRules::default(),
         }
     }
 
@@ -213,6 +216,7 @@ impl JobConfig {
             })
             .collect::<Result<Vec<_>, WindowError>>()?;
         let w = &plan.watermark;
+        let alerts = crate::alert::AlertRules::new(&plan.alerts, &aggregations, w.lateness_ms);
         Ok(Self {
             lateness_ms: w.lateness_ms,
             watermark: WatermarkConfig {
@@ -230,6 +234,7 @@ impl JobConfig {
                     .collect(),
             )),
             aggregations: aggregations.into(),
+            alerts,
         })
     }
 
@@ -576,6 +581,8 @@ impl ReadingBatch {
 #[allow(missing_debug_implementations)] // timely streams are not `Debug`
 pub struct JobStreams<'scope> {
     pub results: Stream<'scope, Epoch, Vec<WindowResult>>,
+    /// Alert events, on the worker of their key.
+    pub alerts: Stream<'scope, Epoch, Vec<crate::alert::AlertEvent>>,
     pub dead: Stream<'scope, Epoch, Vec<DeadRecord>>,
     /// Every share report, on every worker (broadcast): the epoch's source progress.
     pub reports: Stream<'scope, Epoch, Vec<ShareReport>>,
@@ -651,11 +658,13 @@ pub fn build_with_state<'scope>(
         })
         .broadcast();
     reports.clone().connect_loop(loop_handle);
-    let results =
-        windows::windows(readings, reports.clone(), cfg, metrics, hooks).probe_with(&gate.probe);
+    let (results, alerts) = windows::windows(readings, reports.clone(), cfg, metrics, hooks);
+    let results = results.probe_with(&gate.probe);
+    let alerts = alerts.probe_with(&gate.probe);
     let dead = dead.probe_with(&gate.probe);
     JobStreams {
         results,
+        alerts,
         dead,
         reports,
     }

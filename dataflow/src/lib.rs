@@ -12,6 +12,7 @@
 
 pub mod aggregate;
 pub mod aggregation;
+pub mod alert;
 pub mod audit;
 pub mod job;
 pub mod kafka;

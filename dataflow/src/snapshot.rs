@@ -24,9 +24,10 @@ use crate::watermark::ShareReport;
 
 /// Bumped when the layout changes; older binaries refuse newer snapshots.
 /// 1: sealed JSON; 2: the compact binary form ([`WorkerSnapshot::encode`]),
-/// windows by (device, metric); 3: windows by (aggregation, group key).
-/// 1 and 2 are still read, as the default job's aggregation.
-pub const SNAPSHOT_FORMAT: u32 = 3;
+/// windows by (device, metric); 3: windows by (aggregation, group key);
+/// 4: alert series. 1 and 2 are still read, as the default job's
+/// aggregation; 1 to 3 without alert state.
+pub const SNAPSHOT_FORMAT: u32 = 4;
 
 /// Where windows close and live: the job's aggregations and lateness.
 #[derive(Debug, Clone)]
@@ -108,6 +109,17 @@ pub struct OpenWindow {
     pub readings: Vec<(i64, u64)>,
 }
 
+/// What an alert rule remembers of one group key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertSeries {
+    /// Index of the rule in the job's list.
+    pub rule: u16,
+    /// Index of the aggregation it watches: the key's owner follows from it.
+    pub aggregation: u16,
+    pub key: CompactString,
+    pub series: crate::alert::Series,
+}
+
 /// Where a delta snapshot's predecessor is: the same worker's snapshot file
 /// of `epoch`, with its size and checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,7 +131,7 @@ pub struct Link {
 
 /// One worker's state after an epoch: whole (`previous` is `None`), or what
 /// the epoch added on top of the snapshot `previous` names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerSnapshot {
     pub format: u32,
     pub epoch: u64,
@@ -131,6 +143,9 @@ pub struct WorkerSnapshot {
     pub watermark: Option<i64>,
     pub seen: Vec<SeenKey>,
     pub windows: Vec<OpenWindow>,
+    /// Alert rules' series of this worker's keys (a delta: those the epoch changed).
+    #[serde(default)]
+    pub alerts: Vec<AlertSeries>,
     /// A delta's predecessor. A delta's `seen` and `windows` hold what its epoch
     /// added (new keys, each window's new readings); what the watermark closed
     /// is dropped when the chain is put together ([`materialize`]).
@@ -181,6 +196,12 @@ pub fn materialize(
             .extend(w.readings);
     }
     close_sessions(&mut windows, whole.watermark);
+    // A series in a later link replaces the earlier one: each holds it whole.
+    let mut alerts: std::collections::BTreeMap<(u16, CompactString), AlertSeries> = whole
+        .alerts
+        .drain(..)
+        .map(|a| ((a.rule, a.key.clone()), a))
+        .collect();
     for delta in chain {
         if delta.previous.map(|l| l.epoch) != Some(whole.epoch) {
             return Err(SnapshotError::Inconsistent(format!(
@@ -192,6 +213,12 @@ pub fn materialize(
         whole.reports = delta.reports;
         whole.watermark = delta.watermark;
         whole.seen.extend(delta.seen);
+        alerts.extend(
+            delta
+                .alerts
+                .into_iter()
+                .map(|a| ((a.rule, a.key.clone()), a)),
+        );
         for w in delta.windows {
             windows
                 .entry((w.aggregation, w.key, w.start))
@@ -203,6 +230,7 @@ pub fn materialize(
     let open = |at: i64| whole.watermark.is_none_or(|wm| at > wm);
     whole.seen.retain(|k| open(k.expires_at));
     whole.seen.sort();
+    whole.alerts = alerts.into_values().collect();
     whole.windows = windows
         .into_iter()
         .filter(|((agg, _, start), _)| rules.close_at(*agg, *start).is_none_or(open))
@@ -256,6 +284,7 @@ pub fn reshard(
             watermark: first.watermark,
             seen: Vec::new(),
             windows: Vec::new(),
+            alerts: Vec::new(),
             previous: None,
         })
         .collect();
@@ -276,11 +305,20 @@ pub fn reshard(
                 .windows
                 .push(w.clone());
         }
+        for a in &s.alerts {
+            let owner = rules
+                .aggregations
+                .get(a.aggregation as usize)
+                .map_or(0, |agg| agg.key_owner(&a.key, workers));
+            out[owner as usize].alerts.push(a.clone());
+        }
     }
     // One canonical layout: the bytes depend on the state, not on the old sharding.
     for s in &mut out {
         s.seen.sort();
         s.windows.sort();
+        s.alerts
+            .sort_by(|a, b| (a.rule, &a.key).cmp(&(b.rule, &b.key)));
     }
     Ok(out)
 }
@@ -341,6 +379,21 @@ mod tests {
                     key: format!("{d}|t").into(),
                     start: 0,
                     readings: vec![(1, 2.5f64.to_bits())],
+                })
+                .collect(),
+            alerts: devices
+                .iter()
+                .map(|d| AlertSeries {
+                    rule: 0,
+                    aggregation: 0,
+                    key: format!("{d}|t").into(),
+                    series: crate::alert::Series {
+                        streak: 2,
+                        streak_since: 10,
+                        last_seen: Some(9),
+                        baseline: (3, 1.5, 0.25),
+                        ..Default::default()
+                    },
                 })
                 .collect(),
             previous: None,
@@ -541,7 +594,13 @@ mod tests {
                 for k in &s.seen {
                     prop_assert_eq!(device_owner(&k.device, to), s.worker);
                 }
+                // Alert series follow their aggregation's key owner.
+                for a in &s.alerts {
+                    let device = a.key.split('|').next().unwrap_or_default();
+                    prop_assert_eq!(device_owner(device, to), s.worker);
+                }
             }
+            prop_assert_eq!(after.iter().map(|s| s.alerts.len()).sum::<usize>(), devices.len());
             all.sort();
             prop_assert_eq!(all, devices.clone());
             prop_assert_eq!(after.iter().map(|s| s.windows.len()).sum::<usize>(), 2 * devices.len());

@@ -3,6 +3,7 @@
 
 use std::fmt::{self, Write as _};
 
+use crate::alert::{AlertPlan, AlertRule};
 use crate::plan::*;
 
 impl JobPlan {
@@ -65,6 +66,18 @@ impl fmt::Display for JobPlan {
         for a in &self.aggregations {
             writeln!(f)?;
             self.write_aggregation(f, a)?;
+        }
+        if !self.alerts.is_empty() {
+            writeln!(f)?;
+            let o = &self.alert_outputs;
+            writeln!(
+                f,
+                "alerts → topic {}, Parquet dataset {}/; judged in event time on final windows, per group key; key alert|group values|since; fields alert, state (firing | resolved), severity, group fields, window_start, window_end, value, threshold, since, epoch",
+                o.topic, o.parquet
+            )?;
+        }
+        for a in &self.alerts {
+            self.write_alert(f, a)?;
         }
         Ok(())
     }
@@ -224,5 +237,73 @@ impl JobPlan {
             a.window.extent_ms() + self.watermark.max_out_of_order_ms + self.watermark.lateness_ms;
         let _ = write!(s, "; held up to {} of event time", Ms(held));
         s
+    }
+}
+
+impl JobPlan {
+    fn write_alert(&self, f: &mut fmt::Formatter<'_>, a: &AlertPlan) -> fmt::Result {
+        let on = &self.aggregations[a.on.min(self.aggregations.len().saturating_sub(1))];
+        writeln!(
+            f,
+            "alert {} ({}, severity {}) on {}",
+            a.name,
+            a.rule.kind(),
+            a.severity,
+            on.name
+        )?;
+        let windows = |n: u32| match n {
+            1 => "a window".to_owned(),
+            n => format!("{n} consecutive windows"),
+        };
+        let measure = |i: usize| on.measures.get(i).map_or_else(String::new, Measure::name);
+        match &a.rule {
+            AlertRule::Condition {
+                when,
+                clear,
+                streak,
+                change_of,
+            } => {
+                if let Some(m) = change_of {
+                    writeln!(
+                        f,
+                        "  change    of {} from the previous consecutive window (`change`; per second: `rate`)",
+                        measure(*m)
+                    )?;
+                }
+                writeln!(f, "  fires     when {when} holds for {}", windows(*streak))?;
+                match clear {
+                    Some(c) => writeln!(f, "  resolves  at a later window where {c}")?,
+                    None => writeln!(f, "  resolves  at a later window where it does not hold")?,
+                }
+            }
+            AlertRule::Anomaly {
+                of,
+                deviations,
+                clear_deviations,
+                alpha,
+                warmup,
+                streak,
+            } => {
+                writeln!(
+                    f,
+                    "  fires     when {} is more than {deviations} standard deviations from its baseline for {} (baseline: weight {alpha} per window, judged after {warmup} windows)",
+                    measure(*of),
+                    windows(*streak)
+                )?;
+                writeln!(
+                    f,
+                    "  resolves  within {clear_deviations} standard deviations"
+                )?;
+            }
+            AlertRule::Absence { absent_for_ms } => {
+                writeln!(
+                    f,
+                    "  fires     when a key has no reading for {} while the watermark moves on (not at the end of a bounded input)",
+                    Ms(*absent_for_ms)
+                )?;
+                writeln!(f, "  resolves  at its next reading")?;
+            }
+        }
+        Ok(())
     }
 }

@@ -152,6 +152,19 @@ impl<F: Copy> Expr<F> {
         self.eval(field) == Some(true)
     }
 
+    /// The first comparison of a field with a literal, in reading order:
+    /// what an alert reports as its value and threshold.
+    pub fn first_comparison(&self) -> Option<(F, &Literal)> {
+        match self {
+            Expr::Compare { field, value, .. } => Some((*field, value)),
+            Expr::In { .. } => None,
+            Expr::Not(e) => e.first_comparison(),
+            Expr::And(a, b) | Expr::Or(a, b) => {
+                a.first_comparison().or_else(|| b.first_comparison())
+            }
+        }
+    }
+
     /// The fields the expression reads, in order of appearance.
     pub fn fields(&self) -> Vec<F> {
         let mut out = Vec::new();

@@ -11,6 +11,7 @@
 //! Today's flags describe the default job ([`JobPlan::default_job`]); a job
 //! file describes any other. Pure: no I/O beyond reading the file.
 
+pub mod alert;
 mod describe;
 mod error;
 pub mod expr;
@@ -20,6 +21,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use alert::*;
 pub use error::{JobFileError, Located, ReadError};
 pub use plan::*;
 pub use validate::{
@@ -86,6 +88,11 @@ impl JobPlan {
                 topic: Some(d.output_topic),
                 parquet: Some(DEFAULT_AGGREGATION.to_owned()),
             }],
+            alerts: Vec::new(),
+            alert_outputs: AlertOutputs {
+                topic: DEFAULT_ALERTS_TOPIC.to_owned(),
+                parquet: DEFAULT_ALERTS_DATASET.to_owned(),
+            },
         }
     }
 }

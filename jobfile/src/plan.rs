@@ -15,6 +15,9 @@ pub struct JobPlan {
     /// Where rejected and late records go.
     pub dead_letter_topic: String,
     pub aggregations: Vec<AggregationPlan>,
+    /// Rules over the aggregations' windows; their events go to `alert_outputs`.
+    pub alerts: Vec<crate::alert::AlertPlan>,
+    pub alert_outputs: crate::alert::AlertOutputs,
 }
 
 /// Where readings come from and how records map to them.

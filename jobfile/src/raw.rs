@@ -15,6 +15,8 @@ pub(crate) struct RawJob {
     pub output: Option<RawOutput>,
     #[serde(default)]
     pub aggregation: Vec<S<RawAggregation>>,
+    #[serde(default)]
+    pub alert: Vec<S<RawAlert>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,10 +42,12 @@ pub(crate) struct RawWatermark {
     pub idle_timeout: Option<S<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawOutput {
     pub dead_letter_topic: Option<S<String>>,
+    pub alerts_topic: Option<S<String>>,
+    pub alerts_parquet: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,4 +63,40 @@ pub(crate) struct RawAggregation {
     pub emit: Option<S<String>>,
     pub topic: Option<S<String>>,
     pub parquet: Option<S<String>>,
+}
+
+/// A number as TOML writes it: `3` or `3.5`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+impl Number {
+    pub fn get(self) -> f64 {
+        match self {
+            Number::Int(i) => i as f64,
+            Number::Float(f) => f,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAlert {
+    pub name: S<String>,
+    pub on: S<String>,
+    pub severity: Option<S<String>>,
+    pub when: Option<S<String>>,
+    pub clear: Option<S<String>>,
+    #[serde(rename = "for")]
+    pub streak: Option<S<i64>>,
+    pub change_of: Option<S<String>>,
+    pub anomaly_of: Option<S<String>>,
+    pub deviations: Option<S<Number>>,
+    pub clear_deviations: Option<S<Number>>,
+    pub alpha: Option<S<Number>>,
+    pub warmup: Option<S<i64>>,
+    pub absent_for: Option<S<String>>,
 }

@@ -4,11 +4,13 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
+use crate::alert::{AlertOutputs, DEFAULT_ALERTS_DATASET, DEFAULT_ALERTS_TOPIC};
 use crate::error::Problem;
 use crate::expr::{self, Expr, FieldType, Fields, Literal};
 use crate::plan::*;
-use crate::raw::{RawAggregation, RawInput, RawJob, RawWatermark, S};
+use crate::raw::{RawAggregation, RawInput, RawJob, RawOutput, RawWatermark, S};
 
+mod alert;
 mod input;
 use input::input;
 
@@ -52,8 +54,9 @@ pub(crate) fn job(raw: RawJob, whole: Range<usize>) -> Result<JobPlan> {
         None => input(RawInput::default(), whole.start..whole.start)?,
     };
     let watermark = watermark(raw.watermark.unwrap_or_default())?;
-    let dead_letter_topic = match raw.output.and_then(|o| o.dead_letter_topic) {
-        Some(t) => topic_name(&t)?,
+    let output = raw.output.unwrap_or_default();
+    let dead_letter_topic = match &output.dead_letter_topic {
+        Some(t) => topic_name(t)?,
         None => DEFAULT_DEAD_LETTER_TOPIC.to_owned(),
     };
     if raw.aggregation.is_empty() {
@@ -70,12 +73,65 @@ pub(crate) fn job(raw: RawJob, whole: Range<usize>) -> Result<JobPlan> {
         let plan = aggregation(a.into_inner(), span, &input, &watermark, &mut outputs)?;
         aggregations.push(plan);
     }
-    Ok(JobPlan {
+    // The alert outputs are taken only by a job with rules.
+    let alert_outputs = match raw.alert.first() {
+        Some(first) => alert_outputs(&output, first.span(), &mut outputs)?,
+        None => AlertOutputs {
+            topic: DEFAULT_ALERTS_TOPIC.to_owned(),
+            parquet: DEFAULT_ALERTS_DATASET.to_owned(),
+        },
+    };
+    let mut plan = JobPlan {
         name: job_name,
         input,
         watermark,
         dead_letter_topic,
         aggregations,
+        alerts: Vec::new(),
+        alert_outputs,
+    };
+    plan.alerts = alert::alerts(raw.alert, &plan)?;
+    Ok(plan)
+}
+
+/// The alert topic and dataset: named in `[output]` or the defaults, and
+/// taken by nothing else (they exist even while no rule fires).
+fn alert_outputs(
+    output: &RawOutput,
+    first: Range<usize>,
+    outputs: &mut Outputs,
+) -> Result<AlertOutputs> {
+    let topic = match &output.alerts_topic {
+        Some(t) => (topic_name(t)?, t.span()),
+        None => (DEFAULT_ALERTS_TOPIC.to_owned(), first.clone()),
+    };
+    if !outputs.topics.insert(topic.0.clone()) {
+        return Err(Problem::new(
+            topic.1,
+            format!("topic `{}` is already an output or the input", topic.0),
+        )
+        .hint("alert events go to a topic of their own: set [output] alerts_topic"));
+    }
+    let parquet = match &output.alerts_parquet {
+        Some(d) if is_dataset_name(d.get_ref()) => (d.get_ref().clone(), d.span()),
+        Some(d) => {
+            return Err(
+                Problem::new(d.span(), format!("`{}` cannot name a dataset", d.get_ref()))
+                    .hint("letters, digits, _ and -"),
+            );
+        }
+        None => (DEFAULT_ALERTS_DATASET.to_owned(), first),
+    };
+    if !outputs.datasets.insert(parquet.0.clone()) {
+        return Err(Problem::new(
+            parquet.1,
+            format!("dataset `{}` is already an aggregation's", parquet.0),
+        )
+        .hint("alert events go to a dataset of their own: set [output] alerts_parquet"));
+    }
+    Ok(AlertOutputs {
+        topic: topic.0,
+        parquet: parquet.0,
     })
 }
 

@@ -9,7 +9,13 @@ fn jobs_dir() -> PathBuf {
 
 #[test]
 fn shipped_job_files_are_valid_and_their_plans_are_stable() {
-    for name in ["per-device", "site-p95", "machine-sessions", "demo"] {
+    for name in [
+        "per-device",
+        "site-p95",
+        "machine-sessions",
+        "demo",
+        "plant-alerts",
+    ] {
         let path = jobs_dir().join(format!("{name}.toml"));
         let plan = iotflow_jobfile::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         insta::assert_snapshot!(name, plan.to_string());
@@ -112,6 +118,99 @@ fn bad_job_files_are_refused_at_their_line_with_a_hint() {
         report.push_str(&format!("── {label}\n{err}\n\n"));
     }
     insta::assert_snapshot!(report);
+}
+
+fn with_alert(body: &str) -> String {
+    let agg = "window = \"tumbling 10s\"\ntopic = \"iot.site_1m\"\nmeasures = [\"count\", \"mean\", \"p99.9\"]";
+    format!(
+        "{}[[alert]]\nname = \"hot\"\non = \"site_1m\"\n{body}\n",
+        with_aggregation(agg)
+    )
+}
+
+#[test]
+fn bad_alert_rules_are_refused_at_their_line_with_a_hint() {
+    let cases: Vec<(&str, String)> = vec![
+        ("no condition", with_alert("severity = \"critical\"")),
+        (
+            "unknown aggregation",
+            with_alert("when = \"mean > 1\"").replace("on = \"site_1m\"", "on = \"site_5m\""),
+        ),
+        (
+            "unknown field in when",
+            with_alert("when = \"temperature > 80\""),
+        ),
+        (
+            "change without change_of",
+            with_alert("when = \"change > 2\""),
+        ),
+        (
+            "change_of not a measure",
+            with_alert("change_of = \"stddev\"\nwhen = \"change > 2\""),
+        ),
+        ("for zero", with_alert("when = \"mean > 1\"\nfor = 0")),
+        (
+            "for with absence",
+            with_alert("absent_for = \"1m\"\nfor = 3"),
+        ),
+        (
+            "absence shorter than the window",
+            with_alert("absent_for = \"5s\""),
+        ),
+        (
+            "deviations with a threshold",
+            with_alert("when = \"mean > 1\"\ndeviations = 3"),
+        ),
+        (
+            "clear_deviations past deviations",
+            with_alert("anomaly_of = \"mean\"\ndeviations = 2\nclear_deviations = 3"),
+        ),
+        (
+            "alpha out of range",
+            with_alert("anomaly_of = \"mean\"\nalpha = 1.5"),
+        ),
+        (
+            "warmup of one",
+            with_alert("anomaly_of = \"mean\"\nwarmup = 1"),
+        ),
+        (
+            "bad severity",
+            with_alert("when = \"mean > 1\"\nseverity = \"very bad!\""),
+        ),
+        (
+            "unknown alert key",
+            with_alert("when = \"mean > 1\"\nrepeat = \"5m\""),
+        ),
+        (
+            "alert name twice",
+            format!(
+                "{}[[alert]]\nname = \"hot\"\non = \"site_1m\"\nwhen = \"mean > 2\"\n",
+                with_alert("when = \"mean > 1\"")
+            ),
+        ),
+        (
+            "alerts topic taken",
+            with_alert("when = \"mean > 1\"").replace(
+                "[[aggregation]]",
+                "[output]\nalerts_topic = \"iot.readings\"\n[[aggregation]]",
+            ),
+        ),
+    ];
+    let mut report = String::new();
+    for (label, text) in &cases {
+        let err = iotflow_jobfile::parse(Path::new("job.toml"), text)
+            .err()
+            .unwrap_or_else(|| panic!("{label}: accepted\n{text}"));
+        assert!(
+            err.located().is_some_and(|l| l.line >= 1),
+            "{label}: not located"
+        );
+        report.push_str(&format!("── {label}\n{err}\n\n"));
+    }
+    insta::assert_snapshot!(report);
+    // The measure named with a dot is its column in a condition.
+    let ok = with_alert("when = \"p99_9 > 1\"");
+    iotflow_jobfile::parse(Path::new("job.toml"), &ok).unwrap();
 }
 
 #[test]

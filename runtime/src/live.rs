@@ -16,7 +16,10 @@ use iotflow_dataflow::runner::Parallelism;
 use iotflow_dataflow::snapshot::WorkerSnapshot;
 use iotflow_redpanda::topics::{self, TopicSpec};
 use iotflow_sink::SinkError;
-use iotflow_sink::exactly_once::outgoing::{aggregate_outgoing, dead_outgoing, with_epoch};
+use iotflow_sink::alert_shape::{AlertRow, AlertShape};
+use iotflow_sink::exactly_once::outgoing::{
+    aggregate_outgoing, alert_outgoing, dead_outgoing, with_epoch,
+};
 use iotflow_sink::exactly_once::recovery::{self, RunStart};
 use iotflow_sink::exactly_once::{
     ExactlyOnceConfig, Held, OutputId, OutputTopic, PendingRows, Roll, WorkerSinks, commit_outputs,
@@ -24,10 +27,10 @@ use iotflow_sink::exactly_once::{
 use iotflow_sink::kafka::{
     FailureSlot, KafkaSinkConfig, publish_aggregates, publish_dead_letters, record_failure,
 };
-use iotflow_sink::parquet::{Dataset, write_datasets};
+use iotflow_sink::parquet::{Dataset, write_dataset};
 use iotflow_sink::progress::ProgressLog;
 use iotflow_sink::protocol::CommitRecord;
-use iotflow_sink::shape::{AggregateRow, AggregateShape};
+use iotflow_sink::shape::{AggregateRow, AggregateShape, DatasetShape, Row};
 use rskafka::client::Client;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::operators::vec::{Filter, Map};
@@ -81,6 +84,8 @@ pub struct LiveJobConfig {
     pub input: String,
     /// Per aggregation of `dataflow`, in its order.
     pub outputs: Vec<AggregationOutput>,
+    /// Where alert events go, when the job has alert rules.
+    pub alert_output: Option<AggregationOutput>,
     pub dlq_topic: String,
     /// The job's name: commit records, record headers, default directories.
     pub name: String,
@@ -151,6 +156,10 @@ pub enum RuntimeError {
          its snapshots cannot be read as this job's (give the changed job its own --job and --state-dir)"
     )]
     JobChanged { path: PathBuf },
+    #[error(
+        "alert rules need exactly-once delivery: an alert's state is only as good as the commit that holds it (drop --at-least-once)"
+    )]
+    AlertsNeedCommits,
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -179,6 +188,8 @@ struct Routes {
     /// Per aggregation: its topic's id and its records' shape.
     aggregations: Vec<(Option<OutputId>, AggregateShape)>,
     dead_letters: OutputId,
+    /// The alert topic's id, and how alert events are written.
+    alerts: (Option<OutputId>, AlertShape),
     datasets: Vec<Dataset>,
 }
 
@@ -203,16 +214,32 @@ impl Routes {
                 datasets.push(Dataset {
                     name: name.clone(),
                     aggregation: i as u16,
-                    shape: shape.clone(),
+                    shape: DatasetShape::Windows(shape.clone()),
                 });
             }
             aggregations.push((id, shape));
+        }
+        let alert_shape = AlertShape::of(&cfg.dataflow.alerts, &cfg.dataflow.aggregations);
+        let mut alert_topic = None;
+        if let Some(out) = &cfg.alert_output {
+            alert_topic = out.topic.as_deref().map(|t| {
+                topics.push(partitions_of(t));
+                OutputId(topics.len() as u16 - 1)
+            });
+            if let Some(name) = &out.parquet {
+                datasets.push(Dataset {
+                    name: name.clone(),
+                    aggregation: 0,
+                    shape: DatasetShape::Alerts(alert_shape.clone()),
+                });
+            }
         }
         topics.push(partitions_of(&cfg.dlq_topic));
         Self {
             dead_letters: OutputId(topics.len() as u16 - 1),
             topics,
             aggregations,
+            alerts: (alert_topic, alert_shape),
             datasets,
         }
     }
@@ -251,9 +278,13 @@ impl LiveJob {
             .find(|t| t.name == cfg.input)
             .map(|t| t.partitions.len() as i32)
             .ok_or_else(|| RuntimeError::NoInput(cfg.input.clone()))?;
+        if cfg.alert_output.is_some() && matches!(cfg.delivery, Delivery::AtLeastOnce { .. }) {
+            return Err(RuntimeError::AlertsNeedCommits);
+        }
         let missing: Vec<TopicSpec> = cfg
             .outputs
             .iter()
+            .chain(&cfg.alert_output)
             .filter_map(|o| o.topic.as_ref())
             .chain([&cfg.dlq_topic])
             .filter(|name| !listed.iter().any(|t| &&t.name == name))
@@ -454,6 +485,10 @@ fn check_job_shape(state_dir: &Path, job: &JobConfig) -> Result<(), RuntimeError
         shape.push('\n');
     }
     shape.push_str(&format!("lateness_ms {}\n", job.lateness_ms));
+    // Snapshots name alert rules by index too; a job without rules keeps its old shape.
+    for r in job.alerts.rules.iter() {
+        shape.push_str(&format!("alert {} on {} {:?}\n", r.name, r.on, r.kind));
+    }
     let io = |source| RuntimeError::Io {
         path: path.clone(),
         source,
@@ -536,19 +571,39 @@ impl WorkerPlan {
         let dead = streams
             .dead
             .map(move |d| dead_outgoing(d, &source_topic, dlq, dlq_partitions));
+        let (error, stop_alert) = (Arc::clone(&self.sink_err), Arc::clone(stop));
+        let routes = self.routes.clone();
+        let alerts = with_epoch(streams.alerts.clone(), "EncodeAlerts", move |e, epoch| {
+            let (id, shape) = &routes.alerts;
+            let id = (*id)?;
+            alert_outgoing(e, epoch, id, routes.partitions(id), shape)
+                .map_err(|err| record_failure(&error, &stop_alert, err.to_string()))
+                .ok()
+        });
         let finals = self
             .routes
             .datasets
             .iter()
-            .map(|d| {
-                let aggregation = d.aggregation;
-                with_epoch(streams.results.clone(), "FinalRows", move |w, epoch| {
-                    (w.is_final && w.aggregation == aggregation).then(|| AggregateRow::of(w, epoch))
-                })
+            .map(|d| match d.shape {
+                DatasetShape::Windows(_) => {
+                    let aggregation = d.aggregation;
+                    with_epoch(streams.results.clone(), "FinalRows", move |w, epoch| {
+                        (w.is_final && w.aggregation == aggregation)
+                            .then(|| Row::Window(AggregateRow::of(w, epoch)))
+                    })
+                }
+                DatasetShape::Alerts(_) => {
+                    with_epoch(streams.alerts.clone(), "AlertRows", move |e, epoch| {
+                        Some(Row::Alert(AlertRow {
+                            event: e.clone(),
+                            epoch,
+                        }))
+                    })
+                }
             })
             .collect();
         let acks = commit_outputs(
-            aggregates.concat(dead),
+            aggregates.concat(dead).concat(alerts),
             finals,
             captures,
             WorkerSinks {
@@ -586,13 +641,20 @@ impl WorkerPlan {
             parquet_dir: Some(dir),
         } = &self.cfg.delivery
         {
-            write_datasets(
-                streams.results.clone(),
-                dir.clone(),
-                self.routes.datasets.clone(),
-                Arc::clone(&self.sink_err),
-                Arc::clone(stop),
-            );
+            for d in &self.routes.datasets {
+                let aggregation = d.aggregation;
+                let rows = with_epoch(streams.results.clone(), "FinalRows", move |w, epoch| {
+                    (w.is_final && w.aggregation == aggregation)
+                        .then(|| Row::Window(AggregateRow::of(w, epoch)))
+                });
+                write_dataset(
+                    rows,
+                    dir.clone(),
+                    d.clone(),
+                    Arc::clone(&self.sink_err),
+                    Arc::clone(stop),
+                );
+            }
         }
         for (i, (id, shape)) in self.routes.aggregations.iter().enumerate() {
             let Some(id) = id else { continue };

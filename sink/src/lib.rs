@@ -11,6 +11,7 @@
 //! and the state directory; `failpoint` holds its crash sites; `error` the
 //! typed errors.
 
+pub mod alert_shape;
 pub mod committed;
 pub mod committer;
 pub mod error;

@@ -27,7 +27,7 @@ use parquet::file::properties::WriterProperties;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use iotflow_dataflow::job::{Epoch, WindowResult};
+use iotflow_dataflow::job::Epoch;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
@@ -35,7 +35,7 @@ use timely::dataflow::operators::generic::Operator;
 use crate::failpoint::{self, Site};
 use crate::kafka::FailureSlot;
 use crate::protocol::FileEntry;
-use crate::shape::{AggregateRow, AggregateShape};
+use crate::shape::{DatasetShape, Row};
 
 /// The default job's dataset under the Parquet directory.
 pub const DATASET: &str = "aggregates";
@@ -45,9 +45,20 @@ pub const DATASET: &str = "aggregates";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     pub name: String,
-    /// Index of its aggregation in the job's list.
+    /// Index of its aggregation in the job's list (the alert dataset: of
+    /// none; each row names its own).
     pub aggregation: u16,
-    pub shape: AggregateShape,
+    pub shape: DatasetShape,
+}
+
+impl Dataset {
+    /// The aggregation whose key owner keeps `row` pending (rescaling regroups by it).
+    pub fn aggregation_of(&self, row: &Row) -> u16 {
+        match (&self.shape, row) {
+            (DatasetShape::Alerts(s), Row::Alert(a)) => s.aggregation_of(&a.event),
+            _ => self.aggregation,
+        }
+    }
 }
 /// Staged files, outside the dataset (readers glob `aggregates/`).
 pub const STAGING: &str = ".staging";
@@ -99,23 +110,22 @@ pub fn stage_rows(
     epoch: u64,
     first: u64,
     worker: u32,
-    records: &[AggregateRow],
+    records: &[Row],
 ) -> Result<Vec<FileEntry>, ParquetSinkError> {
     let (shape, dataset) = (&dataset.shape, dataset.name.as_str());
-    let mut finals: Vec<&AggregateRow> = records.iter().filter(|r| r.is_final).collect();
-    finals.sort_by(|a, b| (&a.group, a.window_start).cmp(&(&b.group, b.window_start)));
+    let mut finals: Vec<&Row> = records.iter().filter(|r| r.is_final()).collect();
+    finals.sort_by(|a, b| a.order().cmp(&b.order()));
     // Grouped by UTC day first: formatting a date per row cost more than the rest.
-    let mut by_day: std::collections::BTreeMap<i64, Vec<AggregateRow>> =
-        std::collections::BTreeMap::new();
+    let mut by_day: std::collections::BTreeMap<i64, Vec<Row>> = std::collections::BTreeMap::new();
     for r in finals {
         by_day
-            .entry(r.window_start.div_euclid(DAY_MS))
+            .entry(r.window_start().div_euclid(DAY_MS))
             .or_default()
             .push(r.clone());
     }
     let by_date = by_day
         .into_values()
-        .filter_map(|rows| Some((date_of(rows.first()?.window_start), rows)));
+        .filter_map(|rows| Some((date_of(rows.first()?.window_start()), rows)));
     fs::create_dir_all(staging).map_err(io_err(staging))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -206,46 +216,32 @@ pub fn verify(path: &Path, entry: &FileEntry) -> Result<Check, ParquetSinkError>
     }
 }
 
-/// Writes each completed epoch's final windows into their datasets under
-/// `root` (each worker its own files). At least once: a crash can replay an
-/// epoch's files; the exactly-once sinks put the commit protocol between
-/// staging and publishing.
-pub fn write_datasets(
-    stream: Stream<'_, Epoch, Vec<WindowResult>>,
+/// Writes each completed epoch's rows of `dataset` (each worker its own
+/// files) under `root`. At least once: a crash can replay an epoch's files;
+/// the exactly-once sinks put the commit protocol between staging and
+/// publishing.
+pub fn write_dataset(
+    stream: Stream<'_, Epoch, Vec<Row>>,
     root: PathBuf,
-    datasets: Vec<Dataset>,
+    dataset: Dataset,
     error: FailureSlot,
     stop: Arc<AtomicBool>,
 ) {
     let worker = stream.scope().index() as u32;
     let staging = root.join(STAGING).join(format!("w{worker:04}"));
-    let mut pending: BTreeMap<Epoch, Vec<Vec<AggregateRow>>> = BTreeMap::new();
+    let mut pending: BTreeMap<Epoch, Vec<Row>> = BTreeMap::new();
     stream.sink(Pipeline, "WriteParquet", move |(input, frontier)| {
-        input.for_each(|time, data| {
-            let epoch = iotflow_dataflow::job::epoch_of(&time);
-            let rows = pending
-                .entry(epoch)
-                .or_insert_with(|| vec![Vec::new(); datasets.len()]);
-            for r in data.iter().filter(|r| r.is_final) {
-                for (d, dataset) in datasets.iter().enumerate() {
-                    if dataset.aggregation == r.aggregation {
-                        rows[d].push(AggregateRow::of(r, epoch));
-                    }
-                }
-            }
-        });
+        input.for_each(|time, data| iotflow_dataflow::job::stash(&mut pending, &time, data));
         while let Some(entry) = pending.first_entry() {
             if frontier.less_equal(entry.key()) || stop.load(Ordering::Relaxed) {
                 break;
             }
             let epoch = *entry.key();
-            for (dataset, rows) in datasets.iter().zip(entry.remove()) {
-                let written = stage_rows(&staging, dataset, epoch, epoch, worker, &rows).and_then(
-                    |entries| entries.iter().try_for_each(|e| publish(&staging, &root, e)),
-                );
-                if let Err(e) = written {
-                    return crate::kafka::record_failure(&error, &stop, e.to_string());
-                }
+            let rows = entry.remove();
+            let written = stage_rows(&staging, &dataset, epoch, epoch, worker, &rows)
+                .and_then(|entries| entries.iter().try_for_each(|e| publish(&staging, &root, e)));
+            if let Err(e) = written {
+                return crate::kafka::record_failure(&error, &stop, e.to_string());
             }
         }
     });
@@ -264,8 +260,10 @@ pub(crate) mod tests {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     use super::*;
+    use crate::shape::{AggregateRow, AggregateShape};
+    use iotflow_dataflow::job::WindowResult;
 
-    fn record(device: &str, start: i64, is_final: bool) -> AggregateRow {
+    fn record(device: &str, start: i64, is_final: bool) -> Row {
         let stats = iotflow_dataflow::Stats {
             count: 3,
             sum: 63.0,
@@ -284,7 +282,7 @@ pub(crate) mod tests {
             stats,
             is_final,
         );
-        AggregateRow::of(&r, 4)
+        Row::Window(AggregateRow::of(&r, 4))
     }
 
     /// The default job's dataset.
@@ -297,7 +295,7 @@ pub(crate) mod tests {
         Dataset {
             name: DATASET.into(),
             aggregation: 0,
-            shape: AggregateShape::of(&agg),
+            shape: DatasetShape::Windows(AggregateShape::of(&agg)),
         }
     }
 
@@ -305,7 +303,7 @@ pub(crate) mod tests {
         staging: &Path,
         epoch: u64,
         worker: u32,
-        rows: &[AggregateRow],
+        rows: &[Row],
     ) -> Result<Vec<FileEntry>, ParquetSinkError> {
         stage_rows(staging, &aggregates(), epoch, epoch, worker, rows)
     }

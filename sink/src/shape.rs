@@ -20,9 +20,10 @@ use arrow_array::{
     UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use iotflow_dataflow::Measured;
+use iotflow_dataflow::aggregate::MeasureValue;
 use iotflow_dataflow::aggregation::{Aggregation, KEY_SEPARATOR};
 use iotflow_dataflow::job::{Epoch, WindowResult};
-use iotflow_dataflow::{Measured, Stats};
 use iotflow_jobfile::Measure;
 use serde::{Deserialize, Serialize};
 
@@ -66,34 +67,91 @@ impl AggregateRow {
     }
 }
 
-/// A measure's value of one window, typed.
-enum MeasureValue {
-    Count(u64),
-    Time(i64),
-    Float(f64),
+/// A row of any dataset: a window's aggregate or an alert event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Row {
+    Window(AggregateRow),
+    Alert(crate::alert_shape::AlertRow),
 }
 
-fn value_of(m: &Measure, measured: &Measured, percentile: &mut usize) -> MeasureValue {
-    let s: &Stats = &measured.stats;
-    match m {
-        Measure::Count => MeasureValue::Count(s.count),
-        Measure::Sum => MeasureValue::Float(s.sum),
-        Measure::Min => MeasureValue::Float(s.min),
-        Measure::Max => MeasureValue::Float(s.max),
-        Measure::Mean => MeasureValue::Float(s.mean),
-        Measure::Stddev => MeasureValue::Float(s.stddev),
-        Measure::FirstTs => MeasureValue::Time(s.first_ts),
-        Measure::LastTs => MeasureValue::Time(s.last_ts),
-        Measure::FirstValue => MeasureValue::Float(measured.first_value),
-        Measure::LastValue => MeasureValue::Float(measured.last_value),
-        Measure::Percentile(_) => {
-            let v = measured
-                .percentiles
-                .get(*percentile)
-                .copied()
-                .unwrap_or(f64::NAN);
-            *percentile += 1;
-            MeasureValue::Float(v)
+impl Row {
+    /// Whether it belongs in a dataset (a window's update does not).
+    pub fn is_final(&self) -> bool {
+        match self {
+            Row::Window(r) => r.is_final,
+            Row::Alert(_) => true,
+        }
+    }
+
+    /// The event time that dates it: files are per UTC day of it.
+    pub fn window_start(&self) -> i64 {
+        match self {
+            Row::Window(r) => r.window_start,
+            Row::Alert(a) => a.event.window_start,
+        }
+    }
+
+    /// Its place in a file: by group key and window start; an alert key's
+    /// events by rule, firing before resolved.
+    pub fn order(&self) -> (&str, i64, u16, bool) {
+        match self {
+            Row::Window(r) => (&r.group, r.window_start, 0, false),
+            Row::Alert(a) => (
+                &a.event.group,
+                a.event.window_start,
+                a.event.rule,
+                !a.event.firing,
+            ),
+        }
+    }
+
+    /// Its group key.
+    pub fn group(&self) -> &str {
+        match self {
+            Row::Window(r) => &r.group,
+            Row::Alert(a) => &a.event.group,
+        }
+    }
+}
+
+/// How a dataset's rows are written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DatasetShape {
+    Windows(AggregateShape),
+    Alerts(crate::alert_shape::AlertShape),
+}
+
+impl DatasetShape {
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            DatasetShape::Windows(s) => s.schema(),
+            DatasetShape::Alerts(_) => crate::alert_shape::AlertShape::schema(),
+        }
+    }
+
+    /// `rows` (of this dataset's kind) as one Arrow batch.
+    pub fn batch(&self, rows: &[Row]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        match self {
+            DatasetShape::Windows(s) => {
+                let rows: Vec<&AggregateRow> = rows
+                    .iter()
+                    .filter_map(|r| match r {
+                        Row::Window(w) => Some(w),
+                        Row::Alert(_) => None,
+                    })
+                    .collect();
+                s.batch(&rows)
+            }
+            DatasetShape::Alerts(s) => {
+                let rows: Vec<&crate::alert_shape::AlertRow> = rows
+                    .iter()
+                    .filter_map(|r| match r {
+                        Row::Alert(a) => Some(a),
+                        Row::Window(_) => None,
+                    })
+                    .collect();
+                s.batch(&rows)
+            }
         }
     }
 }
@@ -138,7 +196,7 @@ impl AggregateShape {
         let mut p = 0;
         for m in &self.measures {
             field(&mut out, &m.name())?;
-            match value_of(m, &r.measured, &mut p) {
+            match r.measured.value_of(m, &mut p) {
                 MeasureValue::Count(v) => serde_json::to_writer(&mut out, &v)?,
                 MeasureValue::Time(v) => serde_json::to_writer(&mut out, &v)?,
                 MeasureValue::Float(v) => serde_json::to_writer(&mut out, &v)?,
@@ -189,7 +247,7 @@ impl AggregateShape {
         let mut p = 0;
         for m in &self.measures {
             sep(out);
-            let text = match value_of(m, &r.measured, &mut p) {
+            let text = match r.measured.value_of(m, &mut p) {
                 MeasureValue::Count(v) => ints.format(v),
                 MeasureValue::Time(v) => ints.format(v),
                 MeasureValue::Float(v) => floats.format(v),
@@ -225,7 +283,7 @@ impl AggregateShape {
     }
 
     /// `rows` as one Arrow batch, in the order given.
-    pub fn batch(&self, rows: &[AggregateRow]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    pub fn batch(&self, rows: &[&AggregateRow]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let ts = |values: Vec<i64>| -> ArrayRef {
             Arc::new(TimestampMillisecondArray::from(values).with_timezone("UTC"))
         };
@@ -244,7 +302,7 @@ impl AggregateShape {
                 .iter()
                 .map(|r| {
                     let mut q = at;
-                    value_of(m, &r.measured, &mut q)
+                    r.measured.value_of(m, &mut q)
                 })
                 .collect();
             if m.is_percentile() {
@@ -390,7 +448,7 @@ mod tests {
                 "epoch"
             ]
         );
-        let batch = shape.batch(&[AggregateRow::of(&r, 3)]).unwrap();
+        let batch = shape.batch(&[&AggregateRow::of(&r, 3)]).unwrap();
         assert_eq!(batch.num_rows(), 1);
         assert_eq!(
             shape.csv_header(),

@@ -433,6 +433,7 @@ impl State {
             watermark: self.combiner.emitted(),
             seen,
             windows: Vec::new(),
+            alerts: Vec::new(),
             // The sink fills in the predecessor's size and checksum.
             previous: (epoch > start).then(|| snapshot::Link {
                 epoch: epoch - 1,

@@ -1,5 +1,6 @@
 //! The dataflow's operators, one per file.
 
+mod alerts;
 pub mod assign;
 pub mod classify;
 mod collect;

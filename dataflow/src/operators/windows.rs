@@ -33,14 +33,16 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::{Concat, ConnectLoop, Feedback};
 
+use super::alerts::alerts;
 use super::assign::assign;
 use super::collect::collect;
 use super::emit::emit;
 use super::names::Names;
 pub use super::names::device_owner;
+use crate::alert::AlertEvent;
 use crate::job::{Classified, Epoch, JobConfig, StateHooks, WindowResult};
 use crate::metrics::JobMetrics;
-use crate::snapshot::{OpenWindow, WorkerSnapshot};
+use crate::snapshot::{AlertSeries, OpenWindow, WorkerSnapshot};
 use crate::watermark::ShareReport;
 
 /// (aggregation, group key id, window start or `SESSION_SLOT`), key ids
@@ -65,6 +67,7 @@ pub(super) type StateSpine = ValSpine<WindowKey, WindowVal, Epoch, isize>;
 pub struct Snapshots {
     ready: BTreeMap<Epoch, WorkerSnapshot>,
     windows: BTreeMap<Epoch, Vec<OpenWindow>>,
+    alerts: BTreeMap<Epoch, Vec<AlertSeries>>,
 }
 
 impl Snapshots {
@@ -78,10 +81,16 @@ impl Snapshots {
         self.windows.entry(epoch).or_default().extend(windows);
     }
 
+    /// The Alerts operator's part of `epoch`.
+    pub(super) fn add_alerts(&mut self, epoch: Epoch, series: Vec<AlertSeries>) {
+        self.alerts.entry(epoch).or_default().extend(series);
+    }
+
     /// The snapshot of `epoch`, once this worker's operators finished it.
     pub fn take(&mut self, epoch: Epoch) -> Option<WorkerSnapshot> {
         let mut snap = self.ready.remove(&epoch)?;
         snap.windows = self.windows.remove(&epoch).unwrap_or_default();
+        snap.alerts = self.alerts.remove(&epoch).unwrap_or_default();
         Some(snap)
     }
 }
@@ -133,9 +142,20 @@ pub fn windows<'scope>(
     reports: Stream<'scope, Epoch, Vec<ShareReport>>,
     cfg: JobConfig,
     metrics: Arc<JobMetrics>,
-    hooks: StateHooks,
-) -> Stream<'scope, Epoch, Vec<WindowResult>> {
+    mut hooks: StateHooks,
+) -> (
+    Stream<'scope, Epoch, Vec<WindowResult>>,
+    Stream<'scope, Epoch, Vec<AlertEvent>>,
+) {
     let scope = readings.scope();
+    let alert_state = hooks.restore.as_mut().map(|s| {
+        (
+            s.reports.clone(),
+            s.watermark,
+            std::mem::take(&mut s.alerts),
+        )
+    });
+    let alert_capture = hooks.capture.clone();
     let names = Rc::new(RefCell::new(Names::default()));
     let keys = Rc::new(RefCell::new(Keys::default()));
     let start = hooks.start;
@@ -147,7 +167,7 @@ pub fn windows<'scope>(
         Arc::clone(&metrics),
         &hooks,
     );
-    let (updates, events) = collect(runs, reports, cfg.clone(), Rc::clone(&keys), hooks);
+    let (updates, events) = collect(runs, reports.clone(), cfg.clone(), Rc::clone(&keys), hooks);
     let (retract_handle, retractions) = scope.feedback::<Vec<Update>>(1);
     // Pipeline: Collect is already on the key's worker, and the ids are per worker.
     let state = arrange_core::<_, _, ValBatcher<WindowKey, WindowVal, Epoch, isize>, StateSpine>(
@@ -156,7 +176,23 @@ pub fn windows<'scope>(
         "WindowState",
         ValBatcher::new,
     );
-    let (results, retractions) = emit(events, state.stream, state.trace, cfg, keys, metrics, start);
+    let (results, retractions) = emit(
+        events,
+        state.stream,
+        state.trace,
+        cfg.clone(),
+        keys,
+        metrics,
+        start,
+    );
     retractions.connect_loop(retract_handle);
-    results
+    let events = alerts(
+        results.clone(),
+        reports,
+        cfg,
+        start,
+        alert_state,
+        alert_capture,
+    );
+    (results, events)
 }

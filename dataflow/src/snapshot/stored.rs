@@ -5,12 +5,16 @@
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use super::{Link, OpenWindow, SNAPSHOT_FORMAT, SeenKey, SnapshotError, WorkerSnapshot};
+use super::{
+    AlertSeries, Link, OpenWindow, SNAPSHOT_FORMAT, SeenKey, SnapshotError, WorkerSnapshot,
+};
 use crate::sealed::{Unsealed, checked_body, unseal, with_checksum};
 use crate::watermark::ShareReport;
 
 /// (aggregation, key name, start, readings).
 type StoredWindow = (u16, u32, i64, Vec<(i64, u64)>);
+/// (rule, aggregation, key name, series).
+type StoredAlert = (u16, u16, u32, crate::alert::Series);
 /// Format 2's windows: (device name, metric name, start, readings).
 type StoredWindowV2 = (u32, u32, i64, Vec<(i64, u64)>);
 
@@ -29,6 +33,41 @@ struct Stored {
     seen: Vec<(u32, u32, u64, i64)>,
     windows: Vec<StoredWindow>,
     previous: Option<Link>,
+    alerts: Vec<StoredAlert>,
+}
+
+/// Format 3, as it was stored: no alert series.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct StoredV3 {
+    format: u32,
+    epoch: u64,
+    worker: u32,
+    workers: u32,
+    reports: Vec<ShareReport>,
+    watermark: Option<i64>,
+    names: Vec<String>,
+    seen: Vec<(u32, u32, u64, i64)>,
+    windows: Vec<StoredWindow>,
+    previous: Option<Link>,
+}
+
+impl StoredV3 {
+    fn upgrade(self) -> Stored {
+        Stored {
+            format: self.format,
+            epoch: self.epoch,
+            worker: self.worker,
+            workers: self.workers,
+            reports: self.reports,
+            watermark: self.watermark,
+            names: self.names,
+            seen: self.seen,
+            windows: self.windows,
+            previous: self.previous,
+            alerts: Vec::new(),
+        }
+    }
 }
 
 /// Format 2, as it was stored.
@@ -49,7 +88,7 @@ struct StoredV2 {
 
 impl StoredV2 {
     /// As format 3: windows of aggregation 0 keyed `device|metric`.
-    fn upgrade(self) -> Stored {
+    fn upgrade(self) -> StoredV3 {
         let mut names = self.names;
         let mut pairs: rustc_hash::FxHashMap<(u32, u32), u32> = Default::default();
         let windows = self
@@ -64,7 +103,7 @@ impl StoredV2 {
                 (0, key, start, readings)
             })
             .collect();
-        Stored {
+        StoredV3 {
             format: self.format,
             epoch: self.epoch,
             worker: self.worker,
@@ -122,6 +161,11 @@ impl WorkerSnapshot {
             .iter()
             .map(|w| (w.aggregation, names.id(&w.key), w.start, w.readings.clone()))
             .collect();
+        let alerts = self
+            .alerts
+            .iter()
+            .map(|a| (a.rule, a.aggregation, names.id(&a.key), a.series.clone()))
+            .collect();
         let names = names.names;
         let stored = Stored {
             format: SNAPSHOT_FORMAT,
@@ -134,6 +178,7 @@ impl WorkerSnapshot {
             seen,
             windows,
             previous: self.previous,
+            alerts,
         };
         codec()
             .serialize(&stored)
@@ -160,6 +205,11 @@ impl WorkerSnapshot {
         let s: Stored = match format {
             2 => codec()
                 .deserialize::<StoredV2>(body)
+                .map_err(decode)?
+                .upgrade()
+                .upgrade(),
+            3 => codec()
+                .deserialize::<StoredV3>(body)
                 .map_err(decode)?
                 .upgrade(),
             _ => codec().deserialize(body).map_err(decode)?,
@@ -194,7 +244,20 @@ impl WorkerSnapshot {
                 })
             })
             .collect::<Result<_, SnapshotError>>()?;
+        let alerts = s
+            .alerts
+            .into_iter()
+            .map(|(rule, aggregation, key, series)| {
+                Ok(AlertSeries {
+                    rule,
+                    aggregation,
+                    key: name(key)?,
+                    series,
+                })
+            })
+            .collect::<Result<_, SnapshotError>>()?;
         Ok(WorkerSnapshot {
+            alerts,
             format: s.format,
             epoch: s.epoch,
             worker: s.worker,
@@ -247,5 +310,27 @@ mod tests {
         );
         let again = WorkerSnapshot::decode(&s.encode().unwrap()).unwrap();
         assert_eq!((again.format, again.windows), (SNAPSHOT_FORMAT, s.windows));
+    }
+
+    /// Format 3 (before alert series) reads as today's with none.
+    #[test]
+    fn format_3_snapshots_read_without_alert_series() {
+        use bincode::Options;
+        let old = StoredV3 {
+            format: 3,
+            epoch: 4,
+            worker: 0,
+            workers: 1,
+            reports: Vec::new(),
+            watermark: Some(5),
+            names: vec!["k|t".into()],
+            seen: Vec::new(),
+            windows: vec![(1, 0, 10, vec![(12, 2.5f64.to_bits())])],
+            previous: None,
+        };
+        let bytes = with_checksum(codec().serialize(&old).unwrap());
+        let s = WorkerSnapshot::decode(&bytes).unwrap();
+        assert_eq!((s.format, s.windows.len(), s.alerts.len()), (3, 1, 0));
+        assert_eq!(s.windows[0].key, "k|t");
     }
 }

@@ -52,7 +52,7 @@ use timely::dataflow::operators::core::{ConnectLoop, Feedback};
 
 use crate::error::SinkError;
 use crate::protocol::CommitRecord;
-use crate::shape::AggregateRow;
+use crate::shape::Row;
 
 pub use commit_op::Ack;
 pub use iotflow_dataflow::snapshot::WindowRules;
@@ -150,7 +150,7 @@ impl SinkContext {
 /// snapshots. Returns the acks (for the sources' backpressure).
 pub fn commit_outputs<'scope>(
     records: Stream<'scope, Epoch, Vec<Outgoing>>,
-    datasets: Vec<Stream<'scope, Epoch, Vec<AggregateRow>>>,
+    datasets: Vec<Stream<'scope, Epoch, Vec<Row>>>,
     captures: Captures,
     sinks: WorkerSinks,
 ) -> Stream<'scope, Epoch, Vec<Ack>> {

@@ -99,6 +99,8 @@ impl Outgoing {
         (a.output, a.partition, a.order)
             .cmp(&(b.output, b.partition, b.order))
             .then_with(|| a.record.key.cmp(&b.record.key))
+            // An alert's firing and resolved events can share a key: "firing" < "resolved".
+            .then_with(|| a.record.value.cmp(&b.record.value))
     }
 }
 
@@ -121,6 +123,26 @@ impl StagedRecord {
             value,
             headers: vec![(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes())],
             timestamp_ms: r.window_end,
+        };
+        Ok((key, record))
+    }
+
+    /// Alert event `e` emitted at `epoch` as a record of `shape`, with its key.
+    pub fn alert(
+        e: &iotflow_dataflow::alert::AlertEvent,
+        epoch: Epoch,
+        shape: &crate::alert_shape::AlertShape,
+    ) -> Result<(String, Self), SinkError> {
+        let key = shape.key(e);
+        let value = shape.json(e, epoch).map_err(|err| SinkError::Encode {
+            what: format!("alert {key}"),
+            detail: err.to_string(),
+        })?;
+        let record = Self {
+            key: Some(key.clone().into_bytes()),
+            value,
+            headers: vec![(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes())],
+            timestamp_ms: e.window_end,
         };
         Ok((key, record))
     }
@@ -168,6 +190,23 @@ pub fn aggregate_outgoing(
     shape: &AggregateShape,
 ) -> Result<Outgoing, SinkError> {
     let (key, record) = StagedRecord::aggregate(r, epoch, shape)?;
+    Ok(Outgoing {
+        output,
+        partition: key_partition(key.as_bytes(), partitions),
+        order: Order::Key,
+        record,
+    })
+}
+
+/// An alert event as an outgoing record of `output`.
+pub fn alert_outgoing(
+    e: &iotflow_dataflow::alert::AlertEvent,
+    epoch: Epoch,
+    output: OutputId,
+    partitions: usize,
+    shape: &crate::alert_shape::AlertShape,
+) -> Result<Outgoing, SinkError> {
+    let (key, record) = StagedRecord::alert(e, epoch, shape)?;
     Ok(Outgoing {
         output,
         partition: key_partition(key.as_bytes(), partitions),

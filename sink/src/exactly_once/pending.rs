@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!   epoch e's final rows of dataset d ──frame (len, bincode, CRC-32), fsync──▶
-//!       <state>/parquet-pending/<d>/w<worker>-e<first epoch>.rows
+//!       <state>/parquet-pending/<d>/w<worker>-e<first epoch>.frames
+//!   (`.rows`: an older binary's segment, windows only, read as today's)
 //!   commit record: PendingEntry { dataset, since, rows, path, bytes = committed length }
 //!   roll due (rows, bytes, age, end) ──read the committed frames back──▶ one Parquet file
 //! ```
@@ -21,7 +22,7 @@ use iotflow_dataflow::sealed::{checked_body, with_checksum};
 
 use crate::error::SinkError;
 use crate::protocol::PendingEntry;
-use crate::shape::AggregateRow;
+use crate::shape::Row;
 
 /// Where pending final windows live under the state directory.
 pub const PENDING: &str = "parquet-pending";
@@ -60,18 +61,22 @@ pub struct PendingRows {
     pub since: Option<Epoch>,
     pub rows: u64,
     /// Restored rows (recovery), written to this run's segment at its first stage.
-    restored: Vec<AggregateRow>,
+    restored: Vec<Row>,
     /// This run's segment (relative to the state directory) and its length.
     segment: Option<(String, u64)>,
 }
 
 /// The rows of one frame, as stored.
 #[derive(Serialize, Deserialize)]
-struct Frame(Vec<AggregateRow>);
+struct Frame(Vec<Row>);
+
+/// A frame of an older binary's `.rows` segment: aggregates only.
+#[derive(Deserialize)]
+struct WindowFrame(Vec<crate::shape::AggregateRow>);
 
 impl PendingRows {
     /// Rows restored from a commit; written to a segment of this run when it first stages.
-    pub fn restored(since: Epoch, rows: Vec<AggregateRow>) -> Self {
+    pub fn restored(since: Epoch, rows: Vec<Row>) -> Self {
         Self {
             since: (!rows.is_empty()).then_some(since),
             rows: rows.len() as u64,
@@ -93,7 +98,7 @@ impl PendingRows {
         dir: &str,
         worker: u32,
         epoch: Epoch,
-        rows: &[AggregateRow],
+        rows: &[Row],
     ) -> Result<(), SinkError> {
         if !self.restored.is_empty() {
             let restored = std::mem::take(&mut self.restored);
@@ -114,7 +119,7 @@ impl PendingRows {
         dir: &str,
         worker: u32,
         epoch: Epoch,
-        rows: &[AggregateRow],
+        rows: &[Row],
     ) -> Result<(), SinkError> {
         use bincode::Options;
         let body = codec()
@@ -138,7 +143,7 @@ impl PendingRows {
                 *len += frame.len() as u64;
             }
             None => {
-                let rel = format!("{PENDING}/{dir}/w{worker:04}-e{epoch:012}.rows");
+                let rel = format!("{PENDING}/{dir}/w{worker:04}-e{epoch:012}.frames");
                 let path = state_dir.join(&rel);
                 let parent = path.parent().unwrap_or(state_dir);
                 fs::create_dir_all(parent).map_err(SinkError::io("creating", parent))?;
@@ -174,7 +179,7 @@ impl PendingRows {
         state_dir: &Path,
         dataset: &str,
         worker: u32,
-    ) -> Result<Vec<AggregateRow>, SinkError> {
+    ) -> Result<Vec<Row>, SinkError> {
         let rows = match self.entry(dataset, worker) {
             Some(entry) => read_segment(state_dir, &entry)?,
             None => std::mem::take(&mut self.restored),
@@ -186,10 +191,7 @@ impl PendingRows {
 
 /// The rows segment `entry` holds: the frames in its first `bytes` bytes (a
 /// torn frame past them is a crash's, never committed), as many as it names.
-pub fn read_segment(
-    state_dir: &Path,
-    entry: &PendingEntry,
-) -> Result<Vec<AggregateRow>, SinkError> {
+pub fn read_segment(state_dir: &Path, entry: &PendingEntry) -> Result<Vec<Row>, SinkError> {
     use bincode::Options;
     let path = state_dir.join(&entry.path);
     let damaged = |problem: String| SinkError::Damaged {
@@ -214,10 +216,20 @@ pub fn read_segment(
             .split_at_checked(len)
             .ok_or_else(|| damaged("a torn frame".into()))?;
         let body = checked_body(body).map_err(|e| damaged(e.to_string()))?;
-        let Frame(frame) = codec()
-            .deserialize(body)
-            .map_err(|e| damaged(e.to_string()))?;
-        rows.extend(frame);
+        match entry.path.ends_with(".rows") {
+            true => {
+                let WindowFrame(frame) = codec()
+                    .deserialize(body)
+                    .map_err(|e| damaged(e.to_string()))?;
+                rows.extend(frame.into_iter().map(Row::Window));
+            }
+            false => {
+                let Frame(frame) = codec()
+                    .deserialize(body)
+                    .map_err(|e| damaged(e.to_string()))?;
+                rows.extend(frame);
+            }
+        }
         rest = tail;
     }
     if rows.len() as u64 != entry.rows {
@@ -230,7 +242,7 @@ pub fn read_segment(
     Ok(rows)
 }
 
-/// The epoch a segment file name carries (`w0001-e000000000012.rows`).
+/// The epoch a segment file name carries (`w0001-e000000000012.frames`).
 pub fn segment_epoch(name: &str) -> Option<Epoch> {
     name.split_once("-e")?.1.split('.').next()?.parse().ok()
 }
@@ -239,7 +251,7 @@ pub fn segment_epoch(name: &str) -> Option<Epoch> {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn row(device: &str) -> AggregateRow {
+    pub(crate) fn row(device: &str) -> Row {
         let stats = iotflow_dataflow::Stats {
             count: 1,
             sum: 1.0,
@@ -251,7 +263,7 @@ pub(crate) mod tests {
             last_ts: 1,
         };
         let r = iotflow_dataflow::WindowResult::new(device, "t", 0, 10, stats, true);
-        AggregateRow::of(&r, 3)
+        Row::Window(crate::shape::AggregateRow::of(&r, 3))
     }
 
     #[test]

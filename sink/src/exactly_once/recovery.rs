@@ -21,7 +21,7 @@ use crate::error::SinkError;
 use crate::parquet::Dataset;
 use crate::progress::{History, ProgressLog};
 use crate::protocol::{CommitRecord, PendingEntry, Plan, plan_recovery, valid_history};
-use crate::shape::AggregateRow;
+use crate::shape::Row;
 
 use super::ExactlyOnceConfig;
 use super::chain::load_whole;
@@ -54,7 +54,7 @@ pub struct CommitState {
     /// Each worker's whole state (its chain put together), by worker.
     pub snapshots: Vec<WorkerSnapshot>,
     /// Each worker's final rows waiting for a Parquet roll, per dataset.
-    pub pending: Vec<(PendingEntry, Vec<AggregateRow>)>,
+    pub pending: Vec<(PendingEntry, Vec<Row>)>,
 }
 
 /// The state `commit` names: every worker's snapshot chain (each file's size
@@ -329,7 +329,7 @@ fn staged_outputs(
 /// Each worker's pending rows per dataset for `workers` workers: as they were
 /// when the count is unchanged, else regrouped by key owner like the window state.
 fn regroup_pending(
-    entries: Vec<(PendingEntry, Vec<AggregateRow>)>,
+    entries: Vec<(PendingEntry, Vec<Row>)>,
     was: u32,
     workers: u32,
     datasets: &[Dataset],
@@ -346,18 +346,18 @@ fn regroup_pending(
         return out;
     }
     for (d, dataset) in datasets.iter().enumerate() {
-        let mine: Vec<&(PendingEntry, Vec<AggregateRow>)> = entries
+        let mine: Vec<&(PendingEntry, Vec<Row>)> = entries
             .iter()
             .filter(|(e, _)| e.dataset == dataset.name)
             .collect();
         let since = mine.iter().map(|(e, _)| e.since).min().unwrap_or_default();
-        let mut rows: Vec<Vec<AggregateRow>> = vec![Vec::new(); workers as usize];
-        let owner = |group: &str| match rules.aggregations.get(dataset.aggregation as usize) {
-            Some(a) => a.key_owner(group, workers),
+        let mut rows: Vec<Vec<Row>> = vec![Vec::new(); workers as usize];
+        let owner = |r: &Row| match rules.aggregations.get(dataset.aggregation_of(r) as usize) {
+            Some(a) => a.key_owner(r.group(), workers),
             None => 0,
         };
         for r in mine.into_iter().flat_map(|(_, rows)| rows) {
-            rows[owner(&r.group) as usize].push(r.clone());
+            rows[owner(r) as usize].push(r.clone());
         }
         for (w, rows) in rows.into_iter().enumerate() {
             out[w][d] = PendingRows::restored(since, rows);
@@ -407,12 +407,12 @@ mod tests {
                 .take(Path::new("/nonexistent"), "aggregates", w as u32)
                 .unwrap();
             for r in &rows {
-                let device = r.group.split('|').next().unwrap_or_default();
+                let device = r.group().split('|').next().unwrap_or_default();
                 assert_eq!(device_owner(device, 3), w as u32);
             }
             all.extend(rows);
         }
-        all.sort_by(|a, b| a.group.cmp(&b.group));
+        all.sort_by(|a, b| a.group().cmp(b.group()));
         assert_eq!(all, vec![row("a"), row("b"), row("c")]);
     }
 }

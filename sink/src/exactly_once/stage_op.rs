@@ -27,7 +27,7 @@ use timely::scheduling::SyncActivator;
 
 use crate::error::SinkError;
 use crate::protocol::Staged;
-use crate::shape::AggregateRow;
+use crate::shape::Row;
 
 use super::SinkContext;
 use super::offload::Offload;
@@ -70,7 +70,7 @@ struct Shell {
     next: Epoch,
     records: BTreeMap<Epoch, Vec<Outgoing>>,
     /// Per epoch, each dataset's final rows.
-    finals: BTreeMap<Epoch, Vec<Vec<AggregateRow>>>,
+    finals: BTreeMap<Epoch, Vec<Vec<Row>>>,
     datasets: usize,
     /// Epochs handed to the thread, with the capability their message needs.
     in_flight: BTreeMap<Epoch, Capability<Epoch>>,
@@ -155,7 +155,7 @@ impl Shell {
 /// Attaches the Stage operator; returns the stream of what each worker staged.
 pub fn stage<'scope>(
     records: Stream<'scope, Epoch, Vec<Outgoing>>,
-    datasets: Vec<Stream<'scope, Epoch, Vec<AggregateRow>>>,
+    datasets: Vec<Stream<'scope, Epoch, Vec<Row>>>,
     ctx: &SinkContext,
 ) -> Stream<'scope, Epoch, Vec<StagedMsg>> {
     let scope = records.scope();

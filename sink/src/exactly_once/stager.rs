@@ -20,7 +20,7 @@ use crate::error::SinkError;
 use crate::failpoint::{self, Site};
 use crate::parquet;
 use crate::protocol::{PublishTarget, SnapshotEntry, Staged};
-use crate::shape::AggregateRow;
+use crate::shape::Row;
 
 use super::ExactlyOnceConfig;
 use super::chain::{Chain, load_whole};
@@ -34,7 +34,7 @@ pub struct StageJob {
     pub epoch: Epoch,
     pub records: Vec<Outgoing>,
     /// Final rows of each dataset (in the config's order).
-    pub finals: Vec<Vec<AggregateRow>>,
+    pub finals: Vec<Vec<Row>>,
     pub snapshot: WorkerSnapshot,
     /// The input ended: nothing follows, roll whatever is pending.
     pub last: bool,
@@ -103,18 +103,18 @@ impl Stager {
     fn stage_rows(
         &mut self,
         epoch: Epoch,
-        finals: Vec<Vec<AggregateRow>>,
+        finals: Vec<Vec<Row>>,
         last: bool,
         staged: &mut Staged,
     ) -> Result<(), SinkError> {
         let cfg = Arc::clone(&self.cfg);
         let mut finals = finals.into_iter();
         for (dataset, pending) in cfg.datasets.iter().zip(&mut self.pending) {
-            let rows: Vec<AggregateRow> = finals
+            let rows: Vec<Row> = finals
                 .next()
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|r| r.is_final)
+                .filter(Row::is_final)
                 .collect();
             pending.append(&cfg.state_dir, &dataset.name, self.worker, epoch, &rows)?;
             if cfg.roll.due(pending, epoch, last) {
