@@ -253,6 +253,12 @@ fn file_inputs(
 /// into `<output>/<aggregation>.csv` in (group values, window start) order.
 fn run_job(args: &AggregateFileArgs, job_file: &std::path::Path, started: Instant) -> Result<()> {
     let plan = iotflow_jobfile::load(job_file)?;
+    if !plan.alerts.is_empty() {
+        anyhow::bail!(
+            "{}: aggregate-file writes aggregations only; its alert rules need `run` (alert events go through the commit protocol)",
+            job_file.display()
+        );
+    }
     let mut cfg = JobConfig::from_plan(&plan, ParseLimits::default())?;
     // A file is read to its end: no partition is ever idle.
     cfg.watermark.idle_timeout_ms = 0;

@@ -294,3 +294,22 @@ parquet = "fleet"
         }
     }
 }
+
+#[test]
+fn a_job_file_with_alert_rules_is_refused_by_aggregate_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{}\n").unwrap();
+    let job = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/plant-alerts.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_iotflow"))
+        .arg("aggregate-file")
+        .arg(&input)
+        .arg(dir.path().join("out"))
+        .arg("--job-file")
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("alert rules need `run`"), "{err}");
+}
