@@ -116,12 +116,12 @@ pub fn stage_rows(
     let mut finals: Vec<&Row> = records.iter().filter(|r| r.is_final()).collect();
     finals.sort_by(|a, b| a.order().cmp(&b.order()));
     // Grouped by UTC day first: formatting a date per row cost more than the rest.
-    let mut by_day: std::collections::BTreeMap<i64, Vec<Row>> = std::collections::BTreeMap::new();
+    let mut by_day: std::collections::BTreeMap<i64, Vec<&Row>> = std::collections::BTreeMap::new();
     for r in finals {
         by_day
             .entry(r.window_start().div_euclid(DAY_MS))
             .or_default()
-            .push(r.clone());
+            .push(r);
     }
     let by_date = by_day
         .into_values()

@@ -130,7 +130,7 @@ impl DatasetShape {
     }
 
     /// `rows` (of this dataset's kind) as one Arrow batch.
-    pub fn batch(&self, rows: &[Row]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    pub fn batch(&self, rows: &[&Row]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         match self {
             DatasetShape::Windows(s) => {
                 let rows: Vec<&AggregateRow> = rows

@@ -67,8 +67,12 @@ pub struct PendingRows {
 }
 
 /// The rows of one frame, as stored.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Frame(Vec<Row>);
+
+/// [`Frame`] as written, borrowing the rows: the same bytes, no copy of them.
+#[derive(Serialize)]
+struct FrameOf<'a>(&'a [Row]);
 
 /// A frame of an older binary's `.rows` segment: aggregates only.
 #[derive(Deserialize)]
@@ -123,7 +127,7 @@ impl PendingRows {
     ) -> Result<(), SinkError> {
         use bincode::Options;
         let body = codec()
-            .serialize(&Frame(rows.to_vec()))
+            .serialize(&FrameOf(rows))
             .map(with_checksum)
             .map_err(|e| SinkError::Encode {
                 what: "pending rows".into(),
