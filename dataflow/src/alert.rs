@@ -136,16 +136,13 @@ pub struct Series {
 }
 
 impl Rule {
-    fn measure(&self, measured: &Measured, i: usize) -> f64 {
+    /// Every measure of the window, in the aggregation's order, as numbers.
+    fn measures(&self, measured: &Measured) -> Vec<f64> {
         let mut p = 0;
-        let mut value = f64::NAN;
-        for (j, m) in self.measures.iter().enumerate().take(i + 1) {
-            let v = measured.value_of(m, &mut p);
-            if j == i {
-                value = v.as_f64();
-            }
-        }
-        value
+        self.measures
+            .iter()
+            .map(|m| measured.value_of(m, &mut p).as_f64())
+            .collect()
     }
 
     /// Whether `start` directly follows `previous` in the series.
@@ -171,6 +168,7 @@ impl Rule {
         let adjacent = series
             .previous
             .is_some_and(|(p, _)| self.adjacent(p, w.start));
+        let measure = |i: usize, values: &[f64]| values.get(i).copied().unwrap_or(f64::NAN);
         match &self.kind {
             AlertRule::Condition {
                 when,
@@ -178,7 +176,8 @@ impl Rule {
                 streak,
                 change_of,
             } => {
-                let x = change_of.map(|m| self.measure(w.measured, m));
+                let values = self.measures(w.measured);
+                let x = change_of.map(|m| measure(m, &values));
                 let change = match (x, series.previous) {
                     (Some(x), Some((p, before))) if adjacent => Some((
                         x - before,
@@ -188,7 +187,7 @@ impl Rule {
                 };
                 let field = |f: AlertField| -> Option<Value<'_>> {
                     match f {
-                        AlertField::Measure(i) => Some(Value::Number(self.measure(w.measured, i))),
+                        AlertField::Measure(i) => Some(Value::Number(measure(i, &values))),
                         AlertField::Group(i) => {
                             w.group.split(KEY_SEPARATOR).nth(i).map(Value::Text)
                         }
@@ -235,7 +234,7 @@ impl Rule {
                 warmup,
                 streak,
             } => {
-                let x = self.measure(w.measured, *of);
+                let x = measure(*of, &self.measures(w.measured));
                 let (n, mean, var) = series.baseline;
                 let sd = var.max(0.0).sqrt();
                 let d = x - mean;

@@ -177,14 +177,11 @@ pub(super) fn alerts<'scope>(
                     break;
                 }
                 let mut finals = pending.remove(&next).unwrap_or_default();
-                finals.retain(|r| r.is_final);
+                finals.retain(|r| r.is_final && book.rules.on(r.aggregation).next().is_some());
                 for r in pending_reports.remove(&next).unwrap_or_default() {
                     combiner.apply(&r);
                 }
-                let mut out = match book.rules.is_empty() {
-                    true => Vec::new(),
-                    false => book.epoch(finals, combiner.watermark()),
-                };
+                let mut out = book.epoch(finals, combiner.watermark());
                 if let Some(capture) = &capture {
                     let series = book.captured(std::mem::take(&mut whole));
                     capture.borrow_mut().add_alerts(next, series);

@@ -186,13 +186,18 @@ pub fn windows<'scope>(
         start,
     );
     retractions.connect_loop(retract_handle);
-    let events = alerts(
-        results.clone(),
-        reports,
-        cfg,
-        start,
-        alert_state,
-        alert_capture,
-    );
+    // Without rules nothing reads the results a second time (a stream's
+    // second reader gets every result cloned).
+    let events = match cfg.alerts.is_empty() {
+        true => timely::dataflow::operators::generic::operator::empty(scope),
+        false => alerts(
+            results.clone(),
+            reports,
+            cfg,
+            start,
+            alert_state,
+            alert_capture,
+        ),
+    };
     (results, events)
 }

@@ -114,15 +114,28 @@ impl StagedRecord {
         shape: &AggregateShape,
     ) -> Result<(String, Self), SinkError> {
         let key = AggregateShape::key(&r.group, r.window_start);
-        let value = shape.json(r, epoch).map_err(|e| SinkError::Encode {
-            what: format!("aggregate {key}"),
+        let value = shape.json(r, epoch);
+        Self::keyed("aggregate", key, value, epoch, r.window_end)
+    }
+
+    /// A keyed output record (aggregates, alerts) stamped with its epoch and
+    /// event time; `what` names it if its value failed to encode.
+    fn keyed(
+        what: &str,
+        key: String,
+        value: Result<Vec<u8>, serde_json::Error>,
+        epoch: Epoch,
+        timestamp_ms: i64,
+    ) -> Result<(String, Self), SinkError> {
+        let value = value.map_err(|e| SinkError::Encode {
+            what: format!("{what} {key}"),
             detail: e.to_string(),
         })?;
         let record = Self {
             key: Some(key.clone().into_bytes()),
             value,
             headers: vec![(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes())],
-            timestamp_ms: r.window_end,
+            timestamp_ms,
         };
         Ok((key, record))
     }
@@ -133,18 +146,13 @@ impl StagedRecord {
         epoch: Epoch,
         shape: &crate::alert_shape::AlertShape,
     ) -> Result<(String, Self), SinkError> {
-        let key = shape.key(e);
-        let value = shape.json(e, epoch).map_err(|err| SinkError::Encode {
-            what: format!("alert {key}"),
-            detail: err.to_string(),
-        })?;
-        let record = Self {
-            key: Some(key.clone().into_bytes()),
-            value,
-            headers: vec![(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes())],
-            timestamp_ms: e.window_end,
-        };
-        Ok((key, record))
+        Self::keyed(
+            "alert",
+            shape.key(e),
+            shape.json(e, epoch),
+            epoch,
+            e.window_end,
+        )
     }
 
     /// A rejected input record as a dead letter, stamped with its source
