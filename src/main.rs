@@ -10,7 +10,9 @@ mod aggregate_file_cmd;
 mod broker_cmd;
 mod check_cmd;
 mod demo;
+mod follow;
 mod http;
+mod notify_cmd;
 mod pipeline_log;
 mod produce_cmd;
 mod run_cmd;
@@ -61,6 +63,9 @@ enum Command {
     Scan(scan_cmd::ScanArgs),
     /// Follow the committed output: each epoch's aggregates once it is committed and published.
     Tail(tail_cmd::TailArgs),
+    /// Deliver the committed alert events to a webhook in Alertmanager's payload, one
+    /// alert per request, with retries; resumes from its position file.
+    Notify(notify_cmd::NotifyArgs),
     /// The demo: local broker, topics, live simulated devices, the job with its
     /// progress, a drain, and a summary checked against the simulator and the outputs.
     Demo(demo::DemoArgs),
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
             Command::Scan(args) => scan_cmd::run(&cli.home, args).await,
             Command::Run(args) => run_cmd::run(&cli.home, *args).await,
             Command::Tail(args) => tail_cmd::run(&cli.home, args).await,
+            Command::Notify(args) => notify_cmd::run(&cli.home, args).await,
             Command::Demo(args) => demo::run(args).await,
             // Handled above, without a runtime.
             Command::AggregateFile(_) | Command::Check(_) => Ok(()),
