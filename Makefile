@@ -14,7 +14,7 @@ FUZZ_SECONDS ?= 60
 CHAOS_KILLS ?= 200
 TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
-.PHONY: help demo demo-redpanda notebooks test tansu chromium nextest build release lint fmt bench bench-ingest bench-dataflow bench-exactly-once bench-jobs chaos fuzz clean
+.PHONY: help demo demo-redpanda notebooks test tansu chromium prometheus nextest build release lint fmt bench bench-ingest bench-dataflow bench-exactly-once bench-jobs chaos fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -29,7 +29,7 @@ demo-redpanda: release ## The demo against a running cluster (docker compose -f 
 notebooks: ## Execute the notebooks headless against the demo's output (run make demo first); HTML in data/notebooks
 	BIN=$(RELEASE_BIN) ./scripts/notebooks.sh demo
 
-test: lint nextest build tansu chromium ## Run every check and test (what CI runs)
+test: lint nextest build tansu chromium prometheus ## Run every check and test (what CI runs)
 	$(CARGO) nextest run --workspace --all-targets --no-fail-fast
 	BIN=$(DEBUG_BIN) ./scripts/notebooks.sh test
 
@@ -52,6 +52,11 @@ chromium: ## Install Debian's chromium if missing (the status-page test renders 
 	@command -v chromium >/dev/null || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get install -y -qq chromium || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }; }
+
+prometheus: ## Install Debian's prometheus (and promtool) if missing: the pipeline-health rules are tested against it
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get install -y -qq prometheus || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq prometheus; }; }
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check

@@ -190,7 +190,8 @@ mod tests {
         let mut log = PipelineLog::open(dir.path(), "j", 1, Some(3))?;
         m.records_in.fetch_add(10, Relaxed);
         m.reject(RejectReason::Late, 2);
-        m.set_lag(3, 40);
+        m.set_end_offset(3, 50);
+        m.set_next_offset(3, 10);
         m.observe_commit(7, Duration::from_millis(12));
         log.write(&m, RunEnd::Running)?;
         m.observe_commit(8, Duration::from_millis(5));

@@ -176,6 +176,7 @@ pub fn kafka_source<'scope>(
             Arc::clone(&error),
             Arc::clone(&stop),
             sync_activator,
+            Arc::clone(&metrics),
         ) {
             Ok(queues) => queues
                 .into_iter()
@@ -265,7 +266,8 @@ pub fn kafka_source<'scope>(
                 for o in owned.iter_mut() {
                     let (drained, caught_up) = match o.queue.lock() {
                         Ok(q) => {
-                            metrics.set_lag(o.partition, q.high_watermark - o.next_offset);
+                            metrics.set_next_offset(o.partition, o.next_offset);
+                            metrics.set_end_offset(o.partition, q.high_watermark);
                             (
                                 q.done && q.records.is_empty(),
                                 q.records.is_empty() && o.next_offset >= q.high_watermark,
@@ -323,6 +325,7 @@ fn start_fetcher(
     error: SourceError,
     stop: Arc<AtomicBool>,
     activator: timely::scheduling::SyncActivator,
+    metrics: Arc<JobMetrics>,
 ) -> Result<OwnedQueues, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -376,12 +379,13 @@ fn start_fetcher(
             runtime.block_on(async move {
                 let mut set = tokio::task::JoinSet::new();
                 for (pc, start, end, q) in tasks {
-                    let (error, stop, drain, activator, topic) = (
+                    let (error, stop, drain, activator, topic, metrics) = (
                         Arc::clone(&error),
                         Arc::clone(&stop),
                         Arc::clone(&drain),
                         activator.clone(),
                         topic.clone(),
+                        Arc::clone(&metrics),
                     );
                     set.spawn(async move {
                         let bound = Bound {
@@ -389,10 +393,13 @@ fn start_fetcher(
                             until_end,
                             drain: &drain,
                         };
-                        if let Err(e) =
-                            fetch_partition(&pc, start, bound, max_bytes, &q, &stop, &activator)
-                                .await
-                        {
+                        let feed = Feed {
+                            queue: &q,
+                            max_bytes,
+                            activator: &activator,
+                            metrics: &metrics,
+                        };
+                        if let Err(e) = fetch_partition(&pc, start, bound, feed, &stop).await {
                             fail(&error, format!("{topic}/{}: {e}", pc.partition()));
                             let _ = activator.activate();
                         }
@@ -413,21 +420,38 @@ struct Bound<'a> {
     drain: &'a AtomicBool,
 }
 
+/// Where a partition's records go: its queue (at most `max_bytes`), the
+/// worker to wake, and the metrics that show its high watermark.
+struct Feed<'a> {
+    queue: &'a Mutex<Queue>,
+    max_bytes: usize,
+    activator: &'a timely::scheduling::SyncActivator,
+    metrics: &'a JobMetrics,
+}
+
+/// How often a held-back fetcher still asks for the high watermark.
+const END_OFFSET_REFRESH: Duration = Duration::from_secs(1);
+
 async fn fetch_partition(
     pc: &rskafka::client::partition::PartitionClient,
     start: i64,
     bound: Bound<'_>,
-    max_bytes: usize,
-    queue: &Mutex<Queue>,
+    feed: Feed<'_>,
     stop: &AtomicBool,
-    activator: &timely::scheduling::SyncActivator,
 ) -> Result<(), String> {
     let Bound {
         mut end,
         mut until_end,
         drain,
     } = bound;
+    let Feed {
+        queue,
+        max_bytes,
+        activator,
+        metrics,
+    } = feed;
     let mut next = start;
+    let mut end_asked = Instant::now();
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
@@ -449,6 +473,13 @@ async fn fetch_partition(
             return Ok(());
         }
         if queue_full(queue, max_bytes) {
+            // Held back: input may still be arriving, and lag must show it.
+            if end_asked.elapsed() >= END_OFFSET_REFRESH {
+                end_asked = Instant::now();
+                if let Ok((_, high_watermark)) = iotflow_redpanda::scan::offsets(pc).await {
+                    metrics.set_end_offset(pc.partition(), high_watermark);
+                }
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
             continue;
         }
@@ -491,6 +522,7 @@ async fn fetch_partition(
                 timestamp_ms: r.record.timestamp.timestamp_millis(),
             });
         }
+        metrics.set_end_offset(pc.partition(), high_watermark);
         if let Ok(mut q) = queue.lock() {
             q.high_watermark = high_watermark;
             q.bytes += batch.iter().map(|r| r.value.len()).sum::<usize>();

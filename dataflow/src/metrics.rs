@@ -78,8 +78,10 @@ pub struct JobMetrics {
     pub commit_latency_micros_max: AtomicU64,
     /// Bytes of the last snapshot a worker of this process wrote.
     pub snapshot_bytes_last: AtomicU64,
-    /// Records between each input partition's next offset and its high watermark.
-    lag: Mutex<BTreeMap<i32, i64>>,
+    /// Per input partition read here: (next offset to take, high watermark).
+    /// The fetcher refreshes the high watermark even while the job is held
+    /// back, so lag keeps growing when the job stalls and input does not.
+    offsets: Mutex<BTreeMap<i32, (i64, i64)>>,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     /// How far behind its partition's newest event time each timestamped record came.
     lateness: [AtomicU64; LATENESS_BUCKETS_MS.len() + 1],
@@ -125,7 +127,7 @@ impl Default for JobMetrics {
             commit_latency_micros_sum: AtomicU64::new(0),
             commit_latency_micros_max: AtomicU64::new(0),
             snapshot_bytes_last: AtomicU64::new(0),
-            lag: Mutex::new(BTreeMap::new()),
+            offsets: Mutex::new(BTreeMap::new()),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             lateness: std::array::from_fn(|_| AtomicU64::new(0)),
             lateness_sum_ms: AtomicU64::new(0),
@@ -210,15 +212,31 @@ impl JobMetrics {
             .unwrap_or_default()
     }
 
-    pub fn set_lag(&self, partition: i32, records: i64) {
-        if let Ok(mut lag) = self.lag.lock() {
-            lag.insert(partition, records.max(0));
+    /// The job takes `partition` from `next` on.
+    pub fn set_next_offset(&self, partition: i32, next: i64) {
+        if let Ok(mut o) = self.offsets.lock() {
+            o.entry(partition).or_insert((next, next)).0 = next;
+        }
+    }
+
+    /// `partition`'s high watermark (the end of its input so far) is `end`.
+    pub fn set_end_offset(&self, partition: i32, end: i64) {
+        if let Ok(mut o) = self.offsets.lock() {
+            let e = o.entry(partition).or_insert((end, end));
+            e.1 = e.1.max(end);
         }
     }
 
     /// Lag per input partition (only partitions this process reads).
     pub fn lag(&self) -> BTreeMap<i32, i64> {
-        self.lag.lock().map(|l| l.clone()).unwrap_or_default()
+        self.end_offsets()
+            .into_iter()
+            .map(|(p, (next, end))| (p, (end - next).max(0)))
+            .collect()
+    }
+
+    fn end_offsets(&self) -> BTreeMap<i32, (i64, i64)> {
+        self.offsets.lock().map(|o| o.clone()).unwrap_or_default()
     }
 
     /// Every metric in Prometheus' text exposition format (version 0.0.4).
@@ -435,6 +453,17 @@ impl JobMetrics {
             "Records between the next offset to read and the high watermark.",
             &lag,
         );
+        let ends: Vec<(String, f64)> = self
+            .end_offsets()
+            .into_iter()
+            .map(|(p, (_, end))| (format!("{{partition=\"{p}\"}}"), end as f64))
+            .collect();
+        metric(
+            "iotflow_partition_end_offset",
+            "gauge",
+            "Each input partition's high watermark, refreshed even while the job is held back: its rate is the input rate.",
+            &ends,
+        );
         out
     }
 
@@ -507,7 +536,8 @@ mod tests {
         m.records_in.fetch_add(42, Ordering::Relaxed);
         m.reject(RejectReason::Late, 3);
         m.observe_watermark(Some(1_763_787_600_000));
-        m.set_lag(2, 17);
+        m.set_end_offset(2, 20);
+        m.set_next_offset(2, 3);
         let mut late = [0; LATENESS_BUCKETS_MS.len() + 1];
         late[lateness_bucket(0)] += 5;
         late[lateness_bucket(1_500)] += 2;
@@ -566,7 +596,8 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("iotflow_partition_lag_records{partition=\"2\"} 17\n"),
+            text.contains("iotflow_partition_lag_records{partition=\"2\"} 17\n")
+                && text.contains("iotflow_partition_end_offset{partition=\"2\"} 20\n"),
             "{text}"
         );
         let mut typed = std::collections::HashSet::new();
