@@ -238,6 +238,7 @@ fn status_page(state: &PageState) -> String {
     if aggregations.is_empty() {
         aggregations.push_str("<tr><td colspan=5>no windows yet</td></tr>");
     }
+    let alerts = active_alerts(m);
     let mut lag = String::new();
     for (p, n) in m.lag() {
         let _ = write!(lag, "<tr><th>partition {p}</th><td>{n}</td></tr>");
@@ -255,16 +256,70 @@ h1 {{ font-size: 1.4em; }} h2 {{ font-size: 1.1em; margin-top: 1.5em; }}
 table {{ border-collapse: collapse; min-width: 24em; }}
 th, td {{ text-align: left; padding: .25em 1em .25em 0; border-bottom: 1px solid #ddd; }}
 th {{ width: 14em; }}
+tr.critical td {{ color: #b00; font-weight: 600; }}
 td {{ font-variant-numeric: tabular-nums; }}
 </style></head>
 <body><h1>iotflow run</h1>
 <table>{rows}</table>
+<h2>Active alerts</h2>{alerts}
 <h2>Aggregations</h2><table><tr><th>name</th><th>final windows</th><th>late there</th><th>filtered</th><th>missing dimension</th></tr>{aggregations}</table>
 <h2>Dead letters by reason</h2><table>{dead}</table>
 <h2>Lag per partition (records)</h2><table>{lag}</table>
 <p><a href="/metrics">/metrics</a> (Prometheus)</p>
 </body></html>
 "#
+    )
+}
+
+/// `text` safe inside HTML (group values are the devices' own strings).
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn utc(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// The table of alerts firing now (as committed), most severe first.
+fn active_alerts(m: &JobMetrics) -> String {
+    let active = m.active_alerts();
+    if active.is_empty() {
+        return "<p id=\"alerts\">none firing</p>".to_owned();
+    }
+    let number = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+    let mut rows = String::new();
+    for a in &active {
+        let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = write!(
+            rows,
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&a.severity),
+            escape(&a.severity),
+            escape(&a.rule),
+            escape(&labels.join(" ")),
+            utc(a.since),
+            a.window_end
+                .map_or_else(|| "before restart".to_owned(), utc),
+            number(a.value),
+            number(a.threshold),
+        );
+    }
+    format!(
+        "<table id=\"alerts\"><tr><th>severity</th><th>alert</th><th>group</th><th>since (UTC)</th>\
+         <th>latest window end</th><th>value</th><th>threshold</th></tr>{rows}</table>"
     )
 }
 
@@ -295,5 +350,51 @@ mod tests {
             page.contains("<tr><th>site_1m</th><td>12</td><td>3</td><td>7</td><td>1</td></tr>"),
             "{page}"
         );
+    }
+
+    #[test]
+    fn the_page_lists_committed_alerts_escaped() {
+        use iotflow_dataflow::alert::AlertEvent;
+        let metrics = JobMetrics::default();
+        assert!(active_alerts(&metrics).contains("none firing"));
+        let plan = iotflow_jobfile::parse(
+            std::path::Path::new("job.toml"),
+            "name = \"j\"\n[input]\ntopic = \"t\"\n[[aggregation]]\nname = \"a\"\nwindow = \"tumbling 10s\"\ntopic = \"a\"\n\
+             [[alert]]\nname = \"hot\"\non = \"a\"\nwhen = \"mean > 1\"\nseverity = \"critical\"\n",
+        )
+        .unwrap();
+        let cfg = iotflow_dataflow::job::JobConfig::from_plan(&plan, Default::default()).unwrap();
+        let fields: Vec<_> = cfg
+            .aggregations
+            .iter()
+            .map(|a| a.group_names.clone())
+            .collect();
+        metrics.with_alert_board(|b| {
+            b.describe(&cfg.alerts, &fields);
+            b.stage(
+                1,
+                &[AlertEvent {
+                    rule: 0,
+                    group: "<pump>|temperature".into(),
+                    firing: true,
+                    window_start: 0,
+                    window_end: 10_000,
+                    value: Some(2.5),
+                    threshold: Some(1.0),
+                    since: 0,
+                }],
+            );
+        });
+        assert!(
+            active_alerts(&metrics).contains("none firing"),
+            "not committed yet"
+        );
+        metrics.with_alert_board(|b| b.committed(1));
+        let table = active_alerts(&metrics);
+        assert!(
+            table.contains("<td>critical</td><td>hot</td><td>device_id=&lt;pump&gt; metric=temperature</td><td>1970-01-01 00:00:00</td>"),
+            "{table}"
+        );
+        assert!(table.contains("<td>2.500</td><td>1.000</td>"), "{table}");
     }
 }

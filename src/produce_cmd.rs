@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use iotflow_ingest::episodes::{EpisodeKind, Episodes};
 use iotflow_ingest::producer::{self, Counters, Pace, ProduceSummary, ProducerConfig};
 use iotflow_ingest::simulator::{BadKind, Format, MetricSpec, SimConfig, Simulator};
 use iotflow_redpanda::rskafka::client::partition::Compression;
@@ -98,6 +99,19 @@ pub struct SimArgs {
     /// Fraction of readings that are anomalous spikes.
     #[arg(long, default_value_t = 0.002)]
     pub spikes: f64,
+    /// Spells of trouble that alert rules should catch, comma-separated:
+    /// overheat (temperature +60 °C), stuck (values frozen), silent (no records).
+    #[arg(long, value_delimiter = ',', value_parser = parse_episode)]
+    pub episodes: Vec<EpisodeKind>,
+    /// Event time between the starts of one device's possible spells.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub episode_every: Duration,
+    /// How long a spell lasts (event time).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    pub episode_length: Duration,
+    /// Fraction of possible spells that happen.
+    #[arg(long, default_value_t = 0.05)]
+    pub episode_share: f64,
     /// Records per produce request.
     #[arg(long, default_value_t = 5000)]
     pub batch_records: usize,
@@ -124,6 +138,13 @@ fn parse_bad_mix(s: &str) -> Result<BadMix, String> {
         })
         .collect::<Result<Vec<_>, String>>()
         .map(BadMix)
+}
+
+fn parse_episode(s: &str) -> Result<EpisodeKind, String> {
+    EpisodeKind::from_code(s.trim()).ok_or_else(|| {
+        let known: Vec<_> = EpisodeKind::ALL.iter().map(|k| k.code()).collect();
+        format!("unknown episode `{s}`: one of {}", known.join(", "))
+    })
 }
 
 fn parse_start(s: &str) -> Result<i64, String> {
@@ -180,6 +201,12 @@ impl SimArgs {
                 .unwrap_or(defaults.bad_mix),
             spike_ratio: self.spikes,
             sites: self.sites,
+            episodes: (!self.episodes.is_empty()).then(|| Episodes {
+                kinds: self.episodes.clone(),
+                every_ms: millis(self.episode_every),
+                length_ms: millis(self.episode_length),
+                share: self.episode_share,
+            }),
             ..defaults
         }
     }

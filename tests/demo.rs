@@ -2,7 +2,8 @@
 //! Redpanda), twice in a row: each run reads only its own devices' records,
 //! and its self-checks (dead letters against the simulator, the windows of
 //! both aggregations of `jobs/demo.toml` against their topics and Parquet
-//! datasets) pass. The demo exits non-zero when a check fails, so the exit
+//! datasets, an alert for each kind of the devices' spells, alert events on
+//! the topic against the dataset) pass. The demo exits non-zero when a check fails, so the exit
 //! status is the assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,6 +28,13 @@ async fn the_demo_runs_twice_in_a_row_on_a_kept_cluster_and_its_checks_pass() {
             "20000",
             "--rate",
             "20000",
+            // 400 s of event time: spells often enough that every kind happens.
+            "--episode-every",
+            "2m",
+            "--episode-length",
+            "90s",
+            "--episode-share",
+            "0.4",
         ]);
         let text = common::stdout(&out);
         let line = |start: &str| {
@@ -39,9 +47,26 @@ async fn the_demo_runs_twice_in_a_row_on_a_kept_cluster_and_its_checks_pass() {
             read.contains(" 20000 records") && read.ends_with("[ok]"),
             "run {run}: {read}"
         );
-        for start in ["on iot.readings.dlq", "on the topics", "in Parquet"] {
-            assert!(line(start).ends_with("[ok]"), "run {run}:\n{text}");
+        for start in [
+            "on iot.readings.dlq",
+            "on the topics",
+            "in Parquet",
+            "on iot.alerts",
+            "overheat spells raise overheat",
+            "stuck spells raise stuck_sensor",
+            "silent spells raise silent",
+        ] {
+            let l = line(start);
+            assert!(
+                l.ends_with("[ok]") || l.ends_with(": ok"),
+                "run {run}:\n{text}"
+            );
         }
+        let alerts = dataset_rows(&dir.path().join("parquet").join("alerts"));
+        assert!(
+            line("on iot.alerts").contains(&format!("in Parquet {alerts} rows")),
+            "run {run}: {alerts} alert rows on disk:\n{text}"
+        );
         assert!(!text.contains("MISMATCH"), "run {run}:\n{text}");
         let parquet = common::parquet_rows(&dir.path().join("parquet"));
         let per_device: usize = parquet.iter().map(|(_, r)| r.len()).sum();

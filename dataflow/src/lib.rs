@@ -13,6 +13,7 @@
 pub mod aggregate;
 pub mod aggregation;
 pub mod alert;
+pub mod alert_board;
 pub mod audit;
 pub mod job;
 pub mod kafka;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use crate::alert_board::{ActiveAlert, AlertBoard};
 use crate::reading::RejectReason;
 
 /// Upper bounds (ms, inclusive) of the lateness histogram's buckets; one more
@@ -90,6 +91,8 @@ pub struct JobMetrics {
     recent_commits: Mutex<VecDeque<CommitSample>>,
     /// Per aggregation (by name): what it skipped and emitted.
     aggregations: Mutex<BTreeMap<String, AggregationCounts>>,
+    /// Alerts of this process's series, as committed.
+    alert_board: Mutex<AlertBoard>,
 }
 
 /// One aggregation's counts (the job-wide ones sum them).
@@ -133,6 +136,7 @@ impl Default for JobMetrics {
             lateness_sum_ms: AtomicU64::new(0),
             recent_commits: Mutex::new(VecDeque::new()),
             aggregations: Mutex::new(BTreeMap::new()),
+            alert_board: Mutex::new(AlertBoard::default()),
         }
     }
 }
@@ -156,6 +160,16 @@ impl JobMetrics {
     }
 
     /// Each aggregation's counts so far.
+    /// Works on the alert board (nothing happens if a panic poisoned it).
+    pub fn with_alert_board<R>(&self, f: impl FnOnce(&mut AlertBoard) -> R) -> Option<R> {
+        self.alert_board.lock().ok().map(|mut b| f(&mut b))
+    }
+
+    /// Active alerts of this process's series, as committed.
+    pub fn active_alerts(&self) -> Vec<ActiveAlert> {
+        self.with_alert_board(|b| b.active()).unwrap_or_default()
+    }
+
     pub fn aggregations(&self) -> BTreeMap<String, AggregationCounts> {
         self.aggregations
             .lock()
@@ -442,6 +456,38 @@ impl JobMetrics {
             "How far each timestamped record's event time is behind the newest one its partition had shown (0: in order).",
             &buckets,
         );
+        let rules = self.with_alert_board(|b| b.counts()).unwrap_or_default();
+        if !rules.is_empty() {
+            let active: Vec<(String, f64)> = rules
+                .iter()
+                .map(|(name, severity, c)| {
+                    (
+                        format!("{{alert=\"{name}\",severity=\"{severity}\"}}"),
+                        c.active as f64,
+                    )
+                })
+                .collect();
+            metric(
+                "iotflow_alerts_active",
+                "gauge",
+                "Alerts firing now, per rule (this process's keys, as committed).",
+                &active,
+            );
+            let events: Vec<(String, f64)> = rules
+                .iter()
+                .flat_map(|(name, _, c)| {
+                    [("firing", c.fired), ("resolved", c.resolved)].map(|(state, n)| {
+                        (format!("{{alert=\"{name}\",state=\"{state}\"}}"), n as f64)
+                    })
+                })
+                .collect();
+            metric(
+                "iotflow_alert_events_total",
+                "counter",
+                "Alert events committed since this process started, per rule and state.",
+                &events,
+            );
+        }
         let lag: Vec<(String, f64)> = self
             .lag()
             .into_iter()

@@ -6,6 +6,7 @@
 //!       ──▶ rskafka ──▶ `iot.readings`
 //! ```
 
+pub mod episodes;
 pub mod producer;
 mod rng;
 pub mod simulator;

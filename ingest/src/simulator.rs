@@ -17,6 +17,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+pub use crate::episodes::Episodes;
+use crate::episodes::{Episode, EpisodeKind, OVERHEAT_DEGREES};
 use crate::rng::SplitMix64;
 
 /// Wire format of valid records (BRIEF §3).
@@ -166,6 +168,8 @@ pub struct SimConfig {
     /// With N > 0, valid records carry `"site":"site-<device % N>"`, a
     /// dimension for job files (the default job reads it as a bad metric).
     pub sites: u32,
+    /// Spells of trouble (overheating, stuck sensors, silence); none by default.
+    pub episodes: Option<Episodes>,
 }
 
 impl Default for SimConfig {
@@ -187,6 +191,7 @@ impl Default for SimConfig {
             spike_ratio: 0.002,
             oversized_bytes: 100 * 1024,
             sites: 0,
+            episodes: None,
         }
     }
 }
@@ -235,6 +240,9 @@ impl SimConfig {
         if self.late_ratio + self.duplicate_ratio + self.bad_ratio > 1.0 {
             return bad("late + duplicate + bad ratios exceed 1".into());
         }
+        if let Some(e) = &self.episodes {
+            e.validate().map_err(ConfigError)?;
+        }
         if self.disorder_ms < 1 || self.late_by_ms < 1 {
             return bad("disorder and late-by must be at least 1 ms".into());
         }
@@ -261,6 +269,8 @@ pub struct Simulator {
     bad_total_weight: u32,
     /// The site of the record being generated (`SimConfig::sites`).
     site: Option<u32>,
+    /// The metric an overheating spell heats: `temperature`, else the first.
+    heated: usize,
 }
 
 const DAY_MS: f64 = 86_400_000.0;
@@ -290,6 +300,11 @@ impl Simulator {
             pending: VecDeque::new(),
             bad_total_weight,
             site: None,
+            heated: cfg
+                .metrics
+                .iter()
+                .position(|m| m.name == "temperature")
+                .unwrap_or(0),
             cfg,
         })
     }
@@ -325,16 +340,37 @@ impl Simulator {
         slot
     }
 
-    fn value(&mut self, device: u32, metric: usize, ts_ms: i64) -> f64 {
+    /// The spell `device` is in at `ts_ms`.
+    fn episode(&self, device: u32, ts_ms: i64) -> Option<Episode> {
+        let e = self.cfg.episodes.as_ref()?;
+        e.at(self.cfg.seed, device, self.cfg.start_ms, ts_ms)
+    }
+
+    /// The daily cycle of (device, metric) at `ts_ms`, plus `noise` (in spreads).
+    fn daily(&self, device: u32, metric: usize, ts_ms: i64, noise: f64) -> f64 {
         let m = &self.cfg.metrics[metric];
         let (offset, phase) = self.shape[device as usize * self.cfg.metrics.len() + metric];
         let day = std::f64::consts::TAU * (ts_ms.rem_euclid(DAY_MS as i64) as f64 / DAY_MS);
+        m.mean + m.spread * (offset + 0.5 * (day + phase).sin() + noise)
+    }
+
+    fn value(&mut self, device: u32, metric: usize, ts_ms: i64) -> f64 {
+        let m = &self.cfg.metrics[metric];
         let noise = 0.1 * self.rng.normal();
-        let mut v = m.mean + m.spread * (offset + 0.5 * (day + phase).sin() + noise);
+        let mut v = self.daily(device, metric, ts_ms, noise);
         if self.rng.f64() < self.cfg.spike_ratio {
             let sigma = 0.1 * m.spread;
             let sign = if self.rng.f64() < 0.5 { -1.0 } else { 1.0 };
             v += sign * sigma * (6.0 + 4.0 * self.rng.f64());
+        }
+        match self.episode(device, ts_ms) {
+            Some(ep) if ep.kind == EpisodeKind::Stuck => {
+                v = self.daily(device, metric, ep.start_ms, 0.0);
+            }
+            Some(ep) if ep.kind == EpisodeKind::Overheat && metric == self.heated => {
+                v += OVERHEAT_DEGREES * ep.ramp(ts_ms);
+            }
+            _ => {}
         }
         let scale = 10f64.powi(m.decimals);
         (v * scale).round() / scale
@@ -351,7 +387,9 @@ impl Simulator {
         BadKind::MalformedJson
     }
 
-    fn generate(&mut self) -> SimRecord {
+    /// The next slot's record; `None` when its device is in a silent spell
+    /// (its draws are made all the same, so silence changes nothing else).
+    fn generate(&mut self) -> Option<SimRecord> {
         let (tick, device, metric) = self.next_slot();
         self.site = (self.cfg.sites > 0).then(|| device % self.cfg.sites);
         let cfg = &self.cfg;
@@ -421,13 +459,18 @@ impl Simulator {
                 readings: values.len() as u32,
             },
         };
+        let silent = self
+            .episode(device, arrival_ms)
+            .is_some_and(|ep| ep.kind == EpisodeKind::Silent);
         if wants_dup {
             let gap = self.rng.range(1, 17) as u64;
-            let mut dup = record.clone();
-            dup.class = RecordClass::Duplicate;
-            self.pending.push_back((self.emitted + gap, dup));
+            if !silent {
+                let mut dup = record.clone();
+                dup.class = RecordClass::Duplicate;
+                self.pending.push_back((self.emitted + gap, dup));
+            }
         }
-        record
+        (!silent).then_some(record)
     }
 
     /// Valid JSON in the configured format.
@@ -529,12 +572,15 @@ impl Iterator for Simulator {
             .pending
             .front()
             .is_some_and(|(at, _)| *at <= self.emitted);
-        let record = match due {
+        let mut record = match due {
             true => self.pending.pop_front().map(|(_, r)| r),
             false => None,
+        };
+        // A silent spell ends within its length, so this loop does too.
+        while record.is_none() {
+            record = self.generate();
         }
-        .unwrap_or_else(|| self.generate());
         self.emitted += 1;
-        Some(record)
+        record
     }
 }

@@ -1,7 +1,7 @@
 //! Simulator properties: determinism per seed, disorder bounds, ratios, and
 //! that every injected class is what the real parser says it is.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use iotflow_dataflow::{ParseLimits, parse_record};
 use iotflow_ingest::simulator::{BadKind, Format, RecordClass, SimConfig, Simulator};
@@ -182,4 +182,91 @@ fn invalid_settings_are_refused() {
         ..SimConfig::default()
     };
     assert!(Simulator::new(bad_name).is_err());
+}
+
+/// Spells change only the devices in them, and in the way their kind says.
+#[test]
+fn episodes_silence_freeze_and_heat_devices_and_nothing_else() {
+    use iotflow_ingest::episodes::{EpisodeKind, Episodes};
+    let episodes = Episodes {
+        kinds: EpisodeKind::ALL.to_vec(),
+        every_ms: 120_000,
+        length_ms: 40_000,
+        share: 0.5,
+    };
+    let base = SimConfig {
+        devices: 20,
+        interval_ms: 1000,
+        disorder_ratio: 0.0,
+        late_ratio: 0.0,
+        duplicate_ratio: 0.0,
+        bad_ratio: 0.0,
+        ..cfg(Format::Canonical)
+    };
+    let with = SimConfig {
+        episodes: Some(episodes.clone()),
+        ..base.clone()
+    };
+    let n = 20 * 3600;
+    let plain: Vec<_> = Simulator::new(base.clone()).unwrap().take(n).collect();
+    let troubled: Vec<_> = Simulator::new(with.clone())
+        .unwrap()
+        .take_while(|r| r.ts_ms < plain[n - 1].ts_ms)
+        .collect();
+    let spell = |r: &iotflow_ingest::simulator::SimRecord| {
+        let d: u32 = r.key.trim_start_matches("dev-").parse().unwrap();
+        episodes.at(with.seed, d, with.start_ms, r.ts_ms)
+    };
+    // Silent devices sent nothing during their spells.
+    assert!(
+        troubled
+            .iter()
+            .all(|r| spell(r).map(|e| e.kind) != Some(EpisodeKind::Silent))
+    );
+    let silent = plain
+        .iter()
+        .filter(|r| spell(r).map(|e| e.kind) == Some(EpisodeKind::Silent))
+        .count();
+    assert!(silent > 100, "no silence to speak of: {silent}");
+    // Every other record is the plain run's, values changed only inside a spell.
+    let (mut stuck, mut hot) = (BTreeMap::<(String, i64), BTreeSet<String>>::new(), 0);
+    let plain_by_slot: BTreeMap<(String, i64), &str> = plain
+        .iter()
+        .map(|r| {
+            (
+                (r.key.clone(), r.ts_ms),
+                std::str::from_utf8(&r.value).unwrap(),
+            )
+        })
+        .collect();
+    for r in &troubled {
+        let value = std::str::from_utf8(&r.value).unwrap();
+        let json: serde_json::Value = serde_json::from_str(value).unwrap();
+        match spell(r) {
+            None => assert_eq!(plain_by_slot.get(&(r.key.clone(), r.ts_ms)), Some(&value)),
+            Some(e) if e.kind == EpisodeKind::Stuck => {
+                stuck
+                    .entry((r.key.clone(), e.start_ms))
+                    .or_default()
+                    .insert(json["metrics"].to_string());
+            }
+            Some(e) => {
+                assert_eq!(e.kind, EpisodeKind::Overheat);
+                let t = json["metrics"]["temperature"].as_f64().unwrap();
+                if e.ramp(r.ts_ms) == 1.0 {
+                    assert!(t > 70.0, "{value}");
+                    hot += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        hot > 100 && stuck.len() > 5,
+        "{hot} hot, {} stuck spells",
+        stuck.len()
+    );
+    assert!(
+        stuck.values().all(|values| values.len() == 1),
+        "a stuck sensor repeats one value"
+    );
 }

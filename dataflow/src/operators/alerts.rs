@@ -8,9 +8,11 @@
 //!                             absence due at ≤ W_e (alert::Rule::deadline)
 //!                           ──▶ AlertEvent@e, and the series the epoch changed
 //!                               into this worker's snapshot of e
+//!                           ──▶ the process's alert board (shown once e commits)
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
@@ -22,6 +24,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use super::windows::Captures;
 use crate::alert::{AlertEvent, AlertRules, Seen, Series};
 use crate::job::{Epoch, JobConfig, WindowResult, held_from};
+use crate::metrics::JobMetrics;
 use crate::snapshot::AlertSeries;
 use crate::watermark::{ShareReport, WatermarkCombiner};
 
@@ -138,6 +141,7 @@ pub(super) fn alerts<'scope>(
     start: Epoch,
     restore: Option<(Vec<ShareReport>, Option<i64>, Vec<AlertSeries>)>,
     capture: Option<Captures>,
+    metrics: Arc<JobMetrics>,
 ) -> Stream<'scope, Epoch, Vec<AlertEvent>> {
     let mut builder = OperatorBuilder::new("Alerts".to_owned(), results.scope());
     let mut results_in = builder.new_input(results, Pipeline);
@@ -157,10 +161,19 @@ pub(super) fn alerts<'scope>(
             due: BTreeSet::new(),
             changed: BTreeSet::new(),
         };
+        let group_fields: Vec<_> = cfg
+            .aggregations
+            .iter()
+            .map(|a| a.group_names.clone())
+            .collect();
+        metrics.with_alert_board(|b| b.describe(&cfg.alerts, &group_fields));
         if let Some((reports, wm, series)) = restore {
             combiner = WatermarkCombiner::restored(cfg.watermark, &reports, wm);
             for a in series {
                 let key = a.key.clone();
+                if let Some(since) = a.series.firing {
+                    metrics.with_alert_board(|b| b.restore(a.rule, &key, since));
+                }
                 book.series.insert((a.rule, a.key), a.series);
                 book.reindex(a.rule, &key, None);
             }
@@ -182,6 +195,7 @@ pub(super) fn alerts<'scope>(
                     combiner.apply(&r);
                 }
                 let mut out = book.epoch(finals, combiner.watermark());
+                metrics.with_alert_board(|b| b.stage(next, &out));
                 if let Some(capture) = &capture {
                     let series = book.captured(std::mem::take(&mut whole));
                     capture.borrow_mut().add_alerts(next, series);

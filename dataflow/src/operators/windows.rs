@@ -182,7 +182,7 @@ pub fn windows<'scope>(
         state.trace,
         cfg.clone(),
         keys,
-        metrics,
+        Arc::clone(&metrics),
         start,
     );
     retractions.connect_loop(retract_handle);
@@ -197,6 +197,7 @@ pub fn windows<'scope>(
             start,
             alert_state,
             alert_capture,
+            metrics,
         ),
     };
     (results, events)

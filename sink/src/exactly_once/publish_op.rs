@@ -86,6 +86,8 @@ pub fn publish<'scope>(
             committed_in.for_each(|time, data| {
                 if let Some(cap) = time.retain_least(0) {
                     for c in data.drain(..) {
+                        // Committed: its alert events are what the outputs hold now.
+                        ctx.metrics.with_alert_board(|b| b.committed(c.epoch));
                         in_flight.entry(c.epoch).or_insert_with(|| cap.clone());
                         arrived.push(c.epoch);
                     }

@@ -6,7 +6,8 @@
 //! rate while the job prints its progress; then a drain (SIGUSR1: read to the
 //! end, close every window, commit, exit) and a summary checked three ways:
 //! the simulator's bad records against the job's dead letters, the job's
-//! windows against the output topics and the Parquet datasets.
+//! windows against the output topics and the Parquet datasets, and the alerts
+//! its rules raised over the devices' spells of trouble (`alerts`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,8 +23,10 @@ use iotflow_redpanda::{LocalBroker, Storage};
 
 use crate::produce_cmd::{self, SimArgs};
 
+mod alerts;
+
 /// The demo's job, shipped in the repo and built into the binary.
-const DEMO_JOB: &str = include_str!("../jobs/demo.toml");
+const DEMO_JOB: &str = include_str!("../../jobs/demo.toml");
 /// Its aggregations' topics and datasets, in its order.
 const DEMO_OUTPUTS: [(&str, &str); 2] =
     [("iot.aggregates", "aggregates"), ("iot.site_1m", "site_1m")];
@@ -68,6 +71,10 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         args.sim.count = Some(2_000_000);
     }
     args.sim.rate.get_or_insert(100_000.0);
+    // Spells of trouble for the job's alert rules to find.
+    if args.sim.episodes.is_empty() {
+        args.sim.episodes = iotflow_ingest::episodes::EpisodeKind::ALL.to_vec();
+    }
     for (ratio, default) in [
         (&mut args.sim.duplicates, 0.01),
         (&mut args.sim.bad, 0.005),
@@ -124,6 +131,7 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
     std::fs::write(&job_file, DEMO_JOB)
         .with_context(|| format!("writing {}", job_file.display()))?;
     let before = OutputOffsets::read(&target).await?;
+    let alerts_before = alerts::offsets(&target).await?;
     let http = free_local_addr()?;
     println!(
         "3. starting the job {job_name} of {} (jobs/demo.toml): per-device stats in 10 s windows and \
@@ -154,16 +162,18 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
          progress below: epochs, readings/s, lag per partition, watermark, dead letters"
     );
 
+    let episodes: Vec<&str> = args.sim.episodes.iter().map(|e| e.code()).collect();
     println!(
         "4. {} devices × {} metrics writing {} records at {:.0} records/s \
-         (duplicates {}, bad {}, late {}; event time runs ahead of the clock)…",
+         (duplicates {}, bad {}, late {}; spells of {}; event time runs ahead of the clock)…",
         args.sim.devices,
         args.sim.metrics.len(),
         args.sim.count.map_or_else(|| "-".into(), |c| c.to_string()),
         args.sim.rate.unwrap_or(0.0),
         args.sim.duplicates,
         args.sim.bad,
-        args.sim.late
+        args.sim.late,
+        episodes.join(", ")
     );
     let produced = tokio::select! {
         produced = produce_cmd::produce_to(&target, topics::READINGS, args.partitions, &args.sim, false) => produced?,
@@ -206,12 +216,13 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         "5. summary ({:.1} s in all)",
         demo_started.elapsed().as_secs_f64()
     );
-    let problems = print_summary(
+    let mut problems = print_summary(
         &produced,
         &summary,
         (after.aggregates - before.aggregates, after.dlq - before.dlq),
         (files, rows),
     );
+    problems.extend(alerts::report(&target, &alerts_before, &parquet_dir, &episodes).await?);
     println!("   a sample of iot.site_1m (per site and metric, last minute):");
     print_site_sample(&target, before.sites_p0).await?;
     println!("   a sample of {} (full windows):", topics::AGGREGATES);
@@ -246,6 +257,10 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         (
             "committed output live",
             "iotflow tail --brokers B --job NAME  (read-committed)".into(),
+        ),
+        (
+            "alerts to a webhook",
+            "iotflow notify --brokers B --webhook URL  (Alertmanager payload)".into(),
         ),
         (
             "Redpanda",
