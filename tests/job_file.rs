@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -128,6 +128,11 @@ deviations = 1.5
 name = "silent"
 on = "aggregates"
 absent_for = "30s"
+
+[[alert]]
+name = "garbage"
+on = "aggregates"
+bad_share = 0.015
 "#
             ),
         )
@@ -509,6 +514,74 @@ fn naive_hysteresis(
     out
 }
 
+/// The bad-data rule recomputed: per device and 10 s window, its records
+/// (the temperature readings the job counted: every valid record has one)
+/// and its dead letters of a reason that keeps the device and time, read
+/// back from the dead-letter topic.
+async fn bad_data_oracle(
+    fx: &Fixture,
+    name: &str,
+    aggregates: &[Vec<(Vec<u8>, Vec<u8>)>],
+    share: f64,
+) -> BTreeMap<&'static str, Vec<(String, String, i64, i64)>> {
+    let mut windows: BTreeMap<String, BTreeMap<i64, (u64, u64)>> = BTreeMap::new();
+    for (_, v) in aggregates.iter().flatten() {
+        let r = json(v);
+        if r["metric"] == "temperature" {
+            let w = windows
+                .entry(r["device_id"].as_str().unwrap().to_owned())
+                .or_default();
+            w.entry(r["window_start"].as_i64().unwrap()).or_default().0 +=
+                r["count"].as_u64().unwrap();
+        }
+    }
+    let dlq = common::read_topic(std::slice::from_ref(&fx.addr), &format!("{name}.dlq")).await;
+    let mut counted = 0;
+    for r in dlq.into_values().flatten() {
+        let reason =
+            String::from_utf8(r.record.headers[iotflow_sink::records::REASON_HEADER].clone())
+                .unwrap();
+        if !iotflow_jobfile::alert::BAD_DATA_REASONS.contains(&reason.as_str()) {
+            continue;
+        }
+        let text = String::from_utf8(r.record.value.unwrap())
+            .unwrap()
+            .replace("NaN", "null");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ts = v["ts_ms"].as_i64().unwrap();
+        let w = windows
+            .entry(v["device_id"].as_str().unwrap().to_owned())
+            .or_default();
+        let e = w.entry(ts - ts.rem_euclid(10_000)).or_default();
+        (e.0, e.1) = (e.0 + 1, e.1 + 1);
+        counted += 1;
+    }
+    assert!(
+        counted > 5,
+        "{counted} countable dead letters: the rule proves little"
+    );
+    let mut out: Vec<(String, String, i64, i64)> = Vec::new();
+    for (device, w) in windows {
+        let shares: Vec<(i64, f64)> = w
+            .into_iter()
+            .map(|(s, (n, bad))| (s, bad as f64 / n as f64))
+            .collect();
+        let events = naive_hysteresis(
+            &shares,
+            10_000,
+            |x, _| Some(x > share),
+            |x, _| x <= share,
+            1,
+        );
+        out.extend(
+            events
+                .into_iter()
+                .map(|(st, w, since)| (st, device.clone(), w, since)),
+        );
+    }
+    BTreeMap::from([("garbage", out)])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alert_events_follow_the_rules_over_the_job_s_own_windows() {
     let fx = Fixture::new().await;
@@ -566,7 +639,20 @@ async fn alert_events_follow_the_rules_over_the_job_s_own_windows() {
         }
         let (rule, state) = (e["alert"].as_str().unwrap(), e["state"].as_str().unwrap());
         let since = e["since"].as_i64().unwrap();
-        if rule != "odd" {
+        if rule == "garbage" {
+            let device = e["device_id"].as_str().unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(k),
+                format!("{rule}|{device}|{since}")
+            );
+            assert!(!e.contains_key("metric"), "{e:?}");
+            got.entry(rule.to_owned()).or_default().push((
+                state.to_owned(),
+                device.to_owned(),
+                e["window_start"].as_i64().unwrap(),
+                since,
+            ));
+        } else if rule != "odd" {
             let device = e["device_id"].as_str().unwrap();
             let metric = e["metric"].as_str().unwrap();
             assert_eq!(
@@ -588,7 +674,8 @@ async fn alert_events_follow_the_rules_over_the_job_s_own_windows() {
             assert!(e["value"].as_f64().unwrap() > 21.5, "{e:?}");
         }
     }
-    for rule in ["overheat", "jump"] {
+    want.extend(bad_data_oracle(&fx, "alerting", &topics["aggregates"], 0.015).await);
+    for rule in ["overheat", "jump", "garbage"] {
         let (mut w, mut g) = (
             want.remove(rule).unwrap_or_default(),
             got.remove(rule).unwrap_or_default(),
@@ -621,4 +708,108 @@ async fn alert_events_follow_the_rules_over_the_job_s_own_windows() {
         }
     }
     assert_eq!(rows, topics["alerts"].iter().flatten().count());
+}
+
+/// A live job's status page lists exactly the alerts whose latest committed
+/// event is a firing, and its metrics count the committed events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_alerts_firing_as_committed() {
+    let fx = Fixture::new().await;
+    let name = "paged";
+    let http = format!(
+        "127.0.0.1:{}",
+        iotflow_redpanda::local::free_port().unwrap()
+    );
+    let mut c = Command::new(env!("CARGO_BIN_EXE_iotflow"));
+    c.args(["run", "--brokers", &fx.addr, "--job-file"])
+        .arg(fx.job_file(name))
+        .args(["-w", "2", "--epoch-interval", "100ms", "--http", &http])
+        .arg("--state-dir")
+        .arg(fx.dir.path().join(name).join("state"))
+        .arg("--parquet-dir")
+        .arg(fx.parquet_dir(name))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let job = c.spawn().unwrap();
+    let get = |path: &str| {
+        ureq::get(&format!("http://{http}{path}"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+    };
+    let counted = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("iotflow_alert_events_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    // Live: wait until what the page counted is what the topic holds, twice in a row.
+    let started = Instant::now();
+    let (mut topic, mut stable) = (Vec::new(), 0);
+    while stable < 2 {
+        assert!(
+            started.elapsed() < common::RUN_BOUND,
+            "the page never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(metrics) = get("/metrics") else {
+            continue;
+        };
+        let now: Vec<_> = fx.outputs(name).await.0["alerts"]
+            .iter()
+            .flatten()
+            .map(|(_, v)| json(v))
+            .collect();
+        stable =
+            if counted(&metrics) == now.len() as u64 && now.len() == topic.len() && !now.is_empty()
+            {
+                stable + 1
+            } else {
+                0
+            };
+        topic = now;
+    }
+    let page = get("/").unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(job.id() as i32).unwrap(),
+        rustix::process::Signal::USR1,
+    )
+    .unwrap();
+    common::wait_bounded(job, "the drained job");
+    // Latest event per (rule, group values): open when it is a firing.
+    let mut latest: BTreeMap<(String, String), (i64, bool)> = BTreeMap::new();
+    for e in &topic {
+        let group: Vec<String> = e
+            .iter()
+            .filter(|(k, _)| ["device_id", "metric", "site"].contains(&k.as_str()))
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+            .collect();
+        let key = (e["alert"].as_str().unwrap().to_owned(), group.join(" "));
+        let at = e["window_end"].as_i64().unwrap();
+        let firing = e["state"] == "firing";
+        let entry = latest.entry(key).or_insert((at, firing));
+        if (at, !firing) >= (entry.0, !entry.1) {
+            *entry = (at, firing);
+        }
+    }
+    let open: BTreeSet<&(String, String)> =
+        latest.iter().filter(|(_, v)| v.1).map(|(k, _)| k).collect();
+    assert!(!open.is_empty(), "nothing firing: the test proves little");
+    // The page's rows: (rule, group labels sorted), from its <td>s.
+    let shown: BTreeSet<(String, String)> = page
+        .split("<tr class=")
+        .skip(1)
+        .map(|row| {
+            let cells: Vec<&str> = row
+                .split("<td>")
+                .skip(1)
+                .map(|c| c.split("</td>").next().unwrap())
+                .collect();
+            let mut labels: Vec<&str> = cells[2].split(' ').collect();
+            labels.sort_unstable();
+            (cells[1].to_owned(), labels.join(" "))
+        })
+        .collect();
+    assert_eq!(shown, open.into_iter().cloned().collect(), "{page}");
 }

@@ -42,7 +42,24 @@ pub struct Aggregation {
     pub emit: EmitMode,
     pub measures: Vec<Measure>,
     pub filter: Option<Expr<FilterField>>,
+    pub input: AggregationInput,
 }
+
+/// What an aggregation is computed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AggregationInput {
+    /// The readings, as the job file states (every aggregation a user writes).
+    #[default]
+    Readings,
+    /// One reading per record of a device, named [`RECORD_OUTCOME_METRIC`]:
+    /// 0 when accepted, 1 when dead-lettered for a reason that still names
+    /// the device and a time. A bad-data rule's windows: mean = the share dead-lettered.
+    RecordOutcomes,
+}
+
+/// The metric of record-outcome readings: a control character no input
+/// name can hold, so no reading of a device can be mistaken for one.
+pub const RECORD_OUTCOME_METRIC: &str = "\u{1}records";
 
 /// Separates a group key's values; names and dimension values never hold it.
 pub const KEY_SEPARATOR: char = '|';
@@ -58,7 +75,28 @@ impl Aggregation {
             emit,
             measures: iotflow_jobfile::DEFAULT_MEASURES.to_vec(),
             filter: None,
+            input: AggregationInput::Readings,
         }
+    }
+
+    /// The windows of a bad-data rule `rule`: each device's record outcomes
+    /// (count, and mean = the share dead-lettered) over `window`.
+    pub fn record_outcomes(rule: &str, window: Window) -> Self {
+        Self {
+            name: format!("{rule}:records").into(),
+            group_by: vec![GroupField::Device],
+            group_names: vec!["device_id".into()],
+            window,
+            emit: EmitMode::Final,
+            measures: vec![Measure::Count, Measure::Mean],
+            filter: None,
+            input: AggregationInput::RecordOutcomes,
+        }
+    }
+
+    /// Whether it aggregates the job's readings (not a rule's record outcomes).
+    pub fn takes_readings(&self) -> bool {
+        self.input == AggregationInput::Readings
     }
 
     /// Calls `f` with each window slot a reading at `ts` belongs to: grid
@@ -115,8 +153,12 @@ impl Aggregation {
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default();
+        let input = match self.input {
+            AggregationInput::Readings => "",
+            AggregationInput::RecordOutcomes => " | of record outcomes",
+        };
         format!(
-            "{} | key {} | window {window} | measures {} | where {filter} | emit {:?}",
+            "{} | key {} | window {window} | measures {} | where {filter} | emit {:?}{input}",
             self.name,
             self.group_names.join(","),
             measures.join(","),

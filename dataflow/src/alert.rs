@@ -297,6 +297,31 @@ impl Rule {
                 series.last_seen = Some(series.last_seen.map_or(last, |l| l.max(last)));
                 series.previous = Some((w.start, f64::NAN));
             }
+            AlertRule::BadData {
+                share,
+                clear_share,
+                min_records,
+                streak,
+            } => {
+                // Over the rule's record-outcome windows: [count, mean].
+                let values = self.measures(w.measured);
+                let (records, bad) = (measure(0, &values), measure(1, &values));
+                let judged = records >= *min_records as f64;
+                self.step(
+                    series,
+                    w.start,
+                    adjacent,
+                    judged && bad > *share,
+                    bad <= *clear_share,
+                    *streak,
+                )
+                .into_iter()
+                .for_each(|(firing, since)| {
+                    let threshold = if firing { *share } else { *clear_share };
+                    out.push(event(firing, since, (Some(bad), Some(threshold))));
+                });
+                series.previous = Some((w.start, bad));
+            }
         }
     }
 

@@ -26,7 +26,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use compact_str::CompactString;
 
 use crate::aggregate::{Measured, Stats};
-use crate::aggregation::{Aggregation, Window};
+use crate::aggregation::{Aggregation, AggregationInput, Window};
 use crate::metrics::JobMetrics;
 use crate::operators::windows::Captures;
 use crate::operators::{classify, windows};
@@ -212,11 +212,25 @@ impl JobConfig {
                     emit: a.emit,
                     measures: a.measures.clone(),
                     filter: a.filter.clone(),
+                    input: AggregationInput::Readings,
                 })
             })
             .collect::<Result<Vec<_>, WindowError>>()?;
+        // A bad-data rule watches windows of its own: each device's record
+        // outcomes on the grid of the aggregation it names.
+        let mut aggregations = aggregations;
+        let mut alert_plans = plan.alerts.clone();
+        for p in &mut alert_plans {
+            if let iotflow_jobfile::AlertRule::BadData { .. } = p.rule
+                && let Some(on) = aggregations.get(p.on)
+            {
+                let outcomes = Aggregation::record_outcomes(&p.name, on.window);
+                p.on = aggregations.len();
+                aggregations.push(outcomes);
+            }
+        }
         let w = &plan.watermark;
-        let alerts = crate::alert::AlertRules::new(&plan.alerts, &aggregations, w.lateness_ms);
+        let alerts = crate::alert::AlertRules::new(&alert_plans, &aggregations, w.lateness_ms);
         Ok(Self {
             lateness_ms: w.lateness_ms,
             watermark: WatermarkConfig {

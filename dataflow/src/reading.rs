@@ -107,6 +107,22 @@ impl RejectReason {
     }
 }
 
+impl RejectReason {
+    /// Whether a record refused for this reason still names a valid device
+    /// and event time, found again by [`InputMapping::identity`]: what a
+    /// bad-data rule counts. Not `late`: its windows are final already.
+    pub fn keeps_identity(self) -> bool {
+        matches!(
+            self,
+            RejectReason::NonNumericValue
+                | RejectReason::NonFiniteValue
+                | RejectReason::NoMetrics
+                | RejectReason::MissingDimension
+                | RejectReason::InvalidDimension
+        )
+    }
+}
+
 impl fmt::Display for RejectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
@@ -203,25 +219,53 @@ fn classify_json_error(text: &str, err: &serde_json::Error) -> RejectReason {
 
 /// Whether `NaN`, `Infinity` or `-Infinity` appears outside a string.
 fn has_bare_non_finite(text: &str) -> bool {
+    nulled_non_finite(text).is_some()
+}
+
+/// `text` with every bare `NaN`, `Infinity` and `-Infinity` (outside
+/// strings) replaced by `null`, so serde can read the rest of the record;
+/// `None` when there is none.
+fn nulled_non_finite(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
-    let mut in_string = false;
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let (mut in_string, mut found) = (false, false);
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
+        let rest = &bytes[i..];
         if in_string {
             match b {
-                b'\\' => i += 1,
-                b'"' => in_string = false,
-                _ => {}
+                b'\\' => {
+                    out.push(b);
+                    i += 1;
+                    if let Some(&next) = bytes.get(i) {
+                        out.push(next);
+                    }
+                }
+                b'"' => {
+                    in_string = false;
+                    out.push(b);
+                }
+                _ => out.push(b),
             }
         } else if b == b'"' {
             in_string = true;
-        } else if bytes[i..].starts_with(b"NaN") || bytes[i..].starts_with(b"Infinity") {
-            return true;
+            out.push(b);
+        } else if rest.starts_with(b"NaN") || rest.starts_with(b"Infinity") {
+            if out.last() == Some(&b'-') {
+                out.pop();
+            }
+            out.extend_from_slice(b"null");
+            found = true;
+            i += if b == b'N' { 3 } else { 8 };
+            continue;
+        } else {
+            out.push(b);
         }
         i += 1;
     }
-    false
+    // Only ASCII was replaced, at ASCII boundaries: still UTF-8.
+    found.then(|| String::from_utf8(out).ok()).flatten()
 }
 
 /// A JSON value where a number, string or other is expected.
@@ -298,6 +342,14 @@ struct RawRecord<'a> {
     value: Option<Scalar<'a>>,
     metrics: Vec<(Cow<'a, str>, Scalar<'a>)>,
     metrics_not_object: bool,
+}
+
+/// Who sent a record and when: its device, event time and `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub device_id: CompactString,
+    pub ts_ms: i64,
+    pub seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -435,12 +487,10 @@ impl<'a> RawRecord<'a> {
         }
     }
 
-    fn into_readings(
-        self,
-        limits: &ParseLimits,
-        out: &mut Vec<Reading>,
-    ) -> Result<(), RejectReason> {
-        let device_id: CompactString = match self.device_id {
+    /// The record's device, event time and `seq`, validated: what every
+    /// reading of it carries, checked before any of its values.
+    fn identity(&self, limits: &ParseLimits) -> Result<Identity, RejectReason> {
+        let device_id: CompactString = match &self.device_id {
             None | Some(Scalar::Other) => return Err(RejectReason::MissingDeviceId),
             Some(Scalar::Str(s)) if s.is_empty() => return Err(RejectReason::MissingDeviceId),
             Some(Scalar::Str(s)) => CompactString::from(s.as_ref()),
@@ -450,20 +500,37 @@ impl<'a> RawRecord<'a> {
         if !valid_name(&device_id, limits.max_id_len) {
             return Err(RejectReason::InvalidDeviceId);
         }
-        let ts_ms = match self.ts {
+        let ts_ms = match &self.ts {
             None => return Err(RejectReason::MissingTimestamp),
-            Some((key, ts)) => parse_ts(key, &ts)?,
+            Some((key, ts)) => parse_ts(*key, ts)?,
         };
         if ts_ms < limits.min_ts_ms || ts_ms >= limits.max_ts_ms {
             return Err(RejectReason::AbsurdTimestamp);
         }
-        let seq = match self.seq {
+        let seq = match &self.seq {
             None => None,
             Some(Scalar::Int(i)) => {
-                Some(u64::try_from(i).map_err(|_| RejectReason::MalformedJson)?)
+                Some(u64::try_from(*i).map_err(|_| RejectReason::MalformedJson)?)
             }
             Some(_) => return Err(RejectReason::MalformedJson),
         };
+        Ok(Identity {
+            device_id,
+            ts_ms,
+            seq,
+        })
+    }
+
+    fn into_readings(
+        self,
+        limits: &ParseLimits,
+        out: &mut Vec<Reading>,
+    ) -> Result<(), RejectReason> {
+        let Identity {
+            device_id,
+            ts_ms,
+            seq,
+        } = self.identity(limits)?;
         if self.metrics_not_object {
             return Err(RejectReason::NonNumericValue);
         }
@@ -588,6 +655,59 @@ mod tests {
     fn parse(s: &str) -> Result<Vec<Reading>, RejectReason> {
         let mut out = Vec::new();
         parse_record(s.as_bytes(), &ParseLimits::default(), &mut out).map(|()| out)
+    }
+
+    /// What a bad-data rule counts: refused records that still say who and when.
+    #[test]
+    fn refused_records_keep_their_identity_when_they_have_one() {
+        use iotflow_jobfile::{Mapping, Preset};
+        let default = InputMapping::new(Mapping::Preset(Preset::Auto), Vec::new());
+        let limits = ParseLimits::default();
+        let who = |p: &str| default.identity(p.as_bytes(), &limits);
+        let id = |ts_ms, seq| {
+            Some(Identity {
+                device_id: "d-1".into(),
+                ts_ms,
+                seq,
+            })
+        };
+        for (payload, reason) in [
+            (
+                r#"{"device_id":"d-1","ts_ms":1763787600000,"seq":4,"t":"n/a"}"#,
+                RejectReason::NonNumericValue,
+            ),
+            (
+                r#"{"device_id":"d-1","ts_ms":1763787600000,"seq":4,"t":NaN}"#,
+                RejectReason::NonFiniteValue,
+            ),
+            (
+                r#"{"device_id":"d-1","ts_ms":1763787600000,"seq":4,"t":-Infinity,"s":"NaN"}"#,
+                RejectReason::NonFiniteValue,
+            ),
+        ] {
+            assert_eq!(parse(payload), Err(reason), "{payload}");
+            assert!(reason.keeps_identity());
+            assert_eq!(who(payload), id(1_763_787_600_000, Some(4)), "{payload}");
+        }
+        assert_eq!(
+            who(r#"{"device_id":"d-1","timestamp":1763787600.5}"#),
+            id(1_763_787_600_500, None)
+        );
+        for nobody in [
+            r#"{"ts_ms":1763787600000,"t":"n/a"}"#,
+            r#"{"device_id":"d-1","t":1}"#,
+            r#"{"device_id":"d-1","ts_ms":5,"t":1}"#,
+            r#"{"device_id":"a|b","ts_ms":1763787600000,"t":1}"#,
+            r#"{"device_id":"d-1","ts_ms":1763787600000"#,
+        ] {
+            assert_eq!(who(nobody), None, "{nobody}");
+        }
+        let counted: Vec<&str> = RejectReason::ALL
+            .iter()
+            .filter(|r| r.keeps_identity())
+            .map(|r| r.code())
+            .collect();
+        assert_eq!(counted, iotflow_jobfile::alert::BAD_DATA_REASONS);
     }
 
     fn r(device: &str, metric: &str, ts_ms: i64, value: f64, seq: Option<u64>) -> Reading {

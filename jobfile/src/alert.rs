@@ -8,6 +8,17 @@ pub const DEFAULT_ALERTS_TOPIC: &str = "iot.alerts";
 /// The alert dataset when `[output] alerts_parquet` is not set.
 pub const DEFAULT_ALERTS_DATASET: &str = "alerts";
 
+/// The dead-letter reasons a bad-data rule counts: those whose records still
+/// name a valid device and event time (the dataflow's `keeps_identity`, held
+/// to this list by a test).
+pub const BAD_DATA_REASONS: [&str; 5] = [
+    "non_numeric_value",
+    "non_finite_value",
+    "no_metrics",
+    "missing_dimension",
+    "invalid_dimension",
+];
+
 /// Where alert events go: one topic and one Parquet dataset for every rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertOutputs {
@@ -54,6 +65,17 @@ pub enum AlertRule {
     /// No reading of the key for more than `absent_for_ms` of event time
     /// while the watermark moved on; resolved by its next reading.
     Absence { absent_for_ms: i64 },
+    /// Per device and window of the watched aggregation's grid: the share of
+    /// its records that were dead-lettered (for a reason that still names the
+    /// device and a time) is above `share`, with at least `min_records`
+    /// records, for `streak` consecutive windows; resolved at or below
+    /// `clear_share`.
+    BadData {
+        share: f64,
+        clear_share: f64,
+        min_records: u64,
+        streak: u32,
+    },
 }
 
 impl AlertRule {
@@ -66,6 +88,7 @@ impl AlertRule {
             AlertRule::Condition { .. } => "rate of change",
             AlertRule::Anomaly { .. } => "anomaly",
             AlertRule::Absence { .. } => "absence",
+            AlertRule::BadData { .. } => "bad data",
         }
     }
 }

@@ -303,6 +303,25 @@ impl JobPlan {
                 )?;
                 writeln!(f, "  resolves  at its next reading")?;
             }
+            AlertRule::BadData {
+                share,
+                clear_share,
+                min_records,
+                streak,
+            } => {
+                writeln!(
+                    f,
+                    "  counts    per device and {} window: its records, and those dead-lettered as {}",
+                    on.window,
+                    crate::alert::BAD_DATA_REASONS.join(", ")
+                )?;
+                writeln!(
+                    f,
+                    "  fires     when more than {share} of them are dead-lettered (of at least {min_records}) for {}",
+                    windows(*streak)
+                )?;
+                writeln!(f, "  resolves  at a later window at or below {clear_share}")?;
+            }
         }
         Ok(())
     }

@@ -99,4 +99,7 @@ pub(crate) struct RawAlert {
     pub alpha: Option<S<Number>>,
     pub warmup: Option<S<i64>>,
     pub absent_for: Option<S<String>>,
+    pub bad_share: Option<S<Number>>,
+    pub clear_share: Option<S<Number>>,
+    pub min_records: Option<S<i64>>,
 }

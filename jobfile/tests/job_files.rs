@@ -177,6 +177,23 @@ fn bad_alert_rules_are_refused_at_their_line_with_a_hint() {
             "bad severity",
             with_alert("when = \"mean > 1\"\nseverity = \"very bad!\""),
         ),
+        ("bad share above one", with_alert("bad_share = 1.5")),
+        (
+            "clear share above the bad share",
+            with_alert("bad_share = 0.2\nclear_share = 0.3"),
+        ),
+        (
+            "min records of zero",
+            with_alert("bad_share = 0.2\nmin_records = 0"),
+        ),
+        (
+            "when with a bad share",
+            with_alert("bad_share = 0.2\nwhen = \"count > 3\""),
+        ),
+        (
+            "min records with a threshold",
+            with_alert("when = \"mean > 1\"\nmin_records = 3"),
+        ),
         (
             "unknown alert key",
             with_alert("when = \"mean > 1\"\nrepeat = \"5m\""),

@@ -177,26 +177,48 @@ fn naive_threshold(
     clear: f64,
     streak: usize,
 ) -> Vec<(bool, i64, i64)> {
+    naive_episodes(
+        means.len(),
+        |i| means[i].is_some(),
+        |i| means[i].is_some_and(|v| v > fire),
+        |i| means[i].is_some_and(|v| v < clear),
+        streak,
+    )
+}
+
+/// Episodes over `n` consecutive 10 ms windows (`present`: it has readings):
+/// a firing at the window that ends a run of `streak` windows where `holds`
+/// (walking back, never past the last episode's change), since the run's
+/// first; a resolve at the first later window where `clears`.
+fn naive_episodes(
+    n: usize,
+    present: impl Fn(usize) -> bool,
+    holds: impl Fn(usize) -> bool,
+    clears: impl Fn(usize) -> bool,
+    streak: usize,
+) -> Vec<(bool, i64, i64)> {
     let mut out = Vec::new();
     let mut firing: Option<i64> = None;
     let mut boundary = 0usize; // windows before this index cannot count
-    for i in 0..means.len() {
-        let Some(m) = means[i] else { continue };
+    for i in 0..n {
+        if !present(i) {
+            continue;
+        }
         if let Some(since) = firing {
-            if m < clear {
+            if clears(i) {
                 out.push((false, i as i64 * 10, since));
                 firing = None;
                 boundary = i + 1;
             }
             continue;
         }
-        let mut n = 0;
+        let mut run = 0;
         let mut j = i as i64;
-        while j >= boundary as i64 && means[j as usize].is_some_and(|v| v > fire) {
-            n += 1;
+        while j >= boundary as i64 && present(j as usize) && holds(j as usize) {
+            run += 1;
             j -= 1;
         }
-        if n >= streak {
+        if run >= streak {
             let since = (i + 1 - streak) as i64 * 10;
             out.push((true, i as i64 * 10, since));
             firing = Some(since);
@@ -204,6 +226,28 @@ fn naive_threshold(
         }
     }
     out
+}
+
+/// Windows of consecutive 10 ms slots with (count, mean) (None: no readings).
+fn run_counted(r: &Rule, windows: &[Option<(u64, f64)>]) -> Vec<(bool, i64, i64)> {
+    let mut s = Series::default();
+    let mut out = Vec::new();
+    for (i, w) in windows.iter().enumerate() {
+        let Some((count, mean)) = w else { continue };
+        let start = i as i64 * 10;
+        let mut ms = measured(start, start + 9, *mean);
+        ms.stats.count = *count;
+        let seen = Seen {
+            group: "d",
+            start,
+            end: start + 10,
+            measured: &ms,
+        };
+        r.window(0, &mut s, seen, &mut out);
+    }
+    out.iter()
+        .map(|e| (e.firing, e.window_start, e.since))
+        .collect()
 }
 
 /// Absence from the readings themselves: every gap longer than the limit
@@ -236,7 +280,107 @@ fn naive_absence(
     out
 }
 
+fn change_rule(fire: f64, clear: f64, streak: u32) -> AlertRule {
+    let parse = |t: String| match threshold(&t, None, 1) {
+        AlertRule::Condition { when, .. } => when,
+        _ => unreachable!(),
+    };
+    AlertRule::Condition {
+        when: parse(format!("change > {fire}")),
+        clear: Some(parse(format!("change < {clear}"))),
+        streak,
+        change_of: Some(1),
+    }
+}
+
 proptest! {
+    #[test]
+    fn bad_data_events_match_the_naive_reading(
+        // Tenths, so a share often equals a bound exactly (`>` and `<=` are tested).
+        windows in proptest::collection::vec(
+            proptest::option::weighted(0.85, (1u64..20, 0u32..7)), 0..60),
+        share in 1u32..5,
+        clear in 0u32..3,
+        min_records in 1u64..8,
+        streak in 1u32..4,
+    ) {
+        let windows: Vec<Option<(u64, f64)>> =
+            windows.into_iter().map(|w| w.map(|(n, k)| (n, f64::from(k) / 10.0))).collect();
+        let clear_share = f64::from(share.saturating_sub(clear)) / 10.0;
+        let share = f64::from(share) / 10.0;
+        let kind = AlertRule::BadData { share, clear_share, min_records, streak };
+        let r = rule(grid(10, 10), kind, 0);
+        let want = naive_episodes(
+            windows.len(),
+            |i| windows[i].is_some(),
+            |i| windows[i].is_some_and(|(n, x)| n >= min_records && x > share),
+            |i| windows[i].is_some_and(|(_, x)| x <= clear_share),
+            streak as usize,
+        );
+        prop_assert_eq!(run_counted(&r, &windows), want);
+    }
+
+    #[test]
+    fn rate_of_change_events_match_the_naive_reading(
+        means in proptest::collection::vec(proptest::option::weighted(0.85, 0.0f64..30.0), 0..60),
+        streak in 1u32..4,
+    ) {
+        let r = rule(grid(10, 10), change_rule(5.0, 1.0, streak), 0);
+        // The change from the previous window; unknown after a window without readings.
+        let change = |i: usize| match (i.checked_sub(1).and_then(|p| means[p]), means[i]) {
+            (Some(p), Some(x)) => Some(x - p),
+            _ => None,
+        };
+        let want = naive_episodes(
+            means.len(),
+            |i| means[i].is_some(),
+            |i| change(i).is_some_and(|c| c > 5.0),
+            |i| change(i).is_some_and(|c| c < 1.0),
+            streak as usize,
+        );
+        let windows: Vec<Option<(u64, f64)>> = means.iter().map(|m| m.map(|x| (1, x))).collect();
+        prop_assert_eq!(run_counted(&r, &windows), want);
+    }
+
+    #[test]
+    fn anomaly_events_match_a_recomputed_baseline(
+        means in proptest::collection::vec(proptest::option::weighted(0.9, 0.0f64..10.0), 0..60),
+        spikes in proptest::collection::vec(0usize..60, 0..6),
+        streak in 1u32..3,
+        warmup in 2u32..6,
+    ) {
+        let mut means = means;
+        let n = means.len();
+        for i in spikes.into_iter().filter(|i| *i < n) {
+            means[i] = means[i].map(|x| x + 100.0);
+        }
+        let (deviations, clear_deviations, alpha) = (3.0, 2.0, 0.3);
+        let kind = AlertRule::Anomaly { of: 1, deviations, clear_deviations, alpha, warmup, streak };
+        let r = rule(grid(10, 10), kind, 0);
+        // z of each window against the baseline of every window before it
+        // (mean and variance weighted by alpha), and whether it is judged yet.
+        let mut z: Vec<Option<(f64, bool)>> = Vec::new();
+        let (mut seen, mut m, mut v) = (0u32, 0.0f64, 0.0f64);
+        for x in &means {
+            let Some(x) = *x else { z.push(None); continue };
+            let sd = v.max(0.0).sqrt();
+            let d = x - m;
+            let zi = if d == 0.0 { 0.0 } else if sd == 0.0 { d.signum() * f64::INFINITY } else { d / sd };
+            z.push(Some((zi, seen >= warmup)));
+            if seen == 0 { m = x; v = 0.0; } else { let inc = alpha * d; m += inc; v = (1.0 - alpha) * (v + d * inc); }
+            seen += 1;
+        }
+        let want = naive_episodes(
+            means.len(),
+            |i| z[i].is_some(),
+            |i| z[i].is_some_and(|(zi, judged)| judged && zi.abs() > deviations),
+            |i| z[i].is_some_and(|(zi, judged)| judged && zi.abs() <= clear_deviations),
+            streak as usize,
+        );
+        let windows: Vec<Option<(u64, f64)>> = means.iter().map(|m| m.map(|x| (1, x))).collect();
+        prop_assert_eq!(run_counted(&r, &windows), want);
+    }
+
     #[test]
     fn threshold_events_match_the_naive_reading(
         means in proptest::collection::vec(proptest::option::weighted(0.85, 70.0f64..90.0), 0..60),

@@ -31,7 +31,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use super::dedupe::{Row, SEEN_SWEEP_MIN, Seen, SeriesSeen, by_series, dedupe};
 use super::names::Names;
 use crate::aggregate::ordered_bits;
-use crate::aggregation::Aggregation;
+use crate::aggregation::{Aggregation, RECORD_OUTCOME_METRIC};
 use crate::job::{Classified, Epoch, JobConfig, MAX_EPOCHS_IN_FLIGHT, StateHooks, held_from};
 use crate::metrics::{AggregationCounts, JobMetrics};
 use crate::snapshot::{self, WorkerSnapshot};
@@ -362,7 +362,7 @@ impl State {
             let rows = &self.grouped[range.clone()];
             let keep = &mut self.keep[range];
             let expiry = |ts: i64| cfg.final_everywhere_at(ts);
-            duplicates += dedupe(rows, epoch, wm_before, expiry, series_seen, keep);
+            let deduped = dedupe(rows, epoch, wm_before, expiry, series_seen, keep);
             self.seen_len += series_seen.len() - before;
             for (r, _) in rows.iter().zip(keep.iter()).filter(|(_, k)| **k) {
                 if let (Some(seq), true) = (r.seq(), capture) {
@@ -377,11 +377,17 @@ impl State {
                 device: names.name(device),
                 metric: names.name(metric),
             };
+            // Record outcomes feed the bad-data rules' windows only, and are not readings.
+            let outcomes = rows.metric == RECORD_OUTCOME_METRIC;
+            if !outcomes {
+                duplicates += deduped;
+            }
             for (ai, (agg, per)) in cfg
                 .aggregations
                 .iter()
                 .zip(&mut self.per_aggregation)
                 .enumerate()
+                .filter(|(_, (agg, _))| agg.takes_readings() != outcomes)
             {
                 per.runs(agg, ai as u16, &rows, &ctx, &mut counts[ai], &mut batches);
             }
@@ -398,7 +404,7 @@ impl State {
         }
         metrics.duplicates.fetch_add(duplicates, Ordering::Relaxed);
         for (agg, counts) in self.cfg.aggregations.iter().zip(counts) {
-            if counts != AggregationCounts::default() {
+            if counts != AggregationCounts::default() && agg.takes_readings() {
                 metrics.add_aggregation(&agg.name, counts);
             }
         }

@@ -5,6 +5,8 @@
 //!     Record / each line of a LineBatch ──parse──▶ Dead(reason)
 //!       | all windows final under W_{e−1}? Dead(late)
 //!       | its readings ──▶ the ReadingBatch of their device's worker (sent when full or at the end)
+//!       with a bad-data rule, also one record-outcome reading per record (0 accepted,
+//!       1 refused for a reason that keeps its device and time) to the same worker
 //!     Status ──at the end of e──▶ ShareReport { top event times of the partition, state }
 //! ```
 //!
@@ -21,9 +23,10 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::aggregation::RECORD_OUTCOME_METRIC;
 use crate::job::encode_dims;
 use crate::job::{
-    Classified, DeadRecord, Epoch, JobConfig, PartitionStatus, ReadingBatch, SourceEvent,
+    Classified, DeadRecord, Epoch, JobConfig, PartitionStatus, RawRecord, ReadingBatch, SourceEvent,
 };
 use crate::metrics::{JobMetrics, LatenessCounts, lateness_bucket};
 use crate::operators::windows::device_owner;
@@ -71,7 +74,12 @@ impl Judge<'_> {
         top.observe(ts);
         // Late only when every window of the reading is final in every aggregation.
         let (cfg, wm) = (self.cfg, self.wm);
-        if cfg.aggregations.iter().all(|a| cfg.late_for(a, ts, wm)) {
+        if cfg
+            .aggregations
+            .iter()
+            .filter(|a| a.takes_readings())
+            .all(|a| cfg.late_for(a, ts, wm))
+        {
             Err(RejectReason::Late)
         } else {
             Ok(())
@@ -122,7 +130,7 @@ impl Judge<'_> {
             .cfg
             .aggregations
             .iter()
-            .any(|a| a.has_dimensions(&self.dims))
+            .any(|a| a.takes_readings() && a.has_dimensions(&self.dims))
         {
             return Err(RejectReason::MissingDimension);
         }
@@ -203,6 +211,8 @@ pub fn classify<'scope>(
             let mapped = !cfg.input.is_default();
             let peers = peers.max(1);
             let mut batches: Vec<ReadingBatch> = (0..peers).map(ReadingBatch::new).collect();
+            // A bad-data rule counts each device's records: one outcome reading per record.
+            let outcomes = cfg.aggregations.iter().any(|a| !a.takes_readings());
 
             move |(source_in, source_frontier), (reports_in, reports_frontier), output| {
                 source_in.for_each(|time, data| crate::job::stash(&mut pending, &time, data));
@@ -262,8 +272,26 @@ pub fn classify<'scope>(
                                     accepted += 1;
                                     batch.push_parts(p.device_id, metric, p.ts_ms, value, p.seq);
                                 }
+                                if outcomes {
+                                    let m = RECORD_OUTCOME_METRIC;
+                                    batch.push_parts(p.device_id, m, p.ts_ms, 0.0, p.seq);
+                                }
                                 give(worker, batch);
                                 return;
+                            }
+                            if outcomes && let Some(r) = scratch.first() {
+                                let outcome = Reading {
+                                    metric: RECORD_OUTCOME_METRIC.into(),
+                                    value: 0.0,
+                                    ..r.clone()
+                                };
+                                let worker = device_owner(&r.device_id, peers) as usize;
+                                match parsed {
+                                    Parsed::Mapped => {
+                                        batches[worker].push_with_dims(&outcome, dims)
+                                    }
+                                    _ => batches[worker].push(&outcome),
+                                }
                             }
                             for r in scratch.drain(..) {
                                 accepted += 1;
@@ -275,8 +303,21 @@ pub fn classify<'scope>(
                                 give(worker, &mut batches[worker]);
                             }
                         };
-                        let mut reject = |reason: RejectReason, record| {
+                        let mut refused_outcomes: Vec<Reading> = Vec::new();
+                        let mut reject = |reason: RejectReason, record: RawRecord| {
                             metrics.reject(reason, 1);
+                            if outcomes
+                                && reason.keeps_identity()
+                                && let Some(id) = cfg.input.identity(&record.value, &cfg.limits)
+                            {
+                                refused_outcomes.push(Reading {
+                                    device_id: id.device_id,
+                                    metric: RECORD_OUTCOME_METRIC.into(),
+                                    ts_ms: id.ts_ms,
+                                    value: 1.0,
+                                    seq: id.seq,
+                                });
+                            }
                             dead.push(Classified::Dead(DeadRecord { reason, record }));
                         };
                         for event in events {
@@ -357,6 +398,13 @@ pub fn classify<'scope>(
                                         }
                                     }
                                 }
+                            }
+                        }
+                        for r in refused_outcomes {
+                            let batch = &mut batches[device_owner(&r.device_id, peers) as usize];
+                            match mapped {
+                                true => batch.push_with_dims(&r, &[]),
+                                false => batch.push(&r),
                             }
                         }
                         for batch in batches.iter_mut().filter(|b| !b.is_empty()) {

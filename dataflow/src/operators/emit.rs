@@ -216,7 +216,16 @@ pub(super) fn emit<'scope>(
                         measures.key(events, &runs, next, retract, &mut out, &mut undo);
                     }
                 }
-                let finals = out.iter().filter(|r| r.is_final).count() as u64;
+                // A bad-data rule's windows are the rule's, not the job's output.
+                let aggs = &measures.cfg.aggregations;
+                let finals = out
+                    .iter()
+                    .filter(|r| r.is_final)
+                    .filter(|r| {
+                        aggs.get(usize::from(r.aggregation))
+                            .is_some_and(|a| a.takes_readings())
+                    })
+                    .count() as u64;
                 metrics.windows_emitted.fetch_add(finals, Ordering::Relaxed);
                 let mut per: Vec<u64> = vec![0; measures.cfg.aggregations.len()];
                 for r in out.iter().filter(|r| r.is_final) {
@@ -225,7 +234,7 @@ pub(super) fn emit<'scope>(
                     }
                 }
                 for (agg, windows) in measures.cfg.aggregations.iter().zip(per) {
-                    if windows > 0 {
+                    if windows > 0 && agg.takes_readings() {
                         let counts = AggregationCounts {
                             windows,
                             ..AggregationCounts::default()
@@ -233,9 +242,10 @@ pub(super) fn emit<'scope>(
                         metrics.add_aggregation(&agg.name, counts);
                     }
                 }
+                let updates = out.iter().filter(|r| !r.is_final).count() as u64;
                 metrics
                     .updates_emitted
-                    .fetch_add(out.len() as u64 - finals, Ordering::Relaxed);
+                    .fetch_add(updates, Ordering::Relaxed);
                 if !out.is_empty() {
                     // Unordered: workers interleave anyway; sinks sort by key.
                     results_out

@@ -20,8 +20,8 @@ use iotflow_jobfile::{
 use serde_json::{Map, Value};
 
 use super::{
-    Field, ParseLimits, RawRecord, Reading, RejectReason, Scalar, TsKey, checked_text,
-    classify_json_error, valid_name,
+    Field, Identity, ParseLimits, RawRecord, Reading, RejectReason, Scalar, TsKey, checked_text,
+    classify_json_error, nulled_non_finite, valid_name,
 };
 
 /// A record's dimension values, in the job's dimension order; `None` where missing.
@@ -70,6 +70,39 @@ impl InputMapping {
             Mapping::Preset(preset) => preset_readings(*preset, object, limits, out),
             Mapping::Fields(f) => field_readings(f, object, limits, out),
         }
+    }
+}
+
+impl InputMapping {
+    /// The device, event time and `seq` of a record this mapping refused,
+    /// when it has valid ones (a record refused for a value, a dimension or
+    /// having no metrics still says who sent it and when). Parses the record
+    /// again: only refused records come here.
+    pub fn identity(&self, payload: &[u8], limits: &ParseLimits) -> Option<Identity> {
+        let text = checked_text(payload, limits).ok()?;
+        // A value written as NaN is what refused the record, not who sent it.
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(_) => serde_json::from_str(&nulled_non_finite(text)?).ok()?,
+        };
+        let object = value.as_object()?;
+        let mut raw = RawRecord::default();
+        match &self.mapping {
+            Mapping::Preset(_) => {
+                for (key, v) in object {
+                    let field = Field::of(key);
+                    if matches!(field, Field::DeviceId | Field::Ts(_) | Field::Seq) {
+                        raw.set_field(field, Cow::Borrowed(key), scalar(v));
+                    }
+                }
+            }
+            Mapping::Fields(f) => {
+                raw.device_id = get(object, &f.device.0).map(scalar);
+                raw.ts = get(object, &f.time.0).map(|v| (ts_key(f.time_unit), scalar(v)));
+                raw.seq = f.seq.as_ref().and_then(|p| get(object, &p.0)).map(scalar);
+            }
+        }
+        raw.identity(limits).ok()
     }
 }
 

@@ -118,10 +118,11 @@ fn alert(a: RawAlert, name: String, span: Range<usize>, plan: &JobPlan) -> Resul
         }
         None => "warning".to_owned(),
     };
-    let rule = match (&a.absent_for, &a.anomaly_of) {
-        (Some(d), _) => absence(&a, d, agg, plan)?,
-        (None, Some(m)) => anomaly(&a, m, agg)?,
-        (None, None) => condition(&a, span, agg, plan)?,
+    let rule = match (&a.absent_for, &a.anomaly_of, &a.bad_share) {
+        (Some(d), _, _) => absence(&a, d, agg, plan)?,
+        (None, Some(m), _) => anomaly(&a, m, agg)?,
+        (None, None, Some(share)) => bad_data(&a, share, agg)?,
+        (None, None, None) => condition(&a, span, agg, plan)?,
     };
     Ok(AlertPlan {
         name,
@@ -135,7 +136,7 @@ fn alert(a: RawAlert, name: String, span: Range<usize>, plan: &JobPlan) -> Resul
 fn refuse(keys: &[(&str, Option<Range<usize>>)], kind: &str) -> Result<()> {
     match keys.iter().find_map(|(k, s)| Some((*k, s.clone()?))) {
         Some((k, span)) => Err(Problem::new(span, format!("`{k}` has no meaning in {kind}"))
-            .hint("an alert is a threshold (`when`), a rate of change (`change_of` + `when`), an anomaly (`anomaly_of`) or an absence (`absent_for`)")),
+            .hint("an alert is a threshold (`when`), a rate of change (`change_of` + `when`), an anomaly (`anomaly_of`), an absence (`absent_for`) or bad data (`bad_share`)")),
         None => Ok(()),
     }
 }
@@ -185,6 +186,8 @@ fn condition(
             ("clear_deviations", span_of(&a.clear_deviations)),
             ("alpha", span_of(&a.alpha)),
             ("warmup", span_of(&a.warmup)),
+            ("clear_share", span_of(&a.clear_share)),
+            ("min_records", span_of(&a.min_records)),
         ],
         "a threshold or rate-of-change rule",
     )?;
@@ -246,6 +249,9 @@ fn anomaly(a: &RawAlert, m: &S<String>, agg: &AggregationPlan) -> Result<AlertRu
             ("when", span_of(&a.when)),
             ("clear", span_of(&a.clear)),
             ("change_of", span_of(&a.change_of)),
+            ("bad_share", span_of(&a.bad_share)),
+            ("clear_share", span_of(&a.clear_share)),
+            ("min_records", span_of(&a.min_records)),
         ],
         "an anomaly rule (it fires on distance from the baseline)",
     )?;
@@ -308,6 +314,9 @@ fn absence(
             ("clear_deviations", span_of(&a.clear_deviations)),
             ("alpha", span_of(&a.alpha)),
             ("warmup", span_of(&a.warmup)),
+            ("bad_share", span_of(&a.bad_share)),
+            ("clear_share", span_of(&a.clear_share)),
+            ("min_records", span_of(&a.min_records)),
         ],
         "an absence rule",
     )?;
@@ -339,4 +348,56 @@ fn absence(
             Ok(AlertRule::Absence { absent_for_ms })
         }
     }
+}
+
+fn bad_data(a: &RawAlert, share: &S<Number>, agg: &AggregationPlan) -> Result<AlertRule> {
+    refuse(
+        &[
+            ("when", span_of(&a.when)),
+            ("clear", span_of(&a.clear)),
+            ("change_of", span_of(&a.change_of)),
+            ("deviations", span_of(&a.deviations)),
+            ("clear_deviations", span_of(&a.clear_deviations)),
+            ("alpha", span_of(&a.alpha)),
+            ("warmup", span_of(&a.warmup)),
+        ],
+        "a bad-data rule (it fires on each device's dead-lettered share)",
+    )?;
+    if let WindowKind::Session { .. } = agg.window {
+        return Err(Problem::new(
+            a.on.span(),
+            format!("`{}` has session windows: a bad-data share needs a window grid", agg.name),
+        )
+        .hint("watch a tumbling or hopping aggregation: its windows are the ones the share is counted over"));
+    }
+    let share_of = |v: &S<Number>| Some(v.clone());
+    let share = number(
+        &share_of(share),
+        0.0,
+        |x| x > 0.0 && x <= 1.0,
+        "bad_share: the share of a device's records dead-lettered in a window, in (0, 1]",
+    )?;
+    let clear_share = number(
+        &a.clear_share,
+        share,
+        |x| (0.0..=share).contains(&x),
+        "clear_share: at most `bad_share` (default: the same)",
+    )?;
+    let min_records = match &a.min_records {
+        None => 1,
+        Some(n) if (1..=1_000_000).contains(n.get_ref()) => *n.get_ref() as u64,
+        Some(n) => {
+            return Err(Problem::new(
+                n.span(),
+                format!("`min_records = {}` is out of range", n.get_ref()),
+            )
+            .hint("records of the device a window needs before its share is judged: 1 to 1000000 (default 1)"));
+        }
+    };
+    Ok(AlertRule::BadData {
+        share,
+        clear_share,
+        min_records,
+        streak: streak(a)?,
+    })
 }
