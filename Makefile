@@ -14,7 +14,7 @@ FUZZ_SECONDS ?= 60
 CHAOS_KILLS ?= 200
 TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
-.PHONY: help demo demo-redpanda notebooks test tansu chromium prometheus nextest build release lint fmt bench bench-ingest bench-dataflow bench-exactly-once bench-jobs chaos fuzz clean
+.PHONY: help demo demo-redpanda notebooks test tansu chromium prometheus nextest build release lint fmt bench bench-ingest bench-dataflow bench-exactly-once bench-jobs bench-alerts chaos fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -65,7 +65,7 @@ lint: ## cargo fmt --check and clippy -D warnings
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-bench: bench-ingest bench-dataflow bench-exactly-once bench-jobs ## Print every benchmark figure
+bench: bench-ingest bench-dataflow bench-exactly-once bench-jobs bench-alerts ## Print every benchmark figure
 
 bench-ingest: release tansu-release ## Produce throughput into the local broker, 1 and 4 partitions
 	BIN=$(RELEASE_BIN) COUNT=$(BENCH_COUNT) ./scripts/bench-ingest.sh
@@ -76,6 +76,9 @@ bench-exactly-once: release tansu-release ## Exactly-once vs at-least-once (thro
 
 bench-jobs: release tansu-release ## Job files end to end: per device, per site, fleet-wide, sessions, the demo job; 1 and 2 workers
 	BIN=$(RELEASE_BIN) COUNT=$(BENCH_JOBS_COUNT) ./scripts/bench-jobs.sh
+
+bench-alerts: release tansu-release ## Alerts: the demo job with its 5 rules vs none, and window end -> alert seen by tail in a live run
+	BIN=$(RELEASE_BIN) ./scripts/bench-alerts.sh
 
 bench-dataflow: release tansu-release ## Dataflow throughput: file source, end to end vs raw fetch, peers
 	BIN=$(RELEASE_BIN) BENCH_N=$(BENCH_N) ./scripts/bench-dataflow.sh

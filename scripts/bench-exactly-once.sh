@@ -15,6 +15,7 @@
 #   BIN=path/to/iotflow [OLD_BIN=...] [HISTORY_BIN=...] scripts/bench-exactly-once.sh
 set -euo pipefail
 BIN=$(realpath "${BIN:?set BIN to the iotflow binary}")
+here=$(cd "$(dirname "$0")/.." && pwd)
 OLD_BIN=${OLD_BIN:+$(realpath "$OLD_BIN")}
 RECORDS=${RECORDS:-1500000}
 REPEAT=${REPEAT:-3}
@@ -102,15 +103,8 @@ for _ in $(seq 300); do
   grep -q "new job" "$live/run.err" 2>/dev/null && break
   sleep 0.1
 done
-python3 - "$BIN" "$addr" "$live/tail.jsonl" <<'PY' &
-import json, subprocess, sys, time
-bin, addr, out = sys.argv[1:]
-p = subprocess.Popen([bin, "tail", "--brokers", addr, "--topic", "lv.aggregates", "--json",
-                      "--exit-when-idle", "15s"], stdout=subprocess.PIPE, text=True)
-with open(out, "w") as f:
-    for line in p.stdout:
-        f.write(json.dumps({"seen_ms": time.time() * 1e3, "record": json.loads(line)}) + "\n")
-PY
+python3 "$here/scripts/visible_latency.py" record "$BIN" "$addr" "$live/tail.jsonl" \
+  --topic lv.aggregates --exit-when-idle 15s &
 tailer=$!
 pids+=("$tailer")
 "$BIN" produce --brokers "$addr" --topic lv.readings --partitions 4 --rate "$RATE" \
@@ -118,30 +112,7 @@ pids+=("$tailer")
 kill -USR1 "$job"
 wait "$job" || true
 wait "$tailer" || true
-python3 - "$live" <<'PY'
-import bisect, json, sys
-live = sys.argv[1]
-samples = [json.loads(l) for l in open(f"{live}/parquet/_pipeline/samples-p0.jsonl")]
-wm = [(s["at_ms"], s["watermark_ms"]) for s in samples if s.get("watermark_ms") is not None]
-marks = [w for _, w in wm]
-lat = []
-for line in open(f"{live}/tail.jsonl"):
-    t = json.loads(line)
-    end = t["record"]["window_end"]
-    i = bisect.bisect_left(marks, end)
-    if i == 0 or i >= len(wm):
-        continue  # closed before sampling began, or by the drain
-    (t0, w0), (t1, w1) = wm[i - 1], wm[i]
-    closed = t0 + (t1 - t0) * (end - w0) / max(1, w1 - w0)
-    lat.append(t["seen_ms"] - closed)
-lat.sort()
-pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
-if lat:
-    print(f"{len(lat):,} windows: p50 {pick(.5):.0f} ms, p99 {pick(.99):.0f} ms "
-          f"({pick(.5) / 250:.1f} / {pick(.99) / 250:.1f} epoch intervals of 250 ms)")
-else:
-    print("no windows measured")
-PY
+python3 "$here/scripts/visible_latency.py" report "$live" "$live/tail.jsonl"
 
 echo
 echo "== 3. recovery: live job (-w 2, 250 ms epochs) under 50000 records/s, $KILLS SIGKILLs at random moments"

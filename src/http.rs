@@ -364,13 +364,8 @@ mod tests {
         )
         .unwrap();
         let cfg = iotflow_dataflow::job::JobConfig::from_plan(&plan, Default::default()).unwrap();
-        let fields: Vec<_> = cfg
-            .aggregations
-            .iter()
-            .map(|a| a.group_names.clone())
-            .collect();
         metrics.with_alert_board(|b| {
-            b.describe(&cfg.alerts, &fields);
+            b.describe(&cfg.alerts, &cfg.aggregations);
             b.stage(
                 1,
                 &[AlertEvent {

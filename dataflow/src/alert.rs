@@ -96,6 +96,27 @@ impl AlertRules {
     }
 }
 
+/// A group key's values against its field names, as (field, value) pairs:
+/// the labels of an alert event, wherever they are shown.
+pub fn group_labels<'f, 'g, S: AsRef<str>>(
+    fields: &'f [S],
+    group: &'g str,
+) -> impl Iterator<Item = (&'f str, &'g str)> + use<'f, 'g, S> {
+    let values = group
+        .split(KEY_SEPARATOR)
+        .filter(move |_| !group.is_empty());
+    fields.iter().map(AsRef::as_ref).zip(values)
+}
+
+impl Rule {
+    /// The group field names of the aggregation it watches, among `aggregations`.
+    pub fn group_fields<'a>(&self, aggregations: &'a [Aggregation]) -> &'a [CompactString] {
+        aggregations
+            .get(usize::from(self.on))
+            .map_or(&[][..], |a| a.group_names.as_slice())
+    }
+}
+
 /// One final window as a rule sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Seen<'a> {

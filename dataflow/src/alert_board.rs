@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 
 use compact_str::CompactString;
 
-use crate::aggregation::KEY_SEPARATOR;
-use crate::alert::{AlertEvent, AlertRules};
+use crate::aggregation::Aggregation;
+use crate::alert::{AlertEvent, AlertRules, group_labels};
 use crate::job::Epoch;
 
 /// How one rule is shown.
@@ -60,18 +60,19 @@ pub struct AlertBoard {
 }
 
 impl AlertBoard {
-    /// The job's rules; `group_fields[a]`: aggregation `a`'s group field names.
-    pub fn describe(&mut self, rules: &AlertRules, group_fields: &[Vec<CompactString>]) {
+    /// The job's rules over its `aggregations`.
+    pub fn describe(&mut self, rules: &AlertRules, aggregations: &[Aggregation]) {
         self.rules = rules
             .rules
             .iter()
             .map(|r| RuleLabels {
                 name: r.name.to_string(),
                 severity: r.severity.to_string(),
-                group_fields: group_fields
-                    .get(usize::from(r.on))
-                    .map(|g| g.iter().map(ToString::to_string).collect())
-                    .unwrap_or_default(),
+                group_fields: r
+                    .group_fields(aggregations)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
             })
             .collect();
     }
@@ -128,11 +129,8 @@ impl AlertBoard {
             .rules
             .get(usize::from(e.rule))
             .map_or(&[][..], |r| r.group_fields.as_slice());
-        let values = e.group.split(KEY_SEPARATOR).filter(|_| !e.group.is_empty());
-        fields
-            .iter()
-            .cloned()
-            .zip(values.map(str::to_owned))
+        group_labels(fields, &e.group)
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
     }
 

@@ -20,7 +20,7 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use iotflow_dataflow::aggregation::{Aggregation, KEY_SEPARATOR};
-use iotflow_dataflow::alert::{AlertEvent, AlertRules};
+use iotflow_dataflow::alert::{AlertEvent, AlertRules, group_labels};
 use iotflow_dataflow::job::Epoch;
 use serde::{Deserialize, Serialize};
 
@@ -56,10 +56,11 @@ impl AlertShape {
             .map(|r| RuleShape {
                 name: r.name.to_string(),
                 severity: r.severity.to_string(),
-                group_fields: aggregations
-                    .get(usize::from(r.on))
-                    .map(|a| a.group_names.iter().map(ToString::to_string).collect())
-                    .unwrap_or_default(),
+                group_fields: r
+                    .group_fields(aggregations)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
                 aggregation: r.on,
             })
             .collect();
@@ -90,11 +91,8 @@ impl AlertShape {
 
     fn labels(&self, e: &AlertEvent) -> Vec<(&str, String)> {
         let fields = self.rule(e).map_or(&[][..], |r| r.group_fields.as_slice());
-        let values = e.group.split(KEY_SEPARATOR).filter(|_| !e.group.is_empty());
-        fields
-            .iter()
-            .map(String::as_str)
-            .zip(values.map(str::to_owned))
+        group_labels(fields, &e.group)
+            .map(|(k, v)| (k, v.to_owned()))
             .collect()
     }
 

@@ -161,12 +161,7 @@ pub(super) fn alerts<'scope>(
             due: BTreeSet::new(),
             changed: BTreeSet::new(),
         };
-        let group_fields: Vec<_> = cfg
-            .aggregations
-            .iter()
-            .map(|a| a.group_names.clone())
-            .collect();
-        metrics.with_alert_board(|b| b.describe(&cfg.alerts, &group_fields));
+        metrics.with_alert_board(|b| b.describe(&cfg.alerts, &cfg.aggregations));
         if let Some((reports, wm, series)) = restore {
             combiner = WatermarkCombiner::restored(cfg.watermark, &reports, wm);
             for a in series {
