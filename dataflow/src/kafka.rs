@@ -355,6 +355,11 @@ fn start_fetcher(
         Ok::<_, String>((client, owned))
     })?;
     let (_client, owned) = setup;
+    for (p, start, end, _) in &owned {
+        // Lag from the start, not only from the first epoch cut.
+        metrics.set_next_offset(*p, *start);
+        metrics.set_end_offset(*p, *end);
+    }
     let queues: OwnedQueues = owned
         .iter()
         .map(|(p, start, end, _)| {

@@ -232,7 +232,7 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         (
             "the Parquet dataset",
             format!(
-                "{}/{{aggregates,site_1m}}/*/*.parquet",
+                "{}/{{aggregates,site_1m,alerts}}/*/*.parquet",
                 parquet_dir.display()
             ),
         ),
@@ -245,7 +245,7 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         ),
         (
             "the notebooks",
-            "make notebooks  (aggregates + pipeline health, HTML in data/notebooks/)".into(),
+            "make notebooks  (aggregates, alerts, pipeline health; HTML in data/notebooks/)".into(),
         ),
         (
             "the pipeline log",
