@@ -19,6 +19,20 @@ pub const BAD_DATA_REASONS: [&str; 5] = [
     "invalid_dimension",
 ];
 
+/// The fields of every alert event; its group fields stand beside them, so
+/// no group field may be named like one.
+pub const ALERT_EVENT_FIELDS: [&str; 9] = [
+    "alert",
+    "state",
+    "severity",
+    "window_start",
+    "window_end",
+    "value",
+    "threshold",
+    "since",
+    "epoch",
+];
+
 /// Where alert events go: one topic and one Parquet dataset for every rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertOutputs {

@@ -177,6 +177,15 @@ fn bad_alert_rules_are_refused_at_their_line_with_a_hint() {
             "bad severity",
             with_alert("when = \"mean > 1\"\nseverity = \"very bad!\""),
         ),
+        (
+            "group field named like an event field",
+            with_alert("when = \"mean > 1\"")
+                .replace("[\"site\"]", "[\"state\"]")
+                .replace(
+                    "name = \"site_1m\"\n",
+                    "name = \"site_1m\"\ngroup_by = [\"state\"]\n",
+                ),
+        ),
         ("bad share above one", with_alert("bad_share = 1.5")),
         (
             "clear share above the bad share",

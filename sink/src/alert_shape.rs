@@ -235,6 +235,18 @@ mod tests {
             json.contains(r#""state":"resolved""#) && json.contains(r#""value":null"#),
             "{json}"
         );
+        // The fields beside the group's are those `check` keeps group fields from.
+        let value: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&json).unwrap();
+        let mut own: Vec<&str> = value
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !["device_id", "metric"].contains(k))
+            .collect();
+        let mut contract = iotflow_jobfile::alert::ALERT_EVENT_FIELDS.to_vec();
+        own.sort_unstable();
+        contract.sort_unstable();
+        assert_eq!(own, contract);
     }
 
     #[test]

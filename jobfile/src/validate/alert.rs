@@ -108,6 +108,18 @@ fn alert(a: RawAlert, name: String, span: Range<usize>, plan: &JobPlan) -> Resul
             ))
         })?;
     let agg = &plan.aggregations[on];
+    if let Some(clash) = agg
+        .group_by
+        .iter()
+        .map(|g| plan.group_output_name(g))
+        .find(|n| ALERT_EVENT_FIELDS.contains(n))
+    {
+        return Err(Problem::new(
+            a.on.span(),
+            format!("`{}` groups by `{clash}`, a field every alert event has", agg.name),
+        )
+        .hint("alert events carry the group fields beside alert, state, severity, window_start, window_end, value, threshold, since and epoch: give the dimension an alias"));
+    }
     let severity = match &a.severity {
         Some(s) if is_dataset_name(s.get_ref()) => s.get_ref().clone(),
         Some(s) => {
