@@ -10,7 +10,8 @@ RELEASE_BIN := $(CARGO_TARGET_DIR)/release/iotflow
 BENCH_COUNT ?= 1000000
 BENCH_N ?= 2000000
 BENCH_JOBS_COUNT ?= 600000
-FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?= 10000000
+FUZZ_TARGETS ?= parse_record parse_mapped commit_record snapshot snapshot_chain pending_segment job_file
 CHAOS_KILLS ?= 200
 TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
@@ -86,11 +87,14 @@ bench-dataflow: release tansu-release ## Dataflow throughput: file source, end t
 chaos: build tansu ## SIGKILL the exactly-once job CHAOS_KILLS times at random moments and compare with a clean run
 	IOTFLOW_CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) nextest run --test exactly_once --no-capture sigkill
 
-fuzz: ## Fuzz the reading parser with cargo fuzz for FUZZ_SECONDS (needs a nightly toolchain)
-	@rustup run nightly rustc --version >/dev/null 2>&1 || { echo "make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 1; }
+fuzz: ## Fuzz every decoder of outside bytes, FUZZ_RUNS executions each (cargo fuzz on stable via RUSTC_BOOTSTRAP=1); corpora in fuzz/corpus
 	@test -x $(TOOLS_BIN)/cargo-fuzz || $(CARGO) install cargo-fuzz --locked --root $(HOME)/.cache/iotflow/tools
-	cd dataflow && PATH=$(TOOLS_BIN):$$PATH cargo +nightly fuzz run parse_record \
-		--target-dir $(HOME)/.cache/iotflow/fuzz-target -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048
+	@set -o pipefail; for t in $(FUZZ_TARGETS); do \
+		echo "== $$t: $(FUZZ_RUNS) runs"; \
+		RUSTC_BOOTSTRAP=1 PATH=$(TOOLS_BIN):$$PATH cargo fuzz run $$t --fuzz-dir fuzz --target-dir $(HOME)/.cache/iotflow/fuzz-target \
+			-- -runs=$(FUZZ_RUNS) -max_len=65536 -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
+			| grep -E "^(Done|==[0-9]+==|thread .* panicked|SUMMARY|stat::number_of_executed_units|stat::average_exec_per_sec)" || exit 1; \
+	done
 
 clean: ## Remove build output and local data
 	$(CARGO) clean

@@ -8,7 +8,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +62,8 @@ struct Fixture {
     storage: Storage,
     input: String,
     dir: tempfile::TempDir,
+    /// `--parquet-roll-rows` of every run.
+    roll_rows: u32,
 }
 
 impl Fixture {
@@ -95,6 +97,15 @@ impl Fixture {
             storage,
             input,
             dir,
+            roll_rows: 100,
+        }
+    }
+
+    /// Runs that keep final windows pending (in segments) instead of rolling them.
+    fn keeping_rows_pending(self) -> Self {
+        Self {
+            roll_rows: 1_000_000,
+            ..self
         }
     }
 
@@ -167,7 +178,7 @@ impl Fixture {
             self.parquet_dir(name).to_str().unwrap(),
             // Several rolls per run, by rows and by age, so crashes meet them.
             "--parquet-roll-rows",
-            "100",
+            &self.roll_rows.to_string(),
             "--parquet-roll-epochs",
             "25",
             // Snapshot deltas fold into whole ones every few epochs.
@@ -473,6 +484,103 @@ async fn a_corrupt_latest_snapshot_falls_back_to_the_previous_commit() {
         "{stderr}"
     );
     fx.assert_matches("corrupt").await;
+}
+
+/// The state directory damaged file by file — a snapshot or a pending-rows
+/// segment of the latest commit truncated, bit-flipped, emptied, deleted or
+/// swapped with the commit before's — is never read as good state: the
+/// resumed run falls back to an earlier commit (and its output is the
+/// reference's) or stops with a message naming the damage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_damaged_file_by_file_is_caught() {
+    let fx = Fixture::new().await.keeping_rows_pending();
+    fx.reference();
+    type Damage = fn(&Path, &Path);
+    let damages: [(&str, Damage); 5] = [
+        ("truncated", |f, _| {
+            let b = std::fs::read(f).unwrap();
+            std::fs::write(f, &b[..b.len() / 2]).unwrap();
+        }),
+        ("bit-flipped", |f, _| {
+            let mut b = std::fs::read(f).unwrap();
+            let at = b.len() / 3;
+            b[at] ^= 0x10;
+            std::fs::write(f, &b).unwrap();
+        }),
+        ("zero-length", |f, _| std::fs::write(f, b"").unwrap()),
+        ("missing", |f, _| std::fs::remove_file(f).unwrap()),
+        ("swapped with the commit before's", |f, before| {
+            std::fs::copy(before, f).unwrap();
+        }),
+    ];
+    let mut report = Vec::new();
+    for kind in ["snapshot", "pending segment"] {
+        for (what, damage) in damages {
+            let name = format!("damage{}", report.len());
+            fx.kill_after_commits(&name, 2, 4).await;
+            let commits = fx.commits(&name).await;
+            let latest = commits.iter().max_by_key(|c| c.epoch).unwrap();
+            let before = commits
+                .iter()
+                .filter(|c| c.epoch < latest.epoch)
+                .max_by_key(|c| c.epoch)
+                .expect("a commit to fall back to");
+            let file = |c: &CommitRecord| -> Option<PathBuf> {
+                let path = match kind {
+                    "snapshot" => c.snapshots.iter().find(|s| s.worker == 0)?.path.clone(),
+                    _ => c.pending.iter().find(|p| p.worker == 0)?.path.clone(),
+                };
+                Some(fx.state_dir(&name).join(path))
+            };
+            let (Some(target), Some(earlier)) = (file(latest), file(before)) else {
+                report.push(format!("{kind} {what}: the latest commit has no such file"));
+                continue;
+            };
+            if target == earlier && what.starts_with("swapped") {
+                // A segment shared by both commits: a swap would change nothing.
+                report.push(format!("{kind} {what}: one segment for both commits"));
+                continue;
+            }
+            damage(&target, &earlier);
+            let out =
+                common::wait_bounded(fx.command(&name, 2).spawn().unwrap(), "the resumed run");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let fell_back = (0..latest.epoch)
+                .any(|e| stderr.contains(&format!("resuming after committed epoch {e} ")));
+            match (out.status.success(), fell_back) {
+                (true, true) => {
+                    fx.assert_matches(&name).await;
+                    report.push(format!("{kind} {what}: fell back"));
+                }
+                (false, _) => {
+                    let last = stderr
+                        .lines()
+                        .rev()
+                        .find(|l| l.contains("error"))
+                        .unwrap_or("");
+                    assert!(
+                        last.contains("damaged")
+                            || last.contains("missing")
+                            || last.contains("No such file"),
+                        "{kind} {what}: stopped without naming the damage:\n{stderr}"
+                    );
+                    report.push(format!("{kind} {what}: stopped: {last}"));
+                }
+                (true, false) => panic!(
+                    "{kind} {what}: resumed from the damaged commit as if nothing happened:\n{stderr}"
+                ),
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(
+        report
+            .iter()
+            .filter(|r| r.contains("fell back") || r.contains("stopped"))
+            .count()
+            >= 5,
+        "too few cases damaged anything: {report:#?}"
+    );
 }
 
 /// Killed with one worker, resumed with two: the snapshots are re-sharded and

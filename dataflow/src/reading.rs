@@ -900,7 +900,7 @@ mod tests {
 
 #[cfg(test)]
 mod robustness {
-    //! What the fuzz target (`dataflow/fuzz`) checks, as a stable-toolchain
+    //! What the fuzz target (`fuzz/`, target `parse_record`) checks, as a stable-toolchain
     //! property test: arbitrary and mutated input never panics, and a record is
     //! accepted whole (finite values, valid names) or rejected whole.
     use proptest::prelude::*;

@@ -196,13 +196,16 @@ impl PendingRows {
 /// The rows segment `entry` holds: the frames in its first `bytes` bytes (a
 /// torn frame past them is a crash's, never committed), as many as it names.
 pub fn read_segment(state_dir: &Path, entry: &PendingEntry) -> Result<Vec<Row>, SinkError> {
-    use bincode::Options;
     let path = state_dir.join(&entry.path);
-    let damaged = |problem: String| SinkError::Damaged {
-        path: path.clone(),
-        problem,
-    };
     let bytes = fs::read(&path).map_err(SinkError::io("reading", &path))?;
+    decode_segment(&bytes, entry).map_err(|problem| SinkError::Damaged { path, problem })
+}
+
+/// The rows of a segment's bytes, as [`read_segment`] reads them; what is
+/// damaged, otherwise.
+pub fn decode_segment(bytes: &[u8], entry: &PendingEntry) -> Result<Vec<Row>, String> {
+    use bincode::Options;
+    let damaged = |problem: String| problem;
     let mut rest = bytes.get(..entry.bytes as usize).ok_or_else(|| {
         damaged(format!(
             "{} bytes, the commit names {}",
