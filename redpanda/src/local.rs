@@ -72,6 +72,7 @@ pub struct LocalBrokerBuilder {
     log_path: Option<PathBuf>,
     tansu: Option<PathBuf>,
     ready_timeout: Duration,
+    advertise: Option<String>,
 }
 
 impl Default for LocalBrokerBuilder {
@@ -82,6 +83,7 @@ impl Default for LocalBrokerBuilder {
             log_path: None,
             tansu: None,
             ready_timeout: Duration::from_secs(30),
+            advertise: None,
         }
     }
 }
@@ -105,6 +107,14 @@ impl LocalBrokerBuilder {
     /// tansu binary (default: [`install::ensure_tansu`]).
     pub fn tansu(mut self, bin: impl Into<PathBuf>) -> Self {
         self.tansu = Some(bin.into());
+        self
+    }
+    /// The `host:port` the broker tells clients to connect to (default: its
+    /// own): a proxy or TLS terminator in front of it, which clients must
+    /// not go around after their first Metadata answer. Readiness is then
+    /// judged through that address, so it must already be listening.
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.advertise = Some(addr.into());
         self
     }
     /// How long to wait for the broker to answer Metadata (default 30 s).
@@ -132,15 +142,15 @@ impl LocalBrokerBuilder {
                 .log_path
                 .clone()
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("iotflow-tansu-{port}.log")));
-            let child = spawn_tansu(&tansu, port, &self.storage, &log_path, false)?;
+            let advertised = self.advertise.clone().unwrap_or_else(|| addr.clone());
+            let child = spawn_tansu(&tansu, port, &advertised, &self.storage, &log_path, false)?;
             let mut broker = LocalBroker {
                 child: Some(child),
                 addr,
                 log_path,
                 storage: self.storage.clone(),
             };
-            let addr = broker.addr.clone();
-            match wait_ready(&addr, Some(&mut broker), self.ready_timeout).await {
+            match wait_ready(&advertised, Some(&mut broker), self.ready_timeout).await {
                 Ok(()) => {
                     tracing::info!(addr = %broker.addr, storage = %broker.storage, log = %broker.log_path.display(), "local broker ready");
                     return Ok(broker);
@@ -293,6 +303,7 @@ const TANSU_ENV: &[&str] = &[
 fn spawn_tansu(
     tansu: &Path,
     port: u16,
+    advertised: &str,
     storage: &Storage,
     log_path: &Path,
     detach: bool,
@@ -323,7 +334,7 @@ fn spawn_tansu(
     cmd.arg("broker")
         .args(["--cluster-id", "iotflow"])
         .args(["--listener-url", &url])
-        .args(["--advertised-listener-url", &url]);
+        .args(["--advertised-listener-url", &format!("tcp://{advertised}")]);
     for var in TANSU_ENV {
         cmd.env_remove(var);
     }
@@ -529,7 +540,14 @@ pub async fn start_detached(
         Storage::Sqlite(p) => Storage::Sqlite(std::path::absolute(&p).unwrap_or(p)),
         s => s,
     };
-    let child = spawn_tansu(&tansu, port, &storage, &log, true)?;
+    let child = spawn_tansu(
+        &tansu,
+        port,
+        &format!("127.0.0.1:{port}"),
+        &storage,
+        &log,
+        true,
+    )?;
     let state = DetachedBroker {
         pid: child.id(),
         addr: format!("127.0.0.1:{port}"),

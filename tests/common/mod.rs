@@ -12,6 +12,8 @@ use iotflow_redpanda::rskafka::client::partition::UnknownTopicHandling;
 use iotflow_redpanda::rskafka::record::RecordAndOffset;
 use iotflow_redpanda::{LocalBroker, Storage, scan, topics};
 
+pub mod fault_proxy;
+
 /// Starts a private broker for one test (memory storage unless told otherwise).
 /// The tansu binary comes from the cache that `make test` fills.
 pub async fn broker(storage: Storage) -> LocalBroker {
