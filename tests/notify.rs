@@ -2,7 +2,9 @@
 //! and refuses: every committed alert is delivered, nothing uncommitted
 //! (a record forged onto the alert topic with an epoch no commit names),
 //! a repeat only with the same idempotency key and body, and a SIGKILL
-//! or a refusal in the middle resumes from the position file.
+//! or a refusal in the middle resumes from the position file; fetch answers
+//! lost on the way (a fault-injecting proxy in front of the broker) change
+//! nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -15,9 +17,10 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::fault_proxy::{Fault, FaultProxy, Kind};
 use iotflow_notify::alertmanager::idempotency_key;
 use iotflow_notify::{CommittedAlert, Receiver};
-use iotflow_redpanda::Storage;
+use iotflow_redpanda::LocalBroker;
 use iotflow_redpanda::rskafka::client::partition::{Compression, UnknownTopicHandling};
 use iotflow_redpanda::rskafka::record::Record;
 use iotflow_sink::records::{EPOCH_HEADER, JOB_HEADER};
@@ -192,8 +195,17 @@ fn kill_once(mut child: Child, hook: &Hook, after: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_delivers_every_committed_alert_through_failures_kills_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = common::broker(Storage::Memory).await;
-    let addr = broker.addr().to_owned();
+    // Everyone talks to the broker through a fault-injecting proxy it advertises.
+    let port = iotflow_redpanda::local::free_port().unwrap();
+    let proxy = FaultProxy::start(format!("127.0.0.1:{port}")).await;
+    let broker = LocalBroker::builder()
+        .port(port)
+        .advertise(proxy.addr.clone())
+        .log_path(dir.path().join("broker.log"))
+        .start()
+        .await
+        .unwrap();
+    let addr = proxy.addr.clone();
     let input = common::seeded_input(
         &broker.bootstrap(),
         "notifyin",
@@ -259,6 +271,9 @@ async fn notify_delivers_every_committed_alert_through_failures_kills_and_refusa
 
     let hook = Hook::start();
     let position = dir.path().join("notify.position.json");
+    // Fetch answers lost while notify reads the progress and alert topics.
+    proxy.inject(Kind::Fetch, 3, Fault::DropAnswer);
+    proxy.inject(Kind::Fetch, 8, Fault::Reset);
     // 1. A flaky receiver, and a SIGKILL halfway.
     kill_once(
         notify(&addr, &hook, &topic, &position).spawn().unwrap(),
@@ -327,6 +342,11 @@ async fn notify_delivers_every_committed_alert_through_failures_kills_and_refusa
     );
     // The answer that came too late was taken twice.
     assert!(repeats >= 1, "no repeat: the late answer was not retried");
+    assert_eq!(
+        proxy.fired().len(),
+        2,
+        "not every fetch fault met its request"
+    );
     assert!(
         taken.len() <= committed.len() + 3,
         "{} deliveries of {} alerts: more repeats than the failures explain",
