@@ -64,11 +64,13 @@ pub enum SinkError {
     ThreadGone(&'static str),
     #[error("another iotflow instance is running on state directory {} (lock {})", state_dir.display(), lock.display())]
     Locked { state_dir: PathBuf, lock: PathBuf },
-    #[error("job {job} has commits on {topic} but the state of none of them in {} is intact (snapshots or pending rows damaged or missing: the warnings above name them); refusing to start from scratch (move the state directory away to do that)", state_dir.display())]
+    #[error("job {job} has commits on {topic} but the state of none of them in {} is intact: {damage}; refusing to start from scratch (move the state directory away to do that)", state_dir.display())]
     NoIntactState {
         job: String,
         topic: String,
         state_dir: PathBuf,
+        /// What is damaged or missing, file by file.
+        damage: String,
     },
     #[error(transparent)]
     Parquet(#[from] ParquetSinkError),

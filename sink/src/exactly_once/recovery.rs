@@ -139,6 +139,9 @@ pub async fn prepare(
     let staged = staged_epochs(&cfg.state_dir)?;
     // Checking a commit means reading its state: keep what the plan picks.
     let mut loaded: Option<(Epoch, CommitState)> = None;
+    // What made each commit unusable, once per distinct damage (a shared
+    // segment spoils every commit the same way).
+    let mut damage: Vec<String> = Vec::new();
     let plan = plan_recovery(&cfg.job, &commits, &staged, |c| match load_state(cfg, c) {
         Ok(state) => {
             loaded = Some((c.epoch, state));
@@ -146,6 +149,10 @@ pub async fn prepare(
         }
         Err(e) => {
             tracing::warn!(epoch = c.epoch, error = %e, "commit's state not usable");
+            let e = e.to_string();
+            if !damage.contains(&e) {
+                damage.push(e);
+            }
             false
         }
     });
@@ -162,6 +169,7 @@ pub async fn prepare(
                     job: cfg.job.clone(),
                     topic: cfg.progress_topic.clone(),
                     state_dir: cfg.state_dir.clone(),
+                    damage: damage.join("; "),
                 });
             }
             cfg.generation = generation;
