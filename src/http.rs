@@ -1,6 +1,9 @@
-//! `run --http ADDR`: Prometheus metrics at `/metrics` and a status page at
-//! `/` that refreshes itself. A deliberately small HTTP/1.1 server: GET only,
-//! one response per connection; nothing here needs more.
+//! `run --http ADDR`: Prometheus metrics at `/metrics`, a status page at `/`
+//! that refreshes itself, and `/healthz`. Served by hyper (HTTP/1.1, GET
+//! only, one response per connection) with the limits a port anything on the
+//! network can reach needs: headers read within 5 s, at most 16 KiB of them,
+//! a connection over within 30 s, at most 256 connections at once (more wait
+//! for a slot); the job never waits for the server.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -11,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use iotflow_dataflow::JobMetrics;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// Seconds of history behind the page's current rate.
 const RATE_WINDOW: usize = 10;
@@ -76,7 +78,11 @@ pub async fn serve(
             })
         };
         let _stop_sampler = AbortOnDrop(sampler);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -88,14 +94,36 @@ pub async fn serve(
             };
             let state = Arc::clone(&state);
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, &state).await {
-                    tracing::debug!(error = %e, "status request failed");
+                let service = hyper::service::service_fn(move |request| {
+                    let response = answer(&request, &state);
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .max_buf_size(MAX_HEADER_BYTES)
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                match tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                    Ok(Err(e)) => tracing::debug!(error = %e, "status request failed"),
+                    Err(_) => tracing::debug!("status connection timed out"),
+                    Ok(Ok(())) => {}
                 }
+                drop(slot);
             });
         }
     });
     Ok((bound, task))
 }
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest request head taken (hyper's minimum buffer is 8 KiB).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// How long one connection may last in all.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Aborts the sampler when the server task is aborted (and so dropped).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -106,51 +134,35 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn answer(mut stream: TcpStream, state: &PageState) -> Result<()> {
-    let mut buf = vec![0u8; 8192];
-    let mut len = 0;
-    // Read the request head; slow or oversized clients are dropped.
-    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-        if len == buf.len() {
-            return Ok(());
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf[len..]))
-            .await
-            .context("request timed out")??;
-        if n == 0 {
-            return Ok(());
-        }
-        len += n;
-    }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
+/// The response to one request.
+fn answer(
+    request: &hyper::Request<hyper::body::Incoming>,
+    state: &PageState,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let text = "text/plain; charset=utf-8";
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => (
+            200,
             "text/plain; version=0.0.4; charset=utf-8",
             state.metrics.prometheus(),
         ),
-        ("GET", "/") => ("200 OK", "text/html; charset=utf-8", status_page(state)),
-        ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found\n".to_owned(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "GET only\n".to_owned(),
-        ),
+        (&hyper::Method::GET, "/") => (200, "text/html; charset=utf-8", status_page(state)),
+        (&hyper::Method::GET, "/healthz") => (200, text, "ok\n".to_owned()),
+        (&hyper::Method::GET, _) => (404, text, "not found\n".to_owned()),
+        _ => (405, text, "GET only\n".to_owned()),
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
     );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await?;
-    Ok(())
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// The numbers a person watching the job wants, refreshed every 2 s.
