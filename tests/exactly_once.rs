@@ -756,6 +756,99 @@ async fn a_full_disk_stops_commits_and_the_job_recovers_when_space_returns() {
     );
 }
 
+/// The Parquet directory turned read-only while the job runs (a remount,
+/// as a failing disk does): publishing a file fails, the job stops with the
+/// error naming the directory, and once it is writable again a restart ends
+/// with the output of a run never stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_parquet_directory_stops_the_job_until_it_is_writable() {
+    let fx = Fixture::new().await;
+    fx.reference();
+    let mnt = fx.dir.path().join("ro-mount");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let copy = fx.parquet_dir("ro");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    let parquet = mnt.join("parquet");
+    let args: Vec<String> = fx
+        .command("ro", 2)
+        .get_args()
+        .map(|a| {
+            let a = a.to_str().unwrap();
+            let a = if a == copy.to_str().unwrap() {
+                parquet.display().to_string()
+            } else {
+                a.to_owned()
+            };
+            format!("'{a}'")
+        })
+        .collect();
+    // The pipeline log (always open for appending) lives elsewhere: the
+    // directory could never be remounted read-only under it.
+    let log = fx.dir.path().join("ro-pipeline");
+    let job = format!(
+        "'{}' {} --pipeline-log '{}'",
+        env!("CARGO_BIN_EXE_iotflow"),
+        args.join(" "),
+        log.display()
+    );
+    // The first run's Parquet directory goes read-only once its first file is in.
+    let script = format!(
+        "set -u
+         mount -t tmpfs -o size=256m tmpfs '{mnt}' || exit 97
+         {job} 2> '{mnt}/../first.err' &
+         job=$!
+         for _ in $(seq 600); do
+           ls '{parquet}'/aggregates/*/*.parquet >/dev/null 2>&1 && break
+           kill -0 $job 2>/dev/null || break
+           sleep 0.05
+         done
+         # Busy while a file is open for writing: try until a moment between writes.
+         for _ in $(seq 400); do
+           mount -o remount,ro '{mnt}' 2>/dev/null && break
+           kill -0 $job 2>/dev/null || break
+           sleep 0.01
+         done
+         wait $job; echo \"first run: $?\" >&2
+         mount -o remount,rw '{mnt}' || exit 99
+         {job} || exit $?
+         cp -a '{parquet}' '{copy}'",
+        mnt = mnt.display(),
+        parquet = parquet.display(),
+        copy = copy.display(),
+    );
+    let out = Command::new("unshare")
+        .args([
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "bash",
+            "-c",
+            &script,
+        ])
+        .output()
+        .expect("unshare (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() != Some(97),
+        "cannot mount a tmpfs in a user namespace here: {stderr}"
+    );
+    assert!(out.status.success(), "{stderr}");
+    let first = std::fs::read_to_string(fx.dir.path().join("first.err")).unwrap();
+    if stderr.contains("first run: 0") {
+        // The input ended before the remount: nothing was left to publish.
+        eprintln!("the first run ended before the directory went read-only");
+    } else {
+        assert!(stderr.contains("first run: 1"), "{stderr}");
+        assert!(first.contains("Read-only file system"), "{first}");
+        assert!(
+            first.contains(&parquet.display().to_string()),
+            "the error names no path: {first}"
+        );
+        eprintln!("first run stopped: {}", first.lines().last().unwrap_or(""));
+    }
+    fx.assert_matches("ro").await;
+}
+
 /// A live job started with `--start-at latest` on a topic that already holds
 /// data reads only what arrives after its start; SIGUSR1 drains it: it reads
 /// to the end of that moment, closes every window, commits and exits 0, with
