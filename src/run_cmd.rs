@@ -157,6 +157,10 @@ pub struct RunArgs {
     /// File with one `host:port` per process, in process order.
     #[arg(long)]
     hostfile: Option<PathBuf>,
+    /// With several processes: stop (exit 3, naming it) when a peer sent no
+    /// heartbeat (UDP, on its hostfile port) for this long; 0 turns the watchdog off.
+    #[arg(long, env = "IOTFLOW_PEER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    peer_timeout: Duration,
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -452,6 +456,32 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
         None => None,
     };
     let running = tokio::task::spawn_blocking(move || job.run());
+    let peers = match (
+        &args.hostfile,
+        args.processes > 1 && !args.peer_timeout.is_zero(),
+    ) {
+        (Some(file), true) => Some((read_hostfile(file)?, name.clone())),
+        _ => None,
+    };
+    let watchdog = peers.clone().map(|(hosts, job)| {
+        let (me, timeout) = (args.process, args.peer_timeout);
+        tokio::spawn(async move {
+            match iotflow_runtime::peers::watch(&job, me, &hosts, timeout).await {
+                Ok(silent) => {
+                    // The dataflow is held back by the silent peer: nothing to wind down.
+                    eprintln!(
+                        "error: process {} ({}) has not been heard from for {:.1} s; stopping \
+                         (restart every process: they resume from the last commit)",
+                        silent.process,
+                        silent.addr,
+                        silent.silent.as_secs_f64()
+                    );
+                    std::process::exit(3);
+                }
+                Err(e) => tracing::warn!(error = %e, "peer watchdog not running"),
+            }
+        })
+    });
     let progress = (!args.progress_interval.is_zero())
         .then(|| print_progress(Arc::clone(&metrics), args.progress_interval, started));
     let logging = pipeline_log.as_ref().map(|log| {
@@ -469,6 +499,7 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
         Some(ctrl_c),
         Some(drain_signal),
         status_server,
+        watchdog,
     ]
     .into_iter()
     .flatten()
@@ -485,6 +516,9 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     }
     if let Some(e) = failure {
         return Err(e);
+    }
+    if let Some((hosts, job)) = &peers {
+        iotflow_runtime::peers::say_goodbye(job, args.process, hosts).await;
     }
     print_summary(&RunSummary::of(&metrics, started), args.json)
 }

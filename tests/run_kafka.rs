@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use iotflow_dataflow::job::RawRecord;
 use iotflow_dataflow::runner::{Parallelism, run_bounded};
@@ -486,6 +486,66 @@ async fn one_process_stopping_stops_the_whole_job() {
         "{}",
         stderr(0)
     );
+}
+
+/// Two live processes, one SIGSTOPped (a frozen peer never closes its
+/// connections, so timely alone would wait for it forever): the other
+/// notices the missing heartbeats within the peer timeout, names the peer
+/// and exits 3 (a crash as far as the commit protocol goes: a restart of
+/// every process resumes from the last commit, as the crash tests show).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_peer_is_named_and_stops_the_job_within_the_peer_timeout() {
+    use rustix::process::{Pid, Signal, kill_process};
+
+    let (broker, _, input, _) = broker_with_input(2, sim(), 2_000).await;
+    let addr = broker.addr().to_owned();
+    let (out, dlq) = (common::unique("out"), common::unique("dlq"));
+    let dir = tempfile::tempdir().unwrap();
+    let hostfile = loopback_hostfile(dir.path());
+    let start = |p: &str| {
+        live_run(&addr, &input, &out, &dlq)
+            .args(["-n", "2", "-p", p, "--hostfile", hostfile.to_str().unwrap()])
+            .args(["--peer-timeout", "2s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (mut p0, mut p1) = (start("0"), start("1"));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(p0.try_wait().unwrap().is_none() && p1.try_wait().unwrap().is_none());
+    kill_process(Pid::from_child(&p1), Signal::STOP).unwrap();
+    let stopped = Instant::now();
+    let noticed = loop {
+        if p0.try_wait().unwrap().is_some() {
+            break stopped.elapsed();
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "process 0 never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out0 = p0.wait_with_output().unwrap();
+    let err0 = String::from_utf8_lossy(&out0.stderr);
+    let peer = std::fs::read_to_string(&hostfile)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    assert_eq!(out0.status.code(), Some(3), "{err0}");
+    assert!(
+        err0.contains(&format!("process 1 ({peer}) has not been heard from")),
+        "{err0}"
+    );
+    eprintln!("the SIGSTOPped peer was named after {noticed:?} (timeout 2 s)");
+    assert!(
+        noticed < Duration::from_secs(6),
+        "noticed only after {noticed:?}"
+    );
+    let _ = p1.kill();
+    let _ = p1.wait();
 }
 
 /// One HTTP/1.1 request over a fresh connection; (status line, body).

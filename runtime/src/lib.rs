@@ -10,6 +10,7 @@
 //! ```
 
 mod live;
+pub mod peers;
 mod summary;
 
 pub use live::{
