@@ -681,27 +681,10 @@ async fn a_full_disk_stops_commits_and_the_job_recovers_when_space_returns() {
     let copy = fx.parquet_dir("full");
     std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
     let (state, parquet) = (mnt.join("state"), mnt.join("parquet"));
-    let run = |c: &Command| -> String {
-        let args: Vec<String> = c
-            .get_args()
-            .map(|a| a.to_str().unwrap().to_owned())
-            .collect();
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| {
-                if *a == fx.state_dir("full").to_str().unwrap() {
-                    state.display().to_string()
-                } else if *a == copy.to_str().unwrap() {
-                    parquet.display().to_string()
-                } else {
-                    a.clone()
-                }
-            })
-            .map(|a| format!("'{a}'"))
-            .collect();
-        format!("'{}' {}", env!("CARGO_BIN_EXE_iotflow"), args.join(" "))
-    };
-    let job = run(&fx.command("full", 2));
+    let job = shell_command(
+        &fx.command("full", 2),
+        &[(&fx.state_dir("full"), &state), (&copy, &parquet)],
+    );
     let script = format!(
         "set -u
          mount -t tmpfs -o size=512k tmpfs '{mnt}' || exit 97
@@ -713,23 +696,7 @@ async fn a_full_disk_stops_commits_and_the_job_recovers_when_space_returns() {
         parquet = parquet.display(),
         copy = copy.display(),
     );
-    let out = Command::new("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "bash",
-            "-c",
-            &script,
-        ])
-        .output()
-        .expect("unshare (util-linux) runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.code() != Some(97),
-        "cannot mount a tmpfs in a user namespace here (unprivileged user namespaces disabled?): {stderr}"
-    );
-    assert!(out.status.success(), "{stderr}");
+    let stderr = in_user_namespace(&script);
     let first = std::fs::read_to_string(fx.dir.path().join("first.err")).unwrap();
     assert!(
         stderr.contains("first run: 1"),
@@ -769,26 +736,12 @@ async fn a_read_only_parquet_directory_stops_the_job_until_it_is_writable() {
     let copy = fx.parquet_dir("ro");
     std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
     let parquet = mnt.join("parquet");
-    let args: Vec<String> = fx
-        .command("ro", 2)
-        .get_args()
-        .map(|a| {
-            let a = a.to_str().unwrap();
-            let a = if a == copy.to_str().unwrap() {
-                parquet.display().to_string()
-            } else {
-                a.to_owned()
-            };
-            format!("'{a}'")
-        })
-        .collect();
     // The pipeline log (always open for appending) lives elsewhere: the
     // directory could never be remounted read-only under it.
     let log = fx.dir.path().join("ro-pipeline");
     let job = format!(
-        "'{}' {} --pipeline-log '{}'",
-        env!("CARGO_BIN_EXE_iotflow"),
-        args.join(" "),
+        "{} --pipeline-log '{}'",
+        shell_command(&fx.command("ro", 2), &[(&copy, &parquet)]),
         log.display()
     );
     // The first run's Parquet directory goes read-only once its first file is in.
@@ -816,23 +769,7 @@ async fn a_read_only_parquet_directory_stops_the_job_until_it_is_writable() {
         parquet = parquet.display(),
         copy = copy.display(),
     );
-    let out = Command::new("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "bash",
-            "-c",
-            &script,
-        ])
-        .output()
-        .expect("unshare (util-linux) runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.code() != Some(97),
-        "cannot mount a tmpfs in a user namespace here: {stderr}"
-    );
-    assert!(out.status.success(), "{stderr}");
+    let stderr = in_user_namespace(&script);
     let first = std::fs::read_to_string(fx.dir.path().join("first.err")).unwrap();
     if stderr.contains("first run: 0") {
         // The input ended before the remount: nothing was left to publish.
@@ -847,6 +784,39 @@ async fn a_read_only_parquet_directory_stops_the_job_until_it_is_writable() {
         eprintln!("first run stopped: {}", first.lines().last().unwrap_or(""));
     }
     fx.assert_matches("ro").await;
+}
+
+/// `c` as a shell command line, each path `from` replaced by `to`.
+fn shell_command(c: &Command, swap: &[(&Path, &Path)]) -> String {
+    let args: Vec<String> = c
+        .get_args()
+        .map(|a| {
+            let a = a.to_str().unwrap();
+            let a = swap
+                .iter()
+                .find(|(from, _)| a == from.to_str().unwrap())
+                .map_or_else(|| a.to_owned(), |(_, to)| to.display().to_string());
+            format!("'{a}'")
+        })
+        .collect();
+    format!("'{}' {}", env!("CARGO_BIN_EXE_iotflow"), args.join(" "))
+}
+
+/// Runs `script` (bash) as root of a new user and mount namespace, where
+/// it may mount tmpfs; its stderr. It must succeed; exit 97 means it could
+/// not mount one here.
+fn in_user_namespace(script: &str) -> String {
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "bash", "-c", script])
+        .output()
+        .expect("unshare (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.code() != Some(97),
+        "cannot mount a tmpfs in a user namespace here (unprivileged user namespaces disabled?): {stderr}"
+    );
+    assert!(out.status.success(), "{stderr}");
+    stderr
 }
 
 /// A live job started with `--start-at latest` on a topic that already holds

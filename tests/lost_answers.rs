@@ -33,16 +33,7 @@ type Records = BTreeMap<i32, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, BTreeMap<Str
 impl Fixture {
     async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = iotflow_redpanda::local::free_port().unwrap();
-        // The proxy first: the broker's readiness is judged through it.
-        let proxy = FaultProxy::start(format!("127.0.0.1:{port}")).await;
-        let broker = LocalBroker::builder()
-            .port(port)
-            .advertise(proxy.addr.clone())
-            .log_path(dir.path().join("broker.log"))
-            .start()
-            .await
-            .unwrap();
+        let (broker, proxy) = common::broker_behind_proxy(dir.path()).await;
         let input = common::seeded_input(
             std::slice::from_ref(&proxy.addr),
             "lost",

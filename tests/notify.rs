@@ -17,10 +17,9 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fault_proxy::{Fault, FaultProxy, Kind};
+use common::fault_proxy::{Fault, Kind};
 use iotflow_notify::alertmanager::idempotency_key;
 use iotflow_notify::{CommittedAlert, Receiver};
-use iotflow_redpanda::LocalBroker;
 use iotflow_redpanda::rskafka::client::partition::{Compression, UnknownTopicHandling};
 use iotflow_redpanda::rskafka::record::Record;
 use iotflow_sink::records::{EPOCH_HEADER, JOB_HEADER};
@@ -196,15 +195,7 @@ fn kill_once(mut child: Child, hook: &Hook, after: usize) {
 async fn notify_delivers_every_committed_alert_through_failures_kills_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
     // Everyone talks to the broker through a fault-injecting proxy it advertises.
-    let port = iotflow_redpanda::local::free_port().unwrap();
-    let proxy = FaultProxy::start(format!("127.0.0.1:{port}")).await;
-    let broker = LocalBroker::builder()
-        .port(port)
-        .advertise(proxy.addr.clone())
-        .log_path(dir.path().join("broker.log"))
-        .start()
-        .await
-        .unwrap();
+    let (broker, proxy) = common::broker_behind_proxy(dir.path()).await;
     let addr = proxy.addr.clone();
     let input = common::seeded_input(
         &broker.bootstrap(),

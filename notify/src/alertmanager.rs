@@ -16,18 +16,8 @@ use serde_json::{Map, Value, json};
 
 use crate::NotifyError;
 
-/// The fields every alert event has; the others are its group fields.
-const EVENT_FIELDS: [&str; 9] = [
-    "alert",
-    "state",
-    "severity",
-    "window_start",
-    "window_end",
-    "value",
-    "threshold",
-    "since",
-    "epoch",
-];
+// The fields every alert event has; the others are its group fields.
+use iotflow_jobfile::alert::ALERT_EVENT_FIELDS as EVENT_FIELDS;
 
 /// Alertmanager's "not ended yet".
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";

@@ -14,6 +14,22 @@ use iotflow_redpanda::{LocalBroker, Storage, scan, topics};
 
 pub mod fault_proxy;
 
+/// A private broker that every client reaches through a fault-injecting
+/// proxy (the broker advertises it), its log under `dir`.
+pub async fn broker_behind_proxy(dir: &std::path::Path) -> (LocalBroker, fault_proxy::FaultProxy) {
+    let port = iotflow_redpanda::local::free_port().unwrap();
+    // The proxy first: the broker's readiness is judged through it.
+    let proxy = fault_proxy::FaultProxy::start(format!("127.0.0.1:{port}")).await;
+    let broker = LocalBroker::builder()
+        .port(port)
+        .advertise(proxy.addr.clone())
+        .log_path(dir.join("broker.log"))
+        .start()
+        .await
+        .unwrap();
+    (broker, proxy)
+}
+
 /// Starts a private broker for one test (memory storage unless told otherwise).
 /// The tansu binary comes from the cache that `make test` fills.
 pub async fn broker(storage: Storage) -> LocalBroker {
