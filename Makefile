@@ -13,9 +13,11 @@ BENCH_JOBS_COUNT ?= 600000
 FUZZ_RUNS ?= 10000000
 FUZZ_TARGETS ?= parse_record parse_mapped commit_record snapshot snapshot_chain pending_segment job_file
 CHAOS_KILLS ?= 200
+SOAK_MINUTES ?= 30
+SOAK_RATE ?= 100000
 TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
-.PHONY: help demo demo-redpanda notebooks test tansu chromium prometheus nextest build release lint fmt bench bench-ingest bench-dataflow bench-exactly-once bench-jobs bench-alerts chaos fuzz clean
+.PHONY: help demo demo-redpanda notebooks test tansu chromium prometheus nextest build release lint fmt bench bench-ingest bench-dataflow bench-exactly-once bench-jobs bench-alerts soak chaos fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -83,6 +85,9 @@ bench-alerts: release tansu-release ## Alerts: the demo job with its 5 rules vs 
 
 bench-dataflow: release tansu-release ## Dataflow throughput: file source, end to end vs raw fetch, peers
 	BIN=$(RELEASE_BIN) BENCH_N=$(BENCH_N) ./scripts/bench-dataflow.sh
+
+soak: release tansu-release ## The live job for SOAK_MINUTES at SOAK_RATE with SIGKILLs and a broker restart, checked against a bounded run; RSS slope, lag, restart times
+	BIN=$(RELEASE_BIN) MINUTES=$(SOAK_MINUTES) RATE=$(SOAK_RATE) ./scripts/soak.sh
 
 chaos: build tansu ## SIGKILL the exactly-once job CHAOS_KILLS times at random moments and compare with a clean run
 	IOTFLOW_CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) nextest run --test exactly_once --no-capture sigkill
