@@ -142,17 +142,25 @@ fn answer(
     let text = "text/plain; charset=utf-8";
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&hyper::Method::GET, "/metrics") => (
-            200,
+            hyper::StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             state.metrics.prometheus(),
         ),
-        (&hyper::Method::GET, "/") => (200, "text/html; charset=utf-8", status_page(state)),
-        (&hyper::Method::GET, "/healthz") => (200, text, "ok\n".to_owned()),
-        (&hyper::Method::GET, _) => (404, text, "not found\n".to_owned()),
-        _ => (405, text, "GET only\n".to_owned()),
+        (&hyper::Method::GET, "/") => (
+            hyper::StatusCode::OK,
+            "text/html; charset=utf-8",
+            status_page(state),
+        ),
+        (&hyper::Method::GET, "/healthz") => (hyper::StatusCode::OK, text, "ok\n".to_owned()),
+        (&hyper::Method::GET, _) => (hyper::StatusCode::NOT_FOUND, text, "not found\n".to_owned()),
+        _ => (
+            hyper::StatusCode::METHOD_NOT_ALLOWED,
+            text,
+            "GET only\n".to_owned(),
+        ),
     };
     let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
-    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         hyper::header::CONTENT_TYPE,

@@ -243,13 +243,13 @@ impl JobMetrics {
 
     /// Lag per input partition (only partitions this process reads).
     pub fn lag(&self) -> BTreeMap<i32, i64> {
-        self.end_offsets()
+        self.partition_offsets()
             .into_iter()
             .map(|(p, (next, end))| (p, (end - next).max(0)))
             .collect()
     }
 
-    fn end_offsets(&self) -> BTreeMap<i32, (i64, i64)> {
+    fn partition_offsets(&self) -> BTreeMap<i32, (i64, i64)> {
         self.offsets.lock().map(|o| o.clone()).unwrap_or_default()
     }
 
@@ -500,7 +500,7 @@ impl JobMetrics {
             &lag,
         );
         let ends: Vec<(String, f64)> = self
-            .end_offsets()
+            .partition_offsets()
             .into_iter()
             .map(|(p, (_, end))| (format!("{{partition=\"{p}\"}}"), end as f64))
             .collect();

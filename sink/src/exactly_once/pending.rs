@@ -205,46 +205,37 @@ pub fn read_segment(state_dir: &Path, entry: &PendingEntry) -> Result<Vec<Row>, 
 /// damaged, otherwise.
 pub fn decode_segment(bytes: &[u8], entry: &PendingEntry) -> Result<Vec<Row>, String> {
     use bincode::Options;
-    let damaged = |problem: String| problem;
-    let mut rest = bytes.get(..entry.bytes as usize).ok_or_else(|| {
-        damaged(format!(
-            "{} bytes, the commit names {}",
-            bytes.len(),
-            entry.bytes
-        ))
-    })?;
+    let mut rest = bytes
+        .get(..entry.bytes as usize)
+        .ok_or_else(|| format!("{} bytes, the commit names {}", bytes.len(), entry.bytes))?;
     let mut rows = Vec::new();
     while !rest.is_empty() {
         let (len, tail) = rest
             .split_at_checked(4)
-            .ok_or_else(|| damaged("a torn frame".into()))?;
+            .ok_or_else(|| "a torn frame".to_owned())?;
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
         let (body, tail) = tail
             .split_at_checked(len)
-            .ok_or_else(|| damaged("a torn frame".into()))?;
-        let body = checked_body(body).map_err(|e| damaged(e.to_string()))?;
+            .ok_or_else(|| "a torn frame".to_owned())?;
+        let body = checked_body(body).map_err(|e| e.to_string())?;
         match entry.path.ends_with(".rows") {
             true => {
-                let WindowFrame(frame) = codec()
-                    .deserialize(body)
-                    .map_err(|e| damaged(e.to_string()))?;
+                let WindowFrame(frame) = codec().deserialize(body).map_err(|e| e.to_string())?;
                 rows.extend(frame.into_iter().map(Row::Window));
             }
             false => {
-                let Frame(frame) = codec()
-                    .deserialize(body)
-                    .map_err(|e| damaged(e.to_string()))?;
+                let Frame(frame) = codec().deserialize(body).map_err(|e| e.to_string())?;
                 rows.extend(frame);
             }
         }
         rest = tail;
     }
     if rows.len() as u64 != entry.rows {
-        return Err(damaged(format!(
+        return Err(format!(
             "{} pending rows, the commit names {}",
             rows.len(),
             entry.rows
-        )));
+        ));
     }
     Ok(rows)
 }
