@@ -161,6 +161,12 @@ pub struct RunArgs {
     /// heartbeat (UDP, on its hostfile port) for this long; 0 turns the watchdog off.
     #[arg(long, env = "IOTFLOW_PEER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     peer_timeout: Duration,
+    /// Stop (exit 3, naming the brokers) when no broker answered a metadata
+    /// request over a fresh connection for this long (a cut link or a hung
+    /// broker would otherwise hold the job, and every peer, for as long as TCP
+    /// takes to give up); 0 turns the watchdog off.
+    #[arg(long, env = "IOTFLOW_BROKER_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    broker_timeout: Duration,
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -426,6 +432,8 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     let target = args.select.connect(home).await?;
     let cfg = args.job_config(&plan, target.bootstrap.clone())?;
     let name = cfg.name.clone();
+    // Before recovery, whose reads would hang on a cut link like any others.
+    let watchdogs = spawn_watchdogs(&args, &name, &target.bootstrap)?;
     let job = LiveJob::prepare(&target.client, cfg, controls.clone()).await?;
     announce(
         job.report(),
@@ -456,32 +464,6 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
         None => None,
     };
     let running = tokio::task::spawn_blocking(move || job.run());
-    let peers = match (
-        &args.hostfile,
-        args.processes > 1 && !args.peer_timeout.is_zero(),
-    ) {
-        (Some(file), true) => Some((read_hostfile(file)?, name.clone())),
-        _ => None,
-    };
-    let watchdog = peers.clone().map(|(hosts, job)| {
-        let (me, timeout) = (args.process, args.peer_timeout);
-        tokio::spawn(async move {
-            match iotflow_runtime::peers::watch(&job, me, &hosts, timeout).await {
-                Ok(silent) => {
-                    // The dataflow is held back by the silent peer: nothing to wind down.
-                    eprintln!(
-                        "error: process {} ({}) has not been heard from for {:.1} s; stopping \
-                         (restart every process: they resume from the last commit)",
-                        silent.process,
-                        silent.addr,
-                        silent.silent.as_secs_f64()
-                    );
-                    std::process::exit(3);
-                }
-                Err(e) => tracing::warn!(error = %e, "peer watchdog not running"),
-            }
-        })
-    });
     let progress = (!args.progress_interval.is_zero())
         .then(|| print_progress(Arc::clone(&metrics), args.progress_interval, started));
     let logging = pipeline_log.as_ref().map(|log| {
@@ -499,10 +481,10 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
         Some(ctrl_c),
         Some(drain_signal),
         status_server,
-        watchdog,
     ]
     .into_iter()
     .flatten()
+    .chain(watchdogs.tasks)
     {
         task.abort();
     }
@@ -517,10 +499,99 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     if let Some(e) = failure {
         return Err(e);
     }
-    if let Some((hosts, job)) = &peers {
+    if let Some((hosts, job)) = &watchdogs.peers {
         iotflow_runtime::peers::say_goodbye(job, args.process, hosts).await;
     }
     print_summary(&RunSummary::of(&metrics, started), args.json)
+}
+
+/// The liveness watchdogs: of the peers (several processes, a hostfile) and
+/// of the brokers. Each stops the process, exit 3, naming what went silent
+/// (the dataflow is held back by it: nothing to wind down). Also returns the
+/// peers, told goodbye on a clean end.
+fn spawn_watchdogs(args: &RunArgs, job: &str, brokers: &[String]) -> Result<Watchdogs> {
+    const RESTART: &str = "restart every process: they resume from the last commit";
+    let peers = match (
+        &args.hostfile,
+        args.processes > 1 && !args.peer_timeout.is_zero(),
+    ) {
+        (Some(file), true) => Some((read_hostfile(file)?, job.to_owned())),
+        _ => None,
+    };
+    let mut tasks = Vec::new();
+    if let Some((hosts, _)) = &peers {
+        exit_on_broken_links(hosts.clone());
+    }
+    if let Some((hosts, job)) = peers.clone() {
+        let (me, timeout) = (args.process, args.peer_timeout);
+        tasks.push(tokio::spawn(async move {
+            match iotflow_runtime::peers::watch(&job, me, &hosts, timeout).await {
+                Ok(silent) => {
+                    eprintln!(
+                        "error: process {} ({}) has not been heard from for {:.1} s; stopping ({RESTART})",
+                        silent.process,
+                        silent.addr,
+                        silent.silent.as_secs_f64()
+                    );
+                    std::process::exit(3);
+                }
+                Err(e) => tracing::warn!(error = %e, "peer watchdog not running"),
+            }
+        }));
+    }
+    if !args.broker_timeout.is_zero() {
+        let (brokers, timeout, me) = (brokers.to_vec(), args.broker_timeout, args.process);
+        tasks.push(tokio::spawn(async move {
+            let silent = iotflow_runtime::broker_watch::watch(&brokers, timeout).await;
+            eprintln!(
+                "error: process {me}: no broker of {} has answered for {:.1} s ({}); stopping ({RESTART})",
+                silent.brokers.join(","),
+                silent.silent.as_secs_f64(),
+                silent.last_error
+            );
+            std::process::exit(3);
+        }));
+    }
+    Ok(Watchdogs { peers, tasks })
+}
+
+/// A broken connection to a peer makes timely's communication threads
+/// panic, and every worker after them, in a cascade of messages none of
+/// which names the peer. The first such panic stops the process instead,
+/// exit 3, naming the peer; the rest of the cascade is not printed.
+fn exit_on_broken_links(hosts: Vec<String>) {
+    static BROKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if BROKEN.load(Relaxed) {
+            return;
+        }
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        let thread = std::thread::current();
+        match iotflow_runtime::peers::broken_link(thread.name().unwrap_or(""), message) {
+            Some((peer, cause)) => {
+                BROKEN.store(true, Relaxed);
+                let addr = hosts.get(peer).map_or("?", String::as_str);
+                eprintln!(
+                    "error: the connection to process {peer} ({addr}) broke ({cause}); stopping \
+                     (restart every process: they resume from the last commit)"
+                );
+                std::process::exit(3);
+            }
+            None => default(info),
+        }
+    }));
+}
+
+struct Watchdogs {
+    /// The hostfile's peers and the job's name, when they are watched.
+    peers: Option<(Vec<String>, String)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The pipeline log's last sample, saying how the run ended.

@@ -29,31 +29,7 @@ fn kills_wanted() -> u32 {
         .unwrap_or(30)
 }
 
-/// Each partition's records as (key, value, headers), in offset order.
-type Partitions = BTreeMap<i32, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, BTreeMap<String, Vec<u8>>)>>;
-
-async fn partitions(bootstrap: &[String], topic: &str) -> Partitions {
-    common::read_topic(bootstrap, topic)
-        .await
-        .into_iter()
-        .map(|(p, records)| {
-            // Runs compared here are different jobs; the job header names them.
-            let records = records
-                .into_iter()
-                .map(|mut r| {
-                    assert!(
-                        r.record
-                            .headers
-                            .remove(iotflow_sink::records::JOB_HEADER)
-                            .is_some()
-                    );
-                    (r.record.key, r.record.value, r.record.headers)
-                })
-                .collect();
-            (p, records)
-        })
-        .collect()
-}
+use common::{Partitions, outputs as partitions};
 
 /// A broker with a seeded input topic, and the jobs that read it.
 struct Fixture {

@@ -9,6 +9,7 @@
 //!   errors of any source or sink, or a stop elsewhere ─▶ RuntimeError
 //! ```
 
+pub mod broker_watch;
 mod live;
 pub mod peers;
 mod summary;

@@ -141,6 +141,18 @@ pub async fn watch(
     }
 }
 
+/// A broken connection to a peer, from a panic of one of timely's
+/// communication threads (`timely:send-N` and `timely:recv-N` talk to
+/// process N; their panics begin "timely communication error:", wording
+/// timely keeps for crates that look for it): the peer and the cause.
+pub fn broken_link<'a>(thread: &str, panic_message: &'a str) -> Option<(usize, &'a str)> {
+    let cause = panic_message.strip_prefix("timely communication error: ")?;
+    let peer = thread
+        .strip_prefix("timely:send-")
+        .or_else(|| thread.strip_prefix("timely:recv-"))?;
+    Some((peer.parse().ok()?, cause))
+}
+
 /// Tells every peer this process ended cleanly (best effort).
 pub async fn say_goodbye(job: &str, me: usize, hosts: &[String]) {
     let Ok(socket) = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await else {
@@ -187,6 +199,18 @@ mod tests {
             "a peer that said goodbye is not watched"
         );
         assert_eq!(w.overdue(t0 + s(22)), Some((2, s(11))));
+    }
+
+    #[test]
+    fn a_broken_link_is_read_from_timely_s_communication_panics() {
+        let m = "timely communication error: reading data: socket closed";
+        assert_eq!(
+            broken_link("timely:recv-2", m),
+            Some((2, "reading data: socket closed"))
+        );
+        assert_eq!(broken_link("timely:send-10", m).map(|b| b.0), Some(10));
+        assert_eq!(broken_link("timely:work-0", m), None, "a worker's panic");
+        assert_eq!(broken_link("timely:recv-1", "MergeQueue poisoned."), None);
     }
 
     #[test]

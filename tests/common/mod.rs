@@ -115,6 +115,30 @@ pub async fn read_topic(bootstrap: &[String], topic: &str) -> BTreeMap<i32, Vec<
     out
 }
 
+/// Each partition's records as (key, value, headers), in offset order.
+pub type Partitions =
+    BTreeMap<i32, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, BTreeMap<String, Vec<u8>>)>>;
+
+/// [`read_topic`] without the job header: runs compared in tests are
+/// different jobs, and the header names them.
+pub async fn outputs(bootstrap: &[String], topic: &str) -> Partitions {
+    read_topic(bootstrap, topic)
+        .await
+        .into_iter()
+        .map(|(p, records)| {
+            let records = records
+                .into_iter()
+                .map(|mut r| {
+                    let job = r.record.headers.remove(iotflow_sink::records::JOB_HEADER);
+                    assert!(job.is_some(), "{topic}/{p}: a record without a job header");
+                    (r.record.key, r.record.value, r.record.headers)
+                })
+                .collect();
+            (p, records)
+        })
+        .collect()
+}
+
 /// (device|metric|window_start key, count, sum bits) of a window.
 pub type Row = (String, u64, u64);
 
