@@ -215,6 +215,7 @@ impl Routes {
                     name: name.clone(),
                     aggregation: i as u16,
                     shape: DatasetShape::Windows(shape.clone()),
+                    topic: out.topic.clone(),
                 });
             }
             aggregations.push((id, shape));
@@ -231,6 +232,8 @@ impl Routes {
                     name: name.clone(),
                     aggregation: 0,
                     shape: DatasetShape::Alerts(alert_shape.clone()),
+                    // Alert rows are not parsed back from their topic (yet).
+                    topic: None,
                 });
             }
         }

@@ -49,6 +49,9 @@ pub struct Dataset {
     /// none; each row names its own).
     pub aggregation: u16,
     pub shape: DatasetShape,
+    /// The topic the same rows are published to, if any: a damaged pending
+    /// segment of a window dataset is rebuilt from it.
+    pub topic: Option<String>,
 }
 
 impl Dataset {
@@ -296,6 +299,7 @@ pub(crate) mod tests {
             name: DATASET.into(),
             aggregation: 0,
             shape: DatasetShape::Windows(AggregateShape::of(&agg)),
+            topic: None,
         }
     }
 

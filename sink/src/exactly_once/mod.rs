@@ -31,6 +31,7 @@ pub mod outgoing;
 pub mod pending;
 mod publish_op;
 mod publisher;
+pub mod rebuild;
 pub mod recovery;
 mod stage_op;
 mod stager;

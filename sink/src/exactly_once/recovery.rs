@@ -28,6 +28,7 @@ use super::chain::load_whole;
 use super::outgoing::StagedOutputs;
 use super::pending::{PendingRows, read_segment};
 use super::publisher::{Publisher, publish_files};
+use super::rebuild;
 use super::state_dir::{discard_epoch, outputs_path, snapshot_epoch, staged_epochs};
 
 /// Where a run starts.
@@ -55,6 +56,9 @@ pub struct CommitState {
     pub snapshots: Vec<WorkerSnapshot>,
     /// Each worker's final rows waiting for a Parquet roll, per dataset.
     pub pending: Vec<(PendingEntry, Vec<Row>)>,
+    /// Segments found damaged that can be rebuilt from their dataset's
+    /// topic (see [`rebuild`]), and what was wrong with each.
+    pub damaged: Vec<(PendingEntry, String)>,
 }
 
 /// The state `commit` names: every worker's snapshot chain (each file's size
@@ -93,12 +97,21 @@ pub fn load_state(
         )?);
     }
     snapshots.sort_by_key(|s| s.worker);
-    let pending = commit
-        .pending
-        .iter()
-        .map(|e| Ok((e.clone(), read_segment(&cfg.state_dir, e)?)))
-        .collect::<Result<_, SinkError>>()?;
-    Ok(CommitState { snapshots, pending })
+    let (mut pending, mut damaged) = (Vec::new(), Vec::new());
+    for e in &commit.pending {
+        match read_segment(&cfg.state_dir, e) {
+            Ok(rows) => pending.push((e.clone(), rows)),
+            Err(err) if rebuild::rebuildable(&cfg.datasets, e).is_some() => {
+                damaged.push((e.clone(), err.to_string()));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(CommitState {
+        snapshots,
+        pending,
+        damaged,
+    })
 }
 
 /// Takes the state directory's lock, or says who holds it.
@@ -238,13 +251,6 @@ async fn resume(
             source,
         }
     })?;
-    let pending = regroup_pending(
-        r.state.pending,
-        r.from.workers,
-        workers,
-        &cfg.datasets,
-        &cfg.closing,
-    );
     if process == 0 {
         tracing::info!(
             from = r.from.epoch,
@@ -254,6 +260,18 @@ async fn resume(
         );
         finish_publishing(cfg, &r.finish).await?;
     }
+    // After the publishing: the rows of the last commits are on the topics then.
+    let mut entries = r.state.pending;
+    for (entry, problem) in &r.state.damaged {
+        entries.push((entry.clone(), rebuilt(cfg, &r.from, entry, problem).await?));
+    }
+    let pending = regroup_pending(
+        entries,
+        r.from.workers,
+        workers,
+        &cfg.datasets,
+        &cfg.closing,
+    );
     Ok(RunStart {
         epoch: r.from.epoch + 1,
         offsets: r.from.source_offsets,
@@ -264,6 +282,38 @@ async fn resume(
         skipped: Vec::new(),
         lock,
     })
+}
+
+/// The rows of `entry`'s damaged segment, rebuilt from its dataset's topic.
+async fn rebuilt(
+    cfg: &ExactlyOnceConfig,
+    from: &CommitRecord,
+    entry: &PendingEntry,
+    problem: &str,
+) -> Result<Vec<Row>, SinkError> {
+    let Some((dataset, topic)) = rebuild::rebuildable(&cfg.datasets, entry) else {
+        return Err(SinkError::Inconsistent {
+            epoch: from.epoch,
+            problem: format!("{}: no topic to rebuild it from", entry.path),
+        });
+    };
+    let r = rebuild::Rebuild {
+        bootstrap: &cfg.bootstrap,
+        job: &cfg.job,
+        entry,
+        committed: from.epoch,
+        workers: from.workers,
+        rules: &cfg.closing,
+    };
+    let rows = rebuild::rebuild(r, dataset, topic).await?;
+    tracing::warn!(
+        segment = %entry.path,
+        %problem,
+        rows = rows.len(),
+        %topic,
+        "damaged pending segment rebuilt from the output topic"
+    );
+    Ok(rows)
 }
 
 /// Publishes every commit of `finish` again, oldest first: its staged
