@@ -17,7 +17,7 @@ SOAK_MINUTES ?= 30
 SOAK_RATE ?= 100000
 TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
-.PHONY: help demo demo-redpanda notebooks test tansu chromium prometheus iproute2 nextest build release lint fmt bench bench-ingest bench-dataflow bench-exactly-once bench-jobs bench-alerts soak chaos fuzz clean
+.PHONY: help demo demo-redpanda notebooks test tansu chromium prometheus iproute2 stunnel venv nextest build release lint fmt bench bench-ingest bench-dataflow bench-exactly-once bench-jobs bench-alerts soak chaos fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ demo-redpanda: release ## The demo against a running cluster (docker compose -f 
 notebooks: ## Execute the notebooks headless against the demo's output (run make demo first); HTML in data/notebooks
 	BIN=$(RELEASE_BIN) ./scripts/notebooks.sh demo
 
-test: lint nextest build tansu chromium prometheus iproute2 ## Run every check and test (what CI runs)
+test: lint nextest build tansu chromium prometheus iproute2 stunnel venv ## Run every check and test (what CI runs)
 	$(CARGO) nextest run --workspace --all-targets --no-fail-fast
 	BIN=$(DEBUG_BIN) ./scripts/notebooks.sh test
 
@@ -65,6 +65,14 @@ iproute2: ## Install Debian's iproute2 if missing (`ip netns`: the several-hosts
 	@command -v ip >/dev/null || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get install -y -qq iproute2 || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq iproute2; }; }
+
+stunnel: ## Install Debian's stunnel4 and openssl if missing (the TLS terminator and certificates of the secured-cluster test)
+	@command -v stunnel4 >/dev/null && command -v openssl >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get install -y -qq stunnel4 openssl || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq stunnel4 openssl; }; }
+
+venv: ## The project's Python venv (.venv): notebook packages and confluent-kafka, from notebooks/requirements-lock.txt
+	./scripts/venv.sh
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check

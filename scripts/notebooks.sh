@@ -6,10 +6,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=$here/.venv
-if [ ! -x "$venv/bin/jupyter-nbconvert" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q -r "$here/notebooks/requirements-lock.txt"
-fi
+"$here/scripts/venv.sh"
 
 case "${1:-}" in
   demo)

@@ -15,7 +15,7 @@ use iotflow_dataflow::kafka::EpochMode;
 use iotflow_dataflow::runner::Parallelism;
 use iotflow_dataflow::{JobMetrics, ParseLimits};
 use iotflow_jobfile::{DefaultJob, JobPlan, WatermarkPlan, WindowKind};
-use iotflow_redpanda::topics;
+use iotflow_redpanda::{Brokers, topics};
 use iotflow_runtime::{
     AggregationOutput, Committing, Controls, Delivery, LiveJob, LiveJobConfig, StartReport,
 };
@@ -316,7 +316,7 @@ impl RunArgs {
     }
 
     /// The job these flags (and the job file) describe.
-    fn job_config(&self, plan: &JobPlan, bootstrap: Vec<String>) -> Result<LiveJobConfig> {
+    fn job_config(&self, plan: &JobPlan, bootstrap: Brokers) -> Result<LiveJobConfig> {
         let under = |root: &str| PathBuf::from(root).join(dir_name(&plan.name));
         let delivery = if self.at_least_once {
             Delivery::AtLeastOnce {
@@ -429,7 +429,7 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     let drain_signal = drain_on_sigusr1(&controls)?;
     // The job file first: a refused file needs no broker.
     let plan = args.plan()?;
-    let target = args.select.connect(home).await?;
+    let target = args.select.connect_with(home, &plan.kafka).await?;
     let cfg = args.job_config(&plan, target.bootstrap.clone())?;
     let name = cfg.name.clone();
     // Before recovery, whose reads would hang on a cut link like any others.
@@ -509,7 +509,7 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
 /// of the brokers. Each stops the process, exit 3, naming what went silent
 /// (the dataflow is held back by it: nothing to wind down). Also returns the
 /// peers, told goodbye on a clean end.
-fn spawn_watchdogs(args: &RunArgs, job: &str, brokers: &[String]) -> Result<Watchdogs> {
+fn spawn_watchdogs(args: &RunArgs, job: &str, brokers: &Brokers) -> Result<Watchdogs> {
     const RESTART: &str = "restart every process: they resume from the last commit";
     let peers = match (
         &args.hostfile,
@@ -540,7 +540,7 @@ fn spawn_watchdogs(args: &RunArgs, job: &str, brokers: &[String]) -> Result<Watc
         }));
     }
     if !args.broker_timeout.is_zero() {
-        let (brokers, timeout, me) = (brokers.to_vec(), args.broker_timeout, args.process);
+        let (brokers, timeout, me) = (brokers.clone(), args.broker_timeout, args.process);
         tasks.push(tokio::spawn(async move {
             let silent = iotflow_runtime::broker_watch::watch(&brokers, timeout).await;
             eprintln!(

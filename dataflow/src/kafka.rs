@@ -43,7 +43,7 @@ pub enum EpochMode {
 /// Kafka source settings.
 #[derive(Debug, Clone)]
 pub struct KafkaSourceConfig {
-    pub bootstrap: Vec<String>,
+    pub bootstrap: iotflow_redpanda::Brokers,
     pub topic: String,
     pub epochs: EpochMode,
     /// Read to the high watermarks seen at start, then finish.
@@ -65,9 +65,9 @@ pub struct KafkaSourceConfig {
 }
 
 impl KafkaSourceConfig {
-    pub fn new(bootstrap: Vec<String>, topic: impl Into<String>) -> Self {
+    pub fn new(bootstrap: impl Into<iotflow_redpanda::Brokers>, topic: impl Into<String>) -> Self {
         Self {
-            bootstrap,
+            bootstrap: bootstrap.into(),
             topic: topic.into(),
             epochs: EpochMode::Time(Duration::from_millis(250)),
             until_end: false,

@@ -75,6 +75,8 @@ pub(crate) struct Problem {
     pub span: Range<usize>,
     pub message: String,
     pub hint: Option<String>,
+    /// The spanned value is a secret: the line is shown without it.
+    pub secret: bool,
 }
 
 impl Problem {
@@ -83,7 +85,14 @@ impl Problem {
             span,
             message: message.into(),
             hint: None,
+            secret: false,
         }
+    }
+
+    /// Shows the offending line with the spanned value starred out.
+    pub fn secret(mut self) -> Self {
+        self.secret = true;
+        self
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -98,13 +107,18 @@ impl Problem {
         let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
         let line = text[..at].matches('\n').count() + 1;
         let column = text[line_start..at].chars().count() + 1;
+        let mut source_line = text[line_start..line_end].trim_end_matches('\r').to_owned();
+        if self.secret {
+            let end = self.span.end.clamp(at, line_end);
+            source_line = format!("{}\"***\"{}", &text[line_start..at], &text[end..line_end]);
+        }
         JobFileError::Invalid(Box::new(Located {
             path: path.to_owned(),
             line,
             column,
             message: self.message,
             hint: self.hint,
-            source_line: text[line_start..line_end].trim_end_matches('\r').to_owned(),
+            source_line,
         }))
     }
 }

@@ -15,6 +15,7 @@ pub mod alert;
 mod describe;
 mod error;
 pub mod expr;
+pub mod kafka;
 pub mod plan;
 mod raw;
 mod validate;
@@ -23,6 +24,7 @@ use std::path::Path;
 
 pub use alert::*;
 pub use error::{JobFileError, Located, ReadError};
+pub use kafka::KafkaSettings;
 pub use plan::*;
 pub use validate::{
     DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_INPUT_TOPIC,
@@ -70,6 +72,7 @@ impl JobPlan {
     pub fn default_job(d: DefaultJob) -> Self {
         JobPlan {
             name: d.name,
+            kafka: KafkaSettings::default(),
             input: InputPlan {
                 topic: d.input_topic,
                 mapping: Mapping::Preset(Preset::Auto),

@@ -10,6 +10,8 @@ use crate::expr::Expr;
 pub struct JobPlan {
     /// The job's name: its key in the progress topic.
     pub name: String,
+    /// How to reach the cluster (`[kafka]`); the flags override each setting.
+    pub kafka: crate::kafka::KafkaSettings,
     pub input: InputPlan,
     pub watermark: WatermarkPlan,
     /// Where rejected and late records go.

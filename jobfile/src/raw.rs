@@ -13,6 +13,7 @@ pub(crate) struct RawJob {
     pub input: Option<S<RawInput>>,
     pub watermark: Option<RawWatermark>,
     pub output: Option<RawOutput>,
+    pub kafka: Option<RawKafka>,
     #[serde(default)]
     pub aggregation: Vec<S<RawAggregation>>,
     #[serde(default)]
@@ -48,6 +49,20 @@ pub(crate) struct RawOutput {
     pub dead_letter_topic: Option<S<String>>,
     pub alerts_topic: Option<S<String>>,
     pub alerts_parquet: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKafka {
+    pub security_protocol: Option<S<String>>,
+    pub ssl_ca_location: Option<S<String>>,
+    pub ssl_certificate_location: Option<S<String>>,
+    pub ssl_key_location: Option<S<String>>,
+    pub sasl_mechanism: Option<S<String>>,
+    pub sasl_username: Option<S<String>>,
+    pub sasl_password_env: Option<S<String>>,
+    /// Refused with a hint: passwords do not belong in job files.
+    pub sasl_password: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,9 @@ use crate::raw::{RawAggregation, RawInput, RawJob, RawOutput, RawWatermark, S};
 
 mod alert;
 mod input;
+mod kafka;
 use input::input;
+use kafka::kafka;
 
 /// The longest a window may stay open: its extent + out-of-orderness + lateness.
 /// Every open window's state is held that long; a longer one would in
@@ -81,8 +83,10 @@ pub(crate) fn job(raw: RawJob, whole: Range<usize>) -> Result<JobPlan> {
             parquet: DEFAULT_ALERTS_DATASET.to_owned(),
         },
     };
+    let kafka = kafka(raw.kafka.unwrap_or_default())?;
     let mut plan = JobPlan {
         name: job_name,
+        kafka,
         input,
         watermark,
         dead_letter_topic,

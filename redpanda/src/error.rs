@@ -9,9 +9,11 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum Error {
     /// No bootstrap broker answered (environment; retry may help).
-    #[error("cannot connect to Kafka bootstrap brokers {brokers:?}: {source}")]
+    #[error("cannot connect to Kafka bootstrap brokers {brokers:?} ({security}): {source}")]
     Connect {
         brokers: Vec<String>,
+        /// The protocol (and SASL mechanism and user), never the password.
+        security: String,
         #[source]
         source: Box<rskafka::client::error::Error>,
     },
@@ -121,6 +123,27 @@ impl Error {
             }
             _ => false,
         }
+    }
+
+    /// Whether nothing answered at all (refused, unreachable, timed out): the
+    /// broker is not up yet, unlike a TLS or SASL failure, which it was.
+    pub fn is_unreachable(&self) -> bool {
+        use std::io::ErrorKind as K;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return matches!(
+                    io.kind(),
+                    K::ConnectionRefused
+                        | K::HostUnreachable
+                        | K::NetworkUnreachable
+                        | K::TimedOut
+                        | K::AddrNotAvailable
+                );
+            }
+            cause = e.source();
+        }
+        false
     }
 }
 

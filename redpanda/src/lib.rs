@@ -15,6 +15,7 @@ pub mod install;
 pub mod local;
 pub mod partitioner;
 pub mod scan;
+pub mod security;
 pub mod topics;
 pub mod wire;
 
@@ -23,6 +24,7 @@ use std::time::Duration;
 pub use error::{Error, Result, is_retriable_kafka};
 pub use local::{LocalBroker, LocalBrokerBuilder, Storage};
 pub use rskafka;
+pub use security::{Brokers, Security, SecurityError};
 pub use topics::{TopicSpec, default_topics};
 
 use rskafka::BackoffConfig;
@@ -32,25 +34,32 @@ use rskafka::client::{Client, ClientBuilder};
 /// (the broker went away after storing it) fails instead of being sent again
 /// behind the caller's back, so a caller that must not duplicate records can
 /// look at the partition before it retries.
-pub async fn connect_once(brokers: &[String]) -> Result<Client> {
+pub async fn connect_once(brokers: impl Into<Brokers>) -> Result<Client> {
     connect(brokers, Duration::ZERO).await
 }
 
-/// Connects to a cluster through `brokers` (`host:port` each). Requests retry
-/// with backoff for up to `deadline` before they fail.
-pub async fn connect(brokers: &[String], deadline: Duration) -> Result<Client> {
-    ClientBuilder::new(brokers.to_vec())
+/// Connects to a cluster through `brokers` (`host:port` each, and how to
+/// reach them; a plain address list: plaintext). Requests retry with backoff
+/// for up to `deadline` before they fail.
+pub async fn connect(brokers: impl Into<Brokers>, deadline: Duration) -> Result<Client> {
+    let brokers: Brokers = brokers.into();
+    let mut builder = ClientBuilder::new(brokers.to_vec())
         .client_id("iotflow")
         .backoff_config(BackoffConfig {
             init_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             base: 2.0,
             deadline: Some(deadline),
-        })
-        .build()
-        .await
-        .map_err(|source| Error::Connect {
-            brokers: brokers.to_vec(),
-            source: Box::new(source),
-        })
+        });
+    if let Some(tls) = brokers.security().tls() {
+        builder = builder.tls_config(tls);
+    }
+    if let Some(sasl) = brokers.security().sasl() {
+        builder = builder.sasl_config(sasl);
+    }
+    builder.build().await.map_err(|source| Error::Connect {
+        brokers: brokers.to_vec(),
+        security: brokers.security().to_string(),
+        source: Box::new(source),
+    })
 }

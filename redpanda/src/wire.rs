@@ -8,11 +8,13 @@
 //!
 //! Both versions are non-flexible and are supported by Kafka 1.0 … 4.x, Redpanda
 //! and tansu, so one encoding serves every broker we target. Encoding and
-//! decoding are pure functions; `call` is the only I/O.
+//! decoding are pure functions; `call` is the only I/O (over TLS when the
+//! cluster's connections are).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
@@ -240,48 +242,37 @@ pub fn decode_create_topics(body: &[u8]) -> std::result::Result<Vec<TopicResult>
     Ok(out)
 }
 
-/// Sends one request frame to `addr` and returns the reply body after its
-/// correlation id. One connection per call: admin calls are rare.
+/// Sends one request frame to `addr` (over TLS with `tls`) and returns the
+/// reply body after its correlation id. One connection per call: admin
+/// calls are rare.
 pub async fn call(
     addr: &str,
     api: &'static str,
     request: &[u8],
     timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Vec<u8>> {
     let socket_err = |source| Error::Socket {
         addr: addr.to_owned(),
         source,
     };
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(socket_err)?;
-        let len = u32::try_from(request.len()).unwrap_or(u32::MAX);
-        stream
-            .write_all(&len.to_be_bytes())
-            .await
-            .map_err(socket_err)?;
-        stream.write_all(request).await.map_err(socket_err)?;
-        let mut len_buf = [0u8; 4];
-        stream.read_exact(&mut len_buf).await.map_err(socket_err)?;
-        let reply_len = u32::from_be_bytes(len_buf) as usize;
-        if !(4..=MAX_REPLY_BYTES).contains(&reply_len) {
-            return Err(Error::Protocol {
-                addr: addr.to_owned(),
-                api,
-                detail: format!("reply length {reply_len}"),
-            });
+        let tcp = TcpStream::connect(addr).await.map_err(socket_err)?;
+        match tls {
+            None => exchange(tcp, addr, api, request).await,
+            Some(config) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                let name = rustls::pki_types::ServerName::try_from(
+                    host.trim_matches(['[', ']']).to_owned(),
+                )
+                .map_err(|e| socket_err(std::io::Error::other(e)))?;
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(socket_err)?;
+                exchange(stream, addr, api, request).await
+            }
         }
-        let mut reply = vec![0u8; reply_len];
-        stream.read_exact(&mut reply).await.map_err(socket_err)?;
-        // Request and reply share the correlation id in bytes 4..8 / 0..4.
-        if reply[..4] != request[4..8] {
-            return Err(Error::Protocol {
-                addr: addr.to_owned(),
-                api,
-                detail: "correlation id mismatch".into(),
-            });
-        }
-        reply.drain(..4);
-        Ok(reply)
     };
     tokio::time::timeout(timeout, exchange)
         .await
@@ -292,6 +283,47 @@ pub async fn call(
                 format!("{api} timed out after {timeout:?}"),
             ),
         })?
+}
+
+async fn exchange(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    addr: &str,
+    api: &'static str,
+    request: &[u8],
+) -> Result<Vec<u8>> {
+    let socket_err = |source| Error::Socket {
+        addr: addr.to_owned(),
+        source,
+    };
+    let len = u32::try_from(request.len()).unwrap_or(u32::MAX);
+    stream
+        .write_all(&len.to_be_bytes())
+        .await
+        .map_err(socket_err)?;
+    stream.write_all(request).await.map_err(socket_err)?;
+    stream.flush().await.map_err(socket_err)?;
+    let mut len_buf = [0u8; 4];
+    stream.read_exact(&mut len_buf).await.map_err(socket_err)?;
+    let reply_len = u32::from_be_bytes(len_buf) as usize;
+    if !(4..=MAX_REPLY_BYTES).contains(&reply_len) {
+        return Err(Error::Protocol {
+            addr: addr.to_owned(),
+            api,
+            detail: format!("reply length {reply_len}"),
+        });
+    }
+    let mut reply = vec![0u8; reply_len];
+    stream.read_exact(&mut reply).await.map_err(socket_err)?;
+    // Request and reply share the correlation id in bytes 4..8 / 0..4.
+    if reply[..4] != request[4..8] {
+        return Err(Error::Protocol {
+            addr: addr.to_owned(),
+            api,
+            detail: "correlation id mismatch".into(),
+        });
+    }
+    reply.drain(..4);
+    Ok(reply)
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ pub struct SilentBroker {
 
 /// Probes `brokers` until no probe was answered for longer than `timeout`;
 /// returns that silence. Never returns while the brokers answer.
-pub async fn watch(brokers: &[String], timeout: Duration) -> SilentBroker {
+pub async fn watch(brokers: &iotflow_redpanda::Brokers, timeout: Duration) -> SilentBroker {
     let every = (timeout / 5).max(Duration::from_millis(50));
     let mut silence = Silence::new(timeout, Instant::now());
     let mut last_error = String::from("no probe answered yet");
@@ -104,7 +104,7 @@ mod tests {
         let addr = closed.local_addr().unwrap().to_string();
         drop(closed);
         let started = Instant::now();
-        let silent = watch(std::slice::from_ref(&addr), Duration::from_millis(300)).await;
+        let silent = watch(&vec![addr.clone()].into(), Duration::from_millis(300)).await;
         assert_eq!(silent.brokers, vec![addr]);
         assert!(silent.silent > Duration::from_millis(300));
         assert!(started.elapsed() < Duration::from_secs(5));

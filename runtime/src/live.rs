@@ -80,7 +80,7 @@ pub struct AggregationOutput {
 /// Everything a live job needs to know.
 #[derive(Debug, Clone)]
 pub struct LiveJobConfig {
-    pub bootstrap: Vec<String>,
+    pub bootstrap: iotflow_redpanda::Brokers,
     pub input: String,
     /// Per aggregation of `dataflow`, in its order.
     pub outputs: Vec<AggregationOutput>,

@@ -38,7 +38,7 @@ pub type FailureSlot = Arc<Mutex<Option<String>>>;
 /// Where a sink writes.
 #[derive(Debug, Clone)]
 pub struct KafkaSinkConfig {
-    pub bootstrap: Vec<String>,
+    pub bootstrap: iotflow_redpanda::Brokers,
     pub topic: String,
     /// Partitions of `topic`: records are routed so that each partition has
     /// exactly one publishing worker (concurrent writers to one partition are

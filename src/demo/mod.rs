@@ -31,7 +31,7 @@ const DEMO_JOB: &str = include_str!("../../jobs/demo.toml");
 const DEMO_OUTPUTS: [(&str, &str); 2] =
     [("iot.aggregates", "aggregates"), ("iot.site_1m", "site_1m")];
 use crate::run_cmd::{RunSummary, end_offsets};
-use crate::target::Target;
+use crate::target::{SecurityArgs, Target};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -39,6 +39,9 @@ pub struct DemoArgs {
     /// The job starts at the topics' current end, so earlier runs' data is left alone.
     #[arg(long, env = "IOTFLOW_BROKERS", value_delimiter = ',')]
     brokers: Option<Vec<String>>,
+    /// How to reach a secured --brokers cluster (the job started gets the same).
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Partitions of the data topics.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
@@ -103,6 +106,12 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
             addr
         }
     };
+    let bootstrap = match _broker {
+        Some(_) => bootstrap.into(),
+        None => {
+            iotflow_redpanda::Brokers::new(bootstrap, args.security.security(&Default::default())?)
+        }
+    };
     let client: Client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30)).await?;
     let target = Target { bootstrap, client };
     println!("2. creating topics…");
@@ -143,6 +152,8 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the iotflow binary")?;
     let mut job = tokio::process::Command::new(&exe)
         .args(["run", "--brokers", &target.bootstrap.join(",")])
+        .args(args.security.forwarded())
+        .envs(args.security.forwarded_env())
         .arg("--job-file")
         .arg(&job_file)
         .args(["-w", &args.workers.to_string(), "--start-at", "latest"])

@@ -69,7 +69,7 @@ pub struct ExactlyOnceConfig {
     pub generation: u64,
     pub state_dir: PathBuf,
     pub parquet_dir: PathBuf,
-    pub bootstrap: Vec<String>,
+    pub bootstrap: iotflow_redpanda::Brokers,
     pub progress_topic: String,
     /// The output topics; [`OutputId`] indexes this list.
     pub outputs: Vec<OutputTopic>,

@@ -73,7 +73,11 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub fn connect(bootstrap: &[String], job: &str, fresh: bool) -> Result<Self, SinkError> {
+    pub fn connect(
+        bootstrap: &iotflow_redpanda::Brokers,
+        job: &str,
+        fresh: bool,
+    ) -> Result<Self, SinkError> {
         let runtime = runtime()?;
         let (client, once) = runtime.block_on(async {
             let client = iotflow_redpanda::connect(bootstrap, Duration::from_secs(30)).await;
@@ -228,7 +232,7 @@ impl std::fmt::Debug for Appender {
 
 impl Appender {
     pub fn connect(
-        bootstrap: &[String],
+        bootstrap: &iotflow_redpanda::Brokers,
         progress_topic: &str,
         parquet_dir: PathBuf,
     ) -> Result<Self, SinkError> {

@@ -127,7 +127,7 @@ pub fn rebuildable<'a>(
 /// What to rebuild and from where.
 #[derive(Debug, Clone, Copy)]
 pub struct Rebuild<'a> {
-    pub bootstrap: &'a [String],
+    pub bootstrap: &'a iotflow_redpanda::Brokers,
     pub job: &'a str,
     /// The damaged segment's entry in the commit resumed from.
     pub entry: &'a PendingEntry,
