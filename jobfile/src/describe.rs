@@ -45,6 +45,7 @@ impl JobPlan {
 impl fmt::Display for JobPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "job {}", self.name)?;
+        write_kafka(f, &self.kafka)?;
         writeln!(f, "input     topic {}, JSON", self.input.topic)?;
         write_mapping(f, &self.input)?;
         let wm = &self.watermark;
@@ -325,4 +326,28 @@ impl JobPlan {
         }
         Ok(())
     }
+}
+
+/// The `[kafka]` settings, when the file states any (the flags may add more).
+fn write_kafka(f: &mut fmt::Formatter<'_>, k: &crate::kafka::KafkaSettings) -> fmt::Result {
+    if *k == crate::kafka::KafkaSettings::default() {
+        return Ok(());
+    }
+    let mut parts = vec![k.security_protocol.unwrap_or_default().name().to_owned()];
+    if let Some(ca) = &k.ssl_ca_location {
+        parts.push(format!("CA {}", ca.display()));
+    }
+    if let Some(cert) = &k.ssl_certificate_location {
+        parts.push(format!("client certificate {}", cert.display()));
+    }
+    if let Some(m) = k.sasl_mechanism {
+        parts.push(format!("SASL {m}"));
+    }
+    if let Some(u) = &k.sasl_username {
+        parts.push(format!("as {u}"));
+    }
+    if let Some(v) = &k.sasl_password_env {
+        parts.push(format!("password from ${v}"));
+    }
+    writeln!(f, "kafka     {}", parts.join(", "))
 }

@@ -76,6 +76,12 @@ mod tests {
             Some(Path::new("ca.pem"))
         );
         assert_eq!(plan.kafka.sasl_password_env.as_deref(), Some("PW"));
+        assert!(
+            plan.to_string().contains(
+                "kafka     sasl_ssl, CA ca.pem, SASL SCRAM-SHA-256, as iot, password from $PW\n"
+            ),
+            "{plan}"
+        );
     }
 
     #[test]
