@@ -81,29 +81,7 @@ impl SecurityArgs {
     /// These settings as flags, for an `iotflow` started by this one (the
     /// password goes by [`Self::forwarded_env`]).
     pub fn forwarded(&self) -> Vec<String> {
-        let s = self.settings();
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        [
-            (
-                "--security-protocol",
-                s.security_protocol.map(|p| p.name().to_owned()),
-            ),
-            ("--ssl-ca-location", path(&s.ssl_ca_location)),
-            (
-                "--ssl-certificate-location",
-                path(&s.ssl_certificate_location),
-            ),
-            ("--ssl-key-location", path(&s.ssl_key_location)),
-            (
-                "--sasl-mechanism",
-                s.sasl_mechanism.map(|m| m.name().to_owned()),
-            ),
-            ("--sasl-username", s.sasl_username),
-        ]
-        .into_iter()
-        .filter_map(|(flag, v)| v.map(|v| [flag.to_owned(), v]))
-        .flatten()
-        .collect()
+        self.settings().flags()
     }
 
     /// The password for an `iotflow` started by this one, in its environment.

@@ -519,31 +519,10 @@ async fn faults_between_hosts_are_noticed_named_and_survived() {
     reference.arg("--until-end");
     common::finish(reference.spawn().unwrap(), "the run never faulted");
 
-    for kind in ["aggregates", "dlq"] {
-        let (want, got) = (
-            common::outputs(&bootstrap, &format!("reference.{kind}")).await,
-            common::outputs(&bootstrap, &format!("faulted.{kind}")).await,
-        );
-        assert!(
-            want.values().any(|p| !p.is_empty()),
-            "reference.{kind} is empty"
-        );
-        assert!(
-            got == want,
-            "faulted.{kind} differs from the run never faulted"
-        );
-    }
-    let (want, got) = (
-        common::files(&job.dir("reference", "parquet")),
-        common::files(&job.dir("faulted", "parquet")),
-    );
-    assert!(!want.is_empty());
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>()
-    );
-    assert!(
-        got == want,
-        "Parquet bytes differ from the run never faulted"
-    );
+    common::assert_runs_match(
+        &bootstrap,
+        ("reference", &job.dir("reference", "parquet")),
+        ("faulted", &job.dir("faulted", "parquet")),
+    )
+    .await;
 }

@@ -9,14 +9,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::fault_proxy::{Fault, FaultProxy, Kind};
 use iotflow_redpanda::LocalBroker;
-use iotflow_sink::records::JOB_HEADER;
 
 struct Fixture {
     _broker: LocalBroker,
@@ -27,8 +25,6 @@ struct Fixture {
 
 /// A fault for the n-th request of a kind.
 type Injected = (Kind, usize, Fault);
-
-type Records = BTreeMap<i32, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, BTreeMap<String, Vec<u8>>)>>;
 
 impl Fixture {
     async fn new() -> Self {
@@ -73,51 +69,13 @@ impl Fixture {
         common::finish(c.spawn().unwrap(), name);
     }
 
-    /// `name`'s records on `suffix`, without the job header (runs compared are different jobs).
-    async fn records(&self, name: &str, suffix: &str) -> Records {
-        common::read_topic(
-            std::slice::from_ref(&self.proxy.addr),
-            &format!("{name}.{suffix}"),
-        )
-        .await
-        .into_iter()
-        .map(|(p, records)| {
-            let records = records
-                .into_iter()
-                .map(|mut r| {
-                    r.record.headers.remove(JOB_HEADER);
-                    (r.record.key, r.record.value, r.record.headers)
-                })
-                .collect();
-            (p, records)
-        })
-        .collect()
-    }
-
     async fn assert_matches(&self, name: &str, reference: &str) {
-        for suffix in ["aggregates", "dlq"] {
-            let (got, want) = (
-                self.records(name, suffix).await,
-                self.records(reference, suffix).await,
-            );
-            assert!(
-                want.values().any(|r| !r.is_empty()),
-                "{suffix}: empty reference"
-            );
-            assert!(
-                got == want,
-                "{name}.{suffix} differs from the run never faulted"
-            );
-        }
-        let (got, want) = (
-            common::files(&self.parquet_dir(name)),
-            common::files(&self.parquet_dir(reference)),
-        );
-        assert!(!want.is_empty());
-        assert!(
-            got == want,
-            "{name}'s Parquet files differ from the run never faulted"
-        );
+        common::assert_runs_match(
+            std::slice::from_ref(&self.proxy.addr),
+            (reference, &self.parquet_dir(reference)),
+            (name, &self.parquet_dir(name)),
+        )
+        .await;
     }
 }
 

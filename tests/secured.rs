@@ -264,32 +264,12 @@ impl Endpoint {
             "auto.offset.reset": "earliest",
             "security.protocol": self.settings.security_protocol.unwrap_or_default().name(),
         });
-        let s = &self.settings;
-        let mut set = |k: &str, v: Option<String>| {
-            if let Some(v) = v {
-                conf[k] = v.into();
-            }
-        };
-        set(
-            "ssl.ca.location",
-            s.ssl_ca_location.as_ref().map(|p| p.display().to_string()),
-        );
-        set(
-            "ssl.certificate.location",
-            s.ssl_certificate_location
-                .as_ref()
-                .map(|p| p.display().to_string()),
-        );
-        set(
-            "ssl.key.location",
-            s.ssl_key_location.as_ref().map(|p| p.display().to_string()),
-        );
-        set(
-            "sasl.mechanism",
-            s.sasl_mechanism.map(|m| m.name().to_owned()),
-        );
-        set("sasl.username", s.sasl_username.clone());
-        set("sasl.password", self.password.clone());
+        for (name, value) in self.settings.librdkafka() {
+            conf[name] = value.into();
+        }
+        if let Some(p) = &self.password {
+            conf["sasl.password"] = p.clone().into();
+        }
         conf
     }
 }
@@ -310,35 +290,9 @@ fn settings(protocol: SecurityProtocol) -> KafkaSettings {
     }
 }
 
-/// The flags that state `s` (librdkafka's names, kebab case).
+/// The flags that state `s`.
 fn flags(s: &KafkaSettings) -> Vec<String> {
-    let mut f = Vec::new();
-    let mut add = |name: &str, v: Option<String>| {
-        if let Some(v) = v {
-            f.extend([format!("--{name}"), v]);
-        }
-    };
-    add(
-        "security-protocol",
-        s.security_protocol.map(|p| p.name().into()),
-    );
-    add(
-        "ssl-ca-location",
-        s.ssl_ca_location.as_ref().map(|p| p.display().to_string()),
-    );
-    add(
-        "ssl-certificate-location",
-        s.ssl_certificate_location
-            .as_ref()
-            .map(|p| p.display().to_string()),
-    );
-    add(
-        "ssl-key-location",
-        s.ssl_key_location.as_ref().map(|p| p.display().to_string()),
-    );
-    add("sasl-mechanism", s.sasl_mechanism.map(|m| m.name().into()));
-    add("sasl-username", s.sasl_username.clone());
-    f
+    s.flags()
 }
 
 fn endpoint(

@@ -123,6 +123,40 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
+    /// Each stated setting under librdkafka's name (`ssl.ca.location`: the
+    /// flag is `--ssl-ca-location`, the job file key `ssl_ca_location`).
+    pub fn librdkafka(&self) -> Vec<(&'static str, String)> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        [
+            (
+                "security.protocol",
+                self.security_protocol.map(|p| p.name().to_owned()),
+            ),
+            ("ssl.ca.location", path(&self.ssl_ca_location)),
+            (
+                "ssl.certificate.location",
+                path(&self.ssl_certificate_location),
+            ),
+            ("ssl.key.location", path(&self.ssl_key_location)),
+            (
+                "sasl.mechanism",
+                self.sasl_mechanism.map(|m| m.name().to_owned()),
+            ),
+            ("sasl.username", self.sasl_username.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| Some((name, v?)))
+        .collect()
+    }
+
+    /// [`Self::librdkafka`] as command-line flags.
+    pub fn flags(&self) -> Vec<String> {
+        self.librdkafka()
+            .into_iter()
+            .flat_map(|(name, v)| [format!("--{}", name.replace('.', "-")), v])
+            .collect()
+    }
+
     /// These settings with every one that `over` states taken from it (the
     /// flags over the job file).
     pub fn overridden_by(self, over: KafkaSettings) -> KafkaSettings {
@@ -178,5 +212,10 @@ mod tests {
         assert_eq!(both.security_protocol, Some(SecurityProtocol::SaslSsl));
         assert_eq!(both.sasl_username.as_deref(), Some("flag"));
         assert_eq!(both.sasl_password_env.as_deref(), Some("PW"));
+        assert_eq!(
+            both.flags(),
+            ["--security-protocol", "sasl_ssl", "--sasl-username", "flag"],
+            "the password's variable is no flag"
+        );
     }
 }

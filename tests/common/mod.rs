@@ -139,6 +139,35 @@ pub async fn outputs(bootstrap: &[String], topic: &str) -> Partitions {
         .collect()
 }
 
+/// Run `name`'s outputs — its `aggregates` and `dlq` topics (without the job
+/// header) and the Parquet files under `got` — are run `reference`'s (under
+/// `want`), which are not empty.
+pub async fn assert_runs_match(
+    bootstrap: &[String],
+    (reference, want): (&str, &std::path::Path),
+    (name, got): (&str, &std::path::Path),
+) {
+    for kind in ["aggregates", "dlq"] {
+        let (w, g) = (
+            outputs(bootstrap, &format!("{reference}.{kind}")).await,
+            outputs(bootstrap, &format!("{name}.{kind}")).await,
+        );
+        assert!(
+            w.values().any(|p| !p.is_empty()),
+            "{reference}.{kind} is empty"
+        );
+        assert!(g == w, "{name}.{kind} differs from {reference}.{kind}");
+    }
+    let (w, g) = (files(want), files(got));
+    assert!(!w.is_empty(), "{reference}: no Parquet files");
+    assert_eq!(
+        g.keys().collect::<Vec<_>>(),
+        w.keys().collect::<Vec<_>>(),
+        "{name}: Parquet files"
+    );
+    assert!(g == w, "{name}'s Parquet bytes differ from {reference}'s");
+}
+
 /// (device|metric|window_start key, count, sum bits) of a window.
 pub type Row = (String, u64, u64);
 
