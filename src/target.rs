@@ -106,8 +106,8 @@ impl SecurityArgs {
         Ok(Security::new(&settings, password)?)
     }
 
-    fn stated(&self) -> bool {
-        self.settings() != KafkaSettings::default() || self.sasl_password.is_some()
+    fn secured(&self) -> bool {
+        self.settings().secured() || self.sasl_password.is_some()
     }
 }
 
@@ -126,7 +126,7 @@ impl BrokerSelect {
     pub async fn connect_with(&self, home: &Path, file: &KafkaSettings) -> Result<Target> {
         let addrs = match &self.brokers {
             Some(b) if !b.is_empty() => b.clone(),
-            _ if self.security.stated() || *file != KafkaSettings::default() => {
+            _ if self.security.secured() || file.secured() => {
                 bail!(
                     "the local broker speaks plaintext only: name the secured cluster with --brokers"
                 )

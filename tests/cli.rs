@@ -123,3 +123,33 @@ fn commands_without_brokers_share_one_detached_local_broker() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// Security flags are for a cluster named with `--brokers`: the local broker
+/// is plaintext on loopback, and saying otherwise is refused before it starts.
+#[test]
+fn security_settings_without_brokers_are_refused() {
+    let home = tempfile::tempdir().unwrap();
+    for (cmd, flags) in [
+        (&["topics", "list"][..], &["--security-protocol", "ssl"][..]),
+        (&["produce", "--count", "1"], &["--sasl-username", "u"]),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_iotflow"))
+            .arg("--home")
+            .arg(home.path())
+            .args(cmd)
+            .args(flags)
+            .env_remove("IOTFLOW_BROKERS")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd:?} {flags:?}: {err}");
+        assert!(
+            err.contains("the local broker speaks plaintext only"),
+            "{err}"
+        );
+    }
+    assert!(
+        !home.path().join("broker").exists(),
+        "no local broker was started"
+    );
+}

@@ -149,6 +149,17 @@ impl KafkaSettings {
         .collect()
     }
 
+    /// Whether anything beyond plain TCP is stated.
+    pub fn secured(&self) -> bool {
+        let plain = KafkaSettings {
+            security_protocol: self
+                .security_protocol
+                .filter(|p| *p != SecurityProtocol::Plaintext),
+            ..self.clone()
+        };
+        plain != KafkaSettings::default()
+    }
+
     /// [`Self::librdkafka`] as command-line flags.
     pub fn flags(&self) -> Vec<String> {
         self.librdkafka()
@@ -196,6 +207,13 @@ mod tests {
         }
     }
 
+    fn settings_of(p: SecurityProtocol) -> KafkaSettings {
+        KafkaSettings {
+            security_protocol: Some(p),
+            ..KafkaSettings::default()
+        }
+    }
+
     #[test]
     fn flags_override_the_file_setting_by_setting() {
         let file = KafkaSettings {
@@ -212,6 +230,9 @@ mod tests {
         assert_eq!(both.security_protocol, Some(SecurityProtocol::SaslSsl));
         assert_eq!(both.sasl_username.as_deref(), Some("flag"));
         assert_eq!(both.sasl_password_env.as_deref(), Some("PW"));
+        assert!(both.secured());
+        assert!(!settings_of(SecurityProtocol::Plaintext).secured());
+        assert!(settings_of(SecurityProtocol::Ssl).secured());
         assert_eq!(
             both.flags(),
             ["--security-protocol", "sasl_ssl", "--sasl-username", "flag"],
