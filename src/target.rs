@@ -160,6 +160,8 @@ impl BrokerSelect {
         let failure = match checked.await {
             Ok(Err(e)) if !e.is_unreachable() => Some(root_cause(&e)),
             Ok(_) => None,
+            // Plain TCP: a broker still starting, or frozen; wait for it as ever.
+            Err(_) if !bootstrap.security().protocol().tls() => None,
             Err(_) => Some(format!("no answer in {} s", CHECK_TIMEOUT.as_secs())),
         };
         if let Some(failure) = failure {
