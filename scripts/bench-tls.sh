@@ -49,8 +49,12 @@ echo "== $COUNT records (1000 devices, 4 partitions), produced to each broker"
 for mode in plaintext tls; do
   "$BIN" produce ${flags[$mode]} --topic tls.in --partitions 4 --count "$COUNT" --devices 1000 \
     --seed 7 --json >"produce.$mode.json" 2>/dev/null
-  python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(f"  produce {sys.argv[2]:<10} {s[\"records\"]/s[\"seconds\"]:>10,.0f} records/s")' \
-    "produce.$mode.json" "$mode"
+  python3 -c '
+import json, sys
+s = json.load(open(sys.argv[1]))
+rate = s["records"] / s["seconds"]
+print(f"  produce {sys.argv[2]:<10} {rate:>10,.0f} records/s")
+' "produce.$mode.json" "$mode"
 done
 
 echo "== the exactly-once job, -w 2, bounded, interleaved x$REPEAT"
