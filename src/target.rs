@@ -41,6 +41,7 @@ pub struct SecurityArgs {
     /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
     #[arg(long, env = "IOTFLOW_SASL_MECHANISM")]
     pub sasl_mechanism: Option<SaslMechanism>,
+    /// The SASL user.
     #[arg(long, env = "IOTFLOW_SASL_USERNAME")]
     pub sasl_username: Option<String>,
     /// Better given as IOTFLOW_SASL_PASSWORD: a flag shows in the process list.
