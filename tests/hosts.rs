@@ -5,9 +5,13 @@
 //! as with a pulled cable or a dead switch port.
 //!
 //! ```text
-//!   h0 10.N.1.2 ─┐                       test (root namespace) 10.N.250.2
-//!   h1 10.N.2.2 ─┼── router ──┬── broker 10.N.4.2 (tansu)
-//!   h2 10.N.3.2 ─┘            └── up-link to the root namespace
+//!   h0 198.N.1.2 ─┐                       test (root namespace) 198.N.250.2
+//!   h1 198.N.2.2 ─┼── router ──┬── broker 198.N.4.2 (tansu)
+//!   h2 198.N.3.2 ─┘            └── up-link to the root namespace
+//!
+//! 198.18.0.0/15 is reserved for network benchmarks (RFC 2544): no real
+//! network the machine talks to uses it, so the root namespace's route to
+//! it (while the test runs) takes no traffic from anything else.
 //! ```
 //!
 //! One fault per round, while the job runs live: a process SIGKILLed, the
@@ -41,7 +45,7 @@ const PEER_PORT: u16 = 7800;
 /// The namespaces of one test: a router, three job hosts and the broker's host.
 struct Network {
     tag: String,
-    /// 10.<net>.x.y
+    /// 198.<net>.x.y, net 18 or 19
     net: u8,
 }
 
@@ -51,7 +55,7 @@ impl Network {
         let pid = std::process::id();
         let net = Self {
             tag: format!("iof{pid}"),
-            net: 100 + (pid % 100) as u8,
+            net: 18 + (pid % 2) as u8,
         };
         ip(&["netns", "add", &net.router()])?;
         // Allowed to make one: whatever fails from here on is a failure.
@@ -69,7 +73,7 @@ impl Network {
     }
 
     fn addr(&self, i: usize) -> String {
-        format!("10.{}.{}.2", self.net, i + 1)
+        format!("198.{}.{}.2", self.net, i + 1)
     }
 
     fn broker(&self) -> String {
@@ -93,7 +97,7 @@ impl Network {
                 &r,
                 "addr",
                 "add",
-                &format!("10.{n}.{}.1/24", i + 1),
+                &format!("198.{n}.{}.1/24", i + 1),
                 "dev",
                 &leg,
             ])?;
@@ -115,7 +119,7 @@ impl Network {
                 "add",
                 "default",
                 "via",
-                &format!("10.{n}.{}.1", i + 1),
+                &format!("198.{n}.{}.1", i + 1),
             ])?;
         }
         // The test's own leg, so it can produce the input and read the outputs.
@@ -123,14 +127,14 @@ impl Network {
         ip(&[
             "link", "add", &up, "type", "veth", "peer", "name", "uplink", "netns", &r,
         ])?;
-        ip(&["addr", "add", &format!("10.{n}.250.2/24"), "dev", &up])?;
+        ip(&["addr", "add", &format!("198.{n}.250.2/24"), "dev", &up])?;
         ip(&["link", "set", &up, "up"])?;
         ip(&[
             "-n",
             &r,
             "addr",
             "add",
-            &format!("10.{n}.250.1/24"),
+            &format!("198.{n}.250.1/24"),
             "dev",
             "uplink",
         ])?;
@@ -138,9 +142,9 @@ impl Network {
         ip(&[
             "route",
             "add",
-            &format!("10.{n}.0.0/16"),
+            &format!("198.{n}.0.0/16"),
             "via",
-            &format!("10.{n}.250.1"),
+            &format!("198.{n}.250.1"),
         ])?;
         let forward = Command::new("ip")
             .args([
@@ -193,7 +197,9 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
-        // The up-link's root end goes with the router's.
+        // The up-link's root end (and the route through it) first: the
+        // kernel frees a deleted namespace's interfaces only later.
+        let _ = ip(&["link", "del", &format!("{}up", self.tag)]);
         for ns in (0..4).map(|i| self.host(i)).chain([self.router()]) {
             let _ = ip(&["netns", "del", &ns]);
         }
@@ -361,7 +367,7 @@ impl Fault {
     /// What the first process to notice names: one of these. (The others
     /// then see their connection to it break, and name that.)
     fn named(self, net: &Network) -> Vec<String> {
-        let peer = |q: usize| format!("process {q} (10.{}.{}.2:{PEER_PORT})", net.net, q + 1);
+        let peer = |q: usize| format!("process {q} (198.{}.{}.2:{PEER_PORT})", net.net, q + 1);
         let silent = |q: usize| format!("{} has not been heard from", peer(q));
         match self {
             Fault::Kill(q) => vec![format!("the connection to {} broke", peer(q)), silent(q)],
