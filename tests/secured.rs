@@ -381,6 +381,13 @@ fn round_trip(e: &Endpoint, dir: &Path) {
     );
     let tailed = String::from_utf8_lossy(&out.stdout).lines().count() as u64;
     assert_eq!(tailed, windows, "{}: tail", e.name);
+    let out = run(&mut e.iotflow(&["scan", "--topic", &t, "--json"]));
+    assert!(
+        out.status.success(),
+        "{}: scan: {}",
+        e.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     let script = r#"

@@ -244,8 +244,9 @@ impl std::ops::Deref for Brokers {
 
 /// Plain TCP to `addrs`: the local broker and tests. A command reaching a
 /// cluster builds its `Brokers` from the security settings instead
-/// (`tests/secured.rs` runs every command against endpoints that speak
-/// nothing else, so a connection made in plain TCP by mistake fails there).
+/// (`tests/secured.rs` runs produce, run, tail, scan, topics and the demo
+/// against endpoints that speak nothing else: a connection made in plain
+/// TCP by mistake fails there).
 impl From<Vec<String>> for Brokers {
     fn from(addrs: Vec<String>) -> Self {
         Self::new(addrs, Security::plaintext())
