@@ -237,21 +237,11 @@ mod tests {
             })
         };
         let percentiles = [p("p50", 0.5), p("p99.9", 0.999)];
-        let measures: Vec<Measure> = [
-            Measure::Count,
-            Measure::Sum,
-            Measure::Min,
-            Measure::Max,
-            Measure::Mean,
-            Measure::Stddev,
-            Measure::FirstTs,
-            Measure::LastTs,
-            Measure::FirstValue,
-            Measure::LastValue,
-        ]
-        .into_iter()
-        .chain(percentiles)
-        .collect();
+        let measures: Vec<Measure> = iotflow_jobfile::SIMPLE_MEASURES
+            .iter()
+            .map(|(_, m)| m.clone())
+            .chain(percentiles)
+            .collect();
         let readings = [
             (1_000, 0.1),
             (2_000, 1.0 / 3.0),
