@@ -11,14 +11,7 @@ BIN=$(realpath "${BIN:?set BIN to the iotflow binary}")
 COUNT=${COUNT:-1000000}
 REPEAT=${REPEAT:-3}
 TANSU=$("$BIN" broker install | tail -1)
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+. "$(dirname "$0")/processes.sh"
 
 cd "$work"
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=bench ca" -keyout ca.key -out ca.pem 2>/dev/null

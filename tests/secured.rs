@@ -283,13 +283,6 @@ const SCRAM_USERS: [(&str, &str, &str); 2] = [
     ("bob", "bob-secret", "scram512"),
 ];
 
-fn settings(protocol: SecurityProtocol) -> KafkaSettings {
-    KafkaSettings {
-        security_protocol: Some(protocol),
-        ..KafkaSettings::default()
-    }
-}
-
 /// The flags that state `s`.
 fn flags(s: &KafkaSettings) -> Vec<String> {
     s.flags()
@@ -445,7 +438,7 @@ fn secured_endpoints_carry_the_whole_pipeline_and_refuse_misconfigurations() {
         format!("127.0.0.1:{t}"),
         KafkaSettings {
             ssl_ca_location: ca(),
-            ..settings(SecurityProtocol::Ssl)
+            ..KafkaSettings::with_protocol(SecurityProtocol::Ssl)
         },
         None,
         vec![
@@ -461,7 +454,7 @@ fn secured_endpoints_carry_the_whole_pipeline_and_refuse_misconfigurations() {
             ssl_ca_location: ca(),
             ssl_certificate_location: Some(pki.path("client.pem").into()),
             ssl_key_location: Some(pki.path("client.key").into()),
-            ..settings(SecurityProtocol::Ssl)
+            ..KafkaSettings::with_protocol(SecurityProtocol::Ssl)
         },
         None,
         vec![
@@ -474,7 +467,7 @@ fn secured_endpoints_carry_the_whole_pipeline_and_refuse_misconfigurations() {
     let scram = |mechanism, user: &str| KafkaSettings {
         sasl_mechanism: Some(mechanism),
         sasl_username: Some(user.into()),
-        ..settings(SecurityProtocol::SaslPlaintext)
+        ..KafkaSettings::with_protocol(SecurityProtocol::SaslPlaintext)
     };
     let scram256 = endpoint(
         "scram_256",
@@ -498,7 +491,7 @@ fn secured_endpoints_carry_the_whole_pipeline_and_refuse_misconfigurations() {
             ssl_ca_location: ca(),
             ..scram(SaslMechanism::ScramSha512, "bob")
         }
-        .overridden_by(settings(SecurityProtocol::SaslSsl)),
+        .overridden_by(KafkaSettings::with_protocol(SecurityProtocol::SaslSsl)),
         Some("bob-secret"),
         vec![
             tansu(dir.path(), b, &format!("127.0.0.1:{t}"), Some(&SCRAM_USERS)),
@@ -541,7 +534,7 @@ fn secured_endpoints_carry_the_whole_pipeline_and_refuse_misconfigurations() {
             &tls,
             flags(&KafkaSettings {
                 ssl_ca_location: Some(pki.path("other-ca.pem").into()),
-                ..settings(SecurityProtocol::Ssl)
+                ..KafkaSettings::with_protocol(SecurityProtocol::Ssl)
             }),
             None,
             "invalid peer certificate",
@@ -558,7 +551,7 @@ fn secured_endpoints_carry_the_whole_pipeline_and_refuse_misconfigurations() {
             &scram256,
             flags(&KafkaSettings {
                 ssl_ca_location: ca(),
-                ..settings(SecurityProtocol::Ssl)
+                ..KafkaSettings::with_protocol(SecurityProtocol::Ssl)
             }),
             None,
             "with ssl: ",
@@ -594,7 +587,7 @@ fn secured_endpoints_carry_the_whole_pipeline_and_refuse_misconfigurations() {
             &tls,
             flags(&KafkaSettings {
                 ssl_ca_location: Some("/nonexistent/ca.pem".into()),
-                ..settings(SecurityProtocol::Ssl)
+                ..KafkaSettings::with_protocol(SecurityProtocol::Ssl)
             }),
             None,
             "ssl-ca-location /nonexistent/ca.pem",

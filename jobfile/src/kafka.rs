@@ -123,6 +123,14 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
+    /// `protocol`, and nothing else stated yet.
+    pub fn with_protocol(protocol: SecurityProtocol) -> KafkaSettings {
+        KafkaSettings {
+            security_protocol: Some(protocol),
+            ..KafkaSettings::default()
+        }
+    }
+
     /// Each stated setting under librdkafka's name (`ssl.ca.location`: the
     /// flag is `--ssl-ca-location`, the job file key `ssl_ca_location`).
     pub fn librdkafka(&self) -> Vec<(&'static str, String)> {
@@ -207,13 +215,6 @@ mod tests {
         }
     }
 
-    fn settings_of(p: SecurityProtocol) -> KafkaSettings {
-        KafkaSettings {
-            security_protocol: Some(p),
-            ..KafkaSettings::default()
-        }
-    }
-
     #[test]
     fn flags_override_the_file_setting_by_setting() {
         let file = KafkaSettings {
@@ -231,8 +232,8 @@ mod tests {
         assert_eq!(both.sasl_username.as_deref(), Some("flag"));
         assert_eq!(both.sasl_password_env.as_deref(), Some("PW"));
         assert!(both.secured());
-        assert!(!settings_of(SecurityProtocol::Plaintext).secured());
-        assert!(settings_of(SecurityProtocol::Ssl).secured());
+        assert!(!KafkaSettings::with_protocol(SecurityProtocol::Plaintext).secured());
+        assert!(KafkaSettings::with_protocol(SecurityProtocol::Ssl).secured());
         assert_eq!(
             both.flags(),
             ["--security-protocol", "sasl_ssl", "--sasl-username", "flag"],

@@ -281,13 +281,6 @@ impl From<&Brokers> for Brokers {
 mod tests {
     use super::*;
 
-    fn settings(protocol: SecurityProtocol) -> KafkaSettings {
-        KafkaSettings {
-            security_protocol: Some(protocol),
-            ..KafkaSettings::default()
-        }
-    }
-
     #[test]
     fn settings_a_protocol_does_not_use_or_lacks_are_refused_by_name() {
         let e = |s: KafkaSettings, pw: Option<&str>| {
@@ -297,30 +290,30 @@ mod tests {
         };
         let ca = KafkaSettings {
             ssl_ca_location: Some("ca.pem".into()),
-            ..settings(SecurityProtocol::SaslPlaintext)
+            ..KafkaSettings::with_protocol(SecurityProtocol::SaslPlaintext)
         };
         assert!(
             e(ca, None).contains("ssl-ca-location is set, but security protocol sasl_plaintext")
         );
         let user = KafkaSettings {
             sasl_username: Some("u".into()),
-            ..settings(SecurityProtocol::Ssl)
+            ..KafkaSettings::with_protocol(SecurityProtocol::Ssl)
         };
         assert!(e(user, None).contains("sasl-username is set"));
         let no_mechanism = KafkaSettings {
             sasl_username: Some("u".into()),
-            ..settings(SecurityProtocol::SaslPlaintext)
+            ..KafkaSettings::with_protocol(SecurityProtocol::SaslPlaintext)
         };
         assert!(e(no_mechanism, Some("pw")).contains("needs sasl-mechanism"));
         let no_password = KafkaSettings {
             sasl_username: Some("u".into()),
             sasl_mechanism: Some(SaslMechanism::Plain),
-            ..settings(SecurityProtocol::SaslPlaintext)
+            ..KafkaSettings::with_protocol(SecurityProtocol::SaslPlaintext)
         };
         assert!(e(no_password, None).contains("needs sasl-password"));
         let missing_ca = KafkaSettings {
             ssl_ca_location: Some("/nonexistent/ca.pem".into()),
-            ..settings(SecurityProtocol::Ssl)
+            ..KafkaSettings::with_protocol(SecurityProtocol::Ssl)
         };
         assert!(e(missing_ca, None).contains("ssl-ca-location /nonexistent/ca.pem"));
     }
@@ -330,7 +323,7 @@ mod tests {
         let s = KafkaSettings {
             sasl_username: Some("iot".into()),
             sasl_mechanism: Some(SaslMechanism::ScramSha512),
-            ..settings(SecurityProtocol::SaslPlaintext)
+            ..KafkaSettings::with_protocol(SecurityProtocol::SaslPlaintext)
         };
         let security = Security::new(&s, Some("hunter2".into())).unwrap();
         let brokers = Brokers::new(vec!["b:9092".into()], security);
