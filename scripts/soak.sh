@@ -25,14 +25,8 @@ STORAGE=${STORAGE:-memory}
 FREEZE=${FREEZE:-45}
 case $STORAGE in memory) storage=memory ;; sqlite) storage=sqlite: ;; *) echo "STORAGE: memory or sqlite"; exit 2 ;; esac
 here=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+. "$here/scripts/processes.sh"
+port=$(free_port)
 B=127.0.0.1:$port
 
 starts=0
@@ -116,8 +110,15 @@ while kill -0 "$producer" 2>/dev/null; do
   sleep 5
 done
 echo "devices done; draining the job"
-kill -USR1 "$job" 2>/dev/null || start_job
-for _ in $(seq 600); do kill -0 "$job" 2>/dev/null || break; sleep 1; done
+kill -0 "$job" 2>/dev/null || start_job
+# A job started a moment ago may not handle SIGUSR1 yet (it would die of
+# it): give it a few seconds, and say it again until it has drained.
+sleep "$(python3 -c "import time; print(max(0.0, $job_started + 3 - time.time()))")"
+for i in $(seq 600); do
+  kill -0 "$job" 2>/dev/null || break
+  [ $((i % 5)) = 1 ] && kill -USR1 "$job" 2>/dev/null
+  sleep 1
+done
 wait "$job" 2>/dev/null || true
 
 echo "the bounded reference run over the same records"
