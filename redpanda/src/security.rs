@@ -244,7 +244,7 @@ impl std::ops::Deref for Brokers {
 
 /// Plain TCP to `addrs`: the local broker and tests. A command reaching a
 /// cluster builds its `Brokers` from the security settings instead
-/// (`tests/secured.rs` runs produce, run, tail, scan, topics and the demo
+/// (`tests/secured/` runs produce, run, tail, scan, topics and the demo
 /// against endpoints that speak nothing else: a connection made in plain
 /// TCP by mistake fails there).
 impl From<Vec<String>> for Brokers {
