@@ -259,6 +259,13 @@ fn run_job(args: &AggregateFileArgs, job_file: &std::path::Path, started: Instan
             job_file.display()
         );
     }
+    if plan.input.format.needs_registry() {
+        anyhow::bail!(
+            "{}: input format {} is for topics (values in the Confluent wire format); aggregate-file reads JSON lines and Parquet",
+            job_file.display(),
+            plan.input.format
+        );
+    }
     let mut cfg = JobConfig::from_plan(&plan, ParseLimits::default())?;
     // A file is read to its end: no partition is ever idle.
     cfg.watermark.idle_timeout_ms = 0;

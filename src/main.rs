@@ -15,6 +15,7 @@ mod http;
 mod notify_cmd;
 mod pipeline_log;
 mod produce_cmd;
+mod registry_args;
 mod run_cmd;
 mod scan_cmd;
 mod tail_cmd;

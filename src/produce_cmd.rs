@@ -8,12 +8,16 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use iotflow_ingest::avro::AvroEncoding;
 use iotflow_ingest::episodes::{EpisodeKind, Episodes};
 use iotflow_ingest::producer::{self, Counters, Pace, ProduceSummary, ProducerConfig};
 use iotflow_ingest::simulator::{BadKind, Format, MetricSpec, SimConfig, Simulator};
 use iotflow_redpanda::rskafka::client::partition::Compression;
 use iotflow_redpanda::topics::{self, TopicSpec};
 
+use iotflow_schema::{Registered, SchemaKind};
+
+use crate::registry_args::RegistryArgs;
 use crate::target::{BrokerSelect, Target};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -248,14 +252,57 @@ pub struct ProduceArgs {
     pub partitions: i32,
     #[command(flatten)]
     pub sim: SimArgs,
+    /// Encoding of the values: json (the shape of --format), or avro in the
+    /// Confluent wire format, its schema registered under `<topic>-value` in
+    /// --schema-registry (records that fit no schema, the bad ones, go as they are).
+    #[arg(long, value_enum, default_value = "json")]
+    pub encoding: EncodingArg,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Print the final summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EncodingArg {
+    Json,
+    Avro,
+}
+
+/// The Avro encoding of `sim`'s records, its schema registered for `topic`.
+fn avro_encoding(registry: &RegistryArgs, topic: &str, sim: &SimArgs) -> Result<AvroEncoding> {
+    let Some(registry) = registry.registry(&Default::default())? else {
+        bail!("--encoding avro registers its schema: add --schema-registry URL");
+    };
+    let schema = iotflow_ingest::avro::reading_schema(&sim.sim_config());
+    let subject = format!("{topic}-value");
+    let registered = Registered {
+        schema_type: SchemaKind::Avro,
+        schema: schema.clone(),
+        references: Vec::new(),
+    };
+    let id = tokio::task::block_in_place(|| registry.register(&subject, &registered))
+        .with_context(|| format!("registering the readings' schema under {subject}"))?;
+    eprintln!("schema of the readings registered under {subject} as id {id}");
+    AvroEncoding::new(id, &schema).map_err(|e| anyhow::anyhow!("the readings' schema: {e}"))
+}
+
 pub async fn run(home: &Path, args: ProduceArgs) -> Result<()> {
+    let encoding = match args.encoding {
+        EncodingArg::Json => None,
+        EncodingArg::Avro => Some(avro_encoding(&args.registry, &args.topic, &args.sim)?),
+    };
     let target = args.select.connect(home).await?;
-    let summary = produce_to(&target, &args.topic, args.partitions, &args.sim, true).await?;
+    let summary = produce_to(
+        &target,
+        &args.topic,
+        args.partitions,
+        &args.sim,
+        encoding,
+        true,
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -271,6 +318,7 @@ pub async fn produce_to(
     topic: &str,
     partitions: i32,
     sim: &SimArgs,
+    encoding: Option<AvroEncoding>,
     bar: bool,
 ) -> Result<ProduceSummary> {
     let exists = topics::partitions_of(&target.client, topic)
@@ -323,10 +371,14 @@ pub async fn produce_to(
             }
         })
     };
+    let records = simulator.map(move |r| match &encoding {
+        Some(e) => e.encode(r),
+        None => r,
+    });
     let result = producer::produce(
         &target.client,
         topic,
-        simulator,
+        records,
         pace,
         sim.producer_config(),
         counters,

@@ -14,7 +14,7 @@ use iotflow_dataflow::job::{EmitMode, JobConfig};
 use iotflow_dataflow::kafka::EpochMode;
 use iotflow_dataflow::runner::Parallelism;
 use iotflow_dataflow::{JobMetrics, ParseLimits};
-use iotflow_jobfile::{DefaultJob, JobPlan, WatermarkPlan, WindowKind};
+use iotflow_jobfile::{DefaultJob, InputFormat, JobPlan, WatermarkPlan, WindowKind};
 use iotflow_redpanda::{Brokers, topics};
 use iotflow_runtime::{
     AggregationOutput, Committing, Controls, Delivery, LiveJob, LiveJobConfig, StartReport,
@@ -24,6 +24,7 @@ use iotflow_sink::exactly_once::Roll;
 pub use iotflow_runtime::RunSummary;
 
 use crate::pipeline_log::{PipelineLog, RunEnd};
+use crate::registry_args::RegistryArgs;
 use crate::target::BrokerSelect;
 
 mod supervise;
@@ -96,6 +97,12 @@ pub struct RunArgs {
     /// Topic to read readings from [default: iot.readings].
     #[arg(long, env = "IOTFLOW_INPUT_TOPIC")]
     input: Option<String>,
+    /// Encoding of the input's values: json, or avro in the Confluent wire
+    /// format through --schema-registry [default: the job file's `format`, else json].
+    #[arg(long, env = "IOTFLOW_INPUT_FORMAT")]
+    input_format: Option<InputFormat>,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Default job: topic to write aggregates to (created like the input if missing)
     /// [default: iot.aggregates].
     #[arg(long, env = "IOTFLOW_OUTPUT_TOPIC")]
@@ -305,6 +312,9 @@ impl RunArgs {
         if let Some(input) = &self.input {
             plan.input.topic = input.clone();
         }
+        if let Some(format) = self.input_format {
+            plan.input.format = format;
+        }
         if let Some(dlq) = &self.dlq {
             plan.dead_letter_topic = dlq.clone();
         }
@@ -364,7 +374,7 @@ impl RunArgs {
             }),
             dlq_topic: plan.dead_letter_topic.clone(),
             name: plan.name.clone(),
-            dataflow: JobConfig::from_plan(plan, ParseLimits::default())?,
+            dataflow: self.dataflow(plan)?,
             epochs: match self.epoch_records {
                 Some(n) if n > 0 => EpochMode::Records(n),
                 _ => EpochMode::Time(self.epoch_interval),
@@ -388,6 +398,17 @@ impl RunArgs {
             },
             delivery,
         })
+    }
+}
+
+impl RunArgs {
+    /// The dataflow's configuration, with the decoder of a registry-encoded input.
+    fn dataflow(&self, plan: &JobPlan) -> Result<JobConfig> {
+        let mut cfg = JobConfig::from_plan(plan, ParseLimits::default())?;
+        if let Some(decoder) = self.registry.decoder(&plan.input)? {
+            cfg.input = Arc::new(cfg.input.as_ref().clone().decoded_by(decoder));
+        }
+        Ok(cfg)
     }
 }
 

@@ -51,7 +51,7 @@ pub struct SecurityArgs {
 
 /// A password: parsed from its flag, never printed.
 #[derive(Clone)]
-pub struct Password(String);
+pub struct Password(pub(crate) String);
 
 impl std::str::FromStr for Password {
     type Err = std::convert::Infallible;

@@ -66,11 +66,18 @@ pub enum RejectReason {
     MissingDimension,
     /// A dimension's value breaks the rule for names (`|`, control characters, length).
     InvalidDimension,
+    /// Registry-encoded input: the registry has no schema under the record's id.
+    UnknownSchema,
+    /// Registry-encoded input: the record's schema is of another format, or
+    /// lacks a field the job maps.
+    SchemaMismatch,
+    /// Registry-encoded input: not in the wire format, or not a value of its schema.
+    Undecodable,
 }
 
 impl RejectReason {
     /// Every reason, in code order.
-    pub const ALL: [RejectReason; 14] = [
+    pub const ALL: [RejectReason; 17] = [
         RejectReason::Oversized,
         RejectReason::InvalidUtf8,
         RejectReason::MalformedJson,
@@ -85,6 +92,9 @@ impl RejectReason {
         RejectReason::Late,
         RejectReason::MissingDimension,
         RejectReason::InvalidDimension,
+        RejectReason::UnknownSchema,
+        RejectReason::SchemaMismatch,
+        RejectReason::Undecodable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -103,6 +113,9 @@ impl RejectReason {
             RejectReason::Late => "late",
             RejectReason::MissingDimension => "missing_dimension",
             RejectReason::InvalidDimension => "invalid_dimension",
+            RejectReason::UnknownSchema => "unknown_schema",
+            RejectReason::SchemaMismatch => "schema_mismatch",
+            RejectReason::Undecodable => "undecodable",
         }
     }
 }

@@ -6,6 +6,7 @@
 //!       ──▶ rskafka ──▶ `iot.readings`
 //! ```
 
+pub mod avro;
 pub mod episodes;
 pub mod producer;
 mod rng;

@@ -46,7 +46,7 @@ impl fmt::Display for JobPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "job {}", self.name)?;
         write_kafka(f, &self.kafka)?;
-        writeln!(f, "input     topic {}, JSON", self.input.topic)?;
+        write_input(f, &self.input)?;
         write_mapping(f, &self.input)?;
         let wm = &self.watermark;
         writeln!(
@@ -82,6 +82,27 @@ impl fmt::Display for JobPlan {
         }
         Ok(())
     }
+}
+
+fn write_input(f: &mut fmt::Formatter<'_>, input: &InputPlan) -> fmt::Result {
+    let format = match input.format {
+        crate::InputFormat::Json => "JSON",
+        crate::InputFormat::Avro => "Avro (Confluent wire format)",
+        crate::InputFormat::Protobuf => "Protobuf (Confluent wire format)",
+        crate::InputFormat::JsonSchema => "JSON with a JSON Schema (Confluent wire format)",
+    };
+    write!(f, "input     topic {}, {format}", input.topic)?;
+    match &input.registry.url {
+        Some(url) => write!(f, ", schemas from the registry at {url}")?,
+        None if input.format.needs_registry() => {
+            write!(f, ", schemas from the registry of --schema-registry")?
+        }
+        None => {}
+    }
+    if let Some(user) = &input.registry.username {
+        write!(f, " as {user}")?;
+    }
+    writeln!(f)
 }
 
 fn write_mapping(f: &mut fmt::Formatter<'_>, input: &InputPlan) -> fmt::Result {

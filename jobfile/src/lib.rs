@@ -18,6 +18,7 @@ pub mod expr;
 pub mod kafka;
 pub mod plan;
 mod raw;
+pub mod registry;
 mod validate;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ pub use alert::*;
 pub use error::{JobFileError, Located, ReadError};
 pub use kafka::KafkaSettings;
 pub use plan::*;
+pub use registry::{InputFormat, RegistrySettings};
 pub use validate::{
     DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_INPUT_TOPIC,
     DEFAULT_MAX_OUT_OF_ORDER_MS, MAX_HOLD_MS,
@@ -75,6 +77,8 @@ impl JobPlan {
             kafka: KafkaSettings::default(),
             input: InputPlan {
                 topic: d.input_topic,
+                format: InputFormat::Json,
+                registry: RegistrySettings::default(),
                 mapping: Mapping::Preset(Preset::Auto),
                 dimensions: Vec::new(),
             },

@@ -26,6 +26,10 @@ pub struct JobPlan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputPlan {
     pub topic: String,
+    /// How the topic's record values are encoded.
+    pub format: crate::InputFormat,
+    /// Where the schemas of a registry-encoded format are.
+    pub registry: crate::RegistrySettings,
     pub mapping: Mapping,
     /// String fields kept with every reading as grouping keys.
     pub dimensions: Vec<Dimension>,

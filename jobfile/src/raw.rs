@@ -24,6 +24,12 @@ pub(crate) struct RawJob {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawInput {
     pub topic: Option<S<String>>,
+    pub format: Option<S<String>>,
+    pub schema_registry: Option<S<String>>,
+    pub schema_registry_username: Option<S<String>>,
+    pub schema_registry_password_env: Option<S<String>>,
+    /// Refused (no passwords in job files), read only to say so.
+    pub schema_registry_password: Option<S<String>>,
     pub preset: Option<S<String>>,
     pub device: Option<S<String>>,
     pub time: Option<S<String>>,

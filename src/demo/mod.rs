@@ -187,7 +187,7 @@ pub async fn run(mut args: DemoArgs) -> Result<()> {
         episodes.join(", ")
     );
     let produced = tokio::select! {
-        produced = produce_cmd::produce_to(&target, topics::READINGS, args.partitions, &args.sim, false) => produced?,
+        produced = produce_cmd::produce_to(&target, topics::READINGS, args.partitions, &args.sim, None, false) => produced?,
         _ = tokio::signal::ctrl_c() => {
             // The job got the same Ctrl-C: it stops after its current epoch.
             let _ = job.wait().await;

@@ -13,6 +13,7 @@ use iotflow_redpanda::rskafka::record::RecordAndOffset;
 use iotflow_redpanda::{LocalBroker, Storage, scan, topics};
 
 pub mod fault_proxy;
+pub mod registry;
 
 /// A private broker that every client reaches through a fault-injecting
 /// proxy (the broker advertises it), its log under `dir`.

@@ -12,11 +12,13 @@
 //! into a `serde_json::Value` once; paths are looked up in it.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use compact_str::CompactString;
 use iotflow_jobfile::{
     FieldMapping, FieldPath, Mapping, MetricField, MetricFields, Preset, TimeUnit,
 };
+use iotflow_schema::{DecodeError, Decoder};
 use serde_json::{Map, Value};
 
 use super::{
@@ -28,10 +30,12 @@ use super::{
 pub type Dims = Vec<Option<CompactString>>;
 
 /// How a job's records become readings and dimensions.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct InputMapping {
     mapping: Mapping,
     dimensions: Vec<FieldPath>,
+    /// Registry-encoded values (Avro…) are decoded into JSON first.
+    decoder: Option<Arc<Decoder>>,
 }
 
 impl InputMapping {
@@ -39,12 +43,59 @@ impl InputMapping {
         Self {
             mapping,
             dimensions,
+            decoder: None,
         }
     }
 
-    /// Today's shapes, no dimensions: the scanner's fast path applies.
+    /// Values decoded by `decoder` (from the Confluent wire format) instead of read as JSON text.
+    pub fn decoded_by(mut self, decoder: Arc<Decoder>) -> Self {
+        self.decoder = Some(decoder);
+        self
+    }
+
+    /// Today's shapes as JSON text, no dimensions: the scanner's fast path applies.
     pub fn is_default(&self) -> bool {
-        self.mapping == Mapping::Preset(Preset::Auto) && self.dimensions.is_empty()
+        self.mapping == Mapping::Preset(Preset::Auto)
+            && self.dimensions.is_empty()
+            && self.decoder.is_none()
+    }
+
+    /// The field paths a record of this mapping must be able to hold (a
+    /// schema without one of them cannot feed the job): the device and the
+    /// time, and each listed metric or the long shape's two fields.
+    pub fn required_paths(mapping: &Mapping) -> Vec<Vec<String>> {
+        let Mapping::Fields(f) = mapping else {
+            return Vec::new();
+        };
+        let mut paths = vec![f.device.0.clone(), f.time.0.clone()];
+        match &f.metrics {
+            MetricFields::Listed(listed) => paths.extend(listed.iter().map(|m| match m {
+                MetricField::One(p) | MetricField::EveryIn(p) => p.0.clone(),
+            })),
+            MetricFields::Long { name, value } => {
+                paths.push(name.0.clone());
+                paths.push(value.0.clone());
+            }
+            MetricFields::EveryOtherNumeric => {}
+        }
+        paths
+    }
+
+    /// A record's value as a JSON object: decoded, or parsed from its text.
+    fn value(&self, payload: &[u8], limits: &ParseLimits) -> Result<Value, RejectReason> {
+        let Some(decoder) = &self.decoder else {
+            let text = checked_text(payload, limits)?;
+            return serde_json::from_str(text).map_err(|e| classify_json_error(text, &e));
+        };
+        if payload.len() > limits.max_bytes {
+            return Err(RejectReason::Oversized);
+        }
+        decoder.decode(payload).map_err(|e| match e {
+            DecodeError::UnknownSchema => RejectReason::UnknownSchema,
+            DecodeError::SchemaMismatch => RejectReason::SchemaMismatch,
+            DecodeError::NonFinite => RejectReason::NonFiniteValue,
+            _ => RejectReason::Undecodable,
+        })
     }
 
     /// Parses one record into `out` (appending) and its dimensions into `dims`
@@ -56,9 +107,7 @@ impl InputMapping {
         out: &mut Vec<Reading>,
         dims: &mut Dims,
     ) -> Result<(), RejectReason> {
-        let text = checked_text(payload, limits)?;
-        let mut value: Value =
-            serde_json::from_str(text).map_err(|e| classify_json_error(text, &e))?;
+        let mut value = self.value(payload, limits)?;
         let Value::Object(object) = &mut value else {
             return Err(RejectReason::MalformedJson);
         };
@@ -79,11 +128,19 @@ impl InputMapping {
     /// having no metrics still says who sent it and when). Parses the record
     /// again: only refused records come here.
     pub fn identity(&self, payload: &[u8], limits: &ParseLimits) -> Option<Identity> {
-        let text = checked_text(payload, limits).ok()?;
         // A value written as NaN is what refused the record, not who sent it.
-        let value: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(_) => serde_json::from_str(&nulled_non_finite(text)?).ok()?,
+        let value: Value = match &self.decoder {
+            Some(decoder) if payload.len() <= limits.max_bytes => {
+                decoder.decode_nulling_non_finite(payload).ok()?
+            }
+            Some(_) => return None,
+            None => {
+                let text = checked_text(payload, limits).ok()?;
+                match serde_json::from_str(text) {
+                    Ok(v) => v,
+                    Err(_) => serde_json::from_str(&nulled_non_finite(text)?).ok()?,
+                }
+            }
         };
         let object = value.as_object()?;
         let mut raw = RawRecord::default();
@@ -221,8 +278,10 @@ fn field_readings(
         MetricFields::Listed(listed) => {
             for m in listed {
                 match m {
+                    // A null listed metric is one the record does not carry
+                    // (an optional Avro field, a sensor without a value).
                     MetricField::One(p) => {
-                        if let Some(v) = get(object, &p.0) {
+                        if let Some(v) = get(object, &p.0).filter(|v| !v.is_null()) {
                             raw.metrics.push((Cow::Borrowed(p.last()), scalar(v)));
                         }
                     }
@@ -366,6 +425,74 @@ mod tests {
             RejectReason::NonFiniteValue
         );
         assert_eq!(reason("[1]"), RejectReason::MalformedJson);
+        // A null listed metric is absent; only null ones leave no metrics.
+        let (readings, _) = parse(
+            &plant(),
+            r#"{"id":"a","at":1764576000,"temperature":null,"env":{"humidity":40}}"#,
+        )
+        .unwrap();
+        assert_eq!(readings.len(), 1);
+        assert_eq!(readings[0].metric, "humidity");
+        assert_eq!(
+            reason(r#"{"id":"a","at":1764576000,"temperature":null}"#),
+            RejectReason::NoMetrics
+        );
+    }
+
+    #[test]
+    fn registry_encoded_records_read_through_the_same_mapping() {
+        use iotflow_schema::{Registered, SchemaKind, StaticSource, wire};
+        let schema = r#"{"type":"record","name":"R","fields":[{"name":"id","type":"string"},
+            {"name":"at","type":"long"},{"name":"temperature","type":["null","double"]},
+            {"name":"site","type":"string"}]}"#;
+        let source = StaticSource {
+            ids: [(
+                3,
+                Registered {
+                    schema_type: SchemaKind::Avro,
+                    schema: schema.into(),
+                    references: vec![],
+                },
+            )]
+            .into(),
+            ..StaticSource::default()
+        };
+        let decoder = Decoder::new(Box::new(source), SchemaKind::Avro, vec![]);
+        let m = plant().decoded_by(Arc::new(decoder));
+        assert!(!m.is_default());
+        let avro = iotflow_schema::avro::AvroSchema::parse(schema, &[]).unwrap();
+        let text = r#"{"id":"a","at":1764576000,"temperature":21.5,"site":"s1"}"#;
+        let value: Value = serde_json::from_str(text).unwrap();
+        let framed = wire::frame(3, &avro.encode(&value).unwrap());
+        let bytes = |b: &[u8]| {
+            let (mut out, mut dims) = (Vec::new(), Vec::new());
+            m.parse(b, &ParseLimits::default(), &mut out, &mut dims)
+                .map(|()| (out, dims))
+        };
+        assert_eq!(bytes(&framed), parse(&plant(), text));
+        assert_eq!(bytes(text.as_bytes()), Err(RejectReason::Undecodable));
+        let mut unknown = framed.clone();
+        unknown[4] = 4;
+        assert_eq!(bytes(&unknown), Err(RejectReason::UnknownSchema));
+        // Who sent a record refused for its NaN is still known.
+        let nan = apache_avro_free_nan(&avro);
+        assert_eq!(bytes(&nan), Err(RejectReason::NonFiniteValue));
+        let who = m.identity(&nan, &ParseLimits::default()).unwrap();
+        assert_eq!(
+            (who.device_id.as_str(), who.ts_ms),
+            ("a", 1_764_576_000_000)
+        );
+    }
+
+    /// The record above with a NaN temperature (JSON cannot say NaN, so it
+    /// is patched into the encoded double).
+    fn apache_avro_free_nan(avro: &iotflow_schema::avro::AvroSchema) -> Vec<u8> {
+        let value = serde_json::json!({"id":"a","at":1764576000,"temperature":1.0,"site":"s1"});
+        let mut body = avro.encode(&value).unwrap();
+        let one = 1.0f64.to_le_bytes();
+        let at = body.windows(8).position(|w| w == one).unwrap();
+        body[at..at + 8].copy_from_slice(&f64::NAN.to_le_bytes());
+        iotflow_schema::wire::frame(3, &body)
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::{
 use crate::error::Problem;
 use crate::plan::*;
 use crate::raw::{RawInput, S};
+use crate::registry::{InputFormat, RegistrySettings};
 
 pub(super) fn input(raw: RawInput, span: Range<usize>) -> Result<InputPlan> {
     let topic = match &raw.topic {
@@ -48,11 +49,60 @@ pub(super) fn input(raw: RawInput, span: Range<usize>) -> Result<InputPlan> {
     if let Mapping::Fields(f) = &mapping {
         check_overlap(f, &dimensions, &raw)?;
     }
+    let (format, registry) = format_and_registry(&raw)?;
     Ok(InputPlan {
         topic,
+        format,
+        registry,
         mapping,
         dimensions,
     })
+}
+
+/// `format` and the registry that holds its schemas; no password inline.
+fn format_and_registry(raw: &RawInput) -> Result<(InputFormat, RegistrySettings)> {
+    if let Some(p) = &raw.schema_registry_password {
+        return Err(Problem::new(p.span(), "no passwords in job files")
+            .secret()
+            .hint("schema_registry_password_env = \"VARIABLE\" names the environment variable that holds it"));
+    }
+    let format = match &raw.format {
+        Some(f) => pick(f, &InputFormat::NAMES, "format")?,
+        None => InputFormat::Json,
+    };
+    let text = |s: &Option<S<String>>, hint: &str| -> Result<Option<String>> {
+        match s {
+            Some(v) if v.get_ref().trim().is_empty() => {
+                Err(Problem::new(v.span(), "empty").hint(hint.to_owned()))
+            }
+            Some(v) => Ok(Some(v.get_ref().clone())),
+            None => Ok(None),
+        }
+    };
+    if let Some(url) = &raw.schema_registry {
+        let u = url.get_ref();
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(
+                Problem::new(url.span(), format!("`{u}` is not an http(s) URL"))
+                    .hint("schema_registry = \"http://localhost:8081\""),
+            );
+        }
+    }
+    let registry = RegistrySettings {
+        url: text(
+            &raw.schema_registry,
+            "schema_registry = \"http://localhost:8081\"",
+        )?,
+        username: text(
+            &raw.schema_registry_username,
+            "the registry's basic-auth user",
+        )?,
+        password_env: text(
+            &raw.schema_registry_password_env,
+            "the name of an environment variable",
+        )?,
+    };
+    Ok((format, registry))
 }
 
 fn fields(raw: &RawInput, span: Range<usize>) -> Result<FieldMapping> {

@@ -1,0 +1,507 @@
+//! Registry-encoded values into the JSON the input mapping reads: the schema
+//! id read from the frame, its schema fetched once and cached, the value
+//! decoded under it.
+//!
+//! ```text
+//!   payload ──split──▶ (id, body) ──cache[id]──▶ Avro schema ──decode──▶ JSON
+//!                          │           miss: fetch (and references) ──▶ compile, check paths
+//!                          │           404 ─────────────▶ UnknownSchema (dead letter)
+//!                          │           no answer ───────▶ wait and ask again (the job pauses)
+//!                          └ not framed ───────────────▶ NotFramed (dead letter)
+//! ```
+//!
+//! A registry that does not answer never turns a good record into a dead
+//! letter: the worker waits, [`RegistryStatus`] says why, and the record is
+//! decoded once the registry is back.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+use serde_json::Value;
+
+use crate::avro::{AvroError, AvroSchema};
+use crate::registry::{FetchError, Registered, SchemaKind, SchemaSource};
+use crate::wire;
+
+/// Why a value did not decode; each is a dead-letter reason of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Not in the Confluent wire format (no magic byte, too short).
+    NotFramed,
+    /// The registry has no schema under the value's id.
+    UnknownSchema,
+    /// The schema is of another kind than the input's format, does not
+    /// compile, or lacks a field the job maps.
+    SchemaMismatch,
+    /// The bytes are not a value of their schema.
+    Undecodable,
+    /// A number that is NaN or infinite.
+    NonFinite,
+}
+
+/// Whether the registry is keeping the job waiting, for the status page.
+#[derive(Debug, Default)]
+pub struct RegistryStatus {
+    waiting: Mutex<Option<(Instant, String)>>,
+}
+
+impl RegistryStatus {
+    /// Why the job waits for the registry, and for how long it has, or `None`.
+    pub fn waiting(&self) -> Option<(Duration, String)> {
+        let w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        w.as_ref()
+            .map(|(since, why)| (since.elapsed(), why.clone()))
+    }
+
+    fn set(&self, why: &str) -> bool {
+        let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = w.is_none();
+        match w.as_mut() {
+            Some((_, reason)) => *reason = why.to_owned(),
+            None => *w = Some((Instant::now(), why.to_owned())),
+        }
+        first
+    }
+
+    fn clear(&self) -> Option<Duration> {
+        let mut w = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        w.take().map(|(since, _)| since.elapsed())
+    }
+}
+
+/// A schema id's verdict, fetched once.
+#[derive(Debug)]
+enum Entry {
+    Avro(AvroSchema),
+    Unknown,
+    Mismatch,
+}
+
+/// Decodes one input format's values; shared by a process's workers.
+pub struct Decoder {
+    source: Box<dyn SchemaSource>,
+    kind: SchemaKind,
+    /// Field paths the job maps: a schema without one of them is a mismatch.
+    required: Vec<Vec<String>>,
+    cache: RwLock<FxHashMap<u32, Arc<Entry>>>,
+    status: Arc<RegistryStatus>,
+    /// Longest wait between two questions to a registry that does not answer.
+    max_backoff: Duration,
+}
+
+impl fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoder")
+            .field("source", &self.source)
+            .field("kind", &self.kind)
+            .field("required", &self.required)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How deep references may nest: a cycle or a chain this long is a mismatch.
+const MAX_REFERENCE_DEPTH: usize = 32;
+
+impl Decoder {
+    /// Values whose schemas are of `kind`, from `source`, that must hold
+    /// every path of `required`.
+    pub fn new(
+        source: Box<dyn SchemaSource>,
+        kind: SchemaKind,
+        required: Vec<Vec<String>>,
+    ) -> Self {
+        Self {
+            source,
+            kind,
+            required,
+            cache: RwLock::default(),
+            status: Arc::default(),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+
+    /// At most `max` between two questions to a registry that does not answer.
+    pub fn with_max_backoff(mut self, max: Duration) -> Self {
+        self.max_backoff = max;
+        self
+    }
+
+    pub fn status(&self) -> Arc<RegistryStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// One framed value as JSON. Blocks while the registry does not answer
+    /// for a schema id not seen before.
+    pub fn decode(&self, payload: &[u8]) -> Result<Value, DecodeError> {
+        self.decode_with(payload, false)
+    }
+
+    /// [`Self::decode`], NaN and infinities read as null: who sent a record
+    /// refused for its value.
+    pub fn decode_nulling_non_finite(&self, payload: &[u8]) -> Result<Value, DecodeError> {
+        self.decode_with(payload, true)
+    }
+
+    fn decode_with(&self, payload: &[u8], nulling: bool) -> Result<Value, DecodeError> {
+        let (id, body) = wire::split(payload).map_err(|_| DecodeError::NotFramed)?;
+        match &*self.entry(id) {
+            Entry::Avro(schema) => match nulling {
+                false => schema.decode(body),
+                true => schema.decode_nulling_non_finite(body),
+            }
+            .map_err(|e| match e {
+                AvroError::Undecodable => DecodeError::Undecodable,
+                AvroError::NonFinite => DecodeError::NonFinite,
+            }),
+            Entry::Unknown => Err(DecodeError::UnknownSchema),
+            Entry::Mismatch => Err(DecodeError::SchemaMismatch),
+        }
+    }
+
+    fn entry(&self, id: u32) -> Arc<Entry> {
+        let cached = self
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        if let Some(entry) = cached {
+            return entry;
+        }
+        let entry = Arc::new(self.fetch(id));
+        self.cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::clone(&entry));
+        entry
+    }
+
+    /// Asks until the registry answers.
+    fn fetch(&self, id: u32) -> Entry {
+        let mut backoff = Duration::from_millis(100);
+        let mut last_warning: Option<Instant> = None;
+        loop {
+            match self.compile(id) {
+                Ok(entry) => {
+                    if let Some(waited) = self.status.clear() {
+                        // At the pause's level: whoever saw it stop sees it go on.
+                        tracing::warn!(
+                            "the schema registry at {} answers again after {:.1} s: the job goes on",
+                            self.source.url(),
+                            waited.as_secs_f64()
+                        );
+                    }
+                    return entry;
+                }
+                Err(why) => {
+                    let first = self.status.set(&why);
+                    if first || last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+                    {
+                        tracing::warn!(
+                            "waiting for the schema registry (the job is paused): {why}"
+                        );
+                        last_warning = Some(Instant::now());
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+            }
+        }
+    }
+
+    /// The verdict on `id`, or why the registry gave none.
+    fn compile(&self, id: u32) -> Result<Entry, String> {
+        let registered = match self.source.schema(id) {
+            Ok(r) => r,
+            Err(FetchError::NotFound { .. }) => {
+                tracing::warn!(
+                    "schema id {id} is not in the registry at {}: its records are dead letters (unknown_schema)",
+                    self.source.url()
+                );
+                return Ok(Entry::Unknown);
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let mismatch = |why: String| {
+            tracing::warn!(
+                "schema id {id} cannot be read: {why}; its records are dead letters (schema_mismatch)"
+            );
+            Ok(Entry::Mismatch)
+        };
+        if registered.schema_type != self.kind {
+            return mismatch(format!(
+                "it is {:?}, the input is {:?}",
+                registered.schema_type, self.kind
+            ));
+        }
+        let mut referenced = Vec::new();
+        let mut seen = HashMap::new();
+        match self.references(&registered, 0, &mut seen, &mut referenced) {
+            Ok(true) => {}
+            Ok(false) => return mismatch("its references nest too deep or are missing".into()),
+            Err(unavailable) => return Err(unavailable),
+        }
+        let schema = match AvroSchema::parse(&registered.schema, &referenced) {
+            Ok(s) => s,
+            Err(e) => return mismatch(format!("it does not parse: {e}")),
+        };
+        if let Some(missing) = self.required.iter().find(|p| !schema.has_path(p)) {
+            return mismatch(format!("it has no field `{}`", missing.join(".")));
+        }
+        Ok(Entry::Avro(schema))
+    }
+
+    /// Appends the texts `r` references, dependencies first: `Ok(false)`
+    /// when one is missing or they nest too deep.
+    fn references(
+        &self,
+        r: &Registered,
+        depth: usize,
+        seen: &mut HashMap<(String, i32), ()>,
+        out: &mut Vec<String>,
+    ) -> Result<bool, String> {
+        if depth > MAX_REFERENCE_DEPTH {
+            return Ok(false);
+        }
+        for reference in &r.references {
+            let key = (reference.subject.clone(), reference.version);
+            if seen.insert(key, ()).is_some() {
+                continue;
+            }
+            let target = match self.source.version(&reference.subject, reference.version) {
+                Ok(t) => t,
+                Err(FetchError::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(e.to_string()),
+            };
+            if !self.references(&target, depth + 1, seen, out)? {
+                return Ok(false);
+            }
+            out.push(target.schema);
+        }
+        Ok(true)
+    }
+}
+
+/// Schemas given up front instead of by a registry: tests, and inputs whose
+/// schemas are known.
+#[derive(Debug, Default)]
+pub struct StaticSource {
+    pub ids: HashMap<u32, Registered>,
+    pub versions: HashMap<(String, i32), Registered>,
+}
+
+impl SchemaSource for StaticSource {
+    fn schema(&self, id: u32) -> Result<Registered, FetchError> {
+        self.ids
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| FetchError::NotFound {
+                url: "static".into(),
+                what: format!("schema id {id}"),
+            })
+    }
+
+    fn version(&self, subject: &str, version: i32) -> Result<Registered, FetchError> {
+        self.versions
+            .get(&(subject.to_owned(), version))
+            .cloned()
+            .ok_or_else(|| FetchError::NotFound {
+                url: "static".into(),
+                what: format!("{subject} v{version}"),
+            })
+    }
+
+    fn url(&self) -> &str {
+        "static"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Reference;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const V1: &str = r#"{"type":"record","name":"Reading","fields":[
+        {"name":"device_id","type":"string"},{"name":"ts","type":"long"},
+        {"name":"temperature","type":"double"}]}"#;
+    /// V1 with a field added with a default: the evolution a producer makes.
+    const V2: &str = r#"{"type":"record","name":"Reading","fields":[
+        {"name":"device_id","type":"string"},{"name":"ts","type":"long"},
+        {"name":"temperature","type":"double"},{"name":"site","type":"string","default":"none"}]}"#;
+
+    fn avro(schema: &str) -> Registered {
+        Registered {
+            schema_type: SchemaKind::Avro,
+            schema: schema.to_owned(),
+            references: Vec::new(),
+        }
+    }
+
+    fn path(p: &str) -> Vec<String> {
+        p.split('.').map(str::to_owned).collect()
+    }
+
+    fn encoded(id: u32, schema: &str, value: Value) -> Vec<u8> {
+        let s = AvroSchema::parse(schema, &[]).unwrap();
+        wire::frame(id, &s.encode(&value).unwrap())
+    }
+
+    fn decoder(ids: &[(u32, Registered)], required: &[&str]) -> Decoder {
+        let source = StaticSource {
+            ids: ids.iter().cloned().collect(),
+            versions: HashMap::new(),
+        };
+        Decoder::new(
+            Box::new(source),
+            SchemaKind::Avro,
+            required.iter().map(|p| path(p)).collect(),
+        )
+    }
+
+    #[test]
+    fn values_of_each_schema_version_decode_under_their_own_schema() {
+        let d = decoder(&[(1, avro(V1)), (2, avro(V2))], &["device_id", "ts"]);
+        let one = serde_json::json!({"device_id":"d","ts":5,"temperature":20.5});
+        let two = serde_json::json!({"device_id":"d","ts":6,"temperature":21.0,"site":"s"});
+        assert_eq!(d.decode(&encoded(1, V1, one.clone())), Ok(one));
+        assert_eq!(d.decode(&encoded(2, V2, two.clone())), Ok(two));
+    }
+
+    #[test]
+    fn each_way_a_value_fails_has_its_own_reason() {
+        let d = decoder(&[(1, avro(V1)), (3, avro(V2))], &["device_id", "site"]);
+        let good = encoded(
+            3,
+            V2,
+            serde_json::json!({"device_id":"d","ts":1,"temperature":1.0,"site":"s"}),
+        );
+        assert!(d.decode(&good).is_ok());
+        assert_eq!(
+            d.decode(br#"{"device_id":"d"}"#),
+            Err(DecodeError::NotFramed)
+        );
+        let mut unknown = good.clone();
+        unknown[4] = 9;
+        assert_eq!(d.decode(&unknown), Err(DecodeError::UnknownSchema));
+        // V1 has no `site`, which the job maps.
+        let v1 = encoded(
+            1,
+            V1,
+            serde_json::json!({"device_id":"d","ts":1,"temperature":1.0}),
+        );
+        assert_eq!(d.decode(&v1), Err(DecodeError::SchemaMismatch));
+        assert_eq!(
+            d.decode(&good[..good.len() - 2]),
+            Err(DecodeError::Undecodable)
+        );
+        let protobuf = Registered {
+            schema_type: SchemaKind::Protobuf,
+            ..avro("syntax = \"proto3\";")
+        };
+        let d = decoder(&[(4, protobuf), (5, avro("{not avro"))], &[]);
+        assert_eq!(
+            d.decode(&wire::frame(4, b"")),
+            Err(DecodeError::SchemaMismatch)
+        );
+        assert_eq!(
+            d.decode(&wire::frame(5, b"")),
+            Err(DecodeError::SchemaMismatch)
+        );
+    }
+
+    #[test]
+    fn references_are_fetched_by_subject_and_version() {
+        let meta = r#"{"type":"record","name":"Meta","namespace":"iot","fields":[{"name":"line","type":"string"}]}"#;
+        let main = r#"{"type":"record","name":"R","namespace":"iot","fields":[{"name":"device_id","type":"string"},{"name":"meta","type":"iot.Meta"}]}"#;
+        let mut registered = avro(main);
+        registered.references.push(Reference {
+            name: "iot.Meta".into(),
+            subject: "meta".into(),
+            version: 3,
+        });
+        let source = StaticSource {
+            ids: [(7, registered.clone())].into(),
+            versions: [(("meta".to_owned(), 3), avro(meta))].into(),
+        };
+        let d = Decoder::new(Box::new(source), SchemaKind::Avro, vec![path("meta.line")]);
+        let value = serde_json::json!({"device_id":"d","meta":{"line":"L"}});
+        let s = AvroSchema::parse(main, &[meta.to_owned()]).unwrap();
+        assert_eq!(
+            d.decode(&wire::frame(7, &s.encode(&value).unwrap())),
+            Ok(value)
+        );
+        // A reference the registry lacks.
+        let d = decoder(&[(7, registered)], &[]);
+        assert_eq!(
+            d.decode(&wire::frame(7, b"")),
+            Err(DecodeError::SchemaMismatch)
+        );
+    }
+
+    /// Unavailable for the first `failures` questions, then a table.
+    #[derive(Debug)]
+    struct Flaky {
+        failures: usize,
+        asked: AtomicUsize,
+        table: StaticSource,
+    }
+
+    impl SchemaSource for Flaky {
+        fn schema(&self, id: u32) -> Result<Registered, FetchError> {
+            if self.asked.fetch_add(1, Ordering::SeqCst) < self.failures {
+                return Err(FetchError::Unavailable {
+                    url: "flaky".into(),
+                    what: format!("schema id {id}"),
+                    reason: "connection refused".into(),
+                });
+            }
+            self.table.schema(id)
+        }
+        fn version(&self, s: &str, v: i32) -> Result<Registered, FetchError> {
+            self.table.version(s, v)
+        }
+        fn url(&self) -> &str {
+            "flaky"
+        }
+    }
+
+    #[test]
+    fn a_registry_that_does_not_answer_pauses_and_good_values_still_decode() {
+        let source = Flaky {
+            failures: 3,
+            asked: AtomicUsize::new(0),
+            table: StaticSource {
+                ids: [(1, avro(V1))].into(),
+                versions: HashMap::new(),
+            },
+        };
+        let d = Arc::new(
+            Decoder::new(Box::new(source), SchemaKind::Avro, vec![])
+                .with_max_backoff(Duration::from_millis(200)),
+        );
+        let status = d.status();
+        let value = serde_json::json!({"device_id":"d","ts":5,"temperature":20.5});
+        let bytes = encoded(1, V1, value.clone());
+        let worker = {
+            let d = Arc::clone(&d);
+            std::thread::spawn(move || d.decode(&bytes))
+        };
+        // The status says why while the worker waits (100 + 200 ms of backoff at least).
+        let mut seen = None;
+        for _ in 0..200 {
+            if let Some((_, why)) = status.waiting() {
+                seen = Some(why);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(seen.is_some_and(|w| w.contains("connection refused")));
+        assert_eq!(worker.join().unwrap(), Ok(value));
+        assert!(status.waiting().is_none());
+    }
+}

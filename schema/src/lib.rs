@@ -1,0 +1,13 @@
+//! Registry-encoded input: the Confluent wire format ([`wire`]), a client of
+//! the Confluent schema-registry REST API ([`registry`], also what Redpanda's
+//! built-in registry serves), Avro through `apache-avro` ([`avro`]), and the
+//! [`Decoder`] that turns a framed value into the JSON object the input
+//! mapping reads, so every format shares one mapping and one validation.
+
+pub mod avro;
+mod decoder;
+pub mod registry;
+pub mod wire;
+
+pub use decoder::{DecodeError, Decoder, RegistryStatus, StaticSource};
+pub use registry::{FetchError, Reference, Registered, Registry, SchemaKind, SchemaSource};

@@ -1,0 +1,90 @@
+//! Which schema registry a command talks to: `--schema-registry` and its
+//! credentials, over a job file's `[input]` settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use iotflow_jobfile::{InputFormat, InputPlan, RegistrySettings};
+use iotflow_schema::{Decoder, Registry, SchemaKind};
+
+use crate::target::Password;
+
+/// How long one request to the registry may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The schema registry (Confluent REST API; Redpanda's built-in one serves it too).
+#[derive(Debug, Clone, Default, Args)]
+pub struct RegistryArgs {
+    /// Base URL of the schema registry, e.g. http://localhost:8081 (a job
+    /// file's `schema_registry` otherwise).
+    #[arg(long, env = "IOTFLOW_SCHEMA_REGISTRY")]
+    pub schema_registry: Option<String>,
+    /// Basic-auth user of the schema registry.
+    #[arg(long, env = "IOTFLOW_SCHEMA_REGISTRY_USERNAME")]
+    pub schema_registry_username: Option<String>,
+    /// Better given as IOTFLOW_SCHEMA_REGISTRY_PASSWORD: a flag shows in the process list.
+    #[arg(long, env = "IOTFLOW_SCHEMA_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub schema_registry_password: Option<Password>,
+}
+
+impl RegistryArgs {
+    fn settings(&self) -> RegistrySettings {
+        RegistrySettings {
+            url: self.schema_registry.clone(),
+            username: self.schema_registry_username.clone(),
+            password_env: None,
+        }
+    }
+
+    /// The registry these flags over `file` name, its password read; `None`
+    /// when neither names one.
+    pub fn registry(&self, file: &RegistrySettings) -> Result<Option<Registry>> {
+        let settings = file.overridden_by(&self.settings());
+        let Some(url) = &settings.url else {
+            if self.schema_registry_password.is_some() || settings.username.is_some() {
+                bail!("schema registry credentials without a registry: add --schema-registry URL");
+            }
+            return Ok(None);
+        };
+        let password = match (&self.schema_registry_password, &settings.password_env) {
+            (Some(p), _) => Some(p.0.clone()),
+            (None, Some(var)) => Some(std::env::var(var).with_context(|| {
+                format!("schema_registry_password_env names {var}, which is not set")
+            })?),
+            (None, None) => None,
+        };
+        let credentials = match (&settings.username, &password) {
+            (Some(user), Some(password)) => Some((user.as_str(), password.as_str())),
+            (None, None) => None,
+            _ => bail!("the schema registry's basic auth needs both a username and a password"),
+        };
+        Registry::new(url, credentials, REQUEST_TIMEOUT)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("--schema-registry {e}"))
+    }
+
+    /// The decoder of `input`'s format, or `None` for JSON text.
+    pub fn decoder(&self, input: &InputPlan) -> Result<Option<Arc<Decoder>>> {
+        let kind = match input.format {
+            InputFormat::Json => return Ok(None),
+            InputFormat::Avro => SchemaKind::Avro,
+            other => bail!(
+                "input format {other} is not read yet: json and avro are (a registry schema of this kind is refused)"
+            ),
+        };
+        let Some(registry) = self.registry(&input.registry)? else {
+            bail!(
+                "input format {} reads schemas from a registry: add --schema-registry URL or schema_registry in [input]",
+                input.format
+            );
+        };
+        let required = iotflow_dataflow::reading::InputMapping::required_paths(&input.mapping);
+        Ok(Some(Arc::new(Decoder::new(
+            Box::new(registry),
+            kind,
+            required,
+        ))))
+    }
+}
