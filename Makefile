@@ -19,7 +19,7 @@ SOAK_RATE ?= 25000
 SOAK_STORAGE ?= memory
 TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
-.PHONY: help demo demo-redpanda notebooks test tansu chromium prometheus iproute2 stunnel venv nextest build release lint fmt bench bench-tls bench-ingest bench-dataflow bench-exactly-once bench-jobs bench-alerts soak chaos fuzz clean
+.PHONY: help demo demo-redpanda notebooks test tansu chromium prometheus iproute2 stunnel venv nextest build release lint fmt bench bench-tls bench-avro bench-ingest bench-dataflow bench-exactly-once bench-jobs bench-alerts soak chaos fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -100,6 +100,9 @@ bench-alerts: release tansu-release ## Alerts: the demo job with its 5 rules vs 
 
 bench-tls: release tansu-release stunnel ## The exactly-once job over TLS (stunnel) vs plaintext, same records, interleaved; producer rates too
 	BIN=$(RELEASE_BIN) ./scripts/bench-tls.sh
+
+bench-avro: release tansu-release ## The default job over the same records in JSON and in Avro (a test registry), interleaved: records/s, ratio, decode cost
+	IOTFLOW_BENCH_BIN=$(RELEASE_BIN) $(CARGO) nextest run --test registry --run-ignored only --no-capture bench_avro_against_json
 
 bench-dataflow: release tansu-release ## Dataflow throughput: file source, end to end vs raw fetch, peers
 	BIN=$(RELEASE_BIN) BENCH_N=$(BENCH_N) ./scripts/bench-dataflow.sh

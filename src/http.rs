@@ -203,6 +203,19 @@ fn status_page(state: &PageState) -> String {
         ),
     );
     row("watermark", watermark);
+    if let Some(registry) = m.registry.get() {
+        row(
+            "schema registry",
+            match registry.waiting() {
+                Some((waited, why)) => format!(
+                    "<b>paused for {:.0} s</b>: {}",
+                    waited.as_secs_f64(),
+                    escape(&why)
+                ),
+                None => "answering".to_owned(),
+            },
+        );
+    }
     row("last epoch", m.last_epoch.load(Relaxed).to_string());
     let committed = m.last_committed_epoch.load(Relaxed);
     let commits = m.commits.load(Relaxed);

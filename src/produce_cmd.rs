@@ -15,9 +15,7 @@ use iotflow_ingest::simulator::{BadKind, Format, MetricSpec, SimConfig, Simulato
 use iotflow_redpanda::rskafka::client::partition::Compression;
 use iotflow_redpanda::topics::{self, TopicSpec};
 
-use iotflow_schema::{Registered, SchemaKind};
-
-use crate::registry_args::RegistryArgs;
+use crate::registry_args::{RegistryArgs, register_avro};
 use crate::target::{BrokerSelect, Target};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -277,13 +275,7 @@ fn avro_encoding(registry: &RegistryArgs, topic: &str, sim: &SimArgs) -> Result<
     };
     let schema = iotflow_ingest::avro::reading_schema(&sim.sim_config());
     let subject = format!("{topic}-value");
-    let registered = Registered {
-        schema_type: SchemaKind::Avro,
-        schema: schema.clone(),
-        references: Vec::new(),
-    };
-    let id = tokio::task::block_in_place(|| registry.register(&subject, &registered))
-        .with_context(|| format!("registering the readings' schema under {subject}"))?;
+    let (id, _) = register_avro(&registry, &subject, &schema)?;
     eprintln!("schema of the readings registered under {subject} as id {id}");
     AvroEncoding::new(id, &schema).map_err(|e| anyhow::anyhow!("the readings' schema: {e}"))
 }

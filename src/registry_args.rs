@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use iotflow_jobfile::{InputFormat, InputPlan, RegistrySettings};
-use iotflow_schema::{Decoder, Registry, SchemaKind};
+use iotflow_schema::avro::AvroSchema;
+use iotflow_schema::{Decoder, Registered, Registry, SchemaKind};
 
 use crate::target::Password;
 
@@ -64,27 +65,46 @@ impl RegistryArgs {
             .map(Some)
             .map_err(|e| anyhow::anyhow!("--schema-registry {e}"))
     }
+}
 
-    /// The decoder of `input`'s format, or `None` for JSON text.
-    pub fn decoder(&self, input: &InputPlan) -> Result<Option<Arc<Decoder>>> {
-        let kind = match input.format {
-            InputFormat::Json => return Ok(None),
-            InputFormat::Avro => SchemaKind::Avro,
-            other => bail!(
-                "input format {other} is not read yet: json and avro are (a registry schema of this kind is refused)"
-            ),
-        };
-        let Some(registry) = self.registry(&input.registry)? else {
-            bail!(
-                "input format {} reads schemas from a registry: add --schema-registry URL or schema_registry in [input]",
-                input.format
-            );
-        };
-        let required = iotflow_dataflow::reading::InputMapping::required_paths(&input.mapping);
-        Ok(Some(Arc::new(Decoder::new(
-            Box::new(registry),
-            kind,
-            required,
-        ))))
-    }
+/// The decoder of `input`'s format through `registry`, or `None` for JSON text.
+pub fn decoder(input: &InputPlan, registry: Option<&Registry>) -> Result<Option<Arc<Decoder>>> {
+    let kind = match input.format {
+        InputFormat::Json => return Ok(None),
+        InputFormat::Avro => SchemaKind::Avro,
+        other => bail!(
+            "input format {other} is not read yet: json and avro are (a registry schema of this kind is refused)"
+        ),
+    };
+    let Some(registry) = registry else {
+        bail!(
+            "input format {} reads schemas from a registry: add --schema-registry URL or schema_registry in [input]",
+            input.format
+        );
+    };
+    let required = iotflow_dataflow::reading::InputMapping::required_paths(&input.mapping);
+    Ok(Some(Arc::new(Decoder::new(
+        Box::new(registry.clone()),
+        kind,
+        required,
+    ))))
+}
+
+/// Registers `schema` (Avro, JSON text) under `subject`: its id and the
+/// parsed schema. Blocking: the registry client is synchronous.
+pub fn register_avro(
+    registry: &Registry,
+    subject: &str,
+    schema: &str,
+) -> Result<(u32, AvroSchema)> {
+    let registered = Registered {
+        schema_type: SchemaKind::Avro,
+        schema: schema.to_owned(),
+        references: Vec::new(),
+    };
+    let id = tokio::task::block_in_place(|| registry.register(subject, &registered))
+        .with_context(|| format!("registering the Avro schema of {subject}"))?;
+    let parsed = AvroSchema::parse(schema, &[])
+        .map_err(|e| anyhow::anyhow!("the Avro schema of {subject}: {e}"))?;
+    Ok((id, parsed))
 }

@@ -14,7 +14,7 @@ use iotflow_dataflow::job::{EmitMode, JobConfig};
 use iotflow_dataflow::kafka::EpochMode;
 use iotflow_dataflow::runner::Parallelism;
 use iotflow_dataflow::{JobMetrics, ParseLimits};
-use iotflow_jobfile::{DefaultJob, InputFormat, JobPlan, WatermarkPlan, WindowKind};
+use iotflow_jobfile::{DefaultJob, InputFormat, JobPlan, OutputFormat, WatermarkPlan, WindowKind};
 use iotflow_redpanda::{Brokers, topics};
 use iotflow_runtime::{
     AggregationOutput, Committing, Controls, Delivery, LiveJob, LiveJobConfig, StartReport,
@@ -24,8 +24,10 @@ use iotflow_sink::exactly_once::Roll;
 pub use iotflow_runtime::RunSummary;
 
 use crate::pipeline_log::{PipelineLog, RunEnd};
-use crate::registry_args::RegistryArgs;
+use crate::registry_args::{self, RegistryArgs};
 use crate::target::BrokerSelect;
+use iotflow_schema::{Decoder, Registry};
+use iotflow_sink::AvroValues;
 
 mod supervise;
 use supervise::{drain_on_sigusr1, spawn_watchdogs, stop_on_signals};
@@ -101,6 +103,12 @@ pub struct RunArgs {
     /// format through --schema-registry [default: the job file's `format`, else json].
     #[arg(long, env = "IOTFLOW_INPUT_FORMAT")]
     input_format: Option<InputFormat>,
+    /// Encoding of every aggregation's topic values: json, or avro in the
+    /// Confluent wire format, each schema registered under `<topic>-value` in
+    /// --schema-registry (Parquet keeps its typed schema) [default: each
+    /// aggregation's `format`, else json].
+    #[arg(long, env = "IOTFLOW_OUTPUT_FORMAT")]
+    output_format: Option<OutputFormat>,
     #[command(flatten)]
     registry: RegistryArgs,
     /// Default job: topic to write aggregates to (created like the input if missing)
@@ -315,6 +323,11 @@ impl RunArgs {
         if let Some(format) = self.input_format {
             plan.input.format = format;
         }
+        if let Some(format) = self.output_format {
+            for a in &mut plan.aggregations {
+                a.format = format;
+            }
+        }
         if let Some(dlq) = &self.dlq {
             plan.dead_letter_topic = dlq.clone();
         }
@@ -329,7 +342,12 @@ impl RunArgs {
     }
 
     /// The job these flags (and the job file) describe.
-    fn job_config(&self, plan: &JobPlan, bootstrap: Brokers) -> Result<LiveJobConfig> {
+    fn job_config(
+        &self,
+        plan: &JobPlan,
+        bootstrap: Brokers,
+        registry: Option<&Registry>,
+    ) -> Result<LiveJobConfig> {
         let under = |root: &str| PathBuf::from(root).join(dir_name(&plan.name));
         let delivery = if self.at_least_once {
             Delivery::AtLeastOnce {
@@ -357,24 +375,19 @@ impl RunArgs {
             })
         };
         let idle = Duration::from_millis(plan.watermark.idle_timeout_ms.max(0) as u64);
+        let dataflow = dataflow(plan, registry_args::decoder(&plan.input, registry)?)?;
         Ok(LiveJobConfig {
             bootstrap,
             input: plan.input.topic.clone(),
-            outputs: plan
-                .aggregations
-                .iter()
-                .map(|a| AggregationOutput {
-                    topic: a.topic.clone(),
-                    parquet: a.parquet.clone(),
-                })
-                .collect(),
+            outputs: outputs(plan, &dataflow, registry)?,
             alert_output: (!plan.alerts.is_empty()).then(|| AggregationOutput {
                 topic: Some(plan.alert_outputs.topic.clone()),
                 parquet: Some(plan.alert_outputs.parquet.clone()),
+                avro: None,
             }),
             dlq_topic: plan.dead_letter_topic.clone(),
             name: plan.name.clone(),
-            dataflow: self.dataflow(plan)?,
+            dataflow,
             epochs: match self.epoch_records {
                 Some(n) if n > 0 => EpochMode::Records(n),
                 _ => EpochMode::Time(self.epoch_interval),
@@ -401,15 +414,49 @@ impl RunArgs {
     }
 }
 
-impl RunArgs {
-    /// The dataflow's configuration, with the decoder of a registry-encoded input.
-    fn dataflow(&self, plan: &JobPlan) -> Result<JobConfig> {
-        let mut cfg = JobConfig::from_plan(plan, ParseLimits::default())?;
-        if let Some(decoder) = self.registry.decoder(&plan.input)? {
-            cfg.input = Arc::new(cfg.input.as_ref().clone().decoded_by(decoder));
-        }
-        Ok(cfg)
+/// Each aggregation's outputs; an Avro topic's schema registered under `<topic>-value`.
+fn outputs(
+    plan: &JobPlan,
+    dataflow: &JobConfig,
+    registry: Option<&Registry>,
+) -> Result<Vec<AggregationOutput>> {
+    let mut outputs = Vec::with_capacity(plan.aggregations.len());
+    for (a, agg) in plan.aggregations.iter().zip(dataflow.aggregations.iter()) {
+        let avro = match (&a.topic, a.format, registry) {
+            (Some(topic), OutputFormat::Avro, Some(registry)) => {
+                let shape = iotflow_sink::AggregateShape::of(agg);
+                let (id, schema) = registry_args::register_avro(
+                    registry,
+                    &format!("{topic}-value"),
+                    &shape.avro_schema(),
+                )?;
+                Some(AvroValues {
+                    id,
+                    schema: Arc::new(schema),
+                })
+            }
+            (Some(_), OutputFormat::Avro, None) => bail!(
+                "aggregation {} writes Avro: add --schema-registry URL (or schema_registry in [input])",
+                a.name
+            ),
+            _ => None,
+        };
+        outputs.push(AggregationOutput {
+            topic: a.topic.clone(),
+            parquet: a.parquet.clone(),
+            avro,
+        });
     }
+    Ok(outputs)
+}
+
+/// The dataflow's configuration, with the decoder of a registry-encoded input.
+fn dataflow(plan: &JobPlan, decoder: Option<Arc<Decoder>>) -> Result<JobConfig> {
+    let mut cfg = JobConfig::from_plan(plan, ParseLimits::default())?;
+    if let Some(decoder) = decoder {
+        cfg.input = Arc::new(cfg.input.as_ref().clone().decoded_by(decoder));
+    }
+    Ok(cfg)
 }
 
 /// Says how the run starts (the crash tests read these lines).
@@ -453,8 +500,27 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     let drain_signal = drain_on_sigusr1(&controls)?;
     // The job file first: a refused file needs no broker.
     let plan = args.plan()?;
+    // The registry settings too: a job that cannot read its input or write
+    // its outputs needs no broker.
+    let registry = args.registry.registry(&plan.input.registry)?;
+    registry_args::decoder(&plan.input, registry.as_ref())?;
+    if registry.is_none()
+        && let Some(a) = plan
+            .aggregations
+            .iter()
+            .find(|a| a.topic.is_some() && a.format == OutputFormat::Avro)
+    {
+        bail!(
+            "aggregation {} writes Avro: add --schema-registry URL (or schema_registry in [input])",
+            a.name
+        );
+    }
     let target = args.select.connect_with(home, &plan.kafka).await?;
-    let cfg = args.job_config(&plan, target.bootstrap.clone())?;
+    let cfg = args.job_config(&plan, target.bootstrap.clone(), registry.as_ref())?;
+    if let Some(decoder) = cfg.dataflow.input.decoder() {
+        // The status page and /metrics say when the registry holds the job.
+        let _ = controls.metrics.registry.set(decoder.status());
+    }
     let name = cfg.name.clone();
     // Before recovery, whose reads would hang on a cut link like any others.
     let watchdogs = spawn_watchdogs(&args, &name, &target.bootstrap)?;

@@ -2,6 +2,7 @@
 //! progress topic and shows an epoch's aggregates only once the epoch is
 //! committed and all of it is published (`crate::follow`).
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -9,11 +10,12 @@ use std::time::Duration;
 use anyhow::Result;
 use chrono::{TimeZone, Utc};
 use clap::Args;
-use iotflow_redpanda::rskafka::record::RecordAndOffset;
 use iotflow_redpanda::topics;
+use iotflow_schema::{Decoder, SchemaKind};
 use iotflow_sink::AggregateRecord;
 
 use crate::follow::{Follower, Start};
+use crate::registry_args::RegistryArgs;
 use crate::target::BrokerSelect;
 
 #[derive(Debug, Args)]
@@ -38,9 +40,17 @@ pub struct TailArgs {
     /// Exit once no epoch was shown for this long (e.g. `10s`) [default: follow forever].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub exit_when_idle: Option<Duration>,
+    /// Avro values (`run --output-format avro`) are shown as JSON, their
+    /// schemas read from --schema-registry.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 pub async fn run(home: &Path, args: TailArgs) -> Result<()> {
+    let decoder = args
+        .registry
+        .registry(&Default::default())?
+        .map(|r| Decoder::new(Box::new(r), SchemaKind::Avro, Vec::new()));
     let target = args.select.connect(home).await?;
     let start = if args.from_beginning {
         Start::Beginning
@@ -58,20 +68,39 @@ pub async fn run(home: &Path, args: TailArgs) -> Result<()> {
     .await?;
     let mut out = std::io::stdout().lock();
     while let Some(epoch) = follower.next().await? {
-        show(&mut out, epoch.epoch, &epoch.records, args.json)?;
+        let values: Vec<Cow<'_, [u8]>> = epoch
+            .records
+            .iter()
+            .map(|(_, r)| {
+                as_json(
+                    r.record.value.as_deref().unwrap_or_default(),
+                    decoder.as_ref(),
+                )
+            })
+            .collect();
+        show(&mut out, epoch.epoch, &values, args.json)?;
     }
     Ok(())
 }
 
-fn show(
-    out: &mut impl Write,
-    epoch: u64,
-    records: &[(i32, RecordAndOffset)],
-    json: bool,
-) -> Result<()> {
+/// A value as JSON text: an Avro value decoded through the registry (it is
+/// shown as it is when there is none, or it does not decode).
+fn as_json<'a>(value: &'a [u8], decoder: Option<&Decoder>) -> Cow<'a, [u8]> {
+    match decoder {
+        Some(d) if value.first() == Some(&iotflow_schema::wire::MAGIC) => {
+            match tokio::task::block_in_place(|| d.decode_nulling_non_finite(value)) {
+                Ok(json) => Cow::Owned(json.to_string().into_bytes()),
+                Err(_) => Cow::Borrowed(value),
+            }
+        }
+        _ => Cow::Borrowed(value),
+    }
+}
+
+fn show(out: &mut impl Write, epoch: u64, records: &[Cow<'_, [u8]>], json: bool) -> Result<()> {
     if json {
-        for (_, r) in records {
-            out.write_all(r.record.value.as_deref().unwrap_or_default())?;
+        for value in records {
+            out.write_all(value)?;
             out.write_all(b"\n")?;
         }
         return Ok(out.flush()?);
@@ -88,8 +117,8 @@ fn show(
             "device", "metric", "window start (UTC)", "count", "mean", "min", "max"
         )?;
     }
-    for (_, r) in records {
-        let value = r.record.value.as_deref().unwrap_or_default();
+    for value in records {
+        let value: &[u8] = value;
         match serde_json::from_slice::<AggregateRecord>(value) {
             Ok(a) => writeln!(
                 out,

@@ -153,3 +153,93 @@ fn security_settings_without_brokers_are_refused() {
         "no local broker was started"
     );
 }
+
+#[test]
+fn registry_settings_are_checked_before_any_broker_and_the_password_never_shows() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("avro.toml");
+    std::fs::write(
+        &job,
+        "name = \"j\"\n[input]\nformat = \"avro\"\n[[aggregation]]\nname = \"a\"\nwindow = \"tumbling 1m\"\ntopic = \"t\"\n",
+    )
+    .unwrap();
+    let job = job.to_string_lossy().into_owned();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{}\n").unwrap();
+    let input = input.to_string_lossy().into_owned();
+    let output = dir.path().join("out").to_string_lossy().into_owned();
+    for (args, says) in [
+        (
+            vec!["run", "--job-file", &job],
+            "input format avro reads schemas from a registry: add --schema-registry URL",
+        ),
+        (
+            vec![
+                "run",
+                "--input-format",
+                "avro",
+                "--schema-registry",
+                "registry:8081",
+            ],
+            "scheme None, use http or https",
+        ),
+        (
+            vec![
+                "run",
+                "--input-format",
+                "avro",
+                "--schema-registry",
+                "http://127.0.0.1:9",
+                "--schema-registry-username",
+                "u",
+            ],
+            "basic auth needs both a username and a password",
+        ),
+        (
+            vec![
+                "run",
+                "--input-format",
+                "protobuf",
+                "--schema-registry",
+                "http://127.0.0.1:9",
+            ],
+            "input format protobuf is not read yet",
+        ),
+        (
+            vec!["produce", "--count", "1", "--encoding", "avro"],
+            "--encoding avro registers its schema: add --schema-registry URL",
+        ),
+        (
+            vec!["run", "--output-format", "avro"],
+            "aggregation aggregates writes Avro: add --schema-registry URL",
+        ),
+        (
+            vec!["aggregate-file", &input, &output, "--job-file", &job],
+            "input format avro is for topics",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_iotflow"))
+            .arg("--home")
+            .arg(home.path())
+            .args(&args)
+            .env_remove("IOTFLOW_BROKERS")
+            .env_remove("IOTFLOW_SCHEMA_REGISTRY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert!(
+        !home.path().join("broker").exists(),
+        "no local broker was started"
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_iotflow"))
+        .args(["run", "--help"])
+        .env("IOTFLOW_SCHEMA_REGISTRY_PASSWORD", "hunter2")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--schema-registry-password") && !help.contains("hunter2"));
+}

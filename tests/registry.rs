@@ -183,11 +183,21 @@ async fn simulated_avro_readings_aggregate_as_their_json_and_a_silent_registry_p
         registry.asked("/schemas/ids/1")
     );
 
+    avro_output_reads_as_the_json_output(
+        &addr,
+        dir.path(),
+        &registry,
+        &avro_in,
+        (&json_job, &want),
+    )
+    .await;
+
     // A registry that does not answer: the job waits, says so, dead-letters nothing.
     registry.set_down(true);
     let paused_job = common::unique("paused");
     let log = dir.path().join("paused.log");
     let mut paused = run(&addr, dir.path(), &paused_job, &avro_in, &registry_flags);
+    paused.args(["--http", "127.0.0.1:0"]);
     paused
         .env("IOTFLOW_SCHEMA_REGISTRY_PASSWORD", "s3cret")
         .stderr(std::fs::File::create(&log).unwrap());
@@ -202,6 +212,34 @@ async fn simulated_avro_readings_aggregate_as_their_json_and_a_silent_registry_p
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert!(std::fs::read_to_string(&log).unwrap().contains("HTTP 503"));
+    // The status page and /metrics say so too.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let status = text
+        .split("status page: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let get = |path: &str| {
+        ureq::get(format!("{status}{path}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    let page = get("");
+    assert!(
+        page.contains("<b>paused for") && page.contains("HTTP 503"),
+        "{page}"
+    );
+    let waiting: f64 = get("metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix("iotflow_schema_registry_waiting_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(waiting > 0.0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let dlq = format!("{paused_job}.dlq");
     assert_eq!(
@@ -452,5 +490,426 @@ async fn write(addr: &str, topic: &str, values: &[Vec<u8>]) {
         pc.produce(records, Compression::NoCompression)
             .await
             .unwrap();
+    }
+}
+
+/// Writes each JSON line of stdin to the Avro topic through confluent-kafka's
+/// AvroSerializer (which registers the schema) and to the JSON topic as text.
+const CONFLUENT_PRODUCER: &str = r#"
+import json, sys
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+bootstrap, registry, avro_topic, json_topic, schema = sys.argv[1:6]
+serialize = AvroSerializer(SchemaRegistryClient({"url": registry}), schema)
+context = SerializationContext(avro_topic, MessageField.VALUE)
+producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": False})
+n = 0
+for line in sys.stdin:
+    value = json.loads(line)
+    producer.produce(avro_topic, serialize(value, context), partition=0)
+    producer.produce(json_topic, json.dumps(value).encode(), partition=0)
+    n += 1
+    if n % 1000 == 0:
+        producer.flush()
+if producer.flush(30) != 0:
+    raise SystemExit("records left unsent")
+print(n)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readings_serialized_by_confluent_kafka_aggregate_as_their_json() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::broker(Storage::Memory).await;
+    let registry = TestRegistry::start(None).await;
+    let addr = broker.addr().to_owned();
+    let (json_in, avro_in) = (common::unique("cf-json"), common::unique("cf-avro"));
+    let bootstrap = [addr.clone()];
+    let client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30))
+        .await
+        .unwrap();
+    for t in [&json_in, &avro_in] {
+        iotflow_redpanda::topics::create_topics(
+            &client,
+            &bootstrap,
+            &[iotflow_redpanda::TopicSpec::new(t.as_str(), 1)],
+        )
+        .await
+        .unwrap();
+    }
+    let mut lines = String::new();
+    for i in 0..2_000i64 {
+        let hum = if i % 4 == 0 {
+            Value::Null
+        } else {
+            json!(35.5 + (i % 9) as f64 * 1.25)
+        };
+        let value = json!({"machine": format!("m{}", i % 5), "at": 1_763_787_600_000i64 + i * 150,
+            "temp": 18.0 + (i % 17) as f64 * 0.375, "hum": hum, "site": format!("s{}", i % 3)});
+        lines.push_str(&format!("{value}\n"));
+    }
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let mut child = Command::new(&python)
+        .args([
+            "-c",
+            CONFLUENT_PRODUCER,
+            &addr,
+            &registry.url,
+            &avro_in,
+            &json_in,
+            V2,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} (run `make venv`): {e}", python.display()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = common::wait_bounded(child, "confluent-kafka producer");
+    assert!(
+        out.status.success(),
+        "confluent-kafka: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2000");
+    assert_eq!(
+        registry.asked(&format!("/subjects/{avro_in}-value/versions")),
+        1,
+        "the serializer registered its schema"
+    );
+
+    let (json_job, avro_job) = (common::unique("cj"), common::unique("ca"));
+    for (job, input, url) in [
+        (&json_job, &json_in, None),
+        (&avro_job, &avro_in, Some(registry.url.as_str())),
+    ] {
+        let file = job_file(dir.path(), job, input, url);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_iotflow"));
+        c.args(["run", "--brokers", &addr, "--job-file"])
+            .arg(&file)
+            .args(["--until-end", "--epoch-records", "150"])
+            .arg("--state-dir")
+            .arg(dir.path().join(job.as_str()).join("state"))
+            .arg("--parquet-dir")
+            .arg(dir.path().join(job.as_str()).join("parquet"))
+            .env_remove(iotflow_sink::failpoint::ENV)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        common::finish(c.spawn().unwrap(), job);
+    }
+    for out in ["out", "sites"] {
+        let want = common::outputs(&bootstrap, &format!("{json_job}.{out}")).await;
+        assert!(want.values().map(Vec::len).sum::<usize>() > 8, "{out}");
+        assert!(
+            common::outputs(&bootstrap, &format!("{avro_job}.{out}")).await == want,
+            "{out} differs"
+        );
+    }
+    assert_eq!(
+        reasons(&addr, &format!("{avro_job}.dlq")).await,
+        BTreeMap::new()
+    );
+    let parquet = |job: &str| common::files(&dir.path().join(job).join("parquet"));
+    assert!(
+        parquet(&avro_job) == parquet(&json_job),
+        "Parquet bytes differ"
+    );
+}
+
+/// `make bench-avro`: the default job over the same simulated records in
+/// JSON and in Avro, on a private broker, three runs of each interleaved;
+/// prints records/s, the ratio and the decode cost it implies. A benchmark,
+/// not a test: ignored unless asked for, asserts nothing about speed.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: make bench-avro"]
+async fn bench_avro_against_json() {
+    let bin = std::env::var("IOTFLOW_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_iotflow").to_owned());
+    let count = std::env::var("BENCH_RECORDS").unwrap_or_else(|_| "400000".into());
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::broker(Storage::Memory).await;
+    let registry = TestRegistry::start(None).await;
+    let addr = broker.addr().to_owned();
+    let (json_in, avro_in) = (common::unique("bench-json"), common::unique("bench-avro"));
+    let sim = [
+        "--count",
+        &count,
+        "--devices",
+        "1000",
+        "--partitions",
+        "2",
+        "--seed",
+        "7",
+    ];
+    for (topic, extra) in [
+        (&json_in, vec![]),
+        (
+            &avro_in,
+            vec!["--encoding", "avro", "--schema-registry", &registry.url],
+        ),
+    ] {
+        let out = Command::new(&bin)
+            .args(["produce", "--brokers", &addr, "--topic", topic])
+            .args(sim)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut rates: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut readings = BTreeMap::new();
+    for round in 0..3 {
+        for (kind, input) in [("json", &json_in), ("avro", &avro_in)] {
+            let job = format!("bench-{kind}-{round}");
+            let mut c = Command::new(&bin);
+            c.args([
+                "run",
+                "--brokers",
+                &addr,
+                "--input",
+                input,
+                "--job",
+                &job,
+                "--json",
+            ])
+            .args([
+                "--output-topic",
+                &format!("{job}.aggregates"),
+                "--dlq",
+                &format!("{job}.dlq"),
+            ])
+            .args(["--until-end", "-w", "2", "--progress-interval", "0"])
+            .arg("--state-dir")
+            .arg(dir.path().join(&job).join("state"))
+            .arg("--parquet-dir")
+            .arg(dir.path().join(&job).join("parquet"));
+            if kind == "avro" {
+                c.args(["--input-format", "avro", "--schema-registry", &registry.url]);
+            }
+            let out = c.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let rate = s["records"].as_f64().unwrap() / s["seconds"].as_f64().unwrap();
+            rates.entry(kind).or_default().push(rate);
+            // Both read every record into the same readings.
+            let accepted = s["readings_accepted"].as_u64().unwrap();
+            assert_eq!(
+                *readings.entry(round).or_insert(accepted),
+                accepted,
+                "{kind} run {round}"
+            );
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (json, avro) = (
+        median(rates.get_mut("json").unwrap()),
+        median(rates.get_mut("avro").unwrap()),
+    );
+    println!(
+        "records: {count} per input (1000 devices, canonical shape), exactly once, -w 2, tansu memory"
+    );
+    println!(
+        "json: {:.0} records/s (runs {:?})",
+        json,
+        rates["json"].iter().map(|r| r.round()).collect::<Vec<_>>()
+    );
+    println!(
+        "avro: {:.0} records/s (runs {:?})",
+        avro,
+        rates["avro"].iter().map(|r| r.round()).collect::<Vec<_>>()
+    );
+    println!("avro / json: {:.2}", avro / json);
+    // Two workers decode in parallel: the extra worker time per record.
+    println!(
+        "decode cost: {:.2} µs more worker time per record than JSON",
+        (1.0 / avro - 1.0 / json) * 2.0 * 1e6
+    );
+}
+
+/// Reads an Avro topic with confluent-kafka's `AvroDeserializer` (schemas
+/// from the registry): one JSON object per line, timestamps as epoch ms.
+const CONFLUENT_CONSUMER: &str = r#"
+import datetime, json, sys
+from confluent_kafka import Consumer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+bootstrap, registry, user, password, topic, want = sys.argv[1:7]
+deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry, "basic.auth.user.info": f"{user}:{password}"}))
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "check", "auto.offset.reset": "earliest"})
+c.subscribe([topic])
+epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+ms = lambda v: (v - epoch) // datetime.timedelta(milliseconds=1) if isinstance(v, datetime.datetime) else v
+n, empty = 0, 0
+while n < int(want) and empty < 30:
+    m = c.poll(1.0)
+    if m is None:
+        empty += 1
+        continue
+    if m.error():
+        raise SystemExit(f"librdkafka: {m.error()}")
+    value = deserialize(m.value(), SerializationContext(topic, MessageField.VALUE))
+    print(json.dumps({"key": m.key().decode(), "value": {k: ms(v) for k, v in value.items()}}))
+    n += 1
+c.close()
+"#;
+
+/// Each record's key and value (JSON) of `topic`, from every partition.
+async fn json_values(addr: &str, topic: &str) -> BTreeMap<String, Value> {
+    common::outputs(&[addr.to_owned()], topic)
+        .await
+        .into_values()
+        .flatten()
+        .map(|(k, v, _)| {
+            let key = String::from_utf8(k.unwrap()).unwrap();
+            (key, serde_json::from_slice(&v.unwrap()).unwrap())
+        })
+        .collect()
+}
+
+/// Equal, numbers by value (Avro's long `3` and JSON's `3` alike).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// `--output-format avro`: the aggregates' topic holds Avro under a schema
+/// registered as `<topic>-value`; confluent-kafka's AvroDeserializer and
+/// `tail --schema-registry` read back the JSON run's values; Parquet is the
+/// JSON run's byte for byte.
+async fn avro_output_reads_as_the_json_output(
+    addr: &str,
+    dir: &Path,
+    registry: &TestRegistry,
+    input: &str,
+    (json_job, json_out): (&str, &common::Partitions),
+) {
+    let job = common::unique("avro-out");
+    let flags = [
+        "--input-format",
+        "avro",
+        "--output-format",
+        "avro",
+        "--schema-registry",
+        &registry.url,
+        "--schema-registry-username",
+        "iot",
+    ];
+    let out = run(addr, dir, &job, input, &flags)
+        .env("IOTFLOW_SCHEMA_REGISTRY_PASSWORD", "s3cret")
+        .spawn()
+        .unwrap();
+    common::finish(out, "avro output run");
+    let topic = format!("{job}.aggregates");
+    let got = common::outputs(&[addr.to_owned()], &topic).await;
+    // Same keys and partitions, values framed under the registered schema.
+    let keys = |p: &common::Partitions| -> Vec<(i32, Option<Vec<u8>>)> {
+        p.iter()
+            .flat_map(|(n, rs)| rs.iter().map(move |r| (*n, r.0.clone())))
+            .collect()
+    };
+    assert_eq!(keys(&got), keys(json_out));
+    assert_eq!(
+        registry.asked(&format!("/subjects/{topic}-value/versions")),
+        1
+    );
+    let first = got.values().flatten().next().unwrap().1.clone().unwrap();
+    assert_eq!(first[0], 0, "not in the wire format");
+    let parquet = |job: &str| common::files(&dir.join(job).join("parquet"));
+    assert!(parquet(&job) == parquet(json_job), "Parquet bytes differ");
+
+    let want = json_values(addr, &format!("{json_job}.aggregates")).await;
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let read = Command::new(&python)
+        .args([
+            "-c",
+            CONFLUENT_CONSUMER,
+            addr,
+            &registry.url,
+            "iot",
+            "s3cret",
+            &topic,
+        ])
+        .arg(want.len().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "AvroDeserializer: {}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let decoded: BTreeMap<String, Value> = String::from_utf8(read.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["key"].as_str().unwrap().to_owned(), v["value"].clone())
+        })
+        .collect();
+    assert_eq!(decoded.len(), want.len());
+    for (key, value) in &want {
+        assert!(
+            same(&decoded[key], value),
+            "{key}: {} vs {value}",
+            decoded[key]
+        );
+    }
+
+    // tail shows the committed Avro values as the JSON run's.
+    let tail = common::iotflow(&[
+        "tail",
+        "--brokers",
+        addr,
+        "--topic",
+        &topic,
+        "--job",
+        &job,
+        "--from-beginning",
+        "--json",
+        "--exit-when-idle",
+        "3s",
+        "--schema-registry",
+        &registry.url,
+        "--schema-registry-username",
+        "iot",
+        "--schema-registry-password",
+        "s3cret",
+    ]);
+    let shown: Vec<Value> = String::from_utf8(tail.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(shown.len(), want.len());
+    let mut wanted: Vec<&Value> = want.values().collect();
+    let key = |v: &Value| format!("{}|{}|{}", v["device_id"], v["metric"], v["window_start"]);
+    wanted.sort_by_key(|v| key(v));
+    let mut shown_sorted: Vec<&Value> = shown.iter().collect();
+    shown_sorted.sort_by_key(|v| key(v));
+    for (s, w) in shown_sorted.iter().zip(wanted) {
+        assert!(same(s, w), "tail: {s} vs {w}");
     }
 }

@@ -46,6 +46,8 @@ pub struct CommitSample {
 /// Counters shared by every worker of one process.
 #[derive(Debug)]
 pub struct JobMetrics {
+    /// Whether the schema registry holds the job (registry-encoded input only).
+    pub registry: std::sync::OnceLock<std::sync::Arc<iotflow_schema::RegistryStatus>>,
     pub records_in: AtomicU64,
     /// Input records that yielded readings (before deduplication).
     pub records_accepted: AtomicU64,
@@ -111,6 +113,7 @@ pub struct AggregationCounts {
 impl Default for JobMetrics {
     fn default() -> Self {
         Self {
+            registry: std::sync::OnceLock::new(),
             records_in: AtomicU64::new(0),
             records_accepted: AtomicU64::new(0),
             readings_accepted: AtomicU64::new(0),
@@ -263,6 +266,15 @@ impl JobMetrics {
             }
         };
         let load = |a: &AtomicU64| vec![(String::new(), a.load(Ordering::Relaxed) as f64)];
+        if let Some(registry) = self.registry.get() {
+            let waiting = registry.waiting().map_or(0.0, |(d, _)| d.as_secs_f64());
+            metric(
+                "iotflow_schema_registry_waiting_seconds",
+                "gauge",
+                "How long the job has waited for the schema registry to answer (0: it answers).",
+                &[(String::new(), waiting)],
+            );
+        }
         metric(
             "iotflow_records_in_total",
             "counter",

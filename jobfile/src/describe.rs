@@ -220,9 +220,14 @@ impl JobPlan {
         )?;
         let mut outputs = Vec::new();
         if let Some(t) = &a.topic {
-            outputs.push(format!(
-                "topic {t} (created with the input's partition count)"
-            ));
+            outputs.push(match a.format {
+                crate::OutputFormat::Json => {
+                    format!("topic {t} (created with the input's partition count)")
+                }
+                crate::OutputFormat::Avro => format!(
+                    "topic {t} in Avro, its schema registered under {t}-value (created with the input's partition count)"
+                ),
+            });
         }
         if let Some(p) = &a.parquet {
             outputs.push(format!("Parquet dataset {p}/"));

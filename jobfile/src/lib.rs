@@ -27,7 +27,7 @@ pub use alert::*;
 pub use error::{JobFileError, Located, ReadError};
 pub use kafka::KafkaSettings;
 pub use plan::*;
-pub use registry::{InputFormat, RegistrySettings};
+pub use registry::{InputFormat, OutputFormat, RegistrySettings};
 pub use validate::{
     DEFAULT_DEAD_LETTER_TOPIC, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_INPUT_TOPIC,
     DEFAULT_MAX_OUT_OF_ORDER_MS, MAX_HOLD_MS,
@@ -93,6 +93,7 @@ impl JobPlan {
                 filter: None,
                 emit: d.emit,
                 topic: Some(d.output_topic),
+                format: OutputFormat::Json,
                 parquet: Some(DEFAULT_AGGREGATION.to_owned()),
             }],
             alerts: Vec::new(),

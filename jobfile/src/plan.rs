@@ -182,6 +182,8 @@ pub struct AggregationPlan {
     pub filter: Option<Expr<FilterField>>,
     pub emit: EmitMode,
     pub topic: Option<String>,
+    /// How the topic's values are encoded.
+    pub format: crate::OutputFormat,
     pub parquet: Option<String>,
 }
 

@@ -83,6 +83,7 @@ pub(crate) struct RawAggregation {
     pub filter: Option<S<String>>,
     pub emit: Option<S<String>>,
     pub topic: Option<S<String>>,
+    pub format: Option<S<String>>,
     pub parquet: Option<S<String>>,
 }
 

@@ -58,6 +58,32 @@ impl fmt::Display for InputFormat {
     }
 }
 
+/// The encoding of an aggregation's Kafka values (Parquet keeps its typed schema).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Json,
+    /// Avro in the Confluent wire format, the schema registered under `<topic>-value`.
+    Avro,
+}
+
+impl OutputFormat {
+    pub const NAMES: [(&'static str, OutputFormat); 2] =
+        [("json", OutputFormat::Json), ("avro", OutputFormat::Avro)];
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(s))
+            .map(|(_, f)| *f)
+            .ok_or_else(|| format!("unknown output format `{s}`: json or avro"))
+    }
+}
+
 /// A schema registry speaking the Confluent REST API, as a job file or the
 /// flags state it (each unset setting: not stated). No password: see
 /// [`RegistrySettings::password_env`].
@@ -82,5 +108,76 @@ impl RegistrySettings {
                 .clone()
                 .or_else(|| self.password_env.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const JOB: &str =
+        "name = \"j\"\n[[aggregation]]\nname = \"a\"\nwindow = \"tumbling 1m\"\ntopic = \"t\"\n";
+
+    #[test]
+    fn the_input_format_and_its_registry_are_read_and_printed() {
+        let text = format!(
+            "{JOB}[input]\nformat = \"avro\"\nschema_registry = \"http://registry:8081\"\n\
+             schema_registry_username = \"iot\"\nschema_registry_password_env = \"PW\"\n"
+        );
+        let plan = crate::parse(Path::new("j.toml"), &text).unwrap();
+        assert_eq!(plan.input.format, InputFormat::Avro);
+        assert_eq!(
+            plan.input.registry,
+            RegistrySettings {
+                url: Some("http://registry:8081".into()),
+                username: Some("iot".into()),
+                password_env: Some("PW".into()),
+            }
+        );
+        let printed = plan.to_string();
+        assert!(
+            printed.contains("Avro (Confluent wire format), schemas from the registry at http://registry:8081 as iot"),
+            "{printed}"
+        );
+        // The flags win, setting by setting.
+        let flags = RegistrySettings {
+            url: Some("https://other:443".into()),
+            ..RegistrySettings::default()
+        };
+        let both = plan.input.registry.overridden_by(&flags);
+        assert_eq!(both.url.as_deref(), Some("https://other:443"));
+        assert_eq!(both.username.as_deref(), Some("iot"));
+        // JSON by default, without a registry.
+        let plain = crate::parse(Path::new("j.toml"), JOB).unwrap();
+        assert_eq!(plain.input.format, InputFormat::Json);
+        assert!(!plain.input.format.needs_registry());
+    }
+
+    #[test]
+    fn a_password_an_unknown_format_or_a_url_that_is_not_http_is_refused_at_its_line() {
+        for (input, says) in [
+            (
+                "schema_registry_password = \"hunter2\"",
+                "no passwords in job files",
+            ),
+            ("format = \"thrift\"", "unknown format `thrift`"),
+            (
+                "schema_registry = \"registry:8081\"",
+                "is not an http(s) URL",
+            ),
+            ("schema_registry_username = \" \"", "empty"),
+        ] {
+            let text = format!("{JOB}[input]\n{input}\n");
+            let e = crate::parse(Path::new("j.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("j.toml:7:"), "{e}");
+            assert!(e.contains(says), "{e}");
+            assert!(!e.contains("hunter2"), "the password is echoed: {e}");
+        }
+        assert_eq!("AVRO".parse::<InputFormat>(), Ok(InputFormat::Avro));
+        assert!("xml".parse::<InputFormat>().is_err());
     }
 }

@@ -216,6 +216,17 @@ fn aggregation(
         None => EmitMode::Final,
     };
     let (topic, parquet) = outputs.of(&raw, &name, span)?;
+    let format = match &raw.format {
+        Some(f) if topic.is_none() => {
+            return Err(Problem::new(
+                f.span(),
+                "a format without a topic: Parquet keeps its typed schema",
+            )
+            .hint("format is the encoding of the topic's values: add topic = \"…\" or drop it"));
+        }
+        Some(f) => pick(f, &crate::OutputFormat::NAMES, "output format")?,
+        None => crate::OutputFormat::Json,
+    };
     Ok(AggregationPlan {
         name,
         group_by,
@@ -225,6 +236,7 @@ fn aggregation(
         filter,
         emit,
         topic,
+        format,
         parquet,
     })
 }

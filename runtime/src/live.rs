@@ -75,6 +75,8 @@ pub struct AggregationOutput {
     pub topic: Option<String>,
     /// A Parquet dataset under the Parquet directory.
     pub parquet: Option<String>,
+    /// The topic's values in Avro under this registered schema, not JSON.
+    pub avro: Option<iotflow_sink::AvroValues>,
 }
 
 /// Everything a live job needs to know.
@@ -205,7 +207,7 @@ impl Routes {
             .zip(&cfg.outputs)
             .enumerate()
         {
-            let shape = AggregateShape::of(agg);
+            let shape = AggregateShape::of(agg).with_avro(out.avro.clone());
             let id = out.topic.as_deref().map(|t| {
                 topics.push(partitions_of(t));
                 OutputId(topics.len() as u16 - 1)

@@ -97,6 +97,11 @@ impl AvroSchema {
             .map_err(|e| e.to_string())?
             .resolve_schemata(&self.schema, self.all())
             .map_err(|e| e.to_string())?;
+        self.encode_datum(avro)
+    }
+
+    /// A datum built for this schema, encoded (validated against it first).
+    pub fn encode_datum(&self, avro: Avro) -> Result<Vec<u8>, String> {
         let builder = GenericDatumWriter::builder(&self.schema);
         let writer = if self.referenced.is_empty() {
             builder.build()

@@ -9,5 +9,6 @@ mod decoder;
 pub mod registry;
 pub mod wire;
 
+pub use apache_avro::types::Value as Datum;
 pub use decoder::{DecodeError, Decoder, RegistryStatus, StaticSource};
 pub use registry::{FetchError, Reference, Registered, Registry, SchemaKind, SchemaSource};

@@ -67,6 +67,7 @@ pub trait SchemaSource: Send + Sync + fmt::Debug {
 }
 
 /// A registry at a base URL, with optional basic auth.
+#[derive(Clone)]
 pub struct Registry {
     agent: ureq::Agent,
     url: String,

@@ -1,7 +1,7 @@
 //! Everything that leaves the dataflow.
 //!
 //! ```text
-//!   aggregates, dead letters ──records──▶ Kafka records (keys, JSON values, headers)
+//!   aggregates, dead letters ──records──▶ Kafka records (keys, JSON or Avro values, headers)
 //!   exactly once: stage ▶ commit (`iot.progress`) ▶ publish (Kafka, Parquet) ▶ recover
 //! ```
 //!
@@ -12,6 +12,7 @@
 //! typed errors.
 
 pub mod alert_shape;
+pub mod avro_values;
 pub mod committed;
 pub mod committer;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod protocol;
 pub mod records;
 pub mod shape;
 
+pub use avro_values::AvroValues;
 pub use error::{Fault, SinkError};
 pub use records::{AggregateRecord, DeadLetter};
 pub use shape::{AggregateRow, AggregateShape};

@@ -34,6 +34,8 @@ pub struct AggregateShape {
     /// Output names of the group fields (the device is `device_id`).
     pub group_fields: Vec<String>,
     pub measures: Vec<Measure>,
+    /// Kafka values in Avro under this registered schema, instead of JSON.
+    pub avro: Option<crate::AvroValues>,
 }
 
 /// One window's aggregate as a dataset keeps it until it is written.
@@ -162,6 +164,22 @@ impl AggregateShape {
             aggregation: a.name.to_string(),
             group_fields: a.group_names.iter().map(ToString::to_string).collect(),
             measures: a.measures.clone(),
+            avro: None,
+        }
+    }
+
+    /// Values in Avro under `avro` (a schema registered for [`Self::avro_schema`]).
+    pub fn with_avro(mut self, avro: Option<crate::AvroValues>) -> Self {
+        self.avro = avro;
+        self
+    }
+
+    /// The Kafka value of `r` emitted at `epoch`: Avro when the shape has a
+    /// registered schema, else JSON.
+    pub fn value(&self, r: &WindowResult, epoch: Epoch) -> Result<Vec<u8>, String> {
+        match &self.avro {
+            Some(avro) => self.avro(avro, r, epoch),
+            None => self.json(r, epoch).map_err(|e| e.to_string()),
         }
     }
 

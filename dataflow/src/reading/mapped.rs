@@ -53,6 +53,11 @@ impl InputMapping {
         self
     }
 
+    /// The decoder of a registry-encoded input.
+    pub fn decoder(&self) -> Option<&Arc<Decoder>> {
+        self.decoder.as_ref()
+    }
+
     /// Today's shapes as JSON text, no dimensions: the scanner's fast path applies.
     pub fn is_default(&self) -> bool {
         self.mapping == Mapping::Preset(Preset::Auto)

@@ -114,7 +114,7 @@ impl StagedRecord {
         shape: &AggregateShape,
     ) -> Result<(String, Self), SinkError> {
         let key = AggregateShape::key(&r.group, r.window_start);
-        let value = shape.json(r, epoch);
+        let value = shape.value(r, epoch);
         Self::keyed("aggregate", key, value, epoch, r.window_end)
     }
 
@@ -123,13 +123,13 @@ impl StagedRecord {
     fn keyed(
         what: &str,
         key: String,
-        value: Result<Vec<u8>, serde_json::Error>,
+        value: Result<Vec<u8>, String>,
         epoch: Epoch,
         timestamp_ms: i64,
     ) -> Result<(String, Self), SinkError> {
         let value = value.map_err(|e| SinkError::Encode {
             what: format!("{what} {key}"),
-            detail: e.to_string(),
+            detail: e,
         })?;
         let record = Self {
             key: Some(key.clone().into_bytes()),
@@ -149,7 +149,7 @@ impl StagedRecord {
         Self::keyed(
             "alert",
             shape.key(e),
-            shape.json(e, epoch),
+            shape.json(e, epoch).map_err(|e| e.to_string()),
             epoch,
             e.window_end,
         )

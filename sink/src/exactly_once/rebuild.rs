@@ -37,8 +37,8 @@ use crate::shape::{AggregateRow, AggregateShape, DatasetShape, Row};
 /// finishes publishing the last commits while the other processes recover.
 const WAIT_FOR_PUBLISHING: Duration = Duration::from_secs(60);
 
-/// The window row a record of `shape`'s topic holds (key and JSON value as
-/// [`AggregateShape::key`] and [`AggregateShape::json`] write them). Measures
+/// The window row a record of `shape`'s topic holds (key and value as
+/// [`AggregateShape::key`] and [`AggregateShape::value`] write them). Measures
 /// the shape does not write stay zero: no column reads them.
 pub fn aggregate_row(
     shape: &AggregateShape,
@@ -50,8 +50,7 @@ pub fn aggregate_row(
         Some((group, _)) => group,
         None => "",
     };
-    let json: serde_json::Map<String, Value> =
-        serde_json::from_slice(value).map_err(|e| format!("value: {e}"))?;
+    let json = shape.value_as_json(value)?;
     let int = |name: &str| {
         json.get(name)
             .and_then(Value::as_i64)
@@ -256,11 +255,18 @@ mod tests {
             ),
             (vec![], ""),
         ] {
-            let shape = AggregateShape {
+            let json = AggregateShape {
                 aggregation: "a".into(),
                 group_fields,
                 measures: measures.clone(),
+                avro: None,
             };
+            // The same shape with Avro values (`p99.9` is the field `p99_9`).
+            let schema = iotflow_schema::avro::AvroSchema::parse(&json.avro_schema(), &[]).unwrap();
+            let avro = json.clone().with_avro(Some(crate::AvroValues {
+                id: 5,
+                schema: std::sync::Arc::new(schema),
+            }));
             let result = WindowResult {
                 aggregation: 0,
                 group: group.into(),
@@ -270,9 +276,23 @@ mod tests {
                 is_final: true,
             };
             let key = AggregateShape::key(group, 0);
-            let value = shape.json(&result, 7).unwrap();
-            let row = aggregate_row(&shape, key.as_bytes(), &value).unwrap();
-            assert_eq!(row, AggregateRow::of(&result, 7), "{group:?}");
+            for shape in [&json, &avro] {
+                let value = shape.value(&result, 7).unwrap();
+                let row = aggregate_row(shape, key.as_bytes(), &value).unwrap();
+                assert_eq!(row, AggregateRow::of(&result, 7), "{group:?}");
+            }
+            let framed = avro.value(&result, 7).unwrap();
+            assert_eq!(iotflow_schema::wire::split(&framed).unwrap().0, 5);
+            // A JSON value on an Avro shape's topic, or another schema's id, is refused.
+            let other = json.value(&result, 7).unwrap();
+            assert!(aggregate_row(&avro, key.as_bytes(), &other).is_err());
+            let mut wrong_id = framed.clone();
+            wrong_id[4] = 6;
+            assert!(
+                aggregate_row(&avro, key.as_bytes(), &wrong_id)
+                    .unwrap_err()
+                    .contains("schema id 6")
+            );
         }
     }
 
@@ -282,6 +302,7 @@ mod tests {
             aggregation: "a".into(),
             group_fields: vec!["site".into()],
             measures: vec![Measure::Count, Measure::Mean],
+            avro: None,
         };
         let good = br#"{"site":"s","window_start":0,"window_end":10,"count":2,"mean":1.5,"final":true,"epoch":3,"aggregation":"a"}"#;
         assert!(aggregate_row(&shape, b"s|0", good).is_ok());
