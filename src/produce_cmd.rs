@@ -8,14 +8,16 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use iotflow_ingest::avro::AvroEncoding;
+use iotflow_ingest::encoding::{self, Encoding};
 use iotflow_ingest::episodes::{EpisodeKind, Episodes};
 use iotflow_ingest::producer::{self, Counters, Pace, ProduceSummary, ProducerConfig};
 use iotflow_ingest::simulator::{BadKind, Format, MetricSpec, SimConfig, Simulator};
 use iotflow_redpanda::rskafka::client::partition::Compression;
 use iotflow_redpanda::topics::{self, TopicSpec};
 
-use crate::registry_args::{RegistryArgs, register_avro};
+use iotflow_schema::SchemaKind;
+
+use crate::registry_args::{RegistryArgs, register};
 use crate::target::{BrokerSelect, Target};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -250,9 +252,10 @@ pub struct ProduceArgs {
     pub partitions: i32,
     #[command(flatten)]
     pub sim: SimArgs,
-    /// Encoding of the values: json (the shape of --format), or avro in the
-    /// Confluent wire format, its schema registered under `<topic>-value` in
-    /// --schema-registry (records that fit no schema, the bad ones, go as they are).
+    /// Encoding of the values: json (the shape of --format), or avro or
+    /// protobuf in the Confluent wire format, its schema registered under
+    /// `<topic>-value` in --schema-registry (records that fit no schema, the
+    /// bad ones, go as they are).
     #[arg(long, value_enum, default_value = "json")]
     pub encoding: EncodingArg,
     #[command(flatten)]
@@ -266,25 +269,44 @@ pub struct ProduceArgs {
 pub enum EncodingArg {
     Json,
     Avro,
+    Protobuf,
 }
 
-/// The Avro encoding of `sim`'s records, its schema registered for `topic`.
-fn avro_encoding(registry: &RegistryArgs, topic: &str, sim: &SimArgs) -> Result<AvroEncoding> {
-    let Some(registry) = registry.registry(&Default::default())? else {
-        bail!("--encoding avro registers its schema: add --schema-registry URL");
+/// The encoding of `sim`'s records, its schema registered for `topic`.
+fn encoding(
+    registry: &RegistryArgs,
+    encoding: EncodingArg,
+    topic: &str,
+    sim: &SimArgs,
+) -> Result<Option<Encoding>> {
+    let (kind, schema) = match encoding {
+        EncodingArg::Json => return Ok(None),
+        EncodingArg::Avro => (
+            SchemaKind::Avro,
+            encoding::reading_schema(&sim.sim_config()),
+        ),
+        EncodingArg::Protobuf => (
+            SchemaKind::Protobuf,
+            encoding::reading_proto(&sim.sim_config()),
+        ),
     };
-    let schema = iotflow_ingest::avro::reading_schema(&sim.sim_config());
+    let Some(registry) = registry.registry(&Default::default())? else {
+        let name = format!("{encoding:?}").to_lowercase();
+        bail!("--encoding {name} registers its schema: add --schema-registry URL");
+    };
     let subject = format!("{topic}-value");
-    let (id, _) = register_avro(&registry, &subject, &schema)?;
+    let id = register(&registry, &subject, kind, &schema)?;
     eprintln!("schema of the readings registered under {subject} as id {id}");
-    AvroEncoding::new(id, &schema).map_err(|e| anyhow::anyhow!("the readings' schema: {e}"))
+    match kind {
+        SchemaKind::Protobuf => Encoding::protobuf(id, &schema),
+        _ => Encoding::avro(id, &schema),
+    }
+    .map(Some)
+    .map_err(|e| anyhow::anyhow!("the readings' schema: {e}"))
 }
 
 pub async fn run(home: &Path, args: ProduceArgs) -> Result<()> {
-    let encoding = match args.encoding {
-        EncodingArg::Json => None,
-        EncodingArg::Avro => Some(avro_encoding(&args.registry, &args.topic, &args.sim)?),
-    };
+    let encoding = encoding(&args.registry, args.encoding, &args.topic, &args.sim)?;
     let target = args.select.connect(home).await?;
     let summary = produce_to(
         &target,
@@ -310,7 +332,7 @@ pub async fn produce_to(
     topic: &str,
     partitions: i32,
     sim: &SimArgs,
-    encoding: Option<AvroEncoding>,
+    encoding: Option<Encoding>,
     bar: bool,
 ) -> Result<ProduceSummary> {
     let exists = topics::partitions_of(&target.client, topic)

@@ -72,9 +72,8 @@ pub fn decoder(input: &InputPlan, registry: Option<&Registry>) -> Result<Option<
     let kind = match input.format {
         InputFormat::Json => return Ok(None),
         InputFormat::Avro => SchemaKind::Avro,
-        other => bail!(
-            "input format {other} is not read yet: json and avro are (a registry schema of this kind is refused)"
-        ),
+        InputFormat::Protobuf => SchemaKind::Protobuf,
+        InputFormat::JsonSchema => SchemaKind::Json,
     };
     let Some(registry) = registry else {
         bail!(
@@ -90,21 +89,28 @@ pub fn decoder(input: &InputPlan, registry: Option<&Registry>) -> Result<Option<
     ))))
 }
 
-/// Registers `schema` (Avro, JSON text) under `subject`: its id and the
-/// parsed schema. Blocking: the registry client is synchronous.
+/// Registers `schema` of `kind` under `subject`: its id. Blocking: the
+/// registry client is synchronous.
+pub fn register(registry: &Registry, subject: &str, kind: SchemaKind, schema: &str) -> Result<u32> {
+    let registered = Registered {
+        schema_type: kind,
+        schema: schema.to_owned(),
+        references: Vec::new(),
+    };
+    tokio::task::block_in_place(|| registry.register(subject, &registered))
+        .with_context(|| format!("registering the schema of {subject}"))
+}
+
+/// Registers `schema` (Avro, JSON text) under `subject`: its id and the parsed schema.
 pub fn register_avro(
     registry: &Registry,
     subject: &str,
     schema: &str,
 ) -> Result<(u32, AvroSchema)> {
-    let registered = Registered {
-        schema_type: SchemaKind::Avro,
-        schema: schema.to_owned(),
-        references: Vec::new(),
-    };
-    let id = tokio::task::block_in_place(|| registry.register(subject, &registered))
-        .with_context(|| format!("registering the Avro schema of {subject}"))?;
     let parsed = AvroSchema::parse(schema, &[])
         .map_err(|e| anyhow::anyhow!("the Avro schema of {subject}: {e}"))?;
-    Ok((id, parsed))
+    Ok((
+        register(registry, subject, SchemaKind::Avro, schema)?,
+        parsed,
+    ))
 }

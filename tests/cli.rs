@@ -200,11 +200,11 @@ fn registry_settings_are_checked_before_any_broker_and_the_password_never_shows(
             vec![
                 "run",
                 "--input-format",
-                "protobuf",
+                "thrift",
                 "--schema-registry",
                 "http://127.0.0.1:9",
             ],
-            "input format protobuf is not read yet",
+            "unknown format `thrift`: one of json, avro, protobuf, json-schema",
         ),
         (
             vec!["produce", "--count", "1", "--encoding", "avro"],

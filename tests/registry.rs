@@ -86,7 +86,8 @@ fn wait_for_text(path: &Path, text: &str, bound: Duration) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn simulated_avro_readings_aggregate_as_their_json_and_a_silent_registry_pauses_the_job() {
+async fn simulated_avro_and_protobuf_readings_aggregate_as_their_json_and_a_silent_registry_pauses_the_job()
+ {
     let dir = tempfile::tempdir().unwrap();
     let broker = common::broker(Storage::Memory).await;
     let registry = TestRegistry::start(Some(("iot", "s3cret"))).await;
@@ -183,6 +184,48 @@ async fn simulated_avro_readings_aggregate_as_their_json_and_a_silent_registry_p
         registry.asked("/schemas/ids/1")
     );
 
+    // The same readings in Protobuf: the same aggregates, the same dead letters.
+    let proto_in = common::unique("proto-in");
+    let credentials = [
+        "--schema-registry-username",
+        "iot",
+        "--schema-registry-password",
+        "s3cret",
+    ];
+    let mut flags = vec!["--encoding", "protobuf", "--schema-registry", &registry.url];
+    flags.extend(credentials);
+    produce(&proto_in, &flags);
+    let proto_job = common::unique("proto");
+    let mut flags = vec![
+        "--input-format",
+        "protobuf",
+        "--schema-registry",
+        &registry.url,
+    ];
+    flags.extend(credentials);
+    common::finish(
+        run(&addr, dir.path(), &proto_job, &proto_in, &flags)
+            .spawn()
+            .unwrap(),
+        "protobuf run",
+    );
+    assert!(common::outputs(&bootstrap, &format!("{proto_job}.aggregates")).await == want);
+    assert!(
+        parquet(&proto_job) == parquet(&json_job),
+        "Parquet bytes differ"
+    );
+    // A proto3 string is never missing, only empty: a record without its
+    // device encodes, and is refused for it as in JSON.
+    let missing = j.get("missing_device_id").copied().unwrap_or_default();
+    assert!(missing > 0, "{j:?}");
+    let mut proto_dead = dead.clone();
+    proto_dead.insert("missing_device_id".into(), missing);
+    *proto_dead.get_mut("undecodable").unwrap() -= missing;
+    assert_eq!(
+        reasons(&addr, &format!("{proto_job}.dlq")).await,
+        proto_dead
+    );
+
     avro_output_reads_as_the_json_output(
         &addr,
         dir.path(),
@@ -266,13 +309,18 @@ const V2: &str = r#"{"type":"record","name":"Reading","namespace":"plant","field
     {"name":"machine","type":"string"},{"name":"at","type":"long"},
     {"name":"temp","type":"double"},{"name":"hum","type":["null","double"],"default":null},
     {"name":"site","type":"string","default":"none"}]}"#;
+/// The readings of [`V2`] as a JSON Schema.
+const JSON_SCHEMA: &str = r#"{"type":"object","properties":{"machine":{"type":"string"},
+    "at":{"type":"integer"},"temp":{"type":"number"},"hum":{"type":["number","null"]},
+    "site":{"type":"string"}},"required":["machine","at","temp"]}"#;
 /// Lacks `hum`, which the job maps.
 const NO_HUM: &str = r#"{"type":"record","name":"Reading","namespace":"plant","fields":[
     {"name":"machine","type":"string"},{"name":"at","type":"long"},{"name":"temp","type":"double"}]}"#;
 
-fn job_file(dir: &Path, name: &str, input: &str, avro: Option<&str>) -> PathBuf {
-    let format = match avro {
-        Some(url) => format!("format = \"avro\"\nschema_registry = \"{url}\"\n"),
+/// The plant job over `input`, in `format` (and its registry's URL), else JSON.
+fn job_file(dir: &Path, name: &str, input: &str, format: Option<(&str, &str)>) -> PathBuf {
+    let format = match format {
+        Some((format, url)) => format!("format = \"{format}\"\nschema_registry = \"{url}\"\n"),
         None => String::new(),
     };
     let path = dir.join(format!("{name}.toml"));
@@ -405,7 +453,7 @@ async fn an_evolving_schema_reads_as_json_and_each_bad_record_has_its_reason() {
     let (json_job, avro_job) = (common::unique("pj"), common::unique("pa"));
     for (job, input, url) in [
         (&json_job, &json_in, None),
-        (&avro_job, &avro_in, Some(registry.url.as_str())),
+        (&avro_job, &avro_in, Some(("avro", registry.url.as_str()))),
     ] {
         let file = job_file(dir.path(), job, input, url);
         let mut c = Command::new(env!("CARGO_BIN_EXE_iotflow"));
@@ -494,21 +542,50 @@ async fn write(addr: &str, topic: &str, values: &[Vec<u8>]) {
 }
 
 /// Writes each JSON line of stdin to the Avro topic through confluent-kafka's
-/// AvroSerializer (which registers the schema) and to the JSON topic as text.
+/// AvroSerializer, to the Protobuf topic through its ProtobufSerializer (a
+/// message built from a descriptor, the second of its file: indexes `[1]`),
+/// to the JSON Schema topic through its JSONSerializer, each registering its
+/// own schema, and to the JSON topic as text.
 const CONFLUENT_PRODUCER: &str = r#"
 import json, sys
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.json_schema import JSONSerializer
+from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-bootstrap, registry, avro_topic, json_topic, schema = sys.argv[1:6]
-serialize = AvroSerializer(SchemaRegistryClient({"url": registry}), schema)
-context = SerializationContext(avro_topic, MessageField.VALUE)
+bootstrap, registry, avro_topic, proto_topic, jsonschema_topic, json_topic, schema, json_schema = sys.argv[1:9]
+F = descriptor_pb2.FieldDescriptorProto
+file = descriptor_pb2.FileDescriptorProto(name="plant/readings.proto", package="plant", syntax="proto3")
+file.message_type.add(name="Status").field.add(name="machine", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+r = file.message_type.add(name="Reading")
+r.field.add(name="machine", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+r.field.add(name="at", number=2, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL)
+r.field.add(name="temp", number=3, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
+r.oneof_decl.add(name="_hum")
+r.field.add(name="hum", number=4, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL, oneof_index=0, proto3_optional=True)
+r.field.add(name="site", number=5, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+pool = descriptor_pool.DescriptorPool()
+pool.Add(file)
+Reading = message_factory.GetMessageClass(pool.FindMessageTypeByName("plant.Reading"))
+client = SchemaRegistryClient({"url": registry})
+to_avro = AvroSerializer(client, schema)
+to_proto = ProtobufSerializer(Reading, client)
+to_json = JSONSerializer(json_schema, client)
+json_ctx = SerializationContext(jsonschema_topic, MessageField.VALUE)
+avro_ctx = SerializationContext(avro_topic, MessageField.VALUE)
+proto_ctx = SerializationContext(proto_topic, MessageField.VALUE)
 producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": False})
 n = 0
 for line in sys.stdin:
     value = json.loads(line)
-    producer.produce(avro_topic, serialize(value, context), partition=0)
+    message = Reading(machine=value["machine"], at=value["at"], temp=value["temp"], site=value["site"])
+    if value["hum"] is not None:
+        message.hum = value["hum"]
+    producer.produce(avro_topic, to_avro(value, avro_ctx), partition=0)
+    producer.produce(proto_topic, to_proto(message, proto_ctx), partition=0)
+    producer.produce(jsonschema_topic, to_json(value, json_ctx), partition=0)
     producer.produce(json_topic, json.dumps(value).encode(), partition=0)
     n += 1
     if n % 1000 == 0:
@@ -525,12 +602,13 @@ async fn readings_serialized_by_confluent_kafka_aggregate_as_their_json() {
     let broker = common::broker(Storage::Memory).await;
     let registry = TestRegistry::start(None).await;
     let addr = broker.addr().to_owned();
-    let (json_in, avro_in) = (common::unique("cf-json"), common::unique("cf-avro"));
+    let [json_in, avro_in, proto_in, schema_in] =
+        ["cf-json", "cf-avro", "cf-proto", "cf-jsonschema"].map(common::unique);
     let bootstrap = [addr.clone()];
     let client = iotflow_redpanda::connect(&bootstrap, Duration::from_secs(30))
         .await
         .unwrap();
-    for t in [&json_in, &avro_in] {
+    for t in [&json_in, &avro_in, &proto_in, &schema_in] {
         iotflow_redpanda::topics::create_topics(
             &client,
             &bootstrap,
@@ -552,15 +630,9 @@ async fn readings_serialized_by_confluent_kafka_aggregate_as_their_json() {
     }
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     let mut child = Command::new(&python)
-        .args([
-            "-c",
-            CONFLUENT_PRODUCER,
-            &addr,
-            &registry.url,
-            &avro_in,
-            &json_in,
-            V2,
-        ])
+        .args(["-c", CONFLUENT_PRODUCER, &addr, &registry.url])
+        .args([&avro_in, &proto_in, &schema_in, &json_in])
+        .args([V2, JSON_SCHEMA])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -579,18 +651,30 @@ async fn readings_serialized_by_confluent_kafka_aggregate_as_their_json() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2000");
-    assert_eq!(
-        registry.asked(&format!("/subjects/{avro_in}-value/versions")),
-        1,
-        "the serializer registered its schema"
-    );
+    for topic in [&avro_in, &proto_in, &schema_in] {
+        assert_eq!(
+            registry.asked(&format!("/subjects/{topic}-value/versions")),
+            1,
+            "the serializer registered its schema for {topic}"
+        );
+    }
 
-    let (json_job, avro_job) = (common::unique("cj"), common::unique("ca"));
-    for (job, input, url) in [
+    let [json_job, avro_job, proto_job, schema_job] = ["cj", "ca", "cp", "cs"].map(common::unique);
+    for (job, input, format) in [
         (&json_job, &json_in, None),
-        (&avro_job, &avro_in, Some(registry.url.as_str())),
+        (&avro_job, &avro_in, Some(("avro", registry.url.as_str()))),
+        (
+            &proto_job,
+            &proto_in,
+            Some(("protobuf", registry.url.as_str())),
+        ),
+        (
+            &schema_job,
+            &schema_in,
+            Some(("json-schema", registry.url.as_str())),
+        ),
     ] {
-        let file = job_file(dir.path(), job, input, url);
+        let file = job_file(dir.path(), job, input, format);
         let mut c = Command::new(env!("CARGO_BIN_EXE_iotflow"));
         c.args(["run", "--brokers", &addr, "--job-file"])
             .arg(&file)
@@ -604,23 +688,22 @@ async fn readings_serialized_by_confluent_kafka_aggregate_as_their_json() {
             .stderr(Stdio::piped());
         common::finish(c.spawn().unwrap(), job);
     }
-    for out in ["out", "sites"] {
-        let want = common::outputs(&bootstrap, &format!("{json_job}.{out}")).await;
-        assert!(want.values().map(Vec::len).sum::<usize>() > 8, "{out}");
+    let parquet = |job: &str| common::files(&dir.path().join(job).join("parquet"));
+    for job in [&avro_job, &proto_job, &schema_job] {
+        for out in ["out", "sites"] {
+            let want = common::outputs(&bootstrap, &format!("{json_job}.{out}")).await;
+            assert!(want.values().map(Vec::len).sum::<usize>() > 8, "{out}");
+            assert!(
+                common::outputs(&bootstrap, &format!("{job}.{out}")).await == want,
+                "{job}: {out} differs"
+            );
+        }
+        assert_eq!(reasons(&addr, &format!("{job}.dlq")).await, BTreeMap::new());
         assert!(
-            common::outputs(&bootstrap, &format!("{avro_job}.{out}")).await == want,
-            "{out} differs"
+            parquet(job) == parquet(&json_job),
+            "{job}: Parquet bytes differ"
         );
     }
-    assert_eq!(
-        reasons(&addr, &format!("{avro_job}.dlq")).await,
-        BTreeMap::new()
-    );
-    let parquet = |job: &str| common::files(&dir.path().join(job).join("parquet"));
-    assert!(
-        parquet(&avro_job) == parquet(&json_job),
-        "Parquet bytes differ"
-    );
 }
 
 /// `make bench-avro`: the default job over the same simulated records in

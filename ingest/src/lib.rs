@@ -6,7 +6,7 @@
 //!       ──▶ rskafka ──▶ `iot.readings`
 //! ```
 
-pub mod avro;
+pub mod encoding;
 pub mod episodes;
 pub mod producer;
 mod rng;

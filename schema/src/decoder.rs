@@ -3,7 +3,7 @@
 //! decoded under it.
 //!
 //! ```text
-//!   payload ──split──▶ (id, body) ──cache[id]──▶ Avro schema ──decode──▶ JSON
+//!   payload ──split──▶ (id, body) ──cache[id]──▶ Avro / Protobuf / JSON schema ──decode──▶ JSON
 //!                          │           miss: fetch (and references) ──▶ compile, check paths
 //!                          │           404 ─────────────▶ UnknownSchema (dead letter)
 //!                          │           no answer ───────▶ wait and ask again (the job pauses)
@@ -22,7 +22,11 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 
+use prost_reflect::MessageDescriptor;
+
 use crate::avro::{AvroError, AvroSchema};
+use crate::json_schema::JsonSchema;
+use crate::protobuf::{self, ProtoError, ProtoSchema};
 use crate::registry::{FetchError, Registered, SchemaKind, SchemaSource};
 use crate::wire;
 
@@ -37,7 +41,8 @@ pub enum DecodeError {
     /// The schema is of another kind than the input's format, does not
     /// compile, or lacks a field the job maps.
     SchemaMismatch,
-    /// The bytes are not a value of their schema.
+    /// The bytes are not a value of their schema (for JSON Schema: not
+    /// JSON, or not valid under it).
     Undecodable,
     /// A number that is NaN or infinite.
     NonFinite,
@@ -77,8 +82,18 @@ impl RegistryStatus {
 #[derive(Debug)]
 enum Entry {
     Avro(AvroSchema),
+    Protobuf(Protobuf),
+    Json(JsonSchema),
     Unknown,
     Mismatch,
+}
+
+/// A Protobuf schema and, per message path met so far, its message when
+/// it holds the required paths.
+#[derive(Debug)]
+struct Protobuf {
+    schema: ProtoSchema,
+    messages: RwLock<HashMap<Vec<usize>, Option<MessageDescriptor>>>,
 }
 
 /// Decodes one input format's values; shared by a process's workers.
@@ -149,6 +164,18 @@ impl Decoder {
     fn decode_with(&self, payload: &[u8], nulling: bool) -> Result<Value, DecodeError> {
         let (id, body) = wire::split(payload).map_err(|_| DecodeError::NotFramed)?;
         match &*self.entry(id) {
+            Entry::Json(schema) => schema.decode(body).ok_or(DecodeError::Undecodable),
+            Entry::Protobuf(p) => {
+                let (path, body) =
+                    wire::split_indexes(body).map_err(|_| DecodeError::Undecodable)?;
+                let message = self
+                    .message(id, p, path)
+                    .ok_or(DecodeError::SchemaMismatch)?;
+                ProtoSchema::decode(&message, body, nulling).map_err(|e| match e {
+                    ProtoError::NonFinite => DecodeError::NonFinite,
+                    _ => DecodeError::Undecodable,
+                })
+            }
             Entry::Avro(schema) => match nulling {
                 false => schema.decode(body),
                 true => schema.decode_nulling_non_finite(body),
@@ -213,6 +240,43 @@ impl Decoder {
         }
     }
 
+    /// The message at `path` of schema `id`, if it has one that holds the
+    /// required paths (judged once per path).
+    fn message(&self, id: u32, p: &Protobuf, path: Vec<usize>) -> Option<MessageDescriptor> {
+        if let Some(known) = p
+            .messages
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&path)
+        {
+            return known.clone();
+        }
+        let verdict = match p.schema.message(&path) {
+            None => {
+                tracing::warn!(
+                    "schema id {id} has no message at indexes {path:?}: its records are dead letters (schema_mismatch)"
+                );
+                None
+            }
+            Some(m) => match self.required.iter().find(|r| !protobuf::has_path(&m, r)) {
+                Some(missing) => {
+                    tracing::warn!(
+                        "message {} of schema id {id} has no field `{}`: its records are dead letters (schema_mismatch)",
+                        m.full_name(),
+                        missing.join(".")
+                    );
+                    None
+                }
+                None => Some(m),
+            },
+        };
+        p.messages
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(path, verdict.clone());
+        verdict
+    }
+
     /// The verdict on `id`, or why the registry gave none.
     fn compile(&self, id: u32) -> Result<Entry, String> {
         let registered = match self.source.schema(id) {
@@ -245,7 +309,28 @@ impl Decoder {
             Ok(false) => return mismatch("its references nest too deep or are missing".into()),
             Err(unavailable) => return Err(unavailable),
         }
-        let schema = match AvroSchema::parse(&registered.schema, &referenced) {
+        if self.kind == SchemaKind::Protobuf {
+            let name = format!("registry-schema-{id}.proto");
+            return match ProtoSchema::compile(&name, &registered.schema, &referenced) {
+                Ok(schema) => Ok(Entry::Protobuf(Protobuf {
+                    schema,
+                    messages: RwLock::default(),
+                })),
+                Err(e) => mismatch(format!("it does not compile: {e}")),
+            };
+        }
+        if self.kind == SchemaKind::Json {
+            let schema = match JsonSchema::compile(&registered.schema, &referenced) {
+                Ok(s) => s,
+                Err(e) => return mismatch(format!("it does not compile: {e}")),
+            };
+            if let Some(missing) = self.required.iter().find(|p| !schema.has_path(p)) {
+                return mismatch(format!("it has no field `{}`", missing.join(".")));
+            }
+            return Ok(Entry::Json(schema));
+        }
+        let texts: Vec<String> = referenced.into_iter().map(|(_, text)| text).collect();
+        let schema = match AvroSchema::parse(&registered.schema, &texts) {
             Ok(s) => s,
             Err(e) => return mismatch(format!("it does not parse: {e}")),
         };
@@ -255,14 +340,14 @@ impl Decoder {
         Ok(Entry::Avro(schema))
     }
 
-    /// Appends the texts `r` references, dependencies first: `Ok(false)`
-    /// when one is missing or they nest too deep.
+    /// Appends the schemas `r` references (their names and texts),
+    /// dependencies first: `Ok(false)` when one is missing or they nest too deep.
     fn references(
         &self,
         r: &Registered,
         depth: usize,
         seen: &mut HashMap<(String, i32), ()>,
-        out: &mut Vec<String>,
+        out: &mut Vec<(String, String)>,
     ) -> Result<bool, String> {
         if depth > MAX_REFERENCE_DEPTH {
             return Ok(false);
@@ -280,7 +365,7 @@ impl Decoder {
             if !self.references(&target, depth + 1, seen, out)? {
                 return Ok(false);
             }
-            out.push(target.schema);
+            out.push((reference.name.clone(), target.schema));
         }
         Ok(true)
     }
@@ -323,6 +408,7 @@ impl SchemaSource for StaticSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protobuf::ProtoSchema;
     use crate::registry::Reference;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -439,6 +525,105 @@ mod tests {
         let d = decoder(&[(7, registered)], &[]);
         assert_eq!(
             d.decode(&wire::frame(7, b"")),
+            Err(DecodeError::SchemaMismatch)
+        );
+    }
+
+    #[test]
+    fn protobuf_values_name_their_message_and_import_their_references() {
+        let common = "syntax = \"proto3\"; package c; message Meta { string line = 1; }";
+        let main = "syntax = \"proto3\"; import \"c.proto\"; message Other { string x = 1; } \
+                    message Reading { string machine = 1; int64 at = 2; double temp = 3; c.Meta meta = 4; }";
+        let proto = |text: &str| Registered {
+            schema_type: SchemaKind::Protobuf,
+            schema: text.to_owned(),
+            references: Vec::new(),
+        };
+        let mut registered = proto(main);
+        registered.references.push(Reference {
+            name: "c.proto".into(),
+            subject: "common".into(),
+            version: 1,
+        });
+        let source = StaticSource {
+            ids: [(4, registered)].into(),
+            versions: [(("common".to_owned(), 1), proto(common))].into(),
+        };
+        let d = Decoder::new(
+            Box::new(source),
+            SchemaKind::Protobuf,
+            vec![path("machine"), path("meta.line")],
+        );
+        let schema =
+            ProtoSchema::compile("m.proto", main, &[("c.proto".into(), common.into())]).unwrap();
+        let value = serde_json::json!({"machine":"m1","at":5,"temp":1.5,"meta":{"line":"L"}});
+        let framed = |indexes: &[usize], body: &[u8]| {
+            let mut b = wire::indexes(indexes);
+            b.extend_from_slice(body);
+            wire::frame(4, &b)
+        };
+        let body = schema.encode(&[1], &value).unwrap();
+        assert_eq!(d.decode(&framed(&[1], &body)), Ok(value));
+        // `Other` lacks the mapped fields; there is no third message.
+        assert_eq!(
+            d.decode(&framed(&[0], &body)),
+            Err(DecodeError::SchemaMismatch)
+        );
+        assert_eq!(
+            d.decode(&framed(&[2], &body)),
+            Err(DecodeError::SchemaMismatch)
+        );
+        assert_eq!(
+            d.decode(&framed(&[1], &[0xff, 0xff])),
+            Err(DecodeError::Undecodable)
+        );
+        assert_eq!(
+            d.decode(&wire::frame(4, &[9])),
+            Err(DecodeError::Undecodable)
+        );
+    }
+
+    #[test]
+    fn json_values_are_validated_and_their_schema_must_hold_the_mapped_fields() {
+        let json = |text: &str| Registered {
+            schema_type: SchemaKind::Json,
+            schema: text.to_owned(),
+            references: Vec::new(),
+        };
+        let reading = r#"{"type":"object","properties":{"machine":{"type":"string"},"at":{"type":"integer"}},"required":["machine"]}"#;
+        let source = StaticSource {
+            ids: [
+                (1, json(reading)),
+                (2, json(r#"{"type":"object","properties":{"x":{}}}"#)),
+                (3, avro(V1)),
+            ]
+            .into(),
+            ..StaticSource::default()
+        };
+        let d = Decoder::new(
+            Box::new(source),
+            SchemaKind::Json,
+            vec![path("machine"), path("at")],
+        );
+        let value = serde_json::json!({"machine":"m","at":5});
+        assert_eq!(
+            d.decode(&wire::frame(1, value.to_string().as_bytes())),
+            Ok(value)
+        );
+        assert_eq!(
+            d.decode(&wire::frame(1, br#"{"at":5}"#)),
+            Err(DecodeError::Undecodable)
+        );
+        assert_eq!(
+            d.decode(&wire::frame(1, b"{")),
+            Err(DecodeError::Undecodable)
+        );
+        assert_eq!(
+            d.decode(&wire::frame(2, b"{}")),
+            Err(DecodeError::SchemaMismatch)
+        );
+        assert_eq!(
+            d.decode(&wire::frame(3, b"{}")),
             Err(DecodeError::SchemaMismatch)
         );
     }
