@@ -18,6 +18,7 @@ use iotflow_redpanda::topics;
 use serde::{Deserialize, Serialize};
 
 use crate::follow::{CommittedEpoch, Follower, Resume, Start};
+use crate::registry_args::{RegistryArgs, as_json};
 use crate::target::BrokerSelect;
 
 #[derive(Debug, Args)]
@@ -27,6 +28,10 @@ pub struct NotifyArgs {
     /// Webhook receiver URL (http or https), e.g. an Alertmanager-compatible receiver.
     #[arg(long, env = "IOTFLOW_WEBHOOK")]
     pub webhook: String,
+    /// Alert events in Avro (`[output] alerts_format = "avro"`) are read with
+    /// their schemas from --schema-registry.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Alert topic to follow (the job file's `[output] alerts_topic`).
     #[arg(long, env = "IOTFLOW_ALERTS_TOPIC", default_value = iotflow_jobfile::alert::DEFAULT_ALERTS_TOPIC)]
     pub topic: String,
@@ -75,6 +80,7 @@ struct Position {
 
 pub async fn run(home: &Path, args: NotifyArgs) -> Result<()> {
     let webhook = std::sync::Arc::new(Webhook::new(&args.webhook, args.timeout)?);
+    let decoder = args.registry.output_decoder()?;
     let position_path = args.position.clone().unwrap_or_else(|| {
         home.join("notify")
             .join(format!("{}.position.json", args.topic))
@@ -118,8 +124,11 @@ pub async fn run(home: &Path, args: NotifyArgs) -> Result<()> {
         } = epoch;
         let first = usize::try_from(std::mem::take(&mut skip)).unwrap_or(usize::MAX);
         for (i, (_, r)) in records.iter().enumerate().skip(first) {
-            let value = r.record.value.as_deref().unwrap_or_default();
-            let alert = CommittedAlert::parse(value)
+            let value = as_json(
+                r.record.value.as_deref().unwrap_or_default(),
+                decoder.as_ref(),
+            );
+            let alert = CommittedAlert::parse(&value)
                 .with_context(|| format!("{}: epoch {number}, offset {}", args.topic, r.offset))?;
             let key = idempotency_key(
                 &at.job,

@@ -1,6 +1,7 @@
 //! Which schema registry a command talks to: `--schema-registry` and its
 //! credentials, over a job file's `[input]` settings.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,14 @@ impl RegistryArgs {
             username: self.schema_registry_username.clone(),
             password_env: None,
         }
+    }
+
+    /// The decoder of iotflow's own Avro outputs (aggregates, alert events)
+    /// for the commands that show them, when these flags name a registry.
+    pub fn output_decoder(&self) -> Result<Option<Decoder>> {
+        Ok(self
+            .registry(&RegistrySettings::default())?
+            .map(|r| Decoder::new(Box::new(r), SchemaKind::Avro, Vec::new())))
     }
 
     /// The registry these flags over `file` name, its password read; `None`
@@ -113,4 +122,18 @@ pub fn register_avro(
         register(registry, subject, SchemaKind::Avro, schema)?,
         parsed,
     ))
+}
+
+/// A value as JSON text: an Avro value decoded through the registry; as it
+/// is when there is none, or it does not decode.
+pub fn as_json<'a>(value: &'a [u8], decoder: Option<&Decoder>) -> Cow<'a, [u8]> {
+    match decoder {
+        Some(d) if value.first() == Some(&iotflow_schema::wire::MAGIC) => {
+            match tokio::task::block_in_place(|| d.decode_nulling_non_finite(value)) {
+                Ok(json) => Cow::Owned(json.to_string().into_bytes()),
+                Err(_) => Cow::Borrowed(value),
+            }
+        }
+        _ => Cow::Borrowed(value),
+    }
 }

@@ -28,6 +28,7 @@ use crate::registry_args::{self, RegistryArgs};
 use crate::target::BrokerSelect;
 use iotflow_schema::{Decoder, Registry};
 use iotflow_sink::AvroValues;
+use iotflow_sink::alert_shape::AlertShape;
 
 mod supervise;
 use supervise::{drain_on_sigusr1, spawn_watchdogs, stop_on_signals};
@@ -327,6 +328,7 @@ impl RunArgs {
             for a in &mut plan.aggregations {
                 a.format = format;
             }
+            plan.alert_outputs.format = format;
         }
         if let Some(dlq) = &self.dlq {
             plan.dead_letter_topic = dlq.clone();
@@ -380,11 +382,7 @@ impl RunArgs {
             bootstrap,
             input: plan.input.topic.clone(),
             outputs: outputs(plan, &dataflow, registry)?,
-            alert_output: (!plan.alerts.is_empty()).then(|| AggregationOutput {
-                topic: Some(plan.alert_outputs.topic.clone()),
-                parquet: Some(plan.alert_outputs.parquet.clone()),
-                avro: None,
-            }),
+            alert_output: alert_output(plan, registry)?,
             dlq_topic: plan.dead_letter_topic.clone(),
             name: plan.name.clone(),
             dataflow,
@@ -450,6 +448,35 @@ fn outputs(
     Ok(outputs)
 }
 
+/// The alert events' outputs, when the job has rules; an Avro topic's
+/// schema registered under `<topic>-value`.
+fn alert_output(plan: &JobPlan, registry: Option<&Registry>) -> Result<Option<AggregationOutput>> {
+    if plan.alerts.is_empty() {
+        return Ok(None);
+    }
+    let o = &plan.alert_outputs;
+    let avro = match (o.format, registry) {
+        (OutputFormat::Avro, Some(registry)) => {
+            let subject = format!("{}-value", o.topic);
+            let (id, schema) =
+                registry_args::register_avro(registry, &subject, &AlertShape::avro_schema())?;
+            Some(AvroValues {
+                id,
+                schema: Arc::new(schema),
+            })
+        }
+        (OutputFormat::Avro, None) => {
+            bail!("alert events in Avro: add --schema-registry URL (or schema_registry in [input])")
+        }
+        (OutputFormat::Json, _) => None,
+    };
+    Ok(Some(AggregationOutput {
+        topic: Some(o.topic.clone()),
+        parquet: Some(o.parquet.clone()),
+        avro,
+    }))
+}
+
 /// The dataflow's configuration, with the decoder of a registry-encoded input.
 fn dataflow(plan: &JobPlan, decoder: Option<Arc<Decoder>>) -> Result<JobConfig> {
     let mut cfg = JobConfig::from_plan(plan, ParseLimits::default())?;
@@ -504,16 +531,22 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     // its outputs needs no broker.
     let registry = args.registry.registry(&plan.input.registry)?;
     registry_args::decoder(&plan.input, registry.as_ref())?;
-    if registry.is_none()
-        && let Some(a) = plan
+    if registry.is_none() {
+        if let Some(a) = plan
             .aggregations
             .iter()
             .find(|a| a.topic.is_some() && a.format == OutputFormat::Avro)
-    {
-        bail!(
-            "aggregation {} writes Avro: add --schema-registry URL (or schema_registry in [input])",
-            a.name
-        );
+        {
+            bail!(
+                "aggregation {} writes Avro: add --schema-registry URL (or schema_registry in [input])",
+                a.name
+            );
+        }
+        if !plan.alerts.is_empty() && plan.alert_outputs.format == OutputFormat::Avro {
+            bail!(
+                "alert events in Avro: add --schema-registry URL (or schema_registry in [input])"
+            );
+        }
     }
     let target = args.select.connect_with(home, &plan.kafka).await?;
     let cfg = args.job_config(&plan, target.bootstrap.clone(), registry.as_ref())?;

@@ -11,11 +11,10 @@ use anyhow::Result;
 use chrono::{TimeZone, Utc};
 use clap::Args;
 use iotflow_redpanda::topics;
-use iotflow_schema::{Decoder, SchemaKind};
 use iotflow_sink::AggregateRecord;
 
 use crate::follow::{Follower, Start};
-use crate::registry_args::RegistryArgs;
+use crate::registry_args::{RegistryArgs, as_json};
 use crate::target::BrokerSelect;
 
 #[derive(Debug, Args)]
@@ -47,10 +46,7 @@ pub struct TailArgs {
 }
 
 pub async fn run(home: &Path, args: TailArgs) -> Result<()> {
-    let decoder = args
-        .registry
-        .registry(&Default::default())?
-        .map(|r| Decoder::new(Box::new(r), SchemaKind::Avro, Vec::new()));
+    let decoder = args.registry.output_decoder()?;
     let target = args.select.connect(home).await?;
     let start = if args.from_beginning {
         Start::Beginning
@@ -81,20 +77,6 @@ pub async fn run(home: &Path, args: TailArgs) -> Result<()> {
         show(&mut out, epoch.epoch, &values, args.json)?;
     }
     Ok(())
-}
-
-/// A value as JSON text: an Avro value decoded through the registry (it is
-/// shown as it is when there is none, or it does not decode).
-fn as_json<'a>(value: &'a [u8], decoder: Option<&Decoder>) -> Cow<'a, [u8]> {
-    match decoder {
-        Some(d) if value.first() == Some(&iotflow_schema::wire::MAGIC) => {
-            match tokio::task::block_in_place(|| d.decode_nulling_non_finite(value)) {
-                Ok(json) => Cow::Owned(json.to_string().into_bytes()),
-                Err(_) => Cow::Borrowed(value),
-            }
-        }
-        _ => Cow::Borrowed(value),
-    }
 }
 
 fn show(out: &mut impl Write, epoch: u64, records: &[Cow<'_, [u8]>], json: bool) -> Result<()> {

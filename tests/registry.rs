@@ -996,3 +996,177 @@ async fn avro_output_reads_as_the_json_output(
         assert!(same(s, w), "tail: {s} vs {w}");
     }
 }
+
+/// Webhook bodies received, in order: a receiver that takes everything.
+fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let taken = std::sync::Arc::clone(&bodies);
+    // Lives as long as the test process; it only ever accepts.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok() {
+                taken
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap());
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, bodies)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alert_events_in_avro_notify_as_the_same_events_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::broker(Storage::Memory).await;
+    let registry = TestRegistry::start(None).await;
+    let addr = broker.addr().to_owned();
+    let input = common::unique("alerts-in");
+    common::iotflow(&[
+        "produce",
+        "--brokers",
+        &addr,
+        "--topic",
+        &input,
+        "--partitions",
+        "2",
+        "--count",
+        "8000",
+        "--devices",
+        "20",
+        "--interval",
+        "500ms",
+        "--seed",
+        "5",
+        "--episodes",
+        "overheat",
+        "--episode-every",
+        "2m",
+        "--episode-length",
+        "40s",
+        "--episode-share",
+        "0.3",
+    ]);
+    let job_file = |name: &str, avro: bool| {
+        let path = dir.path().join(format!("{name}.toml"));
+        let (format, registry) = match avro {
+            true => (
+                "alerts_format = \"avro\"\n",
+                format!("schema_registry = \"{}\"\n", registry.url),
+            ),
+            false => ("", String::new()),
+        };
+        std::fs::write(
+            &path,
+            format!(
+                r#"name = "{name}"
+[input]
+topic = "{input}"
+{registry}[output]
+dead_letter_topic = "{name}.dlq"
+alerts_topic = "{name}.alerts"
+alerts_parquet = "alerts"
+{format}
+[[aggregation]]
+name = "aggregates"
+window = "tumbling 10s"
+topic = "{name}.aggregates"
+
+[[alert]]
+name = "warm"
+on = "aggregates"
+when = "mean > 40 and metric == 'temperature'"
+clear = "mean < 30"
+severity = "critical"
+"#
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (url, bodies) = receiver();
+    let mut payloads = Vec::new();
+    let mut parquet = Vec::new();
+    for (name, avro) in [
+        (common::unique("alerts-json"), false),
+        (common::unique("alerts-avro"), true),
+    ] {
+        let file = job_file(&name, avro);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_iotflow"));
+        c.args(["run", "--brokers", &addr, "--job-file"])
+            .arg(&file)
+            .args(["--until-end", "--epoch-records", "200", "-w", "2"])
+            .arg("--state-dir")
+            .arg(dir.path().join(&name).join("state"))
+            .arg("--parquet-dir")
+            .arg(dir.path().join(&name).join("parquet"))
+            .env_remove(iotflow_sink::failpoint::ENV)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        common::finish(c.spawn().unwrap(), &name);
+        let topic = format!("{name}.alerts");
+        let values = common::outputs(&[addr.clone()], &topic).await;
+        let first = values
+            .values()
+            .flatten()
+            .next()
+            .expect("alert events")
+            .1
+            .clone()
+            .unwrap();
+        assert_eq!(first[0] == 0, avro, "{name}: wire format");
+        let mut notify = vec![
+            "notify",
+            "--brokers",
+            &addr,
+            "--webhook",
+            &url,
+            "--topic",
+            &topic,
+            "--from-beginning",
+            "--exit-when-idle",
+            "3s",
+            "--external-url",
+            "http://status/",
+        ];
+        let position = dir.path().join(format!("{name}.position"));
+        let position = position.to_string_lossy().into_owned();
+        notify.extend(["--position", &position]);
+        if avro {
+            notify.extend(["--schema-registry", &registry.url]);
+        }
+        common::iotflow(&notify);
+        payloads.push(std::mem::take(&mut *bodies.lock().unwrap()));
+        parquet.push(common::files(
+            &dir.path().join(&name).join("parquet").join("alerts"),
+        ));
+    }
+    assert!(
+        payloads[0].len() > 5,
+        "{} alert deliveries",
+        payloads[0].len()
+    );
+    assert_eq!(payloads[1], payloads[0], "Alertmanager payloads differ");
+    assert!(
+        !parquet[0].is_empty() && parquet[1] == parquet[0],
+        "the alerts dataset differs"
+    );
+}

@@ -37,6 +37,8 @@ pub const ALERT_EVENT_FIELDS: [&str; 9] = [
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertOutputs {
     pub topic: String,
+    /// How the topic's values are encoded.
+    pub format: crate::OutputFormat,
     pub parquet: String,
 }
 

@@ -73,8 +73,16 @@ impl fmt::Display for JobPlan {
             let o = &self.alert_outputs;
             writeln!(
                 f,
-                "alerts → topic {}, Parquet dataset {}/; judged in event time on final windows, per group key; key alert|group values|since; fields alert, state (firing | resolved), severity, group fields, window_start, window_end, value, threshold, since, epoch",
-                o.topic, o.parquet
+                "alerts → topic {}{}, Parquet dataset {}/; judged in event time on final windows, per group key; key alert|group values|since; fields alert, state (firing | resolved), severity, group fields, window_start, window_end, value, threshold, since, epoch",
+                o.topic,
+                match o.format {
+                    crate::OutputFormat::Json => String::new(),
+                    crate::OutputFormat::Avro => format!(
+                        " in Avro (group fields as the map `labels`), its schema registered under {}-value",
+                        o.topic
+                    ),
+                },
+                o.parquet
             )?;
         }
         for a in &self.alerts {

@@ -99,6 +99,7 @@ impl JobPlan {
             alerts: Vec::new(),
             alert_outputs: AlertOutputs {
                 topic: DEFAULT_ALERTS_TOPIC.to_owned(),
+                format: OutputFormat::Json,
                 parquet: DEFAULT_ALERTS_DATASET.to_owned(),
             },
         }

@@ -54,6 +54,7 @@ pub(crate) struct RawWatermark {
 pub(crate) struct RawOutput {
     pub dead_letter_topic: Option<S<String>>,
     pub alerts_topic: Option<S<String>>,
+    pub alerts_format: Option<S<String>>,
     pub alerts_parquet: Option<S<String>>,
 }
 

@@ -80,6 +80,7 @@ pub(crate) fn job(raw: RawJob, whole: Range<usize>) -> Result<JobPlan> {
         Some(first) => alert_outputs(&output, first.span(), &mut outputs)?,
         None => AlertOutputs {
             topic: DEFAULT_ALERTS_TOPIC.to_owned(),
+            format: crate::OutputFormat::Json,
             parquet: DEFAULT_ALERTS_DATASET.to_owned(),
         },
     };
@@ -133,8 +134,13 @@ fn alert_outputs(
         )
         .hint("alert events go to a dataset of their own: set [output] alerts_parquet"));
     }
+    let format = match &output.alerts_format {
+        Some(f) => pick(f, &crate::OutputFormat::NAMES, "output format")?,
+        None => crate::OutputFormat::Json,
+    };
     Ok(AlertOutputs {
         topic: topic.0,
+        format,
         parquet: parquet.0,
     })
 }

@@ -70,9 +70,16 @@ impl CommittedAlert {
             "resolved" => false,
             other => return Err(reason(format!("state `{other}`"))),
         };
-        let group = map
-            .iter()
-            .filter(|(k, _)| !EVENT_FIELDS.contains(&k.as_str()))
+        // JSON events carry the group fields beside their own; Avro events
+        // (one schema for every rule) as the map `labels`.
+        let group_fields: Box<dyn Iterator<Item = (&String, &Value)>> = match map.get("labels") {
+            Some(Value::Object(labels)) => Box::new(labels.iter()),
+            _ => Box::new(
+                map.iter()
+                    .filter(|(k, _)| !EVENT_FIELDS.contains(&k.as_str())),
+            ),
+        };
+        let group = group_fields
             .map(|(k, v)| {
                 let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
                 (k.clone(), v)
@@ -238,6 +245,16 @@ mod tests {
     fn a_firing_event_becomes_an_alertmanager_v4_payload() {
         let a = CommittedAlert::parse(FIRING).unwrap();
         insta::assert_snapshot!(serde_json::to_string_pretty(&a.payload(&receiver())).unwrap());
+    }
+
+    #[test]
+    fn an_avro_event_read_as_json_is_the_same_alert() {
+        // As `notify --schema-registry` shows an Avro event: the group as `labels`.
+        let avro = br#"{"alert":"overheat","state":"firing","severity":"critical","labels":{"device_id":"pump-7","metric":"temperature"},"window_start":1700000020000,"window_end":1700000030000,"value":81.25,"threshold":80.0,"since":1700000000000,"epoch":12}"#;
+        assert_eq!(
+            CommittedAlert::parse(avro).unwrap(),
+            CommittedAlert::parse(FIRING).unwrap()
+        );
     }
 
     #[test]

@@ -222,7 +222,8 @@ impl Routes {
             }
             aggregations.push((id, shape));
         }
-        let alert_shape = AlertShape::of(&cfg.dataflow.alerts, &cfg.dataflow.aggregations);
+        let alert_shape = AlertShape::of(&cfg.dataflow.alerts, &cfg.dataflow.aggregations)
+            .with_avro(cfg.alert_output.as_ref().and_then(|o| o.avro.clone()));
         let mut alert_topic = None;
         if let Some(out) = &cfg.alert_output {
             alert_topic = out.topic.as_deref().map(|t| {

@@ -39,6 +39,8 @@ struct RuleShape {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AlertShape {
     rules: Vec<RuleShape>,
+    /// Kafka values in Avro under this registered schema, instead of JSON.
+    pub avro: Option<crate::AvroValues>,
 }
 
 /// One alert event as the alert dataset keeps it until it is written.
@@ -64,7 +66,92 @@ impl AlertShape {
                 aggregation: r.on,
             })
             .collect();
-        Self { rules }
+        Self { rules, avro: None }
+    }
+
+    /// Values in Avro under `avro` (a schema registered for [`Self::avro_schema`]).
+    pub fn with_avro(mut self, avro: Option<crate::AvroValues>) -> Self {
+        self.avro = avro;
+        self
+    }
+
+    /// The Kafka value of `e` emitted at `epoch`: Avro when the shape has a
+    /// registered schema, else JSON.
+    pub fn value(&self, e: &AlertEvent, epoch: Epoch) -> Result<Vec<u8>, String> {
+        match &self.avro {
+            Some(avro) => self.avro(avro, e, epoch),
+            None => self.json(e, epoch).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The Avro record schema (JSON text) of alert events: one for every
+    /// rule, so the group fields are the map `labels`, as in Parquet.
+    pub fn avro_schema() -> String {
+        let millis = serde_json::json!({"type": "long", "logicalType": "timestamp-millis"});
+        let optional = serde_json::json!(["null", "double"]);
+        serde_json::json!({
+            "type": "record",
+            "name": "AlertEvent",
+            "namespace": "iotflow.alerts",
+            "fields": [
+                {"name": "alert", "type": "string"},
+                {"name": "state", "type": {"type": "enum", "name": "State", "symbols": ["firing", "resolved"]}},
+                {"name": "severity", "type": "string"},
+                {"name": "labels", "type": {"type": "map", "values": "string"}},
+                {"name": "window_start", "type": millis},
+                {"name": "window_end", "type": millis},
+                {"name": "value", "type": optional, "default": null},
+                {"name": "threshold", "type": optional, "default": null},
+                {"name": "since", "type": millis},
+                {"name": "epoch", "type": "long"},
+            ],
+        })
+        .to_string()
+    }
+
+    fn avro(
+        &self,
+        avro: &crate::AvroValues,
+        e: &AlertEvent,
+        epoch: Epoch,
+    ) -> Result<Vec<u8>, String> {
+        use iotflow_schema::Datum;
+        let rule = self.rule(e);
+        let text = |s: &str| Datum::String(s.to_owned());
+        let optional = |v: Option<f64>| match v {
+            Some(v) => Datum::Union(1, Box::new(Datum::Double(v))),
+            None => Datum::Union(0, Box::new(Datum::Null)),
+        };
+        let state = match e.firing {
+            true => Datum::Enum(0, "firing".into()),
+            false => Datum::Enum(1, "resolved".into()),
+        };
+        let labels = self
+            .labels(e)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Datum::String(v)))
+            .collect();
+        let epoch = i64::try_from(epoch).map_err(|_| format!("epoch {epoch}"))?;
+        let datum = Datum::Record(vec![
+            ("alert".into(), text(rule.map_or("", |r| r.name.as_str()))),
+            ("state".into(), state),
+            (
+                "severity".into(),
+                text(rule.map_or("", |r| r.severity.as_str())),
+            ),
+            ("labels".into(), Datum::Map(labels)),
+            (
+                "window_start".into(),
+                Datum::TimestampMillis(e.window_start),
+            ),
+            ("window_end".into(), Datum::TimestampMillis(e.window_end)),
+            ("value".into(), optional(e.value)),
+            ("threshold".into(), optional(e.threshold)),
+            ("since".into(), Datum::TimestampMillis(e.since)),
+            ("epoch".into(), Datum::Long(epoch)),
+        ]);
+        let body = avro.schema.encode_datum(datum)?;
+        Ok(iotflow_schema::wire::frame(avro.id, &body))
     }
 
     fn rule(&self, e: &AlertEvent) -> Option<&RuleShape> {
@@ -203,7 +290,43 @@ mod tests {
                 group_fields: vec!["device_id".into(), "metric".into()],
                 aggregation: 0,
             }],
+            avro: None,
         }
+    }
+
+    #[test]
+    fn in_avro_an_alert_event_keeps_its_fields_with_the_group_as_labels() {
+        let schema =
+            iotflow_schema::avro::AvroSchema::parse(&AlertShape::avro_schema(), &[]).unwrap();
+        let s = shape().with_avro(Some(crate::AvroValues {
+            id: 3,
+            schema: Arc::new(schema),
+        }));
+        let reader =
+            iotflow_schema::avro::AvroSchema::parse(&AlertShape::avro_schema(), &[]).unwrap();
+        let decode = |bytes: Vec<u8>| {
+            let (id, body) = iotflow_schema::wire::split(&bytes).unwrap();
+            assert_eq!(id, 3);
+            reader.decode(body).unwrap()
+        };
+        assert_eq!(
+            decode(s.value(&event(true), 12).unwrap()),
+            serde_json::json!({"alert":"overheat","state":"firing","severity":"critical",
+                "labels":{"device_id":"pump-7","metric":"temperature"},"window_start":30000,
+                "window_end":40000,"value":83.5,"threshold":80.0,"since":10000,"epoch":12})
+        );
+        let mut none = event(false);
+        none.value = None;
+        let resolved = decode(s.value(&none, 13).unwrap());
+        assert_eq!(
+            (resolved["state"].as_str(), &resolved["value"]),
+            (Some("resolved"), &serde_json::Value::Null)
+        );
+        // Without a schema, the value is today's JSON.
+        assert_eq!(
+            shape().value(&event(true), 12).unwrap(),
+            shape().json(&event(true), 12).unwrap()
+        );
     }
 
     fn event(firing: bool) -> AlertEvent {

@@ -149,7 +149,7 @@ impl StagedRecord {
         Self::keyed(
             "alert",
             shape.key(e),
-            shape.json(e, epoch).map_err(|e| e.to_string()),
+            shape.value(e, epoch),
             epoch,
             e.window_end,
         )
