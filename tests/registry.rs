@@ -1123,7 +1123,7 @@ severity = "critical"
             .stderr(Stdio::piped());
         common::finish(c.spawn().unwrap(), &name);
         let topic = format!("{name}.alerts");
-        let values = common::outputs(&[addr.clone()], &topic).await;
+        let values = common::outputs(std::slice::from_ref(&addr), &topic).await;
         let first = values
             .values()
             .flatten()
