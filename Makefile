@@ -101,7 +101,7 @@ bench-alerts: release tansu-release ## Alerts: the demo job with its 5 rules vs 
 bench-tls: release tansu-release stunnel ## The exactly-once job over TLS (stunnel) vs plaintext, same records, interleaved; producer rates too
 	BIN=$(RELEASE_BIN) ./scripts/bench-tls.sh
 
-bench-avro: release tansu-release ## The default job over the same records in JSON and in Avro (a test registry), interleaved: records/s, ratio, decode cost
+bench-avro: release tansu-release ## The default job over the same records in JSON, Avro and Protobuf (a test registry), interleaved: records/s, ratios, decode cost
 	IOTFLOW_BENCH_BIN=$(RELEASE_BIN) $(CARGO) nextest run --test registry --run-ignored only --no-capture bench_avro_against_json
 
 bench-dataflow: release tansu-release ## Dataflow throughput: file source, end to end vs raw fetch, peers

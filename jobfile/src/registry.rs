@@ -3,6 +3,14 @@
 
 use std::fmt;
 
+/// The entry of `table` named `name`, in any case (flags take `AVRO` too).
+fn by_name<T: Copy>(table: &[(&str, T)], name: &str) -> Option<T> {
+    table
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
+}
+
 /// The encoding of the input topic's record values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InputFormat {
@@ -42,13 +50,9 @@ impl std::str::FromStr for InputFormat {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::NAMES
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(s))
-            .map(|(_, f)| *f)
-            .ok_or_else(|| {
-                format!("unknown format `{s}`: one of json, avro, protobuf, json-schema")
-            })
+        by_name(&Self::NAMES, s).ok_or_else(|| {
+            format!("unknown format `{s}`: one of json, avro, protobuf, json-schema")
+        })
     }
 }
 
@@ -76,11 +80,7 @@ impl std::str::FromStr for OutputFormat {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::NAMES
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(s))
-            .map(|(_, f)| *f)
-            .ok_or_else(|| format!("unknown output format `{s}`: json or avro"))
+        by_name(&Self::NAMES, s).ok_or_else(|| format!("unknown output format `{s}`: json or avro"))
     }
 }
 
@@ -156,6 +156,47 @@ mod tests {
     }
 
     #[test]
+    fn output_formats_are_per_topic_and_refused_without_one() {
+        let text = "name = \"j\"\n[output]\nalerts_format = \"avro\"\n\
+                    [[aggregation]]\nname = \"a\"\nwindow = \"tumbling 1m\"\ntopic = \"t\"\nformat = \"avro\"\n\
+                    [[aggregation]]\nname = \"b\"\nwindow = \"tumbling 1m\"\ntopic = \"u\"\n\
+                    [[alert]]\nname = \"hot\"\non = \"a\"\nwhen = \"mean > 1\"\n";
+        let plan = crate::parse(Path::new("j.toml"), text).unwrap();
+        assert_eq!(plan.aggregations[0].format, OutputFormat::Avro);
+        assert_eq!(plan.aggregations[1].format, OutputFormat::Json);
+        assert_eq!(plan.alert_outputs.format, OutputFormat::Avro);
+        let printed = plan.to_string();
+        assert!(
+            printed.contains("topic t in Avro, its schema registered under t-value"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("in Avro (group fields as the map `labels`)"),
+            "{printed}"
+        );
+        for (text, line, says) in [
+            (
+                "[[aggregation]]\nname = \"a\"\nwindow = \"tumbling 1m\"\nparquet = \"a\"\nformat = \"avro\"\n",
+                6,
+                "a format without a topic",
+            ),
+            (
+                "[[aggregation]]\nname = \"a\"\nwindow = \"tumbling 1m\"\ntopic = \"t\"\nformat = \"xml\"\n",
+                6,
+                "unknown output format `xml`",
+            ),
+        ] {
+            let e = crate::parse(Path::new("j.toml"), &format!("name = \"j\"\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("j.toml:{line}:")) && e.contains(says),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn a_password_an_unknown_format_or_a_url_that_is_not_http_is_refused_at_its_line() {
         for (input, says) in [
             (
@@ -178,6 +219,8 @@ mod tests {
             assert!(!e.contains("hunter2"), "the password is echoed: {e}");
         }
         assert_eq!("AVRO".parse::<InputFormat>(), Ok(InputFormat::Avro));
+        assert_eq!("avro".parse::<OutputFormat>(), Ok(OutputFormat::Avro));
+        assert!("protobuf".parse::<OutputFormat>().is_err());
         assert!("xml".parse::<InputFormat>().is_err());
     }
 }

@@ -15,6 +15,7 @@ fn shipped_job_files_are_valid_and_their_plans_are_stable() {
         "machine-sessions",
         "demo",
         "plant-alerts",
+        "plant-avro",
     ] {
         let path = jobs_dir().join(format!("{name}.toml"));
         let plan = iotflow_jobfile::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
