@@ -11,7 +11,7 @@ BENCH_COUNT ?= 1000000
 BENCH_N ?= 2000000
 BENCH_JOBS_COUNT ?= 600000
 FUZZ_RUNS ?= 10000000
-FUZZ_TARGETS ?= parse_record parse_mapped commit_record snapshot snapshot_chain pending_segment job_file
+FUZZ_TARGETS ?= parse_record parse_mapped commit_record snapshot snapshot_chain pending_segment job_file decode_registry
 CHAOS_KILLS ?= 200
 SOAK_MINUTES ?= 30
 # tansu's memory storage keeps every record in RAM: 30 min at 100k/s (180M records) outgrows 24 GB.
