@@ -118,6 +118,9 @@ impl fmt::Debug for Decoder {
     }
 }
 
+/// Protobuf message paths remembered per schema at most.
+const MAX_MESSAGE_PATHS: usize = 1_024;
+
 /// Unknown ids remembered at most (each costs the registry one question).
 const MAX_UNKNOWN_IDS: usize = 4_096;
 
@@ -283,10 +286,11 @@ impl Decoder {
                 None => Some(m),
             },
         };
-        p.messages
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(path, verdict.clone());
+        let mut messages = p.messages.write().unwrap_or_else(PoisonError::into_inner);
+        // Index paths come from the records: a bounded number are remembered.
+        if messages.len() < MAX_MESSAGE_PATHS {
+            messages.insert(path, verdict.clone());
+        }
         verdict
     }
 

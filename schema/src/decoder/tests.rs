@@ -168,6 +168,20 @@ fn protobuf_values_name_their_message_and_import_their_references() {
         d.decode(&framed(&[1], &[0xff, 0xff])),
         Err(DecodeError::Undecodable)
     );
+    // Index paths come from the records: hostile ones are judged, a bounded number kept.
+    for i in 0..MAX_MESSAGE_PATHS + 50 {
+        assert_eq!(
+            d.decode(&framed(&[3, i], &body)),
+            Err(DecodeError::SchemaMismatch)
+        );
+    }
+    {
+        let cache = d.cache.read().unwrap();
+        let Entry::Protobuf(p) = &*cache[&4] else {
+            panic!("not protobuf")
+        };
+        assert!(p.messages.read().unwrap().len() <= MAX_MESSAGE_PATHS);
+    }
     assert_eq!(
         d.decode(&wire::frame(4, &[9])),
         Err(DecodeError::Undecodable)
