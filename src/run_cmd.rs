@@ -93,14 +93,15 @@ pub struct RunArgs {
     /// Topic to read readings from [default: iot.readings].
     #[arg(long, env = "IOTFLOW_INPUT_TOPIC")]
     input: Option<String>,
-    /// Encoding of the input's values: json, or avro in the Confluent wire
-    /// format through --schema-registry [default: the job file's `format`, else json].
+    /// Encoding of the input's values: json, or avro, protobuf or json-schema
+    /// in the Confluent wire format, schemas by id from --schema-registry
+    /// [default: the job file's `format`, else json].
     #[arg(long, env = "IOTFLOW_INPUT_FORMAT")]
     input_format: Option<InputFormat>,
-    /// Encoding of every aggregation's topic values: json, or avro in the
-    /// Confluent wire format, each schema registered under `<topic>-value` in
-    /// --schema-registry (Parquet keeps its typed schema) [default: each
-    /// aggregation's `format`, else json].
+    /// Encoding of every aggregation's topic values and of alert events:
+    /// json, or avro in the Confluent wire format, each schema registered
+    /// under `<topic>-value` in --schema-registry (Parquet keeps its typed
+    /// schema) [default: each aggregation's `format` and `alerts_format`, else json].
     #[arg(long, env = "IOTFLOW_OUTPUT_FORMAT")]
     output_format: Option<OutputFormat>,
     #[command(flatten)]
