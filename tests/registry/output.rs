@@ -146,6 +146,19 @@ pub(crate) async fn avro_output_reads_as_the_json_output(
         );
     }
 
+    // The same job on its state, writing JSON now: refused, the staged
+    // epochs were encoded in Avro.
+    let json_flags: Vec<&str> = flags[..2].iter().chain(&flags[4..]).copied().collect();
+    let again = run(addr, dir, &job, input, &json_flags)
+        .env("IOTFLOW_SCHEMA_REGISTRY_PASSWORD", "s3cret")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("output formats"),
+        "{err}"
+    );
+
     // tail shows the committed Avro values as the JSON run's.
     let tail = common::iotflow(&[
         "tail",
