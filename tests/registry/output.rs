@@ -159,6 +159,41 @@ pub(crate) async fn avro_output_reads_as_the_json_output(
         "{err}"
     );
 
+    // Killed again and again (each restart registers the schema again and
+    // gets its id back): the Avro output of a run never killed.
+    let killed = common::unique("avro-killed");
+    let (mut kills, mut runs) = (0, 0);
+    loop {
+        runs += 1;
+        assert!(runs < 40, "the killed job never finished");
+        let mut child = run(addr, dir, &killed, input, &flags)
+            .env("IOTFLOW_SCHEMA_REGISTRY_PASSWORD", "s3cret")
+            .spawn()
+            .unwrap();
+        if kills < 5 {
+            std::thread::sleep(std::time::Duration::from_millis(300 + 113 * kills));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                continue;
+            }
+        }
+        common::finish(child, "the last run");
+        break;
+    }
+    assert!(kills >= 2, "only {kills} kills landed");
+    let killed_out = common::outputs(&[addr.to_owned()], &format!("{killed}.aggregates")).await;
+    assert!(
+        killed_out == got,
+        "{kills} SIGKILLs: the Avro output differs from the run never killed"
+    );
+    assert!(
+        parquet(&killed) == parquet(json_job),
+        "{kills} SIGKILLs: Parquet differs"
+    );
+    eprintln!("avro in and out: {kills} SIGKILLs in {runs} runs, output identical");
+
     // tail shows the committed Avro values as the JSON run's.
     let tail = common::iotflow(&[
         "tail",
