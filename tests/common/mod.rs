@@ -336,3 +336,30 @@ pub fn finish(child: std::process::Child, what: &str) -> Output {
     );
     out
 }
+
+/// Starts the job `spawn` gives until one run finishes, SIGKILLing each of
+/// the first `max_kills` runs still going `first_ms` + `step_ms` × (kills
+/// so far) after its start: (kills that landed, runs). Panics past 40 runs.
+pub fn run_through_kills(
+    mut spawn: impl FnMut() -> std::process::Child,
+    max_kills: u64,
+    (first_ms, step_ms): (u64, u64),
+) -> (u64, u64) {
+    let (mut kills, mut runs) = (0, 0);
+    loop {
+        runs += 1;
+        assert!(runs < 40, "the killed job never finished");
+        let mut child = spawn();
+        if kills < max_kills {
+            std::thread::sleep(std::time::Duration::from_millis(first_ms + step_ms * kills));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                continue;
+            }
+        }
+        finish(child, "the last run");
+        return (kills, runs);
+    }
+}

@@ -162,26 +162,16 @@ pub(crate) async fn avro_output_reads_as_the_json_output(
     // Killed again and again (each restart registers the schema again and
     // gets its id back): the Avro output of a run never killed.
     let killed = common::unique("avro-killed");
-    let (mut kills, mut runs) = (0, 0);
-    loop {
-        runs += 1;
-        assert!(runs < 40, "the killed job never finished");
-        let mut child = run(addr, dir, &killed, input, &flags)
-            .env("IOTFLOW_SCHEMA_REGISTRY_PASSWORD", "s3cret")
-            .spawn()
-            .unwrap();
-        if kills < 5 {
-            std::thread::sleep(std::time::Duration::from_millis(300 + 113 * kills));
-            if child.try_wait().unwrap().is_none() {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                kills += 1;
-                continue;
-            }
-        }
-        common::finish(child, "the last run");
-        break;
-    }
+    let (kills, runs) = common::run_through_kills(
+        || {
+            run(addr, dir, &killed, input, &flags)
+                .env("IOTFLOW_SCHEMA_REGISTRY_PASSWORD", "s3cret")
+                .spawn()
+                .unwrap()
+        },
+        5,
+        (300, 113),
+    );
     assert!(kills >= 2, "only {kills} kills landed");
     let killed_out = common::outputs(&[addr.to_owned()], &format!("{killed}.aggregates")).await;
     assert!(

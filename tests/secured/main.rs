@@ -574,23 +574,7 @@ fn sigkills_over_tls(e: &Endpoint, dir: &Path) {
         c
     };
     common::finish(job("clean").spawn().unwrap(), "the run never killed");
-    let (mut kills, mut runs) = (0, 0);
-    loop {
-        runs += 1;
-        assert!(runs < 40, "the killed job never finished");
-        let mut child = job("killed").spawn().unwrap();
-        if kills < 6 {
-            std::thread::sleep(Duration::from_millis(150 + 97 * kills));
-            if child.try_wait().unwrap().is_none() {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                kills += 1;
-                continue;
-            }
-        }
-        common::finish(child, "the last run");
-        break;
-    }
+    let (kills, runs) = common::run_through_kills(|| job("killed").spawn().unwrap(), 6, (150, 97));
     assert!(kills >= 3, "only {kills} kills landed");
     let read = |topic: String| {
         let brokers = e.brokers();
