@@ -276,10 +276,10 @@ pub async fn run(home: &Path, args: RunArgs) -> Result<()> {
     // The registry settings too: a job that cannot read its input or write
     // its outputs needs no broker.
     let registry = args.registry.registry(&plan.input.registry)?;
-    registry_args::decoder(&plan.input, registry.as_ref())?;
+    let decoder = registry_args::decoder(&plan.input, registry.as_ref())?;
     config::check_registry(&plan, registry.as_ref())?;
     let target = args.select.connect_with(home, &plan.kafka).await?;
-    let cfg = args.job_config(&plan, target.bootstrap.clone(), registry.as_ref())?;
+    let cfg = args.job_config(&plan, target.bootstrap.clone(), registry.as_ref(), decoder)?;
     if let Some(decoder) = cfg.dataflow.input.decoder() {
         // The status page and /metrics say when the registry holds the job.
         let _ = controls.metrics.registry.set(decoder.status());

@@ -134,6 +134,7 @@ impl RunArgs {
         plan: &JobPlan,
         bootstrap: Brokers,
         registry: Option<&Registry>,
+        decoder: Option<Arc<Decoder>>,
     ) -> Result<LiveJobConfig> {
         let under = |root: &str| PathBuf::from(root).join(dir_name(&plan.name));
         let delivery = if self.at_least_once {
@@ -162,7 +163,7 @@ impl RunArgs {
             })
         };
         let idle = Duration::from_millis(plan.watermark.idle_timeout_ms.max(0) as u64);
-        let dataflow = dataflow(plan, registry_args::decoder(&plan.input, registry)?)?;
+        let dataflow = dataflow(plan, decoder)?;
         Ok(LiveJobConfig {
             bootstrap,
             input: plan.input.topic.clone(),
@@ -205,23 +206,13 @@ fn outputs(
 ) -> Result<Vec<AggregationOutput>> {
     let mut outputs = Vec::with_capacity(plan.aggregations.len());
     for (a, agg) in plan.aggregations.iter().zip(dataflow.aggregations.iter()) {
-        let avro = match (&a.topic, a.format, registry) {
-            (Some(topic), OutputFormat::Avro, Some(registry)) => {
-                let shape = iotflow_sink::AggregateShape::of(agg);
-                let (id, schema) = registry_args::register_avro(
-                    registry,
-                    &format!("{topic}-value"),
-                    &shape.avro_schema(),
-                )?;
-                Some(AvroValues {
-                    id,
-                    schema: Arc::new(schema),
-                })
+        let avro = match (&a.topic, a.format) {
+            (Some(topic), OutputFormat::Avro) => {
+                let registry =
+                    avro_registry(registry, &format!("aggregation {} writes Avro", a.name))?;
+                let schema = iotflow_sink::AggregateShape::of(agg).avro_schema();
+                Some(avro_values(registry, topic, &schema)?)
             }
-            (Some(_), OutputFormat::Avro, None) => bail!(
-                "aggregation {} writes Avro: add --schema-registry URL (or schema_registry in [input])",
-                a.name
-            ),
             _ => None,
         };
         outputs.push(AggregationOutput {
@@ -240,26 +231,35 @@ fn alert_output(plan: &JobPlan, registry: Option<&Registry>) -> Result<Option<Ag
         return Ok(None);
     }
     let o = &plan.alert_outputs;
-    let avro = match (o.format, registry) {
-        (OutputFormat::Avro, Some(registry)) => {
-            let subject = format!("{}-value", o.topic);
-            let (id, schema) =
-                registry_args::register_avro(registry, &subject, &AlertShape::avro_schema())?;
-            Some(AvroValues {
-                id,
-                schema: Arc::new(schema),
-            })
+    let avro = match o.format {
+        OutputFormat::Avro => {
+            let registry = avro_registry(registry, "alert events in Avro")?;
+            Some(avro_values(registry, &o.topic, &AlertShape::avro_schema())?)
         }
-        (OutputFormat::Avro, None) => {
-            bail!("alert events in Avro: add --schema-registry URL (or schema_registry in [input])")
-        }
-        (OutputFormat::Json, _) => None,
+        OutputFormat::Json => None,
     };
     Ok(Some(AggregationOutput {
         topic: Some(o.topic.clone()),
         parquet: Some(o.parquet.clone()),
         avro,
     }))
+}
+
+/// The registry an Avro output (`what` writes Avro) registers its schema
+/// in, or why there is none.
+fn avro_registry<'r>(registry: Option<&'r Registry>, what: &str) -> Result<&'r Registry> {
+    registry.ok_or_else(|| {
+        anyhow::anyhow!("{what}: add --schema-registry URL (or schema_registry in [input])")
+    })
+}
+
+/// `schema` registered under `<topic>-value`: the values' encoding.
+fn avro_values(registry: &Registry, topic: &str, schema: &str) -> Result<AvroValues> {
+    let (id, schema) = registry_args::register_avro(registry, &format!("{topic}-value"), schema)?;
+    Ok(AvroValues {
+        id,
+        schema: Arc::new(schema),
+    })
 }
 
 /// The dataflow's configuration, with the decoder of a registry-encoded input.
@@ -273,21 +273,15 @@ fn dataflow(plan: &JobPlan, decoder: Option<Arc<Decoder>>) -> Result<JobConfig> 
 
 /// Refuses Avro outputs without a registry, before any broker is reached.
 pub(super) fn check_registry(plan: &JobPlan, registry: Option<&Registry>) -> Result<()> {
-    if registry.is_some() {
-        return Ok(());
-    }
     if let Some(a) = plan
         .aggregations
         .iter()
         .find(|a| a.topic.is_some() && a.format == OutputFormat::Avro)
     {
-        bail!(
-            "aggregation {} writes Avro: add --schema-registry URL (or schema_registry in [input])",
-            a.name
-        );
+        avro_registry(registry, &format!("aggregation {} writes Avro", a.name))?;
     }
     if !plan.alerts.is_empty() && plan.alert_outputs.format == OutputFormat::Avro {
-        bail!("alert events in Avro: add --schema-registry URL (or schema_registry in [input])");
+        avro_registry(registry, "alert events in Avro")?;
     }
     Ok(())
 }
