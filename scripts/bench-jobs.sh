@@ -39,6 +39,22 @@ window = "tumbling 1m"
 measures = ["count", "mean", "min", "max", "p99"]
 topic = "b.fleet"
 parquet = "fleet_1m"')
+# A window holding the whole input: every reading kept (exact) or digests (approx).
+fleet_hour=$(job fleet-hour '[[aggregation]]
+name = "fleet_1h"
+group_by = ["metric"]
+window = "tumbling 1h"
+measures = ["count", "mean", "min", "max", "p50", "p99", "p99.9"]
+topic = "b.fleet_hour"
+parquet = "fleet_1h"')
+fleet_hour_approx=$(job fleet-hour-approx '[[aggregation]]
+name = "fleet_1h"
+group_by = ["metric"]
+window = "tumbling 1h"
+measures = ["count", "mean", "min", "max", "p50", "p99", "p99.9"]
+percentiles = "approx"
+topic = "b.fleet_hour_approx"
+parquet = "fleet_1h"')
 sessions=$(job sessions '[[aggregation]]
 name = "warm"
 group_by = ["device"]
@@ -49,9 +65,9 @@ topic = "b.sessions"
 parquet = "warm"')
 demo=$here/jobs/demo.toml
 
-printf '%-12s %-8s %12s %14s %10s %10s\n' job workers seconds records/s windows "peak RSS"
+printf '%-18s %-8s %12s %14s %10s %10s\n' job workers seconds records/s windows "peak RSS"
 for w in 1 2; do
-  for name in per_device per_site fleet sessions demo; do
+  for name in per_device per_site fleet fleet_hour fleet_hour_approx sessions demo; do
     file=${!name}
     # Each run its own job name, state and topics' consumer position: a fresh job.
     tag=$name-w$w-$RANDOM
@@ -61,7 +77,7 @@ for w in 1 2; do
     python3 - "$out" "$name" "$w" "$(cat "$home/rss")" <<'PY'
 import json, sys
 s, name, w, rss = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-print(f"{name:<12} {w:<8} {s['seconds']:>12.2f} {s['records'] / s['seconds']:>14,.0f} {s['windows_final']:>10,} {rss // 1024:>7} MB")
+print(f"{name:<18} {w:<8} {s['seconds']:>12.2f} {s['records'] / s['seconds']:>14,.0f} {s['windows_final']:>10,} {rss // 1024:>7} MB")
 PY
   done
 done

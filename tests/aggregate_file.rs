@@ -1,6 +1,7 @@
 //! `iotflow aggregate-file`, the peers' benchmark hook, end to end: the same
 //! readings as JSON lines and as Parquet give the same CSV for 1 and 2
-//! workers, equal to a naive recomputation.
+//! workers, equal to a naive recomputation (approximate percentiles within
+//! their 1 % bound of it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -207,10 +208,17 @@ group_by = ["metric"]
 window = "tumbling 1m"
 measures = ["count", "p50", "p95"]
 parquet = "fleet"
+[[aggregation]]
+name = "fleet_approx"
+group_by = ["metric"]
+window = "tumbling 1m"
+measures = ["count", "min", "max", "mean", "stddev", "p50", "p95", "p99.9"]
+percentiles = "approx"
+parquet = "fleet_approx"
 "#,
     )
     .unwrap();
-    let run = |input: &Path, out: &str, workers: &str| -> (String, String) {
+    let run = |input: &Path, out: &str, workers: &str| -> (String, String, String) {
         let out = dir.path().join(out);
         let status = Command::new(env!("CARGO_BIN_EXE_iotflow"))
             .args([
@@ -232,26 +240,25 @@ parquet = "fleet"
             String::from_utf8_lossy(&status.stderr)
         );
         let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
-        (read("aggregates.csv"), read("fleet.csv"))
+        (
+            read("aggregates.csv"),
+            read("fleet.csv"),
+            read("fleet_approx.csv"),
+        )
     };
-    let (per_device, fleet) = run(&jsonl, "j1", "1");
+    let (per_device, fleet, approx) = run(&jsonl, "j1", "1");
     for (input, workers, name) in [
         (&jsonl, "2", "j2"),
         (&parquet, "1", "p1"),
         (&parquet, "2", "p2"),
     ] {
         assert!(
-            run(input, name, workers) == (per_device.clone(), fleet.clone()),
+            run(input, name, workers) == (per_device.clone(), fleet.clone(), approx.clone()),
             "{name} differs"
         );
     }
     let default = aggregate_file(&jsonl, &dir.path().join("default.csv"), "1");
-    let head = |csv: &str| -> Vec<String> {
-        csv.lines()
-            .skip(1)
-            .map(|l| l.split(',').take(9).collect::<Vec<_>>().join(","))
-            .collect()
-    };
+    let head = first_nine_columns;
     assert_eq!(
         per_device.lines().next(),
         Some(
@@ -280,6 +287,20 @@ parquet = "fleet"
         let f: Vec<String> = l.split(',').map(str::to_owned).collect();
         by_key.insert((f[0].clone(), f[1].parse().unwrap()), f);
     }
+    let approx_lines: Vec<&str> = approx.lines().collect();
+    assert_eq!(
+        approx_lines[0],
+        "metric,window_start,window_end,count,min,max,mean,stddev,p50,p95,p99_9"
+    );
+    assert_eq!(approx_lines.len(), lines.len());
+    let approx_by_key: BTreeMap<(String, i64), Vec<f64>> = approx_lines[1..]
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let numbers = f[3..].iter().map(|v| v.parse().unwrap()).collect();
+            ((f[0].to_owned(), f[1].parse().unwrap()), numbers)
+        })
+        .collect();
     for ((metric, start), mut values) in naive {
         let f = &by_key[&(metric.to_owned(), start)];
         values.sort_by(f64::total_cmp);
@@ -290,6 +311,29 @@ parquet = "fleet"
             assert!(
                 (got - want).abs() <= 1e-9 * want.abs().max(1.0),
                 "{metric} {start} p{q}: {got} vs {want}"
+            );
+        }
+        // The approximate aggregation: exact count, extremes and moments;
+        // percentiles within 1 % of the exact ones (the values are positive).
+        let a = &approx_by_key[&(metric.to_owned(), start)];
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+        assert_eq!(a[..3], [n, values[0], values[values.len() - 1]]);
+        assert!(
+            (a[3] - mean).abs() <= 1e-12 * mean,
+            "{metric} {start} mean {} vs {mean}",
+            a[3]
+        );
+        assert!(
+            (a[4] - var.sqrt()).abs() <= 1e-9 * var.sqrt(),
+            "{metric} {start} stddev"
+        );
+        for (got, q) in [(a[5], 0.5), (a[6], 0.95), (a[7], 0.999)] {
+            let want = quantile(&values, q);
+            assert!(
+                (got - want).abs() <= 0.01 * want.abs(),
+                "{metric} {start} approx p{q}: {got} vs {want}"
             );
         }
     }
@@ -312,4 +356,136 @@ fn a_job_file_with_alert_rules_is_refused_by_aggregate_file() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("alert rules need `run`"), "{err}");
+}
+
+/// The same rows under the plant's own names, with a `site`, as JSON lines and Parquet.
+fn write_plant(jsonl: &Path, parquet: &Path, rows: &[Row]) {
+    let site = |r: &Row| format!("site-{}", r.device.as_bytes()[8] % 3);
+    let text: String = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{{\"machine\":\"{}\",\"site\":\"{}\",\"kind\":\"{}\",\"at\":{},\"reading\":{:?},\"n\":{}}}\n",
+                r.device, site(r), r.sensor, r.ts_ms, r.value, r.seq
+            )
+        })
+        .collect();
+    std::fs::write(jsonl, text).unwrap();
+    let strings = |f: &dyn Fn(&Row) -> String| {
+        Arc::new(arrow_array::StringArray::from_iter_values(
+            rows.iter().map(f),
+        )) as ArrayRef
+    };
+    let batch = RecordBatch::try_from_iter(vec![
+        ("machine", strings(&|r| r.device.clone())),
+        ("site", strings(&site)),
+        ("kind", strings(&|r| r.sensor.to_owned())),
+        (
+            "at",
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.ts_ms))) as ArrayRef,
+        ),
+        (
+            "reading",
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.value))) as ArrayRef,
+        ),
+        (
+            "n",
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.seq))) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(4_000))
+        .build();
+    let mut w =
+        ArrowWriter::try_new(File::create(parquet).unwrap(), batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// A job file's own mapping (field names, a dimension, the long shape) reads
+/// Parquet from its columns: the same aggregates as its JSON lines, for 1
+/// and 2 workers, and the same as the default job's per device.
+#[test]
+fn a_job_file_mapping_reads_parquet_columns_as_it_reads_json_lines() {
+    let rows = rows(12_000);
+    let dir = tempfile::tempdir().unwrap();
+    let (jsonl, parquet) = (dir.path().join("p.jsonl"), dir.path().join("p.parquet"));
+    write_plant(&jsonl, &parquet, &rows);
+    let job = dir.path().join("plant.toml");
+    std::fs::write(
+        &job,
+        r#"name = "plant"
+[input]
+device = "machine"
+time = "at"
+seq = "n"
+metric_field = "kind"
+value_field = "reading"
+dimensions = ["site"]
+[watermark]
+max_out_of_order = "2s"
+[[aggregation]]
+name = "aggregates"
+window = "tumbling 10s"
+parquet = "aggregates"
+[[aggregation]]
+name = "site_1m"
+group_by = ["site", "metric"]
+window = "tumbling 1m"
+measures = ["count", "mean", "p95"]
+parquet = "site_1m"
+"#,
+    )
+    .unwrap();
+    let run = |input: &Path, name: &str, workers: &str| -> (String, String) {
+        let out = dir.path().join(name);
+        let status = Command::new(env!("CARGO_BIN_EXE_iotflow"))
+            .args([
+                "aggregate-file",
+                "--epoch-bytes",
+                "65536",
+                "-w",
+                workers,
+                "--job-file",
+            ])
+            .arg(&job)
+            .arg(input)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+        (read("aggregates.csv"), read("site_1m.csv"))
+    };
+    let want = run(&jsonl, "j1", "1");
+    // Three sites by three metrics, all in the one minute the rows span.
+    assert_eq!(want.1.lines().count(), 1 + 9, "{}", want.1);
+    for (input, name, workers) in [
+        (&jsonl, "j2", "2"),
+        (&parquet, "p1", "1"),
+        (&parquet, "p2", "2"),
+    ] {
+        assert!(run(input, name, workers) == want, "{name} differs");
+    }
+    let default_jsonl = dir.path().join("d.jsonl");
+    write_jsonl(&default_jsonl, &rows);
+    let default = aggregate_file(&default_jsonl, &dir.path().join("default.csv"), "1");
+    assert!(
+        first_nine_columns(&want.0) == first_nine_columns(&default),
+        "per device, the mapped job is not the default job"
+    );
+}
+
+/// A CSV's rows (header skipped) cut to the default job's first nine
+/// columns, which the peers' output shares.
+fn first_nine_columns(csv: &str) -> Vec<String> {
+    csv.lines()
+        .skip(1)
+        .map(|l| l.split(',').take(9).collect::<Vec<_>>().join(","))
+        .collect()
 }

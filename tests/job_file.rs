@@ -1,6 +1,7 @@
 //! Jobs stated in a job file, end to end against a real broker: four
 //! aggregations over one source (per device, per site and metric with a
-//! filter and percentiles on hopping windows, fleet-wide with updates, and
+//! filter and percentiles on hopping windows, fleet-wide with updates and
+//! approximate percentiles (digests as state), and
 //! sessions of each device's warm spells), each into its own topic (three
 //! into Parquet datasets), exactly once through SIGKILLs and a 1 → 2 worker
 //! rescale with open sessions: byte-identical to a run never killed. Four
@@ -90,7 +91,8 @@ parquet = "site_1m"
 name = "fleet"
 group_by = []
 window = "tumbling 30s"
-measures = ["count", "min", "max", "p99"]
+measures = ["count", "min", "max", "mean", "p99"]
+percentiles = "approx"
 emit = "updates"
 topic = "{name}.fleet"
 

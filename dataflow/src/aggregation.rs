@@ -12,7 +12,7 @@
 
 use compact_str::CompactString;
 use iotflow_jobfile::expr::{Expr, Value};
-use iotflow_jobfile::{FilterField, GroupField, Measure};
+use iotflow_jobfile::{FilterField, GroupField, Measure, PercentileMode};
 
 use crate::job::EmitMode;
 use crate::window::WindowSpec;
@@ -41,6 +41,9 @@ pub struct Aggregation {
     pub window: Window,
     pub emit: EmitMode,
     pub measures: Vec<Measure>,
+    /// Exact: a window keeps its readings. Approx: a digest per epoch
+    /// ([`crate::digest::Digest`]), whatever its measures.
+    pub percentiles: PercentileMode,
     pub filter: Option<Expr<FilterField>>,
     pub input: AggregationInput,
 }
@@ -74,6 +77,7 @@ impl Aggregation {
             window: Window::Grid(window),
             emit,
             measures: iotflow_jobfile::DEFAULT_MEASURES.to_vec(),
+            percentiles: PercentileMode::Exact,
             filter: None,
             input: AggregationInput::Readings,
         }
@@ -89,6 +93,7 @@ impl Aggregation {
             window,
             emit: EmitMode::Final,
             measures: vec![Measure::Count, Measure::Mean],
+            percentiles: PercentileMode::Exact,
             filter: None,
             input: AggregationInput::RecordOutcomes,
         }
@@ -157,13 +162,23 @@ impl Aggregation {
             AggregationInput::Readings => "",
             AggregationInput::RecordOutcomes => " | of record outcomes",
         };
+        // Exact adds nothing: shapes written before digests stay valid.
+        let state = match self.percentiles {
+            PercentileMode::Exact => "",
+            PercentileMode::Approx => " | digests",
+        };
         format!(
-            "{} | key {} | window {window} | measures {} | where {filter} | emit {:?}{input}",
+            "{} | key {} | window {window} | measures {} | where {filter} | emit {:?}{input}{state}",
             self.name,
             self.group_names.join(","),
             measures.join(","),
             self.emit
         )
+    }
+
+    /// Whether its windows keep digests instead of readings.
+    pub fn keeps_digests(&self) -> bool {
+        self.percentiles == PercentileMode::Approx
     }
 
     /// The ranks of the percentiles among its measures, in order.
@@ -313,6 +328,11 @@ mod tests {
             ..a.clone()
         };
         assert_ne!(sessions.shape(), a.shape());
+        let digests = Aggregation {
+            percentiles: PercentileMode::Approx,
+            ..a.clone()
+        };
+        assert_ne!(digests.shape(), a.shape());
     }
 
     struct F;

@@ -153,6 +153,13 @@ pub struct JobConfig {
 }
 
 impl JobConfig {
+    /// Whether aggregation `index` keeps digests instead of readings.
+    pub fn keeps_digests(&self, index: u16) -> bool {
+        self.aggregations
+            .get(usize::from(index))
+            .is_some_and(Aggregation::keeps_digests)
+    }
+
     /// The default job: today's shapes, one aggregation per (device, metric)
     /// named `aggregates` with today's measures.
     pub fn single(
@@ -211,6 +218,7 @@ impl JobConfig {
                     window,
                     emit: a.emit,
                     measures: a.measures.clone(),
+                    percentiles: a.percentiles,
                     filter: a.filter.clone(),
                     input: AggregationInput::Readings,
                 })

@@ -6,6 +6,7 @@
 //!   window::WindowSpec ──▶ which windows a reading belongs to (tumbling, hopping)
 //!   watermark::WatermarkCombiner ──▶ how far event time has certainly progressed
 //!   aggregate::Stats ──▶ one window's statistics, bit-identical in any order
+//!   digest::Digest ──▶ an approx aggregation's window: sketch bins, exact sums, extremes
 //! ```
 //!
 //! All pure. The Timely/Differential operators that wire them together come next.
@@ -15,6 +16,7 @@ pub mod aggregation;
 pub mod alert;
 pub mod alert_board;
 pub mod audit;
+pub mod digest;
 pub mod job;
 pub mod kafka;
 pub mod metrics;

@@ -24,10 +24,12 @@ use serde::{Deserialize, Serialize};
 
 mod columns;
 mod mapped;
+mod mapped_columns;
 mod scan;
 
 pub use columns::Columns;
 pub use mapped::{Dims, InputMapping};
+pub use mapped_columns::MappedColumns;
 pub use scan::PlainRecord;
 
 /// One accepted measurement.

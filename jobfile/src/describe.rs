@@ -263,10 +263,17 @@ impl JobPlan {
             WindowKind::Session { .. } => "open session",
             WindowKind::Hopping { .. } => "open window",
         };
-        let _ = write!(s, "per key and {unit}: its readings (time, value), sorted");
-        if a.measures.iter().any(Measure::is_percentile) && a.percentiles == PercentileMode::Approx
-        {
-            s.push_str(", and a percentile sketch");
+        match a.percentiles {
+            PercentileMode::Exact => {
+                let _ = write!(s, "per key and {unit}: its readings (time, value), sorted");
+            }
+            PercentileMode::Approx => {
+                let _ = write!(
+                    s,
+                    "per key and {unit}: a digest per epoch (DDSketch bins at 1 % relative accuracy, \
+                     exact sums, the extreme readings)"
+                );
+            }
         }
         let held =
             a.window.extent_ms() + self.watermark.max_out_of_order_ms + self.watermark.lateness_ms;

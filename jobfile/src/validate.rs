@@ -211,7 +211,7 @@ fn aggregation(
         Some(m) => measures(m)?,
         None => DEFAULT_MEASURES.to_vec(),
     };
-    let percentiles = percentile_mode(raw.percentiles.as_ref(), &measures)?;
+    let percentiles = percentile_mode(raw.percentiles.as_ref(), &measures, &window)?;
     let filter = raw.filter.as_ref().map(|f| filter(f, input)).transpose()?;
     let emit = match &raw.emit {
         Some(e) => pick(
@@ -264,8 +264,14 @@ fn held_window(raw: &S<String>, name: &str, wm: &WatermarkPlan) -> Result<Window
     Ok(window)
 }
 
-/// `percentiles`: only with a pNN measure, and only exact for now.
-fn percentile_mode(raw: Option<&S<String>>, measures: &[Measure]) -> Result<PercentileMode> {
+/// `percentiles`: only with a pNN measure; `approx` only over tumbling and
+/// hopping windows (a session's bounds come from its readings' times, which
+/// a digest does not keep).
+fn percentile_mode(
+    raw: Option<&S<String>>,
+    measures: &[Measure],
+    window: &WindowKind,
+) -> Result<PercentileMode> {
     let Some(p) = raw else {
         return Ok(PercentileMode::Exact);
     };
@@ -283,10 +289,9 @@ fn percentile_mode(raw: Option<&S<String>>, measures: &[Measure]) -> Result<Perc
                 .hint("add a percentile to measures, e.g. \"p95\", or drop `percentiles`"),
         );
     }
-    if mode == PercentileMode::Approx {
-        return Err(Problem::new(p.span(), "approximate percentiles are not built yet").hint(
-            "every window keeps its readings and computes exact percentiles: percentiles = \"exact\"",
-        ));
+    if mode == PercentileMode::Approx && matches!(window, WindowKind::Session { .. }) {
+        return Err(Problem::new(p.span(), "approximate percentiles over session windows")
+            .hint("a session keeps its readings to find where it ends: percentiles = \"exact\", or a tumbling or hopping window"));
     }
     Ok(mode)
 }

@@ -16,6 +16,7 @@ fn shipped_job_files_are_valid_and_their_plans_are_stable() {
         "demo",
         "plant-alerts",
         "plant-avro",
+        "fleet-p99",
     ] {
         let path = jobs_dir().join(format!("{name}.toml"));
         let plan = iotflow_jobfile::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -84,7 +85,7 @@ fn bad_job_files_are_refused_at_their_line_with_a_hint() {
         ("percentile out of range", with_aggregation(&format!("measures = [\"p100\"]\n{window}"))),
         ("measure twice", with_aggregation(&format!("measures = [\"p95\", \"p95.0\"]\n{window}"))),
         ("approx without percentiles", with_aggregation(&format!("measures = [\"mean\"]\npercentiles = \"approx\"\n{window}"))),
-        ("approx percentiles", with_aggregation(&format!("measures = [\"p95\"]\npercentiles = \"approx\"\n{window}"))),
+        ("approx percentiles over sessions", with_aggregation("measures = [\"p95\"]\npercentiles = \"approx\"\nwindow = \"session 30s\"")),
         ("unknown field in where", with_aggregation(&format!("where = \"metric == 'temperature' and line == 'L2'\"\n{window}"))),
         ("unknown metric in where", with_aggregation(&format!("where = \"metric in ['temperature', 'pressure']\"\n{window}"))),
         ("text ordered in where", with_aggregation(&format!("where = \"site > 'b'\"\n{window}"))),

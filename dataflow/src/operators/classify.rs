@@ -30,7 +30,9 @@ use crate::job::{
 };
 use crate::metrics::{JobMetrics, LatenessCounts, lateness_bucket};
 use crate::operators::windows::device_owner;
-use crate::reading::{Columns, Dims, PlainRecord, Reading, RejectReason, parse_borrowed};
+use crate::reading::{
+    Columns, Dims, MappedColumns, PlainRecord, Reading, RejectReason, parse_borrowed,
+};
 use crate::snapshot::WorkerSnapshot;
 use crate::watermark::{ShareReport, ShareState, TopK, WatermarkCombiner};
 
@@ -102,9 +104,23 @@ impl Judge<'_> {
             });
         }
         self.mapped(top, payload, scratch)?;
-        self.dim_bytes.clear();
-        encode_dims(&self.dims, &mut self.dim_bytes);
         Ok(Parsed::Mapped)
+    }
+
+    /// A Parquet row read through the mapping's columns (readings into
+    /// `scratch`) and judged; `None` when the columns cannot answer for it
+    /// (render it and parse it instead).
+    fn mapped_row(
+        &mut self,
+        top: &mut TopK,
+        columns: &MappedColumns<'_>,
+        row: usize,
+        scratch: &mut Vec<Reading>,
+    ) -> Option<Result<(), RejectReason>> {
+        scratch.clear();
+        columns.readings(row, &self.cfg.limits, scratch, &mut self.dims)?;
+        let ts = scratch.first()?.ts_ms;
+        Some(self.judge_mapped(top, ts))
     }
 
     /// Parses and judges one record through the job's input mapping (its
@@ -125,6 +141,13 @@ impl Judge<'_> {
             .first()
             .map(|r| r.ts_ms)
             .ok_or(RejectReason::NoMetrics)?;
+        self.judge_mapped(top, ts)
+    }
+
+    /// Judges a mapped record at `ts` with its dimensions in `self.dims`,
+    /// refused when no aggregation can use it for a missing dimension; the
+    /// dimensions encoded into `self.dim_bytes`.
+    fn judge_mapped(&mut self, top: &mut TopK, ts: i64) -> Result<(), RejectReason> {
         self.judge(top, ts)?;
         if !self
             .cfg
@@ -134,6 +157,8 @@ impl Judge<'_> {
         {
             return Err(RejectReason::MissingDimension);
         }
+        self.dim_bytes.clear();
+        encode_dims(&self.dims, &mut self.dim_bytes);
         Ok(())
     }
 
@@ -340,14 +365,33 @@ pub fn classify<'scope>(
                                 SourceEvent::Rows(rows) => {
                                     records += rows.len() as u64;
                                     let top = top_of(&mut tops, rows.partition, k);
-                                    // Plain columns straight to readings; a row they cannot
-                                    // take (or a job's own mapping) is rendered and parsed.
-                                    let columns = match mapped {
-                                        true => None,
-                                        false => Columns::of(&rows.batch, &cfg.limits),
+                                    // Columns straight to readings (today's shapes, or the
+                                    // job's own mapping); a row they cannot take is rendered
+                                    // and parsed.
+                                    let (columns, mapped_columns) = match mapped {
+                                        true => (
+                                            None,
+                                            MappedColumns::of(&rows.batch, &cfg.input, &cfg.limits),
+                                        ),
+                                        false => (Columns::of(&rows.batch, &cfg.limits), None),
                                     };
                                     let none = PlainRecord::default();
                                     for i in 0..rows.len() {
+                                        if let Some(verdict) = mapped_columns
+                                            .as_ref()
+                                            .and_then(|c| judge.mapped_row(top, c, i, &mut scratch))
+                                        {
+                                            match verdict {
+                                                Ok(()) => accept(
+                                                    Parsed::Mapped,
+                                                    &none,
+                                                    &mut scratch,
+                                                    &judge.dim_bytes,
+                                                ),
+                                                Err(reason) => reject(reason, rows.record(i)),
+                                            }
+                                            continue;
+                                        }
                                         scratch.clear();
                                         let read = columns
                                             .as_ref()

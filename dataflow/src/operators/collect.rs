@@ -8,6 +8,7 @@
 //!     session: the key's sessions take each reading's time (joining, merging),
 //!              due at the first session's last reading + gap + lateness
 //!     ──▶ ((aggregation, key, start | SESSION_SLOT), run) +1 @e ──▶ arrangement
+//!     approx aggregations: one epoch's runs of a window as one digest (crate::digest)
 //!   apply reports of e → W_e ──▶ WindowEvents: closed (due ≤ W_e), touched (updates mode)
 //!   snapshot delta of e: the runs e added
 //! ```
@@ -22,10 +23,11 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
-use super::assign::RunBatch;
-use super::windows::{Keys, Update, WindowEvent, WindowKey};
+use super::assign::{RunBatch, RunHead};
+use super::windows::{Keys, Update, WindowEvent, WindowKey, WindowVal};
 use crate::aggregate::{from_ordered_bits, ordered_bits};
 use crate::aggregation::Window;
+use crate::digest::Digest;
 use crate::job::{EmitMode, Epoch, JobConfig, StateHooks, held_from};
 use crate::session::Sessions;
 use crate::snapshot::OpenWindow;
@@ -204,6 +206,10 @@ pub(super) fn collect<'scope>(
                     .map(|&(ts, bits)| (ts, ordered_bits(f64::from_bits(bits))))
                     .collect();
                 readings.sort_unstable();
+                // A chain of deltas holds a digest per epoch: one is enough.
+                if cfg.keeps_digests(w.aggregation) {
+                    readings = Digest::of_entries(&readings).entries();
+                }
                 life.add(key, &readings);
                 if capture.is_some() {
                     opened.push(w);
@@ -229,6 +235,23 @@ pub(super) fn collect<'scope>(
                 batches.sort_unstable_by_key(|b| b.worker);
                 {
                     let mut keys = keys.borrow_mut();
+                    // An approx aggregation's runs of one window, as one digest.
+                    let mut digests: BTreeMap<WindowKey, (RunHead, Digest)> = BTreeMap::new();
+                    let mut add = |key: WindowKey, head: RunHead, run: WindowVal| {
+                        life.add(key, &run);
+                        if capture.is_some() {
+                            opened.push(OpenWindow {
+                                aggregation: head.aggregation,
+                                key: head.key,
+                                start: head.start,
+                                readings: run
+                                    .iter()
+                                    .map(|&(ts, b)| (ts, from_ordered_bits(b).to_bits()))
+                                    .collect(),
+                            });
+                        }
+                        out.push(((key, run), next, 1));
+                    };
                     for batch in batches {
                         for (head, run) in batch.runs {
                             let key = (
@@ -236,20 +259,17 @@ pub(super) fn collect<'scope>(
                                 keys.id(head.aggregation, &head.key),
                                 head.start,
                             );
-                            life.add(key, &run);
-                            if capture.is_some() {
-                                opened.push(OpenWindow {
-                                    aggregation: head.aggregation,
-                                    key: head.key,
-                                    start: head.start,
-                                    readings: run
-                                        .iter()
-                                        .map(|&(ts, b)| (ts, from_ordered_bits(b).to_bits()))
-                                        .collect(),
-                                });
+                            if cfg.keeps_digests(head.aggregation) {
+                                let digest =
+                                    &mut digests.entry(key).or_insert((head, Digest::default())).1;
+                                run.iter().for_each(|&(ts, b)| digest.add(ts, b));
+                            } else {
+                                add(key, head, run);
                             }
-                            out.push(((key, run), next, 1));
                         }
+                    }
+                    for (key, (head, digest)) in digests {
+                        add(key, head, digest.entries().into());
                     }
                 }
                 for r in pending_reports.remove(&next).unwrap_or_default() {

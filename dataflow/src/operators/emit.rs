@@ -4,6 +4,7 @@
 //! ```text
 //!   grid window closed  ──runs, merged──▶ WindowResult(final) + the runs −1 @e+1 (fed back)
 //!   grid window touched ──runs, merged──▶ WindowResult(final = false)
+//!   approx aggregation's window: its digests' entries ──Digest──▶ WindowResult
 //!   session key: its runs, merged; each event's span [first, last] of them
 //!     ──▶ WindowResult [first, last + gap); closed ones: the runs −1 and what
 //!         is left (readings of open sessions) +1 as one run @e+1
@@ -28,6 +29,7 @@ use timely::progress::frontier::AntichainRef;
 use super::windows::{Keys, StateSpine, Update, WindowEvent, WindowVal};
 use crate::aggregate::{Measured, from_ordered_bits};
 use crate::aggregation::Window;
+use crate::digest::Digest;
 use crate::job::{Epoch, JobConfig, WindowResult, held_from};
 use crate::metrics::{AggregationCounts, JobMetrics};
 
@@ -66,15 +68,6 @@ impl Measures {
                 self.merged.extend_from_slice(&run[..]);
             }
         }
-        // (ts, ordered bits) order is the canonical (ts, total_cmp) order;
-        // a stable sort merges the sorted runs in O(n log runs).
-        self.merged.sort();
-        self.values.clear();
-        self.values.extend(
-            self.merged
-                .iter()
-                .map(|&(ts, b)| (ts, from_ordered_bits(b))),
-        );
         let group = self.keys.borrow().name(key);
         let qs = self.ranks.get(agg as usize).map_or(&[][..], Vec::as_slice);
         let closed = events.iter().any(|e| e.closed);
@@ -84,6 +77,31 @@ impl Measures {
                     .map(|(run, n)| ((first.key, run.clone()), next + 1, -n)),
             );
         }
+        if spec.keeps_digests() {
+            // Digests: grid windows only (`check` refuses approx sessions).
+            if let (Window::Grid(w), Some(measured)) =
+                (spec.window, Digest::of_entries(&self.merged).measured(qs))
+            {
+                out.push(WindowResult {
+                    aggregation: agg as u16,
+                    group,
+                    window_start: start,
+                    window_end: w.end(start),
+                    measured,
+                    is_final: closed,
+                });
+            }
+            return;
+        }
+        // (ts, ordered bits) order is the canonical (ts, total_cmp) order;
+        // a stable sort merges the sorted runs in O(n log runs).
+        self.merged.sort();
+        self.values.clear();
+        self.values.extend(
+            self.merged
+                .iter()
+                .map(|&(ts, b)| (ts, from_ordered_bits(b))),
+        );
         let mut result = |readings: &[(i64, f64)], start: i64, end: i64, is_final: bool| {
             if let Some(measured) = Measured::of_sorted(readings, qs, &mut self.scratch) {
                 out.push(WindowResult {

@@ -42,7 +42,7 @@ struct Column<'a> {
 /// A column's cells, its type resolved once per batch: reading a cell is an
 /// index, not a downcast.
 #[derive(Debug)]
-enum Cells<'a> {
+pub(super) enum Cells<'a> {
     /// Read through [`cell`] (rare types).
     Any(&'a dyn Array),
     Int64(&'a arrow_array::Int64Array),
@@ -51,6 +51,16 @@ enum Cells<'a> {
 }
 
 impl<'a> Cells<'a> {
+    /// Whether the cell is null (JSON `null`).
+    pub(super) fn is_null(&self, row: usize) -> bool {
+        match self {
+            Cells::Any(a) => a.is_null(row),
+            Cells::Int64(a) => a.is_null(row),
+            Cells::Float64(a) => a.is_null(row),
+            Cells::Utf8(a) => a.is_null(row),
+        }
+    }
+
     fn of(array: &'a dyn Array) -> Self {
         match array.data_type() {
             DataType::Int64 => Cells::Int64(array.as_primitive::<Int64Type>()),
@@ -60,7 +70,9 @@ impl<'a> Cells<'a> {
         }
     }
 
-    fn scalar(&self, row: usize) -> Option<Scalar<'a>> {
+    /// The cell as the parser reads its rendering; `None` for cells the
+    /// JSON path must judge.
+    pub(super) fn scalar(&self, row: usize) -> Option<Scalar<'a>> {
         match self {
             Cells::Any(a) => cell(*a, row),
             Cells::Int64(a) if a.is_valid(row) => Some(Scalar::Int(a.value(row).into())),
@@ -74,48 +86,57 @@ impl<'a> Cells<'a> {
 /// Widest rendering of one non-text cell: `-1.7976931348623157e308`.
 const NUMBER_WIDTH: usize = 24;
 
+/// A batch's columns as (JSON key, cells): `None` when a row must be
+/// rendered (nested or other columns, or rows whose rendering could pass the
+/// size limit).
+pub(super) fn plain_cells<'a>(
+    batch: &'a RecordBatch,
+    limits: &ParseLimits,
+) -> Option<Vec<(&'a str, Cells<'a>)>> {
+    let schema = batch.schema_ref();
+    let mut width = 2usize;
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for (f, array) in schema.fields().iter().zip(batch.columns()) {
+        let plain = match array.data_type() {
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Boolean
+            | DataType::Timestamp(..)
+            | DataType::Date32
+            | DataType::Date64 => Some(NUMBER_WIDTH),
+            // Escaping can make a character six bytes.
+            DataType::Utf8 => Some(6 * longest(array.as_string::<i32>().iter())),
+            DataType::LargeUtf8 => Some(6 * longest(array.as_string::<i64>().iter())),
+            _ => None,
+        }?;
+        let key = json_key(f.name(), array.data_type());
+        width += 6 * key.len() + 4 + plain;
+        cols.push((key, Cells::of(array.as_ref())));
+    }
+    (width <= limits.max_bytes).then_some(cols)
+}
+
 impl<'a> Columns<'a> {
-    /// `None` when the batch's rows must be rendered (nested or other
-    /// columns, or rows whose rendering could pass the size limit).
+    /// `None` when the batch's rows must be rendered ([`plain_cells`]).
     pub fn of(batch: &'a RecordBatch, limits: &ParseLimits) -> Option<Self> {
-        let schema = batch.schema_ref();
-        let mut width = 2usize;
-        let mut cols = Vec::with_capacity(schema.fields().len());
-        for (f, array) in schema.fields().iter().zip(batch.columns()) {
-            let plain = match array.data_type() {
-                DataType::Int8
-                | DataType::Int16
-                | DataType::Int32
-                | DataType::Int64
-                | DataType::UInt8
-                | DataType::UInt16
-                | DataType::UInt32
-                | DataType::UInt64
-                | DataType::Float32
-                | DataType::Float64
-                | DataType::Boolean
-                | DataType::Timestamp(..)
-                | DataType::Date32
-                | DataType::Date64 => Some(NUMBER_WIDTH),
-                // Escaping can make a character six bytes.
-                DataType::Utf8 => Some(6 * longest(array.as_string::<i32>().iter())),
-                DataType::LargeUtf8 => Some(6 * longest(array.as_string::<i64>().iter())),
-                _ => None,
-            }?;
-            let key = json_key(f.name(), array.data_type());
-            width += 6 * key.len() + 4 + plain;
+        let mut cols = Vec::new();
+        for (key, cells) in plain_cells(batch, limits)? {
             let field = Field::of(key);
             if field == Field::Metrics {
                 // A `metrics` column that is not an object: the parser's verdict.
                 return None;
             }
-            cols.push(Column {
-                key,
-                field,
-                cells: Cells::of(array.as_ref()),
-            });
+            cols.push(Column { key, field, cells });
         }
-        (width <= limits.max_bytes).then_some(Self { cols })
+        Some(Self { cols })
     }
 
     /// Row `row`'s readings, appended to `out`, if the JSON parser would

@@ -53,6 +53,14 @@ impl InputMapping {
         self
     }
 
+    /// Its field mapping and dimension paths, for readers of other layouts
+    /// (Parquet columns); `None` for registry-encoded input.
+    pub(super) fn parts(&self) -> Option<(&Mapping, &[FieldPath])> {
+        self.decoder
+            .is_none()
+            .then_some((&self.mapping, self.dimensions.as_slice()))
+    }
+
     /// The decoder of a registry-encoded input.
     pub fn decoder(&self) -> Option<&Arc<Decoder>> {
         self.decoder.as_ref()
@@ -319,7 +327,7 @@ fn field_readings(
     raw.into_readings(limits, out)
 }
 
-fn ts_key(unit: TimeUnit) -> TsKey {
+pub(super) fn ts_key(unit: TimeUnit) -> TsKey {
     match unit {
         TimeUnit::Auto => TsKey::Auto,
         TimeUnit::Seconds => TsKey::Seconds,
