@@ -392,6 +392,19 @@ pub fn classify<'scope>(
                                             }
                                             continue;
                                         }
+                                        // The long shape, straight into the fast path's slot.
+                                        if let Some(plain) = columns
+                                            .as_ref()
+                                            .and_then(|c| c.plain_row(i, &cfg.limits))
+                                        {
+                                            match judge.judge(top, plain.ts_ms) {
+                                                Ok(()) => {
+                                                    accept(Parsed::Plain, &plain, &mut scratch, &[])
+                                                }
+                                                Err(reason) => reject(reason, rows.record(i)),
+                                            }
+                                            continue;
+                                        }
                                         scratch.clear();
                                         let read = columns
                                             .as_ref()

@@ -109,6 +109,26 @@ struct Key<'a> {
 }
 
 impl<'a> PlainRecord<'a> {
+    /// A record of the long shape with one reading, already validated (a
+    /// Parquet row read from its columns).
+    pub(crate) fn long(
+        device_id: &'a str,
+        ts_ms: i64,
+        seq: Option<u64>,
+        metric: &'a str,
+        value: f64,
+    ) -> Self {
+        let mut record = Self {
+            device_id,
+            ts_ms,
+            seq,
+            ..Self::default()
+        };
+        record.metrics[0] = (metric, value);
+        (record.first, record.end) = (0, 1);
+        record
+    }
+
     /// (metric, value) of each reading, in the order the general path gives them.
     pub fn metrics(&self) -> &[(&'a str, f64)] {
         &self.metrics[self.first..self.end]
