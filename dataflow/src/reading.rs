@@ -594,12 +594,10 @@ impl<'a> RawRecord<'a> {
 fn valid_name(name: &str, max_len: usize) -> bool {
     !name.is_empty()
         && name.len() <= max_len
-        && if name.is_ascii() {
-            // The common case, without decoding characters.
-            name.bytes().all(plain_name_byte)
-        } else {
-            !name.contains('|') && !name.chars().any(char::is_control)
-        }
+        // The common case in one pass, without decoding characters (plain
+        // bytes are ASCII); an ASCII name with any other byte is invalid.
+        && (name.bytes().all(plain_name_byte)
+            || (!name.is_ascii() && !name.contains('|') && !name.chars().any(char::is_control)))
 }
 
 /// An ASCII byte a name holds as it is: printable, not `|`.

@@ -147,8 +147,8 @@ fn rendered_width(array: &dyn Array, structs: bool) -> Option<usize> {
         | DataType::Date32
         | DataType::Date64 => Some(NUMBER_WIDTH),
         // Escaping can make a character six bytes.
-        DataType::Utf8 => Some(6 * longest(array.as_string::<i32>().iter())),
-        DataType::LargeUtf8 => Some(6 * longest(array.as_string::<i64>().iter())),
+        DataType::Utf8 => Some(6 * longest(array, array.as_string::<i32>().value_offsets())),
+        DataType::LargeUtf8 => Some(6 * longest(array, array.as_string::<i64>().value_offsets())),
         DataType::Struct(fields) if structs => {
             let children = array.as_struct().columns();
             fields.iter().zip(children).try_fold(2, |w, (f, child)| {
@@ -252,8 +252,15 @@ impl Long {
     }
 }
 
-fn longest<'s>(values: impl Iterator<Item = Option<&'s str>>) -> usize {
-    values.map(|v| v.map_or(4, str::len)).max().unwrap_or(0)
+/// The longest rendering of a text array's values (a null is `null`), from
+/// its offsets: no pass over the text.
+fn longest<O: arrow_array::OffsetSizeTrait>(array: &dyn Array, offsets: &[O]) -> usize {
+    let text = offsets
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_usize())
+        .max()
+        .unwrap_or(0);
+    text.max(if array.null_count() > 0 { 4 } else { 0 })
 }
 
 /// The scalar the parser reads from a cell's rendering; `None` for cells
