@@ -105,6 +105,36 @@ fn write_parquet(path: &Path, rows: &[Row]) {
     w.close().unwrap();
 }
 
+/// `aggregate-file --job-file job` of `input` into `out`: a reader of its CSVs by name.
+fn aggregate_job(
+    job: &Path,
+    input: &Path,
+    out: &Path,
+    workers: &str,
+) -> impl Fn(&str) -> String + use<> {
+    let status = Command::new(env!("CARGO_BIN_EXE_iotflow"))
+        .args([
+            "aggregate-file",
+            "--epoch-bytes",
+            "65536",
+            "-w",
+            workers,
+            "--job-file",
+        ])
+        .arg(job)
+        .arg(input)
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let out = out.to_owned();
+    move |name: &str| std::fs::read_to_string(out.join(name)).unwrap()
+}
+
 fn aggregate_file(input: &Path, output: &Path, workers: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_iotflow"))
         .args(["aggregate-file", "--epoch-bytes", "65536", "-w", workers])
@@ -219,27 +249,7 @@ parquet = "fleet_approx"
     )
     .unwrap();
     let run = |input: &Path, out: &str, workers: &str| -> (String, String, String) {
-        let out = dir.path().join(out);
-        let status = Command::new(env!("CARGO_BIN_EXE_iotflow"))
-            .args([
-                "aggregate-file",
-                "--epoch-bytes",
-                "65536",
-                "-w",
-                workers,
-                "--job-file",
-            ])
-            .arg(&job)
-            .arg(input)
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            status.status.success(),
-            "{}",
-            String::from_utf8_lossy(&status.stderr)
-        );
-        let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+        let read = aggregate_job(&job, input, &dir.path().join(out), workers);
         (
             read("aggregates.csv"),
             read("fleet.csv"),
@@ -439,27 +449,7 @@ parquet = "site_1m"
     )
     .unwrap();
     let run = |input: &Path, name: &str, workers: &str| -> (String, String) {
-        let out = dir.path().join(name);
-        let status = Command::new(env!("CARGO_BIN_EXE_iotflow"))
-            .args([
-                "aggregate-file",
-                "--epoch-bytes",
-                "65536",
-                "-w",
-                workers,
-                "--job-file",
-            ])
-            .arg(&job)
-            .arg(input)
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            status.status.success(),
-            "{}",
-            String::from_utf8_lossy(&status.stderr)
-        );
-        let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap();
+        let read = aggregate_job(&job, input, &dir.path().join(name), workers);
         (read("aggregates.csv"), read("site_1m.csv"))
     };
     let want = run(&jsonl, "j1", "1");
