@@ -96,12 +96,17 @@ fn write_parquet(path: &Path, rows: &[Row]) {
         ),
     ])
     .unwrap();
+    write_batch(path, &batch);
+}
+
+/// `batch` as a Parquet file of 4,000-row groups.
+fn write_batch(path: &Path, batch: &RecordBatch) {
     let props = WriterProperties::builder()
         .set_max_row_group_row_count(Some(4_000))
         .build();
     let mut w =
         ArrowWriter::try_new(File::create(path).unwrap(), batch.schema(), Some(props)).unwrap();
-    w.write(&batch).unwrap();
+    w.write(batch).unwrap();
     w.close().unwrap();
 }
 
@@ -404,13 +409,7 @@ fn write_plant(jsonl: &Path, parquet: &Path, rows: &[Row]) {
         ),
     ])
     .unwrap();
-    let props = WriterProperties::builder()
-        .set_max_row_group_row_count(Some(4_000))
-        .build();
-    let mut w =
-        ArrowWriter::try_new(File::create(parquet).unwrap(), batch.schema(), Some(props)).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_batch(parquet, &batch);
 }
 
 /// A job file's own mapping (field names, a dimension, the long shape) reads
