@@ -176,9 +176,11 @@ impl Aggregation {
         )
     }
 
-    /// Whether its windows keep digests instead of readings.
+    /// Whether its windows keep digests instead of readings: approx over
+    /// grid windows (sessions find their bounds in their readings' times, so
+    /// they keep them; `check` refuses approx there).
     pub fn keeps_digests(&self) -> bool {
-        self.percentiles == PercentileMode::Approx
+        self.percentiles == PercentileMode::Approx && matches!(self.window, Window::Grid(_))
     }
 
     /// The ranks of the percentiles among its measures, in order.

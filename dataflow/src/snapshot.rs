@@ -229,7 +229,7 @@ pub fn materialize(
     }
     let open = |at: i64| whole.watermark.is_none_or(|wm| at > wm);
     whole.seen.retain(|k| open(k.expires_at));
-    whole.seen.sort();
+    whole.seen.sort_unstable();
     whole.alerts = alerts.into_values().collect();
     whole.windows = windows
         .into_iter()
@@ -315,8 +315,8 @@ pub fn reshard(
     }
     // One canonical layout: the bytes depend on the state, not on the old sharding.
     for s in &mut out {
-        s.seen.sort();
-        s.windows.sort();
+        s.seen.sort_unstable();
+        s.windows.sort_unstable();
         s.alerts
             .sort_by(|a, b| (a.rule, &a.key).cmp(&(b.rule, &b.key)));
     }
