@@ -138,6 +138,11 @@ pub struct RunArgs {
     /// a backlog is cut into bounded epochs, so progress commits steadily while catching up.
     #[arg(long, env = "IOTFLOW_EPOCH_MAX_RECORDS", default_value_t = 25_000)]
     epoch_max_records: u64,
+    /// Record bytes each input partition's fetcher may hold ahead of the dataflow
+    /// (a full queue waits for the next fetch, of up to 4 MiB): more hides fetch
+    /// latency, less holds less memory on a backlog (4 MiB).
+    #[arg(long, env = "IOTFLOW_FETCH_BUFFER_BYTES", default_value_t = 4 << 20)]
+    fetch_buffer_bytes: usize,
     /// A caught-up partition quiet this long stops holding the watermark back [default: 5s].
     #[arg(long, value_parser = humantime::parse_duration)]
     idle_timeout: Option<Duration>,

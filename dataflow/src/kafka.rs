@@ -73,7 +73,7 @@ impl KafkaSourceConfig {
             until_end: false,
             drain: Arc::default(),
             idle_timeout: Duration::from_secs(5),
-            max_buffered_bytes: 16 << 20,
+            max_buffered_bytes: 4 << 20,
             max_epoch_records: 25_000,
             start_offsets: BTreeMap::new(),
             start_epoch: 0,

@@ -95,6 +95,8 @@ pub struct LiveJobConfig {
     pub epochs: EpochMode,
     /// With time epochs: records per partition per epoch at most.
     pub max_epoch_records: u64,
+    /// Record bytes each partition's fetcher may hold ahead of the dataflow.
+    pub fetch_buffer_bytes: usize,
     pub until_end: bool,
     pub idle_timeout: Duration,
     pub start_at: StartAt,
@@ -310,6 +312,7 @@ impl LiveJob {
         let mut source = KafkaSourceConfig::new(cfg.bootstrap.clone(), cfg.input.clone());
         source.epochs = cfg.epochs;
         source.max_epoch_records = cfg.max_epoch_records;
+        source.max_buffered_bytes = cfg.fetch_buffer_bytes;
         source.until_end = cfg.until_end;
         source.drain = Arc::clone(&controls.drain);
         source.idle_timeout = cfg.idle_timeout;

@@ -177,6 +177,7 @@ impl RunArgs {
                 _ => EpochMode::Time(self.epoch_interval),
             },
             max_epoch_records: self.epoch_max_records,
+            fetch_buffer_bytes: self.fetch_buffer_bytes,
             until_end: self.until_end,
             idle_timeout: idle,
             start_at: match self.start_at {
