@@ -141,7 +141,8 @@ pub struct RunArgs {
     /// Record bytes each input partition's fetcher may hold ahead of the dataflow
     /// (a full queue waits for the next fetch, of up to 4 MiB): more hides fetch
     /// latency, less holds less memory on a backlog (4 MiB).
-    #[arg(long, env = "IOTFLOW_FETCH_BUFFER_BYTES", default_value_t = 4 << 20)]
+    #[arg(long, env = "IOTFLOW_FETCH_BUFFER_BYTES", default_value_t = 4 << 20,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     fetch_buffer_bytes: usize,
     /// A caught-up partition quiet this long stops holding the watermark back [default: 5s].
     #[arg(long, value_parser = humantime::parse_duration)]

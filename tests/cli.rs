@@ -38,6 +38,27 @@ fn help_names_every_subcommand() {
     assert!(!bad.status.success(), "--count and --duration conflict");
 }
 
+#[test]
+fn the_fetch_read_ahead_is_documented_and_never_unbounded() {
+    let run = common::stdout(&common::iotflow(&["run", "--help"]));
+    assert!(
+        run.contains("--fetch-buffer-bytes") && run.contains("IOTFLOW_FETCH_BUFFER_BYTES"),
+        "{run}"
+    );
+    // The fetcher reads 0 as "no bound": refused before anything starts.
+    let zero = common::iotflow_unchecked(&[
+        "run",
+        "--brokers",
+        "127.0.0.1:1",
+        "--fetch-buffer-bytes",
+        "0",
+        "--until-end",
+    ]);
+    assert!(!zero.status.success());
+    let err = String::from_utf8_lossy(&zero.stderr);
+    assert!(err.contains("--fetch-buffer-bytes"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreground_broker_prints_its_address_and_stops_on_sigterm() {
     let home = tempfile::tempdir().unwrap();
