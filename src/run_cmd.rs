@@ -138,9 +138,9 @@ pub struct RunArgs {
     /// a backlog is cut into bounded epochs, so progress commits steadily while catching up.
     #[arg(long, env = "IOTFLOW_EPOCH_MAX_RECORDS", default_value_t = 25_000)]
     epoch_max_records: u64,
-    /// Record bytes each input partition's fetcher may hold ahead of the dataflow
-    /// (a full queue waits for the next fetch, of up to 4 MiB): more hides fetch
-    /// latency, less holds less memory on a backlog (4 MiB).
+    /// Record bytes each input partition's fetcher may queue ahead of the dataflow
+    /// before it waits (each fetch adds up to 4 MiB more): more hides fetch
+    /// latency, less holds less memory on a backlog.
     #[arg(long, env = "IOTFLOW_FETCH_BUFFER_BYTES", default_value_t = 4 << 20,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     fetch_buffer_bytes: usize,
