@@ -141,7 +141,7 @@ pub struct RunArgs {
     /// Record bytes each input partition's fetcher may queue ahead of the dataflow
     /// before it waits (each fetch adds up to 4 MiB more): more hides fetch
     /// latency, less holds less memory on a backlog.
-    #[arg(long, env = "IOTFLOW_FETCH_BUFFER_BYTES", default_value_t = 4 << 20,
+    #[arg(long, env = "IOTFLOW_FETCH_BUFFER_BYTES", default_value_t = iotflow_dataflow::kafka::DEFAULT_FETCH_BUFFER_BYTES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     fetch_buffer_bytes: usize,
     /// A caught-up partition quiet this long stops holding the watermark back [default: 5s].

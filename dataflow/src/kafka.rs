@@ -31,6 +31,11 @@ use crate::watermark::ShareState;
 /// Bytes asked for per fetch.
 const FETCH_BYTES: i32 = 4 * 1024 * 1024;
 
+/// Record bytes a partition's queue holds before its fetcher waits, unless
+/// configured: one fetch's worth of read-ahead (16 MiB kept ~170 MB of
+/// records queued on a backlog).
+pub const DEFAULT_FETCH_BUFFER_BYTES: usize = FETCH_BYTES as usize;
+
 /// How the source cuts epochs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EpochMode {
@@ -73,7 +78,7 @@ impl KafkaSourceConfig {
             until_end: false,
             drain: Arc::default(),
             idle_timeout: Duration::from_secs(5),
-            max_buffered_bytes: 4 << 20,
+            max_buffered_bytes: DEFAULT_FETCH_BUFFER_BYTES,
             max_epoch_records: 25_000,
             start_offsets: BTreeMap::new(),
             start_epoch: 0,
