@@ -21,8 +21,8 @@ use iotflow_sink::protocol::{CommitRecord, JobCommits};
 use iotflow_sink::records::{EPOCH_HEADER, JOB_HEADER};
 use serde::{Deserialize, Serialize};
 
-/// How long a fetch waits for new records.
-const POLL_MS: i32 = 200;
+/// How long a fetch of the progress topic waits for a new commit record.
+const POLL_MS: i32 = 50;
 /// How long a fetch waits for the rest of an epoch that is committed: its
 /// records are being published, so they are moments away. Partitions are
 /// read one after another, so a long wait here (per partition) would let the
@@ -82,6 +82,8 @@ pub struct Follower {
     parts: BTreeMap<i32, Partition>,
     progress: ProgressLog,
     log_next: i64,
+    /// Whether the last read of the progress topic reached its end.
+    at_end: bool,
     job: Option<String>,
     commits: JobCommits,
     /// Per valid epoch: the progress offset of the read that brought its commit.
@@ -169,6 +171,7 @@ impl Follower {
             parts,
             progress,
             log_next,
+            at_end: false,
             job,
             commits: JobCommits::default(),
             read_at: BTreeMap::new(),
@@ -181,9 +184,26 @@ impl Follower {
     /// The next committed epoch; `None` once nothing came for `exit_when_idle`.
     pub async fn next(&mut self) -> Result<Option<CommittedEpoch>> {
         loop {
+            // Epochs read already come first, once the topic was read to its
+            // end (a newer generation there may void some): a follower that
+            // fell behind catches up without a round trip per epoch.
+            if self.at_end
+                && let Some(commit) = self.oldest_wanted()
+            {
+                return self.assemble(&commit).await.map(Some);
+            }
             let read_from = self.log_next;
-            let (records, untrusted, next) = self.progress.read_from(read_from).await?;
-            self.log_next = next;
+            let asked = Instant::now();
+            let (records, untrusted) = if self.want_from.is_none() {
+                // The first read goes to the end: what is there is history.
+                let (records, untrusted, next) = self.progress.read_from(read_from).await?;
+                (self.log_next, self.at_end) = (next, true);
+                (records, untrusted)
+            } else {
+                let poll = self.progress.poll_from(read_from, POLL_MS).await?;
+                (self.log_next, self.at_end) = (poll.next, poll.at_end);
+                (poll.commits, poll.untrusted)
+            };
             iotflow_sink::progress::report_untrusted(&untrusted);
             if self.job.is_none() {
                 self.job = records
@@ -201,29 +221,38 @@ impl Follower {
                 }
             }
             // Following from now: what is committed already is history.
-            let want_from = *self.want_from.get_or_insert_with(|| {
-                self.commits
-                    .newest_first()
-                    .next()
-                    .map_or(0, |c| c.epoch + 1)
-            });
-            let commit: Option<CommitRecord> = self
-                .commits
-                .newest_first()
-                .filter(|c| c.epoch >= want_from)
-                .last()
-                .cloned();
-            match commit {
-                Some(commit) => return self.assemble(&commit).await.map(Some),
-                None if self
-                    .exit_when_idle
-                    .is_some_and(|d| self.last_shown.elapsed() >= d) =>
-                {
-                    return Ok(None);
-                }
-                None => tokio::time::sleep(Duration::from_millis(POLL_MS as u64)).await,
+            if self.want_from.is_none() {
+                self.want_from = Some(
+                    self.commits
+                        .newest_first()
+                        .next()
+                        .map_or(0, |c| c.epoch + 1),
+                );
             }
+            if !self.at_end || self.oldest_wanted().is_some() {
+                continue;
+            }
+            if self
+                .exit_when_idle
+                .is_some_and(|d| self.last_shown.elapsed() >= d)
+            {
+                return Ok(None);
+            }
+            // A broker that answers an empty fetch at once (not waiting for
+            // records) is not asked again before the poll interval.
+            let poll = Duration::from_millis(POLL_MS as u64);
+            tokio::time::sleep(poll.saturating_sub(asked.elapsed())).await;
         }
+    }
+
+    /// The oldest commit not yet handed out (once the first read decided where following starts).
+    fn oldest_wanted(&self) -> Option<CommitRecord> {
+        let want_from = self.want_from?;
+        self.commits
+            .newest_first()
+            .filter(|c| c.epoch >= want_from)
+            .last()
+            .cloned()
     }
 
     fn resume_at(&self, job: &str, epoch: u64, progress_from: i64) -> Resume {

@@ -109,6 +109,48 @@ async fn commits_round_trip_and_untrusted_records_are_reported() {
     }
 }
 
+/// A follower polls the progress topic: one fetch brings what follows its
+/// offset and says whether it reached the end; at the end, a poll waits for
+/// the next record (or its wait) and then brings it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_brings_what_follows_and_says_when_it_reached_the_end() {
+    let (_broker, client, topic, log) = progress_topic().await;
+    let mut offsets = Vec::new();
+    for epoch in 0..4 {
+        offsets.push(log.append(&commit("a", epoch, 1)).await.unwrap());
+    }
+    let mut read = Vec::new();
+    let mut next = offsets[1];
+    loop {
+        let poll = log.poll_from(next, 50).await.unwrap();
+        assert!(poll.untrusted.is_empty());
+        read.extend(poll.commits.into_iter().map(|c| c.epoch));
+        next = poll.next;
+        if poll.at_end {
+            break;
+        }
+    }
+    assert_eq!(read, [1, 2, 3]);
+    assert_eq!(next, offsets[3] + 1);
+
+    let quiet = log.poll_from(next, 50).await.unwrap();
+    assert!(quiet.commits.is_empty() && quiet.at_end);
+    assert_eq!(quiet.next, next);
+
+    let waiting = tokio::spawn(async move {
+        for _ in 0..200 {
+            let poll = log.poll_from(next, 50).await.unwrap();
+            if let Some(c) = poll.commits.first() {
+                return (c.epoch, poll.next);
+            }
+        }
+        panic!("the appended record never came");
+    });
+    let writer = ProgressLog::open(&client, &topic).await.unwrap();
+    let at = writer.append(&commit("a", 4, 1)).await.unwrap();
+    assert_eq!(waiting.await.unwrap(), (4, at + 1));
+}
+
 /// A job's history is read from the end of the progress topic: back to its
 /// newest record, then forward from the offset that record names. Appends
 /// answer with the record's own offset, which `log_from` is built from.

@@ -501,21 +501,14 @@ async fn fetch_partition(
             100,
         )
         .await
-        .map_err(|e| match e {
-            iotflow_redpanda::Error::Partition { source, .. }
-                if matches!(
-                    *source,
-                    rskafka::client::error::Error::ServerError {
-                        protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
-                        ..
-                    }
-                ) =>
-            {
+        .map_err(|e| {
+            if e.is_offset_out_of_range() {
                 format!(
                     "offset {next} is out of range (no longer retained?); refusing to skip data"
                 )
+            } else {
+                e.to_string()
             }
-            other => other.to_string(),
         })?;
         let limit = if until_end { end } else { i64::MAX };
         let mut batch: Vec<RawRecord> = Vec::with_capacity(records.len());

@@ -125,6 +125,21 @@ impl Error {
         }
     }
 
+    /// Whether a fetch asked for an offset the partition no longer (or not yet)
+    /// holds: retention deleted it, or the topic was recreated.
+    pub fn is_offset_out_of_range(&self) -> bool {
+        matches!(
+            self,
+            Error::Partition { source, .. } if matches!(
+                **source,
+                rskafka::client::error::Error::ServerError {
+                    protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
+                    ..
+                }
+            )
+        )
+    }
+
     /// Whether nothing answered at all (refused, unreachable, timed out): the
     /// broker is not up yet, unlike a TLS or SASL failure, which it was.
     pub fn is_unreachable(&self) -> bool {

@@ -15,10 +15,10 @@
 //! newest record's `log_from` (the oldest commit it may fall back to), so a
 //! restart does not grow with the job's age.
 
-use iotflow_redpanda::scan::{offsets, read_range};
+use iotflow_redpanda::scan::{FETCH_MAX_BYTES, fetch_from, offsets, read_range};
 use rskafka::client::Client;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
-use rskafka::record::Record;
+use rskafka::record::{Record, RecordAndOffset};
 
 use crate::committer::RETAINED_SLOTS;
 use crate::protocol::{CommitRecord, ProtocolError, history_needs, history_start};
@@ -46,6 +46,17 @@ pub struct History {
     /// Where reading started, and how many records it read in all.
     pub read_from: i64,
     pub records_read: u64,
+}
+
+/// What [`ProgressLog::poll_from`] read.
+#[derive(Debug)]
+pub struct Poll {
+    pub commits: Vec<CommitRecord>,
+    pub untrusted: Vec<Untrusted>,
+    /// The offset to poll from next.
+    pub next: i64,
+    /// Whether the read reached the end of the topic as the broker saw it.
+    pub at_end: bool,
 }
 
 /// A record on the progress topic that is not a usable commit record.
@@ -123,21 +134,38 @@ impl ProgressLog {
         let records = read_range(&self.pc, offset.max(earliest), end)
             .await
             .map_err(|e| broker_err(&topic, e))?;
-        let (mut commits, mut untrusted) = (Vec::new(), Vec::new());
-        for r in records {
-            // A tombstone (no value) is compaction's, not a commit.
-            let Some(value) = r.record.value else {
-                continue;
-            };
-            match CommitRecord::decode(&value) {
-                Ok(c) => commits.push(c),
-                Err(error) => untrusted.push(Untrusted {
-                    offset: r.offset,
-                    error,
-                }),
-            }
-        }
+        let (commits, untrusted) = decode_all(records);
         Ok((commits, untrusted, end.max(offset)))
+    }
+
+    /// What one fetch from `offset` brings, waiting up to `max_wait_ms` for
+    /// something to arrive: how a follower keeps up with a job that commits
+    /// every 250 ms in one round trip per poll ([`Self::read_from`] takes
+    /// four). An offset retention deleted is read as [`Self::read_from`]
+    /// does, from the earliest retained.
+    pub async fn poll_from(&self, offset: i64, max_wait_ms: i32) -> Result<Poll, ProgressError> {
+        let (records, end) = match fetch_from(&self.pc, offset, FETCH_MAX_BYTES, max_wait_ms).await
+        {
+            Ok(answer) => answer,
+            Err(e) if e.is_offset_out_of_range() => {
+                let (commits, untrusted, next) = self.read_from(offset).await?;
+                return Ok(Poll {
+                    commits,
+                    untrusted,
+                    next,
+                    at_end: true,
+                });
+            }
+            Err(e) => return Err(broker_err(self.pc.topic(), e)),
+        };
+        let next = records.last().map_or(offset, |r| r.offset + 1);
+        let (commits, untrusted) = decode_all(records);
+        Ok(Poll {
+            commits,
+            untrusted,
+            next,
+            at_end: next >= end,
+        })
     }
 
     /// Decoded records of `[from, to)` with their offsets.
@@ -216,6 +244,25 @@ impl ProgressLog {
             }
         }
     }
+}
+
+/// Commit records and what could not be trusted; a tombstone (no value) is
+/// compaction's, not a commit.
+fn decode_all(records: Vec<RecordAndOffset>) -> (Vec<CommitRecord>, Vec<Untrusted>) {
+    let (mut commits, mut untrusted) = (Vec::new(), Vec::new());
+    for r in records {
+        let Some(value) = r.record.value else {
+            continue;
+        };
+        match CommitRecord::decode(&value) {
+            Ok(c) => commits.push(c),
+            Err(error) => untrusted.push(Untrusted {
+                offset: r.offset,
+                error,
+            }),
+        }
+    }
+    (commits, untrusted)
 }
 
 fn broker_err(topic: &str, e: impl std::error::Error + Send + Sync + 'static) -> ProgressError {
