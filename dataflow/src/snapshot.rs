@@ -153,6 +153,46 @@ pub struct WorkerSnapshot {
     pub previous: Option<Link>,
 }
 
+/// Whether state due at `at` (a dedupe key's expiry, a grid window's close)
+/// is still kept under `watermark`: what the watermark reached is final.
+pub fn outlives(at: i64, watermark: Option<i64>) -> bool {
+    watermark.is_none_or(|wm| at > wm)
+}
+
+impl WorkerSnapshot {
+    /// Drops what its own watermark closed: dedupe keys expiring at or below
+    /// it and grid windows closing at or below it. [`materialize`] drops them
+    /// under any later head, whose watermark is no lower, so the chain holds
+    /// the same state; but a delta of an epoch that opened and closed most of
+    /// its windows (a backlog read in epochs of many windows' length) shrinks
+    /// to what stays open, and so do the writes, reads and folds of the chain.
+    /// Session keys stay: their sessions close epoch by epoch along the chain.
+    pub fn drop_closed(&mut self, rules: &WindowRules) {
+        let wm = self.watermark;
+        self.seen.retain(|k| outlives(k.expires_at, wm));
+        self.windows.retain(|w| {
+            rules
+                .close_at(w.aggregation, w.start)
+                .is_none_or(|at| outlives(at, wm))
+        });
+    }
+}
+
+impl WorkerSnapshot {
+    /// When the last of its state is final: the latest key expiry or grid
+    /// window close; `i64::MAX` while it holds a session key or an alert
+    /// series (no single time ends those); `None` when it holds nothing.
+    pub fn final_at(&self, rules: &WindowRules) -> Option<i64> {
+        let keys = self.seen.iter().map(|k| k.expires_at);
+        let windows = self
+            .windows
+            .iter()
+            .map(|w| rules.close_at(w.aggregation, w.start).unwrap_or(i64::MAX));
+        let alerts = self.alerts.iter().map(|_| i64::MAX);
+        keys.chain(windows).chain(alerts).max()
+    }
+}
+
 /// The whole state at the head of `chain` (a whole snapshot, then deltas,
 /// oldest first): every key and reading added along it, less what the head's
 /// watermark has closed: keys expiring at or below it and windows whose
@@ -227,7 +267,7 @@ pub fn materialize(
         }
         close_sessions(&mut windows, whole.watermark);
     }
-    let open = |at: i64| whole.watermark.is_none_or(|wm| at > wm);
+    let open = |at: i64| outlives(at, whole.watermark);
     whole.seen.retain(|k| open(k.expires_at));
     whole.seen.sort_unstable();
     whole.alerts = alerts.into_values().collect();
@@ -553,7 +593,115 @@ mod tests {
         assert!(reshard(&[], 1, &rules()).is_err());
     }
 
+    /// Tumbling 10 per device (0), sessions of gap 10 per device (1).
+    fn grid_and_session_rules() -> WindowRules {
+        let grid = Aggregation::per_device("g", WindowSpec::tumbling(10).unwrap(), EmitMode::Final);
+        let session = Aggregation {
+            name: "s".into(),
+            window: Window::Session { gap_ms: 10 },
+            ..grid.clone()
+        };
+        WindowRules {
+            aggregations: vec![grid, session].into(),
+            lateness_ms: 0,
+        }
+    }
+
+    /// A chain: a whole snapshot, then deltas, watermarks never going back.
+    /// Per link: (watermark step, keys (device, expiry − watermark), grid
+    /// windows (device, start − watermark in tens, reading), session readings
+    /// (device, time − watermark), an alert series or not).
+    fn arb_chain() -> impl Strategy<Value = Vec<WorkerSnapshot>> {
+        let link = (
+            // Sometimes a step past everything open: the next link stands alone.
+            prop_oneof![3 => 0i64..25, 1 => 40i64..80],
+            prop::collection::vec((0u8..3, -10i64..30), 0..5),
+            prop::collection::vec((0u8..3, -2i64..3, 0i64..10), 0..5),
+            prop::collection::vec((0u8..3, -15i64..70), 0..4),
+            prop::bool::weighted(0.1),
+        );
+        prop::collection::vec(link, 1..7).prop_map(|links| {
+            let mut wm = 0;
+            links
+                .into_iter()
+                .enumerate()
+                .map(|(i, (step, keys, grid, session, alert))| {
+                    wm += step;
+                    let mut s = snapshot(0, 1, &[]);
+                    s.epoch = i as u64;
+                    s.watermark = Some(wm);
+                    s.previous = (i > 0).then(|| Link {
+                        epoch: i as u64 - 1,
+                        bytes: 0,
+                        checksum: 0,
+                    });
+                    s.seen = keys
+                        .into_iter()
+                        .enumerate()
+                        .map(|(n, (d, e))| SeenKey {
+                            device: format!("d{d}").into(),
+                            metric: "t".into(),
+                            seq: (i * 10 + n) as u64,
+                            expires_at: wm + e,
+                        })
+                        .collect();
+                    let start = |tens: i64| (wm / 10 + tens) * 10;
+                    s.windows = grid
+                        .into_iter()
+                        .map(|(d, tens, at)| OpenWindow {
+                            aggregation: 0,
+                            key: format!("d{d}|t").into(),
+                            start: start(tens),
+                            readings: vec![(start(tens) + at, 1f64.to_bits())],
+                        })
+                        .chain(session.into_iter().map(|(d, at)| OpenWindow {
+                            aggregation: 1,
+                            key: format!("d{d}|t").into(),
+                            start: crate::aggregation::SESSION_SLOT,
+                            readings: vec![(wm + at, 2f64.to_bits())],
+                        }))
+                        .collect();
+                    if !alert {
+                        s.alerts.clear();
+                    } else {
+                        s.alerts = snapshot(0, 1, &["d0"]).alerts;
+                    }
+                    s
+                })
+                .collect()
+        })
+    }
+
     proptest! {
+        /// Leaving out of each link what its own watermark closed keeps the
+        /// chain's state; once a watermark closed all the chain held, the
+        /// next link alone (made whole) is that state.
+        #[test]
+        fn links_without_what_closed_and_a_link_after_everything_closed_keep_the_state(
+            chain in arb_chain(),
+        ) {
+            let rules = grid_and_session_rules();
+            let mut dropped = chain.clone();
+            dropped.iter_mut().for_each(|s| s.drop_closed(&rules));
+            prop_assert_eq!(
+                materialize(dropped.clone(), &rules).unwrap(),
+                materialize(chain.clone(), &rules).unwrap()
+            );
+            let mut final_at = dropped[0].final_at(&rules);
+            for i in 1..dropped.len() {
+                if final_at.is_none_or(|at| !outlives(at, dropped[i].watermark)) {
+                    let mut alone = dropped[i].clone();
+                    alone.previous = None;
+                    prop_assert_eq!(
+                        materialize(vec![alone], &rules).unwrap(),
+                        materialize(chain[..=i].to_vec(), &rules).unwrap(),
+                        "link {} after everything closed", i
+                    );
+                }
+                final_at = final_at.max(dropped[i].final_at(&rules));
+            }
+        }
+
         /// Resharding N → M keeps exactly the same state, puts every key on the
         /// worker the routing picks, and M → N → M is the identity.
         #[test]

@@ -414,6 +414,11 @@ impl State {
 
     /// This epoch's snapshot delta of Assign's part (Collect adds the windows).
     fn snapshot(&mut self, epoch: Epoch, start: Epoch, names: &Names) -> WorkerSnapshot {
+        // Keys the epoch's own watermark expired are in no state (see
+        // `WorkerSnapshot::drop_closed`): on a backlog, most of them.
+        let watermark = self.combiner.emitted();
+        self.seen_added
+            .retain(|&(_, _, expires_at)| snapshot::outlives(expires_at, watermark));
         // Ordered by interned ids, not by name: one order within a run
         // without comparing strings (an epoch adds a key per reading).
         self.seen_added.sort_unstable();
@@ -436,7 +441,7 @@ impl State {
             worker: self.worker,
             workers: self.workers,
             reports: self.combiner.reports(),
-            watermark: self.combiner.emitted(),
+            watermark,
             seen,
             windows: Vec::new(),
             alerts: Vec::new(),

@@ -4,6 +4,7 @@
 //! ```text
 //!   e0 whole ◀── e1 delta ◀── e2 delta ◀── … ◀── ek delta   (each names its predecessor's size + CRC)
 //!   deltas ≥ max(last whole, fold_bytes) ──▶ materialize ──▶ ek+1 whole
+//!   ek+1's watermark closed all the chain holds ──▶ ek+1 alone is whole (no read back)
 //!   recovery: head ─load_chain─▶ [whole, delta, …] ─materialize─▶ the worker's state
 //! ```
 
@@ -11,7 +12,7 @@ use std::fs;
 use std::path::Path;
 
 use iotflow_dataflow::job::Epoch;
-use iotflow_dataflow::snapshot::{Link, WindowRules, WorkerSnapshot, materialize};
+use iotflow_dataflow::snapshot::{Link, WindowRules, WorkerSnapshot, materialize, outlives};
 
 use crate::error::SinkError;
 
@@ -24,6 +25,8 @@ pub struct Chain {
     pub base: Epoch,
     base_bytes: u64,
     delta_bytes: u64,
+    /// When the last of the chain's state is final ([`WorkerSnapshot::final_at`]).
+    final_at: Option<i64>,
 }
 
 impl Chain {
@@ -34,12 +37,20 @@ impl Chain {
         self.delta_bytes >= self.base_bytes.max(fold_bytes)
     }
 
-    /// Records the snapshot just written at `link`.
-    pub fn wrote(&mut self, link: Link, whole: bool) {
+    /// Whether `watermark` closed everything the chain holds, so that the
+    /// next snapshot (less what its watermark closed) is the whole state.
+    pub fn closed_by(&self, watermark: Option<i64>) -> bool {
+        self.final_at.is_none_or(|at| !outlives(at, watermark))
+    }
+
+    /// Records the snapshot just written at `link`, whose state is final at `final_at`.
+    pub fn wrote(&mut self, link: Link, whole: bool, final_at: Option<i64>) {
         if whole {
             (self.base, self.base_bytes, self.delta_bytes) = (link.epoch, link.bytes, 0);
+            self.final_at = final_at;
         } else {
             self.delta_bytes += link.bytes;
+            self.final_at = self.final_at.max(final_at);
         }
         self.last = Some(link);
     }

@@ -5,7 +5,8 @@
 //! ```text
 //!   StageJob(e) ─▶ outputs ─▶ <state>/epochs/e/w.out (StagedOutputs, fsync)
 //!               ─▶ final rows per dataset ─▶ pending segment (fsync); roll due? ─▶ .staging/*.parquet
-//!               ─▶ snapshot: delta linked to e−1, or whole (first of a run, or folded)
+//!               ─▶ snapshot, less what its watermark closed: delta linked to e−1, or
+//!                  whole (first of a run, folded, or nothing before it still open)
 //!                  ─▶ <state>/epochs/e/w.snap (fsync; mid-snapshot failpoint halfway)
 //!               ─▶ Staged { publish targets, files, snapshot, pending, source offsets }
 //! ```
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use iotflow_dataflow::job::Epoch;
-use iotflow_dataflow::snapshot::{Link, WorkerSnapshot};
+use iotflow_dataflow::snapshot::{Link, WorkerSnapshot, materialize};
 
 use crate::error::SinkError;
 use crate::failpoint::{self, Site};
@@ -139,13 +140,17 @@ impl Stager {
     }
 
     /// Writes the epoch's snapshot: a delta linked to the previous epoch's,
-    /// or whole (the first of a run, or the chain folded).
+    /// or whole (the first of a run, the chain folded, or a delta whose
+    /// watermark closed everything before it).
     fn stage_snapshot(
         &mut self,
         epoch: Epoch,
         mut snapshot: WorkerSnapshot,
     ) -> Result<SnapshotEntry, SinkError> {
         let worker = self.worker;
+        let rel = snapshot_path(epoch, worker);
+        let path = self.cfg.state_dir.join(&rel);
+        snapshot.drop_closed(&self.cfg.closing);
         if snapshot.previous.is_some() {
             let Some(last) = self.chain.last.filter(|l| l.epoch + 1 == epoch) else {
                 return Err(SinkError::Inconsistent {
@@ -155,19 +160,29 @@ impl Stager {
                     ),
                 });
             };
-            snapshot.previous = Some(last);
-            if self.chain.should_fold(self.cfg.fold_bytes) {
-                snapshot = load_whole(
-                    &self.cfg.state_dir,
-                    worker,
-                    last,
-                    Some(snapshot),
-                    &self.cfg.closing,
-                )?;
+            if self.chain.closed_by(snapshot.watermark) {
+                // Nothing before it is still open (a backlog read in epochs
+                // longer than its windows): alone, it is the whole state.
+                snapshot.previous = None;
+                snapshot = materialize(vec![snapshot], &self.cfg.closing).map_err(|source| {
+                    SinkError::Snapshot {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+            } else {
+                snapshot.previous = Some(last);
+                if self.chain.should_fold(self.cfg.fold_bytes) {
+                    snapshot = load_whole(
+                        &self.cfg.state_dir,
+                        worker,
+                        last,
+                        Some(snapshot),
+                        &self.cfg.closing,
+                    )?;
+                }
             }
         }
-        let rel = snapshot_path(epoch, worker);
-        let path = self.cfg.state_dir.join(&rel);
         let bytes = snapshot.encode().map_err(|source| SinkError::Snapshot {
             path: path.clone(),
             source,
@@ -178,7 +193,9 @@ impl Stager {
             checksum: crc32fast::hash(&bytes),
         };
         write_durably_via(&path, &bytes, Some(Site::MidSnapshot))?;
-        self.chain.wrote(link, snapshot.previous.is_none());
+        let final_at = snapshot.final_at(&self.cfg.closing);
+        self.chain
+            .wrote(link, snapshot.previous.is_none(), final_at);
         Ok(SnapshotEntry {
             worker,
             path: rel,
