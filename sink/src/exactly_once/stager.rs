@@ -194,6 +194,15 @@ impl Stager {
         };
         write_durably_via(&path, &bytes, Some(Site::MidSnapshot))?;
         let final_at = snapshot.final_at(&self.cfg.closing);
+        tracing::debug!(
+            epoch,
+            worker,
+            bytes = link.bytes,
+            whole = snapshot.previous.is_none(),
+            watermark = snapshot.watermark,
+            final_at,
+            "snapshot staged"
+        );
         self.chain
             .wrote(link, snapshot.previous.is_none(), final_at);
         Ok(SnapshotEntry {
