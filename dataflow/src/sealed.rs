@@ -29,6 +29,27 @@ pub fn with_checksum(mut body: Vec<u8>) -> Vec<u8> {
     body
 }
 
+/// The bincode form of the binary state files (snapshots, staged outputs,
+/// pending rows): integers as varints.
+pub fn codec() -> impl bincode::Options + Copy {
+    use bincode::Options;
+    bincode::DefaultOptions::new().with_varint_encoding()
+}
+
+/// `value` in [`codec`]'s form followed by its CRC-32, in a buffer sized
+/// once by a counting pass: snapshots and staged outputs run to megabytes,
+/// and a buffer that grows by doubling copies and faults in each of them
+/// several times over.
+pub fn bincode_with_checksum<T: Serialize + ?Sized>(value: &T) -> bincode::Result<Vec<u8>> {
+    use bincode::Options;
+    let size = codec().serialized_size(value)?;
+    let mut body = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(4));
+    codec().serialize_into(&mut body, value)?;
+    let crc = crc32fast::hash(&body);
+    body.extend_from_slice(&crc.to_be_bytes());
+    Ok(body)
+}
+
 /// The body of `bytes` written by [`with_checksum`], if the checksum holds.
 pub fn checked_body(bytes: &[u8]) -> Result<&[u8], Unsealed> {
     let Some(split) = bytes.len().checked_sub(4) else {

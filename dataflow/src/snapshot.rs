@@ -199,6 +199,8 @@ pub fn materialize(
     chain: Vec<WorkerSnapshot>,
     rules: &WindowRules,
 ) -> Result<WorkerSnapshot, SnapshotError> {
+    // Sized once: a fold's keys run to hundreds of thousands.
+    let keys: usize = chain.iter().map(|s| s.seen.len()).sum();
     let mut chain = chain.into_iter();
     let Some(mut whole) = chain.next() else {
         return Err(SnapshotError::Inconsistent(
@@ -211,6 +213,7 @@ pub fn materialize(
             whole.epoch
         )));
     }
+    whole.seen.reserve(keys - whole.seen.len());
     // A window can appear more than once in one snapshot (a first epoch holds
     // the restored run and the epoch's own): readings add up, never replace.
     let mut windows: std::collections::BTreeMap<(u16, CompactString, i64), Vec<(i64, u64)>> =

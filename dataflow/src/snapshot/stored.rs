@@ -8,11 +8,13 @@ use serde::{Deserialize, Serialize};
 use super::{
     AlertSeries, Link, OpenWindow, SNAPSHOT_FORMAT, SeenKey, SnapshotError, WorkerSnapshot,
 };
-use crate::sealed::{Unsealed, checked_body, unseal, with_checksum};
+use crate::sealed::{Unsealed, bincode_with_checksum, checked_body, codec, unseal};
 use crate::watermark::ShareReport;
 
 /// (aggregation, key name, start, readings).
 type StoredWindow = (u16, u32, i64, Vec<(i64, u64)>);
+/// [`StoredWindow`], its readings borrowed.
+type StoredWindowRef<'a> = (u16, u32, i64, &'a [(i64, u64)]);
 /// (rule, aggregation, key name, series).
 type StoredAlert = (u16, u16, u32, crate::alert::Series);
 /// Format 2's windows: (device name, metric name, start, readings).
@@ -34,6 +36,23 @@ struct Stored {
     windows: Vec<StoredWindow>,
     previous: Option<Link>,
     alerts: Vec<StoredAlert>,
+}
+
+/// [`Stored`] as encoding writes it: the same fields in the same order,
+/// borrowed from the snapshot instead of copied.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    format: u32,
+    epoch: u64,
+    worker: u32,
+    workers: u32,
+    reports: &'a [ShareReport],
+    watermark: Option<i64>,
+    names: Vec<&'a str>,
+    seen: Vec<(u32, u32, u64, i64)>,
+    windows: Vec<StoredWindowRef<'a>>,
+    previous: Option<Link>,
+    alerts: Vec<(u16, u16, u32, &'a crate::alert::Series)>,
 }
 
 /// Format 3, as it was stored: no alert series.
@@ -122,27 +141,21 @@ impl StoredV2 {
 #[derive(Default)]
 struct Interner<'a> {
     ids: rustc_hash::FxHashMap<&'a str, u32>,
-    names: Vec<String>,
+    names: Vec<&'a str>,
 }
 
 impl<'a> Interner<'a> {
     fn id(&mut self, name: &'a str) -> u32 {
         *self.ids.entry(name).or_insert_with(|| {
-            self.names.push(name.to_owned());
+            self.names.push(name);
             self.names.len() as u32 - 1
         })
     }
 }
 
-fn codec() -> impl bincode::Options {
-    use bincode::Options;
-    bincode::DefaultOptions::new().with_varint_encoding()
-}
-
 impl WorkerSnapshot {
     /// The compact binary form followed by its CRC-32 (4 bytes, big endian).
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
-        use bincode::Options;
         let mut names = Interner::default();
         let seen = self
             .seen
@@ -159,31 +172,27 @@ impl WorkerSnapshot {
         let windows = self
             .windows
             .iter()
-            .map(|w| (w.aggregation, names.id(&w.key), w.start, w.readings.clone()))
+            .map(|w| (w.aggregation, names.id(&w.key), w.start, &w.readings[..]))
             .collect();
         let alerts = self
             .alerts
             .iter()
-            .map(|a| (a.rule, a.aggregation, names.id(&a.key), a.series.clone()))
+            .map(|a| (a.rule, a.aggregation, names.id(&a.key), &a.series))
             .collect();
-        let names = names.names;
-        let stored = Stored {
+        let stored = StoredRef {
             format: SNAPSHOT_FORMAT,
             epoch: self.epoch,
             worker: self.worker,
             workers: self.workers,
-            reports: self.reports.clone(),
+            reports: &self.reports,
             watermark: self.watermark,
-            names,
+            names: names.names,
             seen,
             windows,
             previous: self.previous,
             alerts,
         };
-        codec()
-            .serialize(&stored)
-            .map(with_checksum)
-            .map_err(|e| SnapshotError::Encode(e.to_string()))
+        bincode_with_checksum(&stored).map_err(|e| SnapshotError::Encode(e.to_string()))
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
@@ -220,18 +229,17 @@ impl WorkerSnapshot {
                 .map(CompactString::from)
                 .ok_or_else(|| Unsealed::Decode(format!("name {i} out of range")).into())
         };
-        let seen = s
-            .seen
-            .iter()
-            .map(|&(d, m, seq, expires_at)| {
-                Ok(SeenKey {
-                    device: name(d)?,
-                    metric: name(m)?,
-                    seq,
-                    expires_at,
-                })
-            })
-            .collect::<Result<_, SnapshotError>>()?;
+        // A loop, not a fallible collect: that one cannot size the vector
+        // ahead, and a backlog's snapshot holds a key per open reading.
+        let mut seen = Vec::with_capacity(s.seen.len());
+        for &(d, m, seq, expires_at) in &s.seen {
+            seen.push(SeenKey {
+                device: name(d)?,
+                metric: name(m)?,
+                seq,
+                expires_at,
+            });
+        }
         let windows = s
             .windows
             .into_iter()
@@ -274,6 +282,7 @@ impl WorkerSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sealed::with_checksum;
 
     /// Snapshots an older binary wrote (format 2, windows by device and
     /// metric) read as the default job's: aggregation 0, keyed `device|metric`.

@@ -335,6 +335,30 @@ proptest! {
         }
     }
 
+    /// A fold may start at the oldest link the head's watermark has not all
+    /// closed (the sink's `Chain::oldest_open`): the links before it hold
+    /// only what that watermark closed.
+    #[test]
+    fn a_chain_from_its_oldest_link_still_open_keeps_the_state(chain in arb_chain()) {
+        let rules = grid_and_session_rules();
+        let mut dropped = chain.clone();
+        dropped.iter_mut().for_each(|s| s.drop_closed(&rules));
+        for head in 1..dropped.len() {
+            let wm = dropped[head].watermark;
+            let open = (0..head).find(|&i| {
+                dropped[i].final_at(&rules).is_some_and(|at| outlives(at, wm))
+            });
+            let Some(from) = open else { continue };
+            let mut suffix = dropped[from..=head].to_vec();
+            suffix[0].previous = None;
+            prop_assert_eq!(
+                materialize(suffix, &rules).unwrap(),
+                materialize(chain[..=head].to_vec(), &rules).unwrap(),
+                "links {}..={}", from, head
+            );
+        }
+    }
+
     /// Resharding N → M keeps exactly the same state, puts every key on the
     /// worker the routing picks, and M → N → M is the identity.
     #[test]

@@ -3,10 +3,16 @@
 //!
 //! ```text
 //!   e0 whole ◀── e1 delta ◀── e2 delta ◀── … ◀── ek delta   (each names its predecessor's size + CRC)
-//!   deltas ≥ max(last whole, fold_bytes) ──▶ materialize ──▶ ek+1 whole
+//!   deltas ≥ max(last whole, fold_bytes) ──▶ materialize the links still open + ek+1 ──▶ ek+1 whole
 //!   ek+1's watermark closed all the chain holds ──▶ ek+1 alone is whole (no read back)
 //!   recovery: head ─load_chain─▶ [whole, delta, …] ─materialize─▶ the worker's state
 //! ```
+//!
+//! A fold reads only the links from the oldest one still open: a link whose
+//! [`WorkerSnapshot::final_at`] the new watermark passed holds only keys that
+//! expired and grid windows that closed, which [`materialize`] would drop.
+//! On a backlog the watermark trails the data by a few epochs, so a fold
+//! reads those few deltas, not the whole state.
 
 use std::fs;
 use std::path::Path;
@@ -18,50 +24,70 @@ use crate::error::SinkError;
 
 use super::state_dir::snapshot_path;
 
-/// A worker's chain as staging writes it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Chain {
-    pub last: Option<Link>,
-    pub base: Epoch,
-    base_bytes: u64,
-    delta_bytes: u64,
-    /// When the last of the chain's state is final ([`WorkerSnapshot::final_at`]).
+/// A link of the chain as staging wrote it.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    link: Link,
+    /// When the last of its state is final ([`WorkerSnapshot::final_at`]).
     final_at: Option<i64>,
 }
 
+/// A worker's chain as staging writes it: its links since the last whole one.
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    links: Vec<Written>,
+}
+
 impl Chain {
+    /// The head: the link the next delta names.
+    pub fn last(&self) -> Option<Link> {
+        self.links.last().map(|w| w.link)
+    }
+
+    /// The epoch of the chain's whole snapshot.
+    pub fn base(&self) -> Option<Epoch> {
+        self.links.first().map(|w| w.link.epoch)
+    }
+
     /// Whether the next delta should fold the chain into a whole snapshot:
     /// recovery then reads at most about twice the state, and writing costs
     /// at most about twice the deltas.
     pub fn should_fold(&self, fold_bytes: u64) -> bool {
-        self.delta_bytes >= self.base_bytes.max(fold_bytes)
+        let Some((base, deltas)) = self.links.split_first() else {
+            return false;
+        };
+        let delta_bytes: u64 = deltas.iter().map(|w| w.link.bytes).sum();
+        delta_bytes >= base.link.bytes.max(fold_bytes)
     }
 
-    /// Whether `watermark` closed everything the chain holds, so that the
+    /// The oldest link whose state `watermark` has not all closed: a fold
+    /// starts there. `None`: it closed everything the chain holds, so the
     /// next snapshot (less what its watermark closed) is the whole state.
-    pub fn closed_by(&self, watermark: Option<i64>) -> bool {
-        self.final_at.is_none_or(|at| !outlives(at, watermark))
+    pub fn oldest_open(&self, watermark: Option<i64>) -> Option<Link> {
+        self.links
+            .iter()
+            .find(|w| w.final_at.is_some_and(|at| outlives(at, watermark)))
+            .map(|w| w.link)
     }
 
     /// Records the snapshot just written at `link`, whose state is final at `final_at`.
     pub fn wrote(&mut self, link: Link, whole: bool, final_at: Option<i64>) {
         if whole {
-            (self.base, self.base_bytes, self.delta_bytes) = (link.epoch, link.bytes, 0);
-            self.final_at = final_at;
-        } else {
-            self.delta_bytes += link.bytes;
-            self.final_at = self.final_at.max(final_at);
+            self.links.clear();
         }
-        self.last = Some(link);
+        self.links.push(Written { link, final_at });
     }
 }
 
 /// The chain of snapshot files ending at `head` (worker `worker`'s), oldest
-/// first, every link checked against the size and checksum its successor names.
+/// first, every link checked against the size and checksum its successor
+/// names: back to the whole snapshot, or to the link of epoch `from`, which
+/// then stands as the chain's start (its `previous` cleared).
 pub fn load_chain(
     state_dir: &Path,
     worker: u32,
     head: Link,
+    from: Option<Epoch>,
 ) -> Result<Vec<WorkerSnapshot>, SinkError> {
     let mut chain = Vec::new();
     let mut link = Some(head);
@@ -74,10 +100,13 @@ pub fn load_chain(
                 problem: "size or checksum differs from what its successor names".into(),
             });
         }
-        let snap = WorkerSnapshot::decode(&bytes).map_err(|source| SinkError::Snapshot {
+        let mut snap = WorkerSnapshot::decode(&bytes).map_err(|source| SinkError::Snapshot {
             path: path.clone(),
             source,
         })?;
+        if from == Some(l.epoch) {
+            snap.previous = None;
+        }
         link = snap.previous;
         chain.push(snap);
     }
@@ -85,21 +114,59 @@ pub fn load_chain(
     Ok(chain)
 }
 
-/// The whole state at `head`, with `next` (the delta after it) added if
+/// The whole state at `head` (from the link of epoch `from` on, if given:
+/// see [`Chain::oldest_open`]), with `next` (the delta after it) added if
 /// given: the chain loaded and put together. Recovery reads a commit's state
 /// this way; staging folds a chain into a whole snapshot this way.
 pub fn load_whole(
     state_dir: &Path,
     worker: u32,
     head: Link,
+    from: Option<Epoch>,
     next: Option<WorkerSnapshot>,
     closing: &WindowRules,
 ) -> Result<WorkerSnapshot, SinkError> {
     let epoch = next.as_ref().map_or(head.epoch, |n| n.epoch);
-    let mut chain = load_chain(state_dir, worker, head)?;
+    let mut chain = load_chain(state_dir, worker, head, from)?;
     chain.extend(next);
     materialize(chain, closing).map_err(|source| SinkError::Snapshot {
         path: state_dir.join(snapshot_path(epoch, worker)),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(epoch: Epoch, bytes: u64) -> Link {
+        Link {
+            epoch,
+            bytes,
+            checksum: 0,
+        }
+    }
+
+    #[test]
+    fn a_fold_starts_at_the_oldest_link_still_open_and_is_due_once_deltas_outweigh_the_base() {
+        let mut chain = Chain::default();
+        assert_eq!(chain.oldest_open(None), None);
+        chain.wrote(link(0, 100), true, Some(50));
+        chain.wrote(link(1, 30), false, Some(80));
+        chain.wrote(link(2, 60), false, None);
+        assert_eq!(chain.oldest_open(None), Some(link(0, 100)));
+        assert_eq!(chain.oldest_open(Some(40)), Some(link(0, 100)));
+        // What is due at the watermark is final: link 0 closed, link 1 open.
+        assert_eq!(chain.oldest_open(Some(50)), Some(link(1, 30)));
+        assert_eq!(chain.oldest_open(Some(80)), None);
+        assert!(!chain.should_fold(1), "90 bytes of deltas on a base of 100");
+        chain.wrote(link(3, 10), false, Some(i64::MAX));
+        assert!(chain.should_fold(1));
+        assert!(!chain.should_fold(101), "below fold_bytes");
+        assert_eq!(chain.oldest_open(Some(i64::MAX - 1)), Some(link(3, 10)));
+        assert_eq!((chain.base(), chain.last()), (Some(0), Some(link(3, 10))));
+        chain.wrote(link(4, 5), true, Some(90));
+        assert_eq!((chain.base(), chain.last()), (Some(4), Some(link(4, 5))));
+        assert!(!chain.should_fold(1));
+    }
 }

@@ -16,7 +16,7 @@ use rskafka::record::Record;
 use serde::{Deserialize, Serialize};
 
 use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult};
-use iotflow_dataflow::sealed::{checked_body, with_checksum};
+use iotflow_dataflow::sealed::{bincode_with_checksum, checked_body, codec};
 
 use crate::error::SinkError;
 use crate::records::{DeadLetter, EPOCH_HEADER, dead_letter_partition, key_partition};
@@ -284,11 +284,6 @@ pub struct StagedOutputs {
     pub parts: Vec<StagedPart>,
 }
 
-fn codec() -> impl bincode::Options {
-    use bincode::Options;
-    bincode::DefaultOptions::new().with_varint_encoding()
-}
-
 impl StagedOutputs {
     /// `records` in publish order, grouped by partition; `topics` names the outputs.
     pub fn of(mut records: Vec<Outgoing>, topics: &[OutputTopic]) -> Result<Self, SinkError> {
@@ -336,14 +331,10 @@ impl StagedOutputs {
 
     /// The stored form: bincode, then a CRC-32.
     pub fn encode(&self) -> Result<Vec<u8>, SinkError> {
-        use bincode::Options;
-        codec()
-            .serialize(self)
-            .map(with_checksum)
-            .map_err(|e| SinkError::Encode {
-                what: "staged outputs".into(),
-                detail: e.to_string(),
-            })
+        bincode_with_checksum(self).map_err(|e| SinkError::Encode {
+            what: "staged outputs".into(),
+            detail: e.to_string(),
+        })
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {

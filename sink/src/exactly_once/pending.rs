@@ -18,7 +18,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use iotflow_dataflow::job::Epoch;
-use iotflow_dataflow::sealed::{checked_body, with_checksum};
+use iotflow_dataflow::sealed::{bincode_with_checksum, checked_body, codec};
 
 use crate::error::SinkError;
 use crate::protocol::PendingEntry;
@@ -48,11 +48,6 @@ impl Roll {
             || pending.bytes() >= self.bytes
             || epoch >= since.saturating_add(self.epochs)
     }
-}
-
-fn codec() -> impl bincode::Options {
-    use bincode::Options;
-    bincode::DefaultOptions::new().with_varint_encoding()
 }
 
 /// One worker's final windows of one dataset not yet rolled into a Parquet file.
@@ -125,14 +120,10 @@ impl PendingRows {
         epoch: Epoch,
         rows: &[Row],
     ) -> Result<(), SinkError> {
-        use bincode::Options;
-        let body = codec()
-            .serialize(&FrameOf(rows))
-            .map(with_checksum)
-            .map_err(|e| SinkError::Encode {
-                what: "pending rows".into(),
-                detail: e.to_string(),
-            })?;
+        let body = bincode_with_checksum(&FrameOf(rows)).map_err(|e| SinkError::Encode {
+            what: "pending rows".into(),
+            detail: e.to_string(),
+        })?;
         let mut frame = (body.len() as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(&body);
         match &mut self.segment {
@@ -208,7 +199,8 @@ pub fn decode_segment(bytes: &[u8], entry: &PendingEntry) -> Result<Vec<Row>, St
     let mut rest = bytes
         .get(..entry.bytes as usize)
         .ok_or_else(|| format!("{} bytes, the commit names {}", bytes.len(), entry.bytes))?;
-    let mut rows = Vec::new();
+    // Every row takes at least a byte: a damaged count cannot reserve more.
+    let mut rows = Vec::with_capacity(entry.rows.min(rest.len() as u64) as usize);
     while !rest.is_empty() {
         let (len, tail) = rest
             .split_at_checked(4)

@@ -93,6 +93,7 @@ pub fn load_state(
             entry.worker,
             head,
             None,
+            None,
             &cfg.closing,
         )?);
     }

@@ -12,6 +12,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use iotflow_dataflow::job::Epoch;
@@ -152,36 +153,7 @@ impl Stager {
         let path = self.cfg.state_dir.join(&rel);
         snapshot.drop_closed(&self.cfg.closing);
         if snapshot.previous.is_some() {
-            let Some(last) = self.chain.last.filter(|l| l.epoch + 1 == epoch) else {
-                return Err(SinkError::Inconsistent {
-                    epoch,
-                    problem: format!(
-                        "worker {worker}: no snapshot of the epoch before to chain to"
-                    ),
-                });
-            };
-            if self.chain.closed_by(snapshot.watermark) {
-                // Nothing before it is still open (a backlog read in epochs
-                // longer than its windows): alone, it is the whole state.
-                snapshot.previous = None;
-                snapshot = materialize(vec![snapshot], &self.cfg.closing).map_err(|source| {
-                    SinkError::Snapshot {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-            } else {
-                snapshot.previous = Some(last);
-                if self.chain.should_fold(self.cfg.fold_bytes) {
-                    snapshot = load_whole(
-                        &self.cfg.state_dir,
-                        worker,
-                        last,
-                        Some(snapshot),
-                        &self.cfg.closing,
-                    )?;
-                }
-            }
+            snapshot = self.link_or_whole(epoch, snapshot, &path)?;
         }
         let bytes = snapshot.encode().map_err(|source| SinkError::Snapshot {
             path: path.clone(),
@@ -210,8 +182,54 @@ impl Stager {
             path: rel,
             bytes: link.bytes,
             checksum: link.checksum,
-            base: self.chain.base,
+            base: self.chain.base().unwrap_or(epoch),
         })
+    }
+
+    /// A delta (less what its watermark closed) linked to the epoch before;
+    /// the whole state when its watermark closed everything before it, or
+    /// folded with the chain's links still open once the deltas outweigh
+    /// the last whole snapshot.
+    fn link_or_whole(
+        &self,
+        epoch: Epoch,
+        mut snapshot: WorkerSnapshot,
+        path: &Path,
+    ) -> Result<WorkerSnapshot, SinkError> {
+        let worker = self.worker;
+        let Some(last) = self.chain.last().filter(|l| l.epoch + 1 == epoch) else {
+            return Err(SinkError::Inconsistent {
+                epoch,
+                problem: format!("worker {worker}: no snapshot of the epoch before to chain to"),
+            });
+        };
+        match self.chain.oldest_open(snapshot.watermark) {
+            None => {
+                // Nothing before it is still open (a backlog read in epochs
+                // longer than its windows): alone, it is the whole state.
+                snapshot.previous = None;
+                snapshot = materialize(vec![snapshot], &self.cfg.closing).map_err(|source| {
+                    SinkError::Snapshot {
+                        path: path.to_owned(),
+                        source,
+                    }
+                })?;
+            }
+            Some(from) => {
+                snapshot.previous = Some(last);
+                if self.chain.should_fold(self.cfg.fold_bytes) {
+                    snapshot = load_whole(
+                        &self.cfg.state_dir,
+                        worker,
+                        last,
+                        Some(from.epoch),
+                        Some(snapshot),
+                        &self.cfg.closing,
+                    )?;
+                }
+            }
+        }
+        Ok(snapshot)
     }
 }
 
