@@ -142,6 +142,8 @@ impl StoredV2 {
 struct Interner<'a> {
     ids: rustc_hash::FxHashMap<&'a str, u32>,
     names: Vec<&'a str>,
+    /// The last (device, metric) pair named, and its ids.
+    last_pair: Option<(&'a str, &'a str, u32, u32)>,
 }
 
 impl<'a> Interner<'a> {
@@ -150,6 +152,19 @@ impl<'a> Interner<'a> {
             self.names.push(name);
             self.names.len() as u32 - 1
         })
+    }
+
+    /// The ids of a key's device and metric. Keys come sorted by series, so
+    /// most repeat the pair before: compared, not hashed again.
+    fn pair(&mut self, device: &'a str, metric: &'a str) -> (u32, u32) {
+        match self.last_pair {
+            Some((d, m, di, mi)) if d == device && m == metric => (di, mi),
+            _ => {
+                let (di, mi) = (self.id(device), self.id(metric));
+                self.last_pair = Some((device, metric, di, mi));
+                (di, mi)
+            }
+        }
     }
 }
 
@@ -161,12 +176,8 @@ impl WorkerSnapshot {
             .seen
             .iter()
             .map(|k| {
-                (
-                    names.id(&k.device),
-                    names.id(&k.metric),
-                    k.seq,
-                    k.expires_at,
-                )
+                let (device, metric) = names.pair(&k.device, &k.metric);
+                (device, metric, k.seq, k.expires_at)
             })
             .collect();
         let windows = self

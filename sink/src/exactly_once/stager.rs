@@ -12,11 +12,10 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use iotflow_dataflow::job::Epoch;
-use iotflow_dataflow::snapshot::{Link, WorkerSnapshot, materialize};
+use iotflow_dataflow::snapshot::{Link, WorkerSnapshot};
 
 use crate::error::SinkError;
 use crate::failpoint::{self, Site};
@@ -153,7 +152,7 @@ impl Stager {
         let path = self.cfg.state_dir.join(&rel);
         snapshot.drop_closed(&self.cfg.closing);
         if snapshot.previous.is_some() {
-            snapshot = self.link_or_whole(epoch, snapshot, &path)?;
+            snapshot = self.link_or_whole(epoch, snapshot)?;
         }
         let bytes = snapshot.encode().map_err(|source| SinkError::Snapshot {
             path: path.clone(),
@@ -194,7 +193,6 @@ impl Stager {
         &self,
         epoch: Epoch,
         mut snapshot: WorkerSnapshot,
-        path: &Path,
     ) -> Result<WorkerSnapshot, SinkError> {
         let worker = self.worker;
         let Some(last) = self.chain.last().filter(|l| l.epoch + 1 == epoch) else {
@@ -207,13 +205,9 @@ impl Stager {
             None => {
                 // Nothing before it is still open (a backlog read in epochs
                 // longer than its windows): alone, it is the whole state.
+                // Every reader puts a chain together with `materialize`, so
+                // it is written as it is, not put in canonical form first.
                 snapshot.previous = None;
-                snapshot = materialize(vec![snapshot], &self.cfg.closing).map_err(|source| {
-                    SinkError::Snapshot {
-                        path: path.to_owned(),
-                        source,
-                    }
-                })?;
             }
             Some(from) => {
                 snapshot.previous = Some(last);
