@@ -44,11 +44,6 @@ impl Chain {
         self.links.last().map(|w| w.link)
     }
 
-    /// The epoch of the chain's whole snapshot.
-    pub fn base(&self) -> Option<Epoch> {
-        self.links.first().map(|w| w.link.epoch)
-    }
-
     /// Whether the next delta should fold the chain into a whole snapshot:
     /// recovery then reads at most about twice the state, and writing costs
     /// at most about twice the deltas.
@@ -70,12 +65,14 @@ impl Chain {
             .map(|w| w.link)
     }
 
-    /// Records the snapshot just written at `link`, whose state is final at `final_at`.
-    pub fn wrote(&mut self, link: Link, whole: bool, final_at: Option<i64>) {
+    /// Records the snapshot just written at `link`, whose state is final at
+    /// `final_at`; returns the epoch of the chain's whole snapshot (its base).
+    pub fn wrote(&mut self, link: Link, whole: bool, final_at: Option<i64>) -> Epoch {
         if whole {
             self.links.clear();
         }
         self.links.push(Written { link, final_at });
+        self.links[0].link.epoch
     }
 }
 
@@ -151,22 +148,22 @@ mod tests {
     fn a_fold_starts_at_the_oldest_link_still_open_and_is_due_once_deltas_outweigh_the_base() {
         let mut chain = Chain::default();
         assert_eq!(chain.oldest_open(None), None);
-        chain.wrote(link(0, 100), true, Some(50));
-        chain.wrote(link(1, 30), false, Some(80));
-        chain.wrote(link(2, 60), false, None);
+        assert_eq!(chain.wrote(link(0, 100), true, Some(50)), 0);
+        assert_eq!(chain.wrote(link(1, 30), false, Some(80)), 0);
+        assert_eq!(chain.wrote(link(2, 60), false, None), 0);
         assert_eq!(chain.oldest_open(None), Some(link(0, 100)));
         assert_eq!(chain.oldest_open(Some(40)), Some(link(0, 100)));
         // What is due at the watermark is final: link 0 closed, link 1 open.
         assert_eq!(chain.oldest_open(Some(50)), Some(link(1, 30)));
         assert_eq!(chain.oldest_open(Some(80)), None);
         assert!(!chain.should_fold(1), "90 bytes of deltas on a base of 100");
-        chain.wrote(link(3, 10), false, Some(i64::MAX));
+        assert_eq!(chain.wrote(link(3, 10), false, Some(i64::MAX)), 0);
         assert!(chain.should_fold(1));
         assert!(!chain.should_fold(101), "below fold_bytes");
         assert_eq!(chain.oldest_open(Some(i64::MAX - 1)), Some(link(3, 10)));
-        assert_eq!((chain.base(), chain.last()), (Some(0), Some(link(3, 10))));
-        chain.wrote(link(4, 5), true, Some(90));
-        assert_eq!((chain.base(), chain.last()), (Some(4), Some(link(4, 5))));
+        assert_eq!(chain.last(), Some(link(3, 10)));
+        assert_eq!(chain.wrote(link(4, 5), true, Some(90)), 4);
+        assert_eq!(chain.last(), Some(link(4, 5)));
         assert!(!chain.should_fold(1));
     }
 }

@@ -174,14 +174,15 @@ impl Stager {
             final_at,
             "snapshot staged"
         );
-        self.chain
+        let base = self
+            .chain
             .wrote(link, snapshot.previous.is_none(), final_at);
         Ok(SnapshotEntry {
             worker,
             path: rel,
             bytes: link.bytes,
             checksum: link.checksum,
-            base: self.chain.base().unwrap_or(epoch),
+            base,
         })
     }
 
