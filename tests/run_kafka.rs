@@ -448,8 +448,19 @@ async fn one_process_stopping_stops_the_whole_job() {
         .collect();
     // Live and caught up: without --until-end neither would ever finish by itself.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    for c in children.iter_mut() {
-        assert!(c.try_wait().unwrap().is_none(), "a live job exited early");
+    if children
+        .iter_mut()
+        .any(|c| !matches!(c.try_wait(), Ok(None)))
+    {
+        let said: Vec<_> = children
+            .into_iter()
+            .map(|mut c| {
+                let _ = c.kill();
+                let out = c.wait_with_output().unwrap();
+                format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr))
+            })
+            .collect();
+        panic!("a live job exited early:\n{}", said.join("\n"));
     }
     kill_process(Pid::from_child(&children[1]), Signal::INT).unwrap();
     let outputs = tokio::task::spawn_blocking(move || {
