@@ -25,9 +25,10 @@ use crate::watermark::ShareReport;
 /// Bumped when the layout changes; older binaries refuse newer snapshots.
 /// 1: sealed JSON; 2: the compact binary form ([`WorkerSnapshot::encode`]),
 /// windows by (device, metric); 3: windows by (aggregation, group key);
-/// 4: alert series. 1 and 2 are still read, as the default job's
-/// aggregation; 1 to 3 without alert state.
-pub const SNAPSHOT_FORMAT: u32 = 4;
+/// 4: alert series; 5: keys and readings as steps from the one before.
+/// 1 and 2 are still read, as the default job's aggregation; 1 to 3
+/// without alert state.
+pub const SNAPSHOT_FORMAT: u32 = 5;
 
 /// Where windows close and live: the job's aggregations and lateness.
 #[derive(Debug, Clone)]
@@ -270,7 +271,7 @@ pub fn materialize(
     }
     let open = |at: i64| outlives(at, whole.watermark);
     whole.seen.retain(|k| open(k.expires_at));
-    whole.seen.sort_unstable();
+    sort_keys(&mut whole.seen);
     whole.alerts = alerts.into_values().collect();
     whole.windows = windows
         .into_iter()
@@ -288,6 +289,46 @@ pub fn materialize(
         })
         .collect();
     Ok(whole)
+}
+
+/// Sorts `keys` in their `Ord` order (device, metric, seq, expiry), naming
+/// each series once: the series are ranked by name first (a few thousand),
+/// then the keys sorted by (rank, seq, expiry), integers only. A fold sorts
+/// hundreds of thousands of keys, and comparing two names per comparison
+/// was a third of its time.
+fn sort_keys(keys: &mut Vec<SeenKey>) {
+    let mut series: rustc_hash::FxHashMap<(&str, &str), u32> = Default::default();
+    let mut last: Option<(&str, &str, u32)> = None;
+    let series_of: Vec<u32> = keys
+        .iter()
+        .map(|k| match last {
+            // Keys come in runs of one series: most repeat the one before.
+            Some((d, m, id)) if d == k.device && m == k.metric => id,
+            _ => {
+                let next = series.len() as u32;
+                let id = *series.entry((&k.device, &k.metric)).or_insert(next);
+                last = Some((&k.device, &k.metric, id));
+                id
+            }
+        })
+        .collect();
+    let mut by_name: Vec<((&str, &str), u32)> = series.into_iter().collect();
+    by_name.sort_unstable();
+    let mut rank = vec![0u32; by_name.len()];
+    for (r, &(_, id)) in by_name.iter().enumerate() {
+        rank[id as usize] = r as u32;
+    }
+    let mut order: Vec<(u32, u64, i64, u32)> = keys
+        .iter()
+        .zip(&series_of)
+        .enumerate()
+        .map(|(i, (k, &id))| (rank[id as usize], k.seq, k.expires_at, i as u32))
+        .collect();
+    order.sort_unstable();
+    let mut taken: Vec<Option<SeenKey>> = std::mem::take(keys).into_iter().map(Some).collect();
+    let mut sorted = Vec::with_capacity(order.len());
+    sorted.extend(order.iter().filter_map(|&(.., i)| taken[i as usize].take()));
+    *keys = sorted;
 }
 
 /// Redistributes one epoch's snapshots of any number of workers over
@@ -356,7 +397,7 @@ pub fn reshard(
     }
     // One canonical layout: the bytes depend on the state, not on the old sharding.
     for s in &mut out {
-        s.seen.sort_unstable();
+        sort_keys(&mut s.seen);
         s.windows.sort_unstable();
         s.alerts
             .sort_by(|a, b| (a.rule, &a.key).cmp(&(b.rule, &b.key)));

@@ -13,17 +13,64 @@ use crate::watermark::ShareReport;
 
 /// (aggregation, key name, start, readings).
 type StoredWindow = (u16, u32, i64, Vec<(i64, u64)>);
-/// [`StoredWindow`], its readings borrowed.
-type StoredWindowRef<'a> = (u16, u32, i64, &'a [(i64, u64)]);
 /// (rule, aggregation, key name, series).
 type StoredAlert = (u16, u16, u32, crate::alert::Series);
 /// Format 2's windows: (device name, metric name, start, readings).
 type StoredWindowV2 = (u32, u32, i64, Vec<(i64, u64)>);
 
-/// The stored form: each name once, keys and readings as varints, so a
-/// snapshot costs a few bytes per reading, not a JSON object.
+/// The stored form: each name once; keys in runs of one series and
+/// readings in their window, each as zigzag varint steps from the one
+/// before (a device counts seq up by one, its keys of one window expire
+/// together, its readings come a period apart): two to four bytes a key,
+/// eleven a reading, where whole values took fifteen and eighteen.
 #[derive(Serialize, Deserialize)]
 struct Stored {
+    format: u32,
+    epoch: u64,
+    worker: u32,
+    workers: u32,
+    reports: Vec<ShareReport>,
+    watermark: Option<i64>,
+    names: Vec<String>,
+    /// (device name, metric name, keys): its keys' steps follow in `seen_steps`.
+    seen_runs: Vec<(u32, u32, u32)>,
+    /// (seq step, expiry step) per key, from the run's key before (its first from 0).
+    seen_steps: Vec<(i64, i64)>,
+    /// (aggregation, key name, start, readings): theirs follow in `readings`.
+    windows: Vec<(u16, u32, i64, u32)>,
+    readings: Vec<StepReading>,
+    previous: Option<Link>,
+    alerts: Vec<StoredAlert>,
+}
+
+/// (event time step from the window's reading before, its first from the
+/// window's start; value bits): the bits as 8 bytes, since a float's bits
+/// are never a small number.
+type StepReading = (i64, [u8; 8]);
+
+/// [`Stored`] as encoding writes it: the same fields in the same order,
+/// borrowed from the snapshot where they need no stepping.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    format: u32,
+    epoch: u64,
+    worker: u32,
+    workers: u32,
+    reports: &'a [ShareReport],
+    watermark: Option<i64>,
+    names: Vec<&'a str>,
+    seen_runs: Vec<(u32, u32, u32)>,
+    seen_steps: Vec<(i64, i64)>,
+    windows: Vec<(u16, u32, i64, u32)>,
+    readings: Vec<StepReading>,
+    previous: Option<Link>,
+    alerts: Vec<(u16, u16, u32, &'a crate::alert::Series)>,
+}
+
+/// Format 4, as it was stored: whole values, each name once.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct StoredV4 {
     format: u32,
     epoch: u64,
     worker: u32,
@@ -36,23 +83,6 @@ struct Stored {
     windows: Vec<StoredWindow>,
     previous: Option<Link>,
     alerts: Vec<StoredAlert>,
-}
-
-/// [`Stored`] as encoding writes it: the same fields in the same order,
-/// borrowed from the snapshot instead of copied.
-#[derive(Serialize)]
-struct StoredRef<'a> {
-    format: u32,
-    epoch: u64,
-    worker: u32,
-    workers: u32,
-    reports: &'a [ShareReport],
-    watermark: Option<i64>,
-    names: Vec<&'a str>,
-    seen: Vec<(u32, u32, u64, i64)>,
-    windows: Vec<StoredWindowRef<'a>>,
-    previous: Option<Link>,
-    alerts: Vec<(u16, u16, u32, &'a crate::alert::Series)>,
 }
 
 /// Format 3, as it was stored: no alert series.
@@ -72,8 +102,8 @@ struct StoredV3 {
 }
 
 impl StoredV3 {
-    fn upgrade(self) -> Stored {
-        Stored {
+    fn upgrade(self) -> StoredV4 {
+        StoredV4 {
             format: self.format,
             epoch: self.epoch,
             worker: self.worker,
@@ -168,22 +198,55 @@ impl<'a> Interner<'a> {
     }
 }
 
+/// The step from `before` to `now`, wrapping: any two values have one.
+fn step(now: u64, before: u64) -> i64 {
+    now.wrapping_sub(before) as i64
+}
+
+/// The value a step leads to from `before`.
+fn after_step(before: u64, step: i64) -> u64 {
+    before.wrapping_add(step as u64)
+}
+
 impl WorkerSnapshot {
     /// The compact binary form followed by its CRC-32 (4 bytes, big endian).
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         let mut names = Interner::default();
-        let seen = self
-            .seen
-            .iter()
-            .map(|k| {
-                let (device, metric) = names.pair(&k.device, &k.metric);
-                (device, metric, k.seq, k.expires_at)
-            })
-            .collect();
+        let mut seen_runs: Vec<(u32, u32, u32)> = Vec::new();
+        let mut seen_steps = Vec::with_capacity(self.seen.len());
+        let mut before = (0u64, 0u64);
+        for k in &self.seen {
+            let (device, metric) = names.pair(&k.device, &k.metric);
+            match seen_runs.last_mut() {
+                Some((d, m, n)) if (*d, *m) == (device, metric) => *n += 1,
+                _ => {
+                    seen_runs.push((device, metric, 1));
+                    before = (0, 0);
+                }
+            }
+            let now = (k.seq, k.expires_at as u64);
+            seen_steps.push((step(now.0, before.0), step(now.1, before.1)));
+            before = now;
+        }
+        let mut readings = Vec::with_capacity(self.windows.iter().map(|w| w.readings.len()).sum());
         let windows = self
             .windows
             .iter()
-            .map(|w| (w.aggregation, names.id(&w.key), w.start, &w.readings[..]))
+            .map(|w| {
+                let mut before = w.start as u64;
+                readings.extend(w.readings.iter().map(|&(ts, bits)| {
+                    let ts = ts as u64;
+                    let stepped = (step(ts, before), bits.to_le_bytes());
+                    before = ts;
+                    stepped
+                }));
+                (
+                    w.aggregation,
+                    names.id(&w.key),
+                    w.start,
+                    w.readings.len() as u32,
+                )
+            })
             .collect();
         let alerts = self
             .alerts
@@ -198,8 +261,10 @@ impl WorkerSnapshot {
             reports: &self.reports,
             watermark: self.watermark,
             names: names.names,
-            seen,
+            seen_runs,
+            seen_steps,
             windows,
+            readings,
             previous: self.previous,
             alerts,
         };
@@ -222,70 +287,154 @@ impl WorkerSnapshot {
             return Err(SnapshotError::Format { found: format });
         }
         let decode = |e: bincode::Error| Unsealed::Decode(e.to_string());
-        let s: Stored = match format {
+        match format {
             2 => codec()
                 .deserialize::<StoredV2>(body)
                 .map_err(decode)?
                 .upgrade()
-                .upgrade(),
+                .upgrade()
+                .into_snapshot(),
             3 => codec()
                 .deserialize::<StoredV3>(body)
                 .map_err(decode)?
-                .upgrade(),
-            _ => codec().deserialize(body).map_err(decode)?,
-        };
-        let name = |i: u32| -> Result<CompactString, SnapshotError> {
-            s.names
-                .get(i as usize)
-                .map(CompactString::from)
-                .ok_or_else(|| Unsealed::Decode(format!("name {i} out of range")).into())
-        };
+                .upgrade()
+                .into_snapshot(),
+            4 => codec()
+                .deserialize::<StoredV4>(body)
+                .map_err(decode)?
+                .into_snapshot(),
+            _ => codec()
+                .deserialize::<Stored>(body)
+                .map_err(decode)?
+                .into_snapshot(),
+        }
+    }
+}
+
+/// Name `i` of a snapshot's names.
+fn name_in(names: &[String], i: u32) -> Result<CompactString, SnapshotError> {
+    names
+        .get(i as usize)
+        .map(CompactString::from)
+        .ok_or_else(|| Unsealed::Decode(format!("name {i} out of range")).into())
+}
+
+/// A snapshot's alert series, named.
+fn alerts_in(
+    names: &[String],
+    alerts: Vec<StoredAlert>,
+) -> Result<Vec<AlertSeries>, SnapshotError> {
+    alerts
+        .into_iter()
+        .map(|(rule, aggregation, key, series)| {
+            Ok(AlertSeries {
+                rule,
+                aggregation,
+                key: name_in(names, key)?,
+                series,
+            })
+        })
+        .collect()
+}
+
+/// A count that ran past what the file holds.
+fn overrun(what: &str) -> SnapshotError {
+    Unsealed::Decode(format!("{what} run past the steps stored")).into()
+}
+
+impl Stored {
+    fn into_snapshot(self) -> Result<WorkerSnapshot, SnapshotError> {
+        let names = &self.names;
+        // Sized from the steps, not the runs' counts: a damaged count
+        // cannot reserve more than the file holds.
+        let mut seen = Vec::with_capacity(self.seen_steps.len());
+        let mut steps = self.seen_steps.iter();
+        for &(d, m, n) in &self.seen_runs {
+            let (device, metric) = (name_in(names, d)?, name_in(names, m)?);
+            let mut at = (0u64, 0u64);
+            for _ in 0..n {
+                let &(seq, expiry) = steps.next().ok_or_else(|| overrun("keys"))?;
+                at = (after_step(at.0, seq), after_step(at.1, expiry));
+                seen.push(SeenKey {
+                    device: device.clone(),
+                    metric: metric.clone(),
+                    seq: at.0,
+                    expires_at: at.1 as i64,
+                });
+            }
+        }
+        let mut readings = self.readings.iter();
+        let mut windows = Vec::with_capacity(self.windows.len());
+        for &(aggregation, key, start, n) in &self.windows {
+            let mut ts = start as u64;
+            let mut held = Vec::with_capacity((n as usize).min(readings.len()));
+            for _ in 0..n {
+                let &(step, bits) = readings.next().ok_or_else(|| overrun("windows"))?;
+                ts = after_step(ts, step);
+                held.push((ts as i64, u64::from_le_bytes(bits)));
+            }
+            windows.push(OpenWindow {
+                aggregation,
+                key: name_in(names, key)?,
+                start,
+                readings: held,
+            });
+        }
+        if steps.next().is_some() || readings.next().is_some() {
+            return Err(Unsealed::Decode("steps stored past every run".into()).into());
+        }
+        Ok(WorkerSnapshot {
+            alerts: alerts_in(names, self.alerts)?,
+            format: self.format,
+            epoch: self.epoch,
+            worker: self.worker,
+            workers: self.workers,
+            reports: self.reports,
+            watermark: self.watermark,
+            seen,
+            windows,
+            previous: self.previous,
+        })
+    }
+}
+
+impl StoredV4 {
+    fn into_snapshot(self) -> Result<WorkerSnapshot, SnapshotError> {
+        let names = &self.names;
         // A loop, not a fallible collect: that one cannot size the vector
         // ahead, and a backlog's snapshot holds a key per open reading.
-        let mut seen = Vec::with_capacity(s.seen.len());
-        for &(d, m, seq, expires_at) in &s.seen {
+        let mut seen = Vec::with_capacity(self.seen.len());
+        for &(d, m, seq, expires_at) in &self.seen {
             seen.push(SeenKey {
-                device: name(d)?,
-                metric: name(m)?,
+                device: name_in(names, d)?,
+                metric: name_in(names, m)?,
                 seq,
                 expires_at,
             });
         }
-        let windows = s
+        let windows = self
             .windows
             .into_iter()
             .map(|(aggregation, key, start, readings)| {
                 Ok(OpenWindow {
                     aggregation,
-                    key: name(key)?,
+                    key: name_in(names, key)?,
                     start,
                     readings,
                 })
             })
             .collect::<Result<_, SnapshotError>>()?;
-        let alerts = s
-            .alerts
-            .into_iter()
-            .map(|(rule, aggregation, key, series)| {
-                Ok(AlertSeries {
-                    rule,
-                    aggregation,
-                    key: name(key)?,
-                    series,
-                })
-            })
-            .collect::<Result<_, SnapshotError>>()?;
         Ok(WorkerSnapshot {
-            alerts,
-            format: s.format,
-            epoch: s.epoch,
-            worker: s.worker,
-            workers: s.workers,
-            reports: s.reports,
-            watermark: s.watermark,
+            alerts: alerts_in(names, self.alerts)?,
+            format: self.format,
+            epoch: self.epoch,
+            worker: self.worker,
+            workers: self.workers,
+            reports: self.reports,
+            watermark: self.watermark,
             seen,
             windows,
-            previous: s.previous,
+            previous: self.previous,
         })
     }
 }
@@ -330,6 +479,86 @@ mod tests {
         );
         let again = WorkerSnapshot::decode(&s.encode().unwrap()).unwrap();
         assert_eq!((again.format, again.windows), (SNAPSHOT_FORMAT, s.windows));
+    }
+
+    /// Format 4 (whole values, not steps) reads as today's: the same keys,
+    /// windows and alert series, and today's encoding gives them back.
+    #[test]
+    fn format_4_snapshots_read_as_today_s() {
+        use bincode::Options;
+        let old = StoredV4 {
+            format: 4,
+            epoch: 7,
+            worker: 1,
+            workers: 2,
+            reports: Vec::new(),
+            watermark: Some(5),
+            names: vec!["dev-1".into(), "temp".into(), "dev-1|temp".into()],
+            seen: vec![(0, 1, 4, 100), (0, 1, 5, 100), (0, 1, 9, -3)],
+            windows: vec![(
+                1,
+                2,
+                10,
+                vec![(12, 2.5f64.to_bits()), (11, f64::NAN.to_bits())],
+            )],
+            previous: None,
+            alerts: Vec::new(),
+        };
+        let bytes = with_checksum(codec().serialize(&old).unwrap());
+        let s = WorkerSnapshot::decode(&bytes).unwrap();
+        assert_eq!((s.format, s.epoch, s.worker), (4, 7, 1));
+        let keys: Vec<_> = s
+            .seen
+            .iter()
+            .map(|k| (k.device.as_str(), k.seq, k.expires_at))
+            .collect();
+        assert_eq!(
+            keys,
+            [("dev-1", 4, 100), ("dev-1", 5, 100), ("dev-1", 9, -3)]
+        );
+        assert_eq!(s.windows[0].key, "dev-1|temp");
+        assert_eq!(s.windows[0].readings, old.windows[0].3);
+        let again = WorkerSnapshot::decode(&s.encode().unwrap()).unwrap();
+        assert_eq!(again.format, SNAPSHOT_FORMAT);
+        assert_eq!((again.seen, again.windows), (s.seen, s.windows));
+    }
+
+    /// Steps take the extremes: seqs and times far apart, down as well as up.
+    #[test]
+    fn keys_and_readings_at_the_extremes_step_back_exactly() {
+        let mut s = WorkerSnapshot::decode(
+            &WorkerSnapshot {
+                format: SNAPSHOT_FORMAT,
+                epoch: 1,
+                worker: 0,
+                workers: 1,
+                reports: Vec::new(),
+                watermark: None,
+                seen: Vec::new(),
+                windows: Vec::new(),
+                alerts: Vec::new(),
+                previous: None,
+            }
+            .encode()
+            .unwrap(),
+        )
+        .unwrap();
+        for (seq, expires_at) in [(u64::MAX, i64::MIN), (0, i64::MAX), (7, -1), (3, 0)] {
+            s.seen.push(SeenKey {
+                device: "d".into(),
+                metric: "m".into(),
+                seq,
+                expires_at,
+            });
+        }
+        s.windows.push(OpenWindow {
+            aggregation: 0,
+            key: "d|m".into(),
+            start: i64::MAX,
+            readings: vec![(i64::MIN, u64::MAX), (i64::MAX, 0), (-1, 1)],
+        });
+        let back = WorkerSnapshot::decode(&s.encode().unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 
     /// Format 3 (before alert series) reads as today's with none.
