@@ -19,6 +19,7 @@ use crate::aggregation::Window;
 pub use crate::operators::windows::device_owner;
 use crate::sealed::Unsealed;
 
+mod steps;
 mod stored;
 use crate::watermark::ShareReport;
 
@@ -271,7 +272,7 @@ pub fn materialize(
     }
     let open = |at: i64| outlives(at, whole.watermark);
     whole.seen.retain(|k| open(k.expires_at));
-    sort_keys(&mut whole.seen);
+    whole.seen.sort_unstable();
     whole.alerts = alerts.into_values().collect();
     whole.windows = windows
         .into_iter()
@@ -289,46 +290,6 @@ pub fn materialize(
         })
         .collect();
     Ok(whole)
-}
-
-/// Sorts `keys` in their `Ord` order (device, metric, seq, expiry), naming
-/// each series once: the series are ranked by name first (a few thousand),
-/// then the keys sorted by (rank, seq, expiry), integers only. A fold sorts
-/// hundreds of thousands of keys, and comparing two names per comparison
-/// was a third of its time.
-fn sort_keys(keys: &mut Vec<SeenKey>) {
-    let mut series: rustc_hash::FxHashMap<(&str, &str), u32> = Default::default();
-    let mut last: Option<(&str, &str, u32)> = None;
-    let series_of: Vec<u32> = keys
-        .iter()
-        .map(|k| match last {
-            // Keys come in runs of one series: most repeat the one before.
-            Some((d, m, id)) if d == k.device && m == k.metric => id,
-            _ => {
-                let next = series.len() as u32;
-                let id = *series.entry((&k.device, &k.metric)).or_insert(next);
-                last = Some((&k.device, &k.metric, id));
-                id
-            }
-        })
-        .collect();
-    let mut by_name: Vec<((&str, &str), u32)> = series.into_iter().collect();
-    by_name.sort_unstable();
-    let mut rank = vec![0u32; by_name.len()];
-    for (r, &(_, id)) in by_name.iter().enumerate() {
-        rank[id as usize] = r as u32;
-    }
-    let mut order: Vec<(u32, u64, i64, u32)> = keys
-        .iter()
-        .zip(&series_of)
-        .enumerate()
-        .map(|(i, (k, &id))| (rank[id as usize], k.seq, k.expires_at, i as u32))
-        .collect();
-    order.sort_unstable();
-    let mut taken: Vec<Option<SeenKey>> = std::mem::take(keys).into_iter().map(Some).collect();
-    let mut sorted = Vec::with_capacity(order.len());
-    sorted.extend(order.iter().filter_map(|&(.., i)| taken[i as usize].take()));
-    *keys = sorted;
 }
 
 /// Redistributes one epoch's snapshots of any number of workers over
@@ -397,7 +358,7 @@ pub fn reshard(
     }
     // One canonical layout: the bytes depend on the state, not on the old sharding.
     for s in &mut out {
-        sort_keys(&mut s.seen);
+        s.seen.sort_unstable();
         s.windows.sort_unstable();
         s.alerts
             .sort_by(|a, b| (a.rule, &a.key).cmp(&(b.rule, &b.key)));

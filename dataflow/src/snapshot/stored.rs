@@ -1,10 +1,11 @@
 //! The stored form of a [`WorkerSnapshot`]: each name once, keys and
-//! readings as varints, sealed with a CRC-32; and the formats older
+//! readings as varint steps, sealed with a CRC-32; and the formats older
 //! binaries wrote, read as today's.
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
+use super::steps::{Steps, StepsOf};
 use super::{
     AlertSeries, Link, OpenWindow, SNAPSHOT_FORMAT, SeenKey, SnapshotError, WorkerSnapshot,
 };
@@ -18,12 +19,11 @@ type StoredAlert = (u16, u16, u32, crate::alert::Series);
 /// Format 2's windows: (device name, metric name, start, readings).
 type StoredWindowV2 = (u32, u32, i64, Vec<(i64, u64)>);
 
-/// The stored form: each name once; keys in runs of one series and
-/// readings in their window, each as zigzag varint steps from the one
-/// before (a device counts seq up by one, its keys of one window expire
-/// together, its readings come a period apart): two to four bytes a key,
-/// eleven a reading, where whole values took fifteen and eighteen.
-#[derive(Serialize, Deserialize)]
+/// The stored form: each name once, keys in runs of one series and
+/// readings in their window as [`steps`](super::steps) from the one before
+/// (two to four bytes a key and about twelve a reading, where whole values
+/// took fifteen and eighteen).
+#[derive(Deserialize)]
 struct Stored {
     format: u32,
     epoch: u64,
@@ -32,24 +32,22 @@ struct Stored {
     reports: Vec<ShareReport>,
     watermark: Option<i64>,
     names: Vec<String>,
-    /// (device name, metric name, keys): its keys' steps follow in `seen_steps`.
-    seen_runs: Vec<(u32, u32, u32)>,
-    /// (seq step, expiry step) per key, from the run's key before (its first from 0).
-    seen_steps: Vec<(i64, i64)>,
-    /// (aggregation, key name, start, readings): theirs follow in `readings`.
-    windows: Vec<(u16, u32, i64, u32)>,
-    readings: Vec<StepReading>,
+    seen: Vec<KeyRun>,
+    windows: Vec<SteppedWindow>,
     previous: Option<Link>,
     alerts: Vec<StoredAlert>,
 }
 
-/// (event time step from the window's reading before, its first from the
-/// window's start; value bits): the bits as 8 bytes, since a float's bits
-/// are never a small number.
-type StepReading = (i64, [u8; 8]);
+/// (device name, metric name, (seq, expires at) of each key).
+type KeyRun = (u32, u32, Steps<(u64, i64)>);
+/// (aggregation, key name, start, readings).
+type SteppedWindow = (u16, u32, i64, Steps<(i64, u64)>);
+/// [`KeyRun`] and [`SteppedWindow`] as encoding writes them.
+type KeyRunRef<'a> = (u32, u32, StepsOf<'a, SeenKey>);
+type SteppedWindowRef<'a> = (u16, u32, i64, StepsOf<'a, (i64, u64)>);
 
 /// [`Stored`] as encoding writes it: the same fields in the same order,
-/// borrowed from the snapshot where they need no stepping.
+/// borrowed from the snapshot.
 #[derive(Serialize)]
 struct StoredRef<'a> {
     format: u32,
@@ -59,10 +57,8 @@ struct StoredRef<'a> {
     reports: &'a [ShareReport],
     watermark: Option<i64>,
     names: Vec<&'a str>,
-    seen_runs: Vec<(u32, u32, u32)>,
-    seen_steps: Vec<(i64, i64)>,
-    windows: Vec<(u16, u32, i64, u32)>,
-    readings: Vec<StepReading>,
+    seen: Vec<KeyRunRef<'a>>,
+    windows: Vec<SteppedWindowRef<'a>>,
     previous: Option<Link>,
     alerts: Vec<(u16, u16, u32, &'a crate::alert::Series)>,
 }
@@ -198,54 +194,27 @@ impl<'a> Interner<'a> {
     }
 }
 
-/// The step from `before` to `now`, wrapping: any two values have one.
-fn step(now: u64, before: u64) -> i64 {
-    now.wrapping_sub(before) as i64
-}
-
-/// The value a step leads to from `before`.
-fn after_step(before: u64, step: i64) -> u64 {
-    before.wrapping_add(step as u64)
-}
-
 impl WorkerSnapshot {
     /// The compact binary form followed by its CRC-32 (4 bytes, big endian).
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         let mut names = Interner::default();
-        let mut seen_runs: Vec<(u32, u32, u32)> = Vec::new();
-        let mut seen_steps = Vec::with_capacity(self.seen.len());
-        let mut before = (0u64, 0u64);
-        for k in &self.seen {
-            let (device, metric) = names.pair(&k.device, &k.metric);
-            match seen_runs.last_mut() {
-                Some((d, m, n)) if (*d, *m) == (device, metric) => *n += 1,
-                _ => {
-                    seen_runs.push((device, metric, 1));
-                    before = (0, 0);
-                }
+        // Runs of keys of one series: keys come sorted by series.
+        let mut seen: Vec<KeyRunRef<'_>> = Vec::new();
+        let mut from = 0;
+        for (i, k) in self.seen.iter().enumerate() {
+            let next = self.seen.get(i + 1);
+            if next.is_none_or(|n| n.device != k.device || n.metric != k.metric) {
+                let (device, metric) = names.pair(&k.device, &k.metric);
+                seen.push((device, metric, StepsOf(&self.seen[from..=i])));
+                from = i + 1;
             }
-            let now = (k.seq, k.expires_at as u64);
-            seen_steps.push((step(now.0, before.0), step(now.1, before.1)));
-            before = now;
         }
-        let mut readings = Vec::with_capacity(self.windows.iter().map(|w| w.readings.len()).sum());
         let windows = self
             .windows
             .iter()
             .map(|w| {
-                let mut before = w.start as u64;
-                readings.extend(w.readings.iter().map(|&(ts, bits)| {
-                    let ts = ts as u64;
-                    let stepped = (step(ts, before), bits.to_le_bytes());
-                    before = ts;
-                    stepped
-                }));
-                (
-                    w.aggregation,
-                    names.id(&w.key),
-                    w.start,
-                    w.readings.len() as u32,
-                )
+                let key = names.id(&w.key);
+                (w.aggregation, key, w.start, StepsOf(&w.readings[..]))
             })
             .collect();
         let alerts = self
@@ -261,10 +230,8 @@ impl WorkerSnapshot {
             reports: &self.reports,
             watermark: self.watermark,
             names: names.names,
-            seen_runs,
-            seen_steps,
+            seen,
             windows,
-            readings,
             previous: self.previous,
             alerts,
         };
@@ -337,52 +304,31 @@ fn alerts_in(
         .collect()
 }
 
-/// A count that ran past what the file holds.
-fn overrun(what: &str) -> SnapshotError {
-    Unsealed::Decode(format!("{what} run past the steps stored")).into()
-}
-
 impl Stored {
     fn into_snapshot(self) -> Result<WorkerSnapshot, SnapshotError> {
         let names = &self.names;
-        // Sized from the steps, not the runs' counts: a damaged count
-        // cannot reserve more than the file holds.
-        let mut seen = Vec::with_capacity(self.seen_steps.len());
-        let mut steps = self.seen_steps.iter();
-        for &(d, m, n) in &self.seen_runs {
+        let mut seen = Vec::with_capacity(self.seen.iter().map(|r| r.2.0.len()).sum());
+        for (d, m, keys) in self.seen {
             let (device, metric) = (name_in(names, d)?, name_in(names, m)?);
-            let mut at = (0u64, 0u64);
-            for _ in 0..n {
-                let &(seq, expiry) = steps.next().ok_or_else(|| overrun("keys"))?;
-                at = (after_step(at.0, seq), after_step(at.1, expiry));
-                seen.push(SeenKey {
-                    device: device.clone(),
-                    metric: metric.clone(),
-                    seq: at.0,
-                    expires_at: at.1 as i64,
-                });
-            }
+            seen.extend(keys.0.into_iter().map(|(seq, expires_at)| SeenKey {
+                device: device.clone(),
+                metric: metric.clone(),
+                seq,
+                expires_at,
+            }));
         }
-        let mut readings = self.readings.iter();
-        let mut windows = Vec::with_capacity(self.windows.len());
-        for &(aggregation, key, start, n) in &self.windows {
-            let mut ts = start as u64;
-            let mut held = Vec::with_capacity((n as usize).min(readings.len()));
-            for _ in 0..n {
-                let &(step, bits) = readings.next().ok_or_else(|| overrun("windows"))?;
-                ts = after_step(ts, step);
-                held.push((ts as i64, u64::from_le_bytes(bits)));
-            }
-            windows.push(OpenWindow {
-                aggregation,
-                key: name_in(names, key)?,
-                start,
-                readings: held,
-            });
-        }
-        if steps.next().is_some() || readings.next().is_some() {
-            return Err(Unsealed::Decode("steps stored past every run".into()).into());
-        }
+        let windows = self
+            .windows
+            .into_iter()
+            .map(|(aggregation, key, start, readings)| {
+                Ok(OpenWindow {
+                    aggregation,
+                    key: name_in(names, key)?,
+                    start,
+                    readings: readings.0,
+                })
+            })
+            .collect::<Result<_, SnapshotError>>()?;
         Ok(WorkerSnapshot {
             alerts: alerts_in(names, self.alerts)?,
             format: self.format,

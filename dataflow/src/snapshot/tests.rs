@@ -413,30 +413,3 @@ proptest! {
         prop_assert_eq!(back, after);
     }
 }
-
-proptest! {
-    /// Ranking series by name first sorts keys exactly as their `Ord` does,
-    /// whatever runs and repeats they come in.
-    #[test]
-    fn keys_sorted_by_series_rank_are_in_their_own_order(
-        keys in proptest::collection::vec(
-            (0u8..6, 0u8..3, 0u64..20, -5i64..5),
-            0..200,
-        ),
-    ) {
-        let mut keys: Vec<SeenKey> = keys
-            .into_iter()
-            .map(|(d, m, seq, expires_at)| SeenKey {
-                // "d10" sorts before "d2": rank by name, not by number.
-                device: format!("d{}", [1, 2, 10, 11, 3, 20][d as usize]).into(),
-                metric: ["temp", "hum", "co2"][m as usize].into(),
-                seq,
-                expires_at,
-            })
-            .collect();
-        let mut expected = keys.clone();
-        expected.sort();
-        sort_keys(&mut keys);
-        prop_assert_eq!(keys, expected);
-    }
-}
