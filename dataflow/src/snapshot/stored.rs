@@ -168,8 +168,6 @@ impl StoredV2 {
 struct Interner<'a> {
     ids: rustc_hash::FxHashMap<&'a str, u32>,
     names: Vec<&'a str>,
-    /// The last (device, metric) pair named, and its ids.
-    last_pair: Option<(&'a str, &'a str, u32, u32)>,
 }
 
 impl<'a> Interner<'a> {
@@ -179,32 +177,20 @@ impl<'a> Interner<'a> {
             self.names.len() as u32 - 1
         })
     }
-
-    /// The ids of a key's device and metric. Keys come sorted by series, so
-    /// most repeat the pair before: compared, not hashed again.
-    fn pair(&mut self, device: &'a str, metric: &'a str) -> (u32, u32) {
-        match self.last_pair {
-            Some((d, m, di, mi)) if d == device && m == metric => (di, mi),
-            _ => {
-                let (di, mi) = (self.id(device), self.id(metric));
-                self.last_pair = Some((device, metric, di, mi));
-                (di, mi)
-            }
-        }
-    }
 }
 
 impl WorkerSnapshot {
     /// The compact binary form followed by its CRC-32 (4 bytes, big endian).
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         let mut names = Interner::default();
-        // Runs of keys of one series: keys come sorted by series.
+        // Keys come grouped by series, each group one run (a key outside
+        // its group would only start another).
         let mut seen: Vec<KeyRunRef<'_>> = Vec::new();
         let mut from = 0;
         for (i, k) in self.seen.iter().enumerate() {
             let next = self.seen.get(i + 1);
             if next.is_none_or(|n| n.device != k.device || n.metric != k.metric) {
-                let (device, metric) = names.pair(&k.device, &k.metric);
+                let (device, metric) = (names.id(&k.device), names.id(&k.metric));
                 seen.push((device, metric, StepsOf(&self.seen[from..=i])));
                 from = i + 1;
             }
