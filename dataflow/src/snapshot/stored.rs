@@ -246,15 +246,18 @@ impl WorkerSnapshot {
                 .map_err(decode)?
                 .upgrade()
                 .upgrade()
+                .upgrade()
                 .into_snapshot(),
             3 => codec()
                 .deserialize::<StoredV3>(body)
                 .map_err(decode)?
                 .upgrade()
+                .upgrade()
                 .into_snapshot(),
             4 => codec()
                 .deserialize::<StoredV4>(body)
                 .map_err(decode)?
+                .upgrade()
                 .into_snapshot(),
             _ => codec()
                 .deserialize::<Stored>(body)
@@ -270,24 +273,6 @@ fn name_in(names: &[String], i: u32) -> Result<CompactString, SnapshotError> {
         .get(i as usize)
         .map(CompactString::from)
         .ok_or_else(|| Unsealed::Decode(format!("name {i} out of range")).into())
-}
-
-/// A snapshot's alert series, named.
-fn alerts_in(
-    names: &[String],
-    alerts: Vec<StoredAlert>,
-) -> Result<Vec<AlertSeries>, SnapshotError> {
-    alerts
-        .into_iter()
-        .map(|(rule, aggregation, key, series)| {
-            Ok(AlertSeries {
-                rule,
-                aggregation,
-                key: name_in(names, key)?,
-                series,
-            })
-        })
-        .collect()
 }
 
 impl Stored {
@@ -315,8 +300,20 @@ impl Stored {
                 })
             })
             .collect::<Result<_, SnapshotError>>()?;
+        let alerts = self
+            .alerts
+            .into_iter()
+            .map(|(rule, aggregation, key, series)| {
+                Ok(AlertSeries {
+                    rule,
+                    aggregation,
+                    key: name_in(names, key)?,
+                    series,
+                })
+            })
+            .collect::<Result<_, SnapshotError>>()?;
         Ok(WorkerSnapshot {
-            alerts: alerts_in(names, self.alerts)?,
+            alerts,
             format: self.format,
             epoch: self.epoch,
             worker: self.worker,
@@ -331,43 +328,34 @@ impl Stored {
 }
 
 impl StoredV4 {
-    fn into_snapshot(self) -> Result<WorkerSnapshot, SnapshotError> {
-        let names = &self.names;
-        // A loop, not a fallible collect: that one cannot size the vector
-        // ahead, and a backlog's snapshot holds a key per open reading.
-        let mut seen = Vec::with_capacity(self.seen.len());
-        for &(d, m, seq, expires_at) in &self.seen {
-            seen.push(SeenKey {
-                device: name_in(names, d)?,
-                metric: name_in(names, m)?,
-                seq,
-                expires_at,
-            });
+    /// As format 5: consecutive keys of one series as one run.
+    fn upgrade(self) -> Stored {
+        let mut seen: Vec<KeyRun> = Vec::new();
+        for (d, m, seq, expires_at) in self.seen {
+            match seen.last_mut() {
+                Some((rd, rm, keys)) if (*rd, *rm) == (d, m) => keys.0.push((seq, expires_at)),
+                _ => seen.push((d, m, Steps(vec![(seq, expires_at)]))),
+            }
         }
-        let windows = self
-            .windows
-            .into_iter()
-            .map(|(aggregation, key, start, readings)| {
-                Ok(OpenWindow {
-                    aggregation,
-                    key: name_in(names, key)?,
-                    start,
-                    readings,
-                })
-            })
-            .collect::<Result<_, SnapshotError>>()?;
-        Ok(WorkerSnapshot {
-            alerts: alerts_in(names, self.alerts)?,
+        Stored {
             format: self.format,
             epoch: self.epoch,
             worker: self.worker,
             workers: self.workers,
             reports: self.reports,
             watermark: self.watermark,
+            names: self.names,
             seen,
-            windows,
+            windows: self
+                .windows
+                .into_iter()
+                .map(|(aggregation, key, start, readings)| {
+                    (aggregation, key, start, Steps(readings))
+                })
+                .collect(),
             previous: self.previous,
-        })
+            alerts: self.alerts,
+        }
     }
 }
 
