@@ -15,6 +15,7 @@ pub mod alert_shape;
 pub mod avro_values;
 pub mod committed;
 pub mod committer;
+pub mod durable;
 pub mod error;
 pub mod exactly_once;
 pub mod failpoint;

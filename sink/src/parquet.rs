@@ -32,6 +32,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::durable;
 use crate::failpoint::{self, Site};
 use crate::kafka::FailureSlot;
 use crate::protocol::FileEntry;
@@ -129,7 +130,7 @@ pub fn stage_rows(
     let by_date = by_day
         .into_values()
         .filter_map(|rows| Some((date_of(rows.first()?.window_start()), rows)));
-    fs::create_dir_all(staging).map_err(io_err(staging))?;
+    durable::create_dir_all(staging).map_err(io_err(staging))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
@@ -184,13 +185,7 @@ pub fn publish(staging: &Path, root: &Path, entry: &FileEntry) -> Result<(), Par
         return Err(ParquetSinkError::Damaged { path: from });
     }
     let dir = to.parent().unwrap_or(root);
-    if !dir.exists() {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        // The new directory's own entry must be durable too.
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-        }
-    }
+    durable::create_dir_all(dir).map_err(io_err(dir))?;
     fs::rename(&from, &to).map_err(io_err(&to))?;
     failpoint::hit(Site::BeforeDirSync);
     sync_dir(dir)
@@ -251,9 +246,7 @@ pub fn write_dataset(
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ParquetSinkError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    durable::sync_dir(dir).map_err(io_err(dir))
 }
 
 #[cfg(test)]

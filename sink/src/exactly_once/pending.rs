@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use iotflow_dataflow::job::Epoch;
 use iotflow_dataflow::sealed::{bincode_with_checksum, checked_body, codec};
 
+use crate::durable;
 use crate::error::SinkError;
 use crate::protocol::PendingEntry;
 use crate::shape::Row;
@@ -140,14 +141,12 @@ impl PendingRows {
             None => {
                 let rel = format!("{PENDING}/{dir}/w{worker:04}-e{epoch:012}.frames");
                 let path = state_dir.join(&rel);
-                let parent = path.parent().unwrap_or(state_dir);
-                fs::create_dir_all(parent).map_err(SinkError::io("creating", parent))?;
+                let parent = durable::parent_of(&path);
+                durable::create_dir_all(parent).map_err(SinkError::io("creating", parent))?;
                 File::create(&path)
                     .and_then(|mut f| f.write_all(&frame).and_then(|()| f.sync_all()))
                     .map_err(SinkError::io("writing", &path))?;
-                File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(SinkError::io("syncing", parent))?;
+                durable::sync_dir(parent).map_err(SinkError::io("syncing", parent))?;
                 self.segment = Some((rel, frame.len() as u64));
             }
         }

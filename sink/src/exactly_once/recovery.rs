@@ -117,7 +117,7 @@ pub fn load_state(
 
 /// Takes the state directory's lock, or says who holds it.
 fn lock(state_dir: &Path, process: usize) -> Result<File, SinkError> {
-    std::fs::create_dir_all(state_dir).map_err(SinkError::io("creating", state_dir))?;
+    crate::durable::create_dir_all(state_dir).map_err(SinkError::io("creating", state_dir))?;
     let path = state_dir.join(format!("LOCK-p{process}"));
     let file = File::options()
         .create(true)

@@ -27,7 +27,8 @@ use super::ExactlyOnceConfig;
 use super::chain::{Chain, load_whole};
 use super::outgoing::{Outgoing, StagedOutputs};
 use super::pending::PendingRows;
-use super::state_dir::{outputs_path, snapshot_path, write_durably, write_durably_via};
+use super::state_dir::{epoch_dir, outputs_path, snapshot_path, write_synced};
+use crate::durable;
 
 /// What a worker hands its stage thread for one epoch.
 #[derive(Debug)]
@@ -87,11 +88,14 @@ impl Stager {
         let outputs = StagedOutputs::of(records, &self.cfg.outputs)?;
         if !outputs.is_empty() {
             let path = outputs_path(&self.cfg.state_dir, epoch, self.worker);
-            write_durably(&path, &outputs.encode()?)?;
+            write_synced(&path, &outputs.encode()?, None)?;
             staged.publish = publish_targets(&outputs);
         }
         self.stage_rows(epoch, finals, last, &mut staged)?;
         staged.snapshot = Some(self.stage_snapshot(epoch, snapshot)?);
+        // One sync for the epoch directory's outputs and snapshot names.
+        let dir = epoch_dir(&self.cfg.state_dir, epoch);
+        durable::sync_dir(&dir).map_err(SinkError::io("syncing", &dir))?;
         failpoint::hit(Site::AfterStage);
         Ok(StagedEpoch {
             epoch,
@@ -163,7 +167,7 @@ impl Stager {
             bytes: bytes.len() as u64,
             checksum: crc32fast::hash(&bytes),
         };
-        write_durably_via(&path, &bytes, Some(Site::MidSnapshot))?;
+        write_synced(&path, &bytes, Some(Site::MidSnapshot))?;
         let final_at = snapshot.final_at(&self.cfg.closing);
         tracing::debug!(
             epoch,

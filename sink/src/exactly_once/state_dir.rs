@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use iotflow_dataflow::job::Epoch;
 
 use crate::committer::Collect;
+use crate::durable;
 use crate::error::SinkError;
 use crate::failpoint::{self, Site};
 use crate::parquet;
@@ -85,20 +86,13 @@ pub fn discard_epoch(state_dir: &Path, parquet_dir: &Path, epoch: Epoch) -> Resu
     Ok(())
 }
 
-/// Writes `bytes` to `path` durably: file fsync, then its directory's.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
-    write_durably_via(path, bytes, None)
-}
-
-/// [`write_durably`], passing `halfway` once half of the bytes are written.
-pub fn write_durably_via(
-    path: &Path,
-    bytes: &[u8],
-    halfway: Option<Site>,
-) -> Result<(), SinkError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+/// Writes `bytes` to `path` through a temporary name, fsynced, in a
+/// directory created durably, passing `halfway` once half of the bytes are
+/// written. The name is durable once the caller syncs the directory
+/// ([`durable::sync_dir`]): once for all the files of an epoch.
+pub fn write_synced(path: &Path, bytes: &[u8], halfway: Option<Site>) -> Result<(), SinkError> {
     let io = |e| SinkError::io("writing", path)(e);
-    fs::create_dir_all(dir).map_err(io)?;
+    durable::create_dir_all(durable::parent_of(path)).map_err(io)?;
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io)?;
     let (first, rest) = bytes.split_at(bytes.len() / 2);
@@ -109,8 +103,7 @@ pub fn write_durably_via(
     }
     f.write_all(rest).map_err(io)?;
     f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    fs::rename(&tmp, path).map_err(io)
 }
 
 /// Removes what `collect` allows: staged epochs below its bound, and pending
@@ -153,18 +146,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (state, parquet_dir) = (dir.path().join("state"), dir.path().join("parquet"));
         for e in [3, 4, 5, 6] {
-            write_durably(&outputs_path(&state, e, 0), b"x").unwrap();
-            write_durably(
+            write_synced(&outputs_path(&state, e, 0), b"x", None).unwrap();
+            write_synced(
                 &parquet_dir
                     .join(parquet::STAGING)
                     .join(format!("e{e:012}-w0000-aggregates-2026-01-01.parquet")),
                 b"p",
+                None,
             )
             .unwrap();
         }
         let segment = |e: u64| format!("{PENDING}/aggregates/w0000-e{e:012}.rows");
         for e in [2, 4, 6] {
-            write_durably(&state.join(segment(e)), b"s").unwrap();
+            write_synced(&state.join(segment(e)), b"s", None).unwrap();
         }
         collect(
             &state,
