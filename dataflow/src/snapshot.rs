@@ -12,6 +12,8 @@
 //! A partition's top event times are in its latest report, so Classify
 //! restores from the reports and needs no part of its own.
 
+use std::sync::Arc;
+
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
@@ -90,13 +92,95 @@ pub enum SnapshotError {
     Encode(String),
 }
 
-/// A dedupe key and the watermark at which it is forgotten.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SeenKey {
+/// The series a dedupe key belongs to, named once and shared by its keys.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesName {
     pub device: CompactString,
     pub metric: CompactString,
+}
+
+/// A dedupe key and the watermark at which it is forgotten. The names are
+/// shared by every key of one series: a key is 24 bytes in memory, not 64,
+/// and an epoch's delta holds one per reading until its stage thread has
+/// written it. Ordered by series name, then seq and expiry; keys of one
+/// series compare without reading the names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "SeenKeyFields", into = "SeenKeyFields")]
+pub struct SeenKey {
+    pub series: Arc<SeriesName>,
     pub seq: u64,
     pub expires_at: i64,
+}
+
+impl SeenKey {
+    /// A key with names of its own; snapshots share one [`SeriesName`] per series.
+    pub fn new(device: &str, metric: &str, seq: u64, expires_at: i64) -> Self {
+        let series = Arc::new(SeriesName {
+            device: device.into(),
+            metric: metric.into(),
+        });
+        Self {
+            series,
+            seq,
+            expires_at,
+        }
+    }
+
+    fn cmp_series(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.series, &other.series) {
+            std::cmp::Ordering::Equal
+        } else {
+            self.series.cmp(&other.series)
+        }
+    }
+}
+
+impl PartialEq for SeenKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for SeenKey {}
+
+impl PartialOrd for SeenKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SeenKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.cmp_series(other)
+            .then(self.seq.cmp(&other.seq))
+            .then(self.expires_at.cmp(&other.expires_at))
+    }
+}
+
+/// A key's serde form: the fields it always had, names inline.
+#[derive(Clone, Serialize, Deserialize)]
+struct SeenKeyFields {
+    device: CompactString,
+    metric: CompactString,
+    seq: u64,
+    expires_at: i64,
+}
+
+impl From<SeenKeyFields> for SeenKey {
+    fn from(k: SeenKeyFields) -> Self {
+        Self::new(&k.device, &k.metric, k.seq, k.expires_at)
+    }
+}
+
+impl From<SeenKey> for SeenKeyFields {
+    fn from(k: SeenKey) -> Self {
+        Self {
+            device: k.series.device.clone(),
+            metric: k.series.metric.clone(),
+            seq: k.seq,
+            expires_at: k.expires_at,
+        }
+    }
 }
 
 /// An open window of one aggregation and the readings it holds, as (event time, value bits).
@@ -339,7 +423,7 @@ pub fn reshard(
     }
     for s in snapshots {
         for k in &s.seen {
-            out[device_owner(&k.device, workers) as usize]
+            out[device_owner(&k.series.device, workers) as usize]
                 .seen
                 .push(k.clone());
         }

@@ -302,7 +302,7 @@ impl State {
         self.combiner =
             WatermarkCombiner::restored(self.cfg.watermark, &snap.reports, snap.watermark);
         for k in &snap.seen {
-            let series = names.series_named(&k.device, &k.metric);
+            let series = names.series_named(&k.series.device, &k.series.metric);
             if self.seen.len() <= series as usize {
                 self.seen
                     .resize_with(series as usize + 1, SeriesSeen::default);
@@ -422,14 +422,26 @@ impl State {
         // Ordered by interned ids, not by name: one order within a run
         // without comparing strings (an epoch adds a key per reading).
         self.seen_added.sort_unstable();
+        // Names once per run of one series, shared by its keys.
+        let mut run: Option<(u32, Arc<snapshot::SeriesName>)> = None;
         let seen = self
             .seen_added
             .drain(..)
             .map(|(series, seq, expires_at)| {
-                let (device, metric) = names.ids_of(series);
+                let name = match &run {
+                    Some((id, name)) if *id == series => Arc::clone(name),
+                    _ => {
+                        let (device, metric) = names.ids_of(series);
+                        let name = Arc::new(snapshot::SeriesName {
+                            device: names.compact_name(device),
+                            metric: names.compact_name(metric),
+                        });
+                        run = Some((series, Arc::clone(&name)));
+                        name
+                    }
+                };
                 snapshot::SeenKey {
-                    device: names.compact_name(device),
-                    metric: names.compact_name(metric),
+                    series: name,
                     seq,
                     expires_at,
                 }

@@ -2,12 +2,15 @@
 //! readings as varint steps, sealed with a CRC-32; and the formats older
 //! binaries wrote, read as today's.
 
+use std::sync::Arc;
+
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::steps::{Steps, StepsOf};
 use super::{
-    AlertSeries, Link, OpenWindow, SNAPSHOT_FORMAT, SeenKey, SnapshotError, WorkerSnapshot,
+    AlertSeries, Link, OpenWindow, SNAPSHOT_FORMAT, SeenKey, SeriesName, SnapshotError,
+    WorkerSnapshot,
 };
 use crate::sealed::{Unsealed, bincode_with_checksum, checked_body, codec, unseal};
 use crate::watermark::ShareReport;
@@ -189,8 +192,8 @@ impl WorkerSnapshot {
         let mut from = 0;
         for (i, k) in self.seen.iter().enumerate() {
             let next = self.seen.get(i + 1);
-            if next.is_none_or(|n| n.device != k.device || n.metric != k.metric) {
-                let (device, metric) = (names.id(&k.device), names.id(&k.metric));
+            if next.is_none_or(|n| n.cmp_series(k).is_ne()) {
+                let (device, metric) = (names.id(&k.series.device), names.id(&k.series.metric));
                 seen.push((device, metric, StepsOf(&self.seen[from..=i])));
                 from = i + 1;
             }
@@ -280,10 +283,12 @@ impl Stored {
         let names = &self.names;
         let mut seen = Vec::with_capacity(self.seen.iter().map(|r| r.2.0.len()).sum());
         for (d, m, keys) in self.seen {
-            let (device, metric) = (name_in(names, d)?, name_in(names, m)?);
+            let series = Arc::new(SeriesName {
+                device: name_in(names, d)?,
+                metric: name_in(names, m)?,
+            });
             seen.extend(keys.0.into_iter().map(|(seq, expires_at)| SeenKey {
-                device: device.clone(),
-                metric: metric.clone(),
+                series: Arc::clone(&series),
                 seq,
                 expires_at,
             }));
@@ -394,7 +399,10 @@ mod tests {
             }]
         );
         assert_eq!(
-            (s.seen[0].device.as_str(), s.seen[0].metric.as_str()),
+            (
+                s.seen[0].series.device.as_str(),
+                s.seen[0].series.metric.as_str()
+            ),
             ("dev-1", "temp")
         );
         let again = WorkerSnapshot::decode(&s.encode().unwrap()).unwrap();
@@ -430,7 +438,7 @@ mod tests {
         let keys: Vec<_> = s
             .seen
             .iter()
-            .map(|k| (k.device.as_str(), k.seq, k.expires_at))
+            .map(|k| (k.series.device.as_str(), k.seq, k.expires_at))
             .collect();
         assert_eq!(
             keys,
@@ -464,12 +472,7 @@ mod tests {
         )
         .unwrap();
         for (seq, expires_at) in [(u64::MAX, i64::MIN), (0, i64::MAX), (7, -1), (3, 0)] {
-            s.seen.push(SeenKey {
-                device: "d".into(),
-                metric: "m".into(),
-                seq,
-                expires_at,
-            });
+            s.seen.push(SeenKey::new("d", "m", seq, expires_at));
         }
         s.windows.push(OpenWindow {
             aggregation: 0,

@@ -38,12 +38,7 @@ fn snapshot(worker: u32, workers: u32, devices: &[&str]) -> WorkerSnapshot {
         watermark: Some(3),
         seen: devices
             .iter()
-            .map(|d| SeenKey {
-                device: (*d).into(),
-                metric: "t".into(),
-                seq: 1,
-                expires_at: 100,
-            })
+            .map(|d| SeenKey::new(d, "t", 1, 100))
             .collect(),
         windows: devices
             .iter()
@@ -109,12 +104,7 @@ fn round_trip_and_every_corruption_is_caught() {
 fn a_chain_puts_together_what_each_epoch_added_less_what_closed() {
     // Windows of 10: start 0 closes at 10, start 10 at 20.
     let close_at = &rules();
-    let key = |device: &str, seq, expires_at| SeenKey {
-        device: device.into(),
-        metric: "t".into(),
-        seq,
-        expires_at,
-    };
+    let key = |device: &str, seq, expires_at| SeenKey::new(device, "t", seq, expires_at);
     let window = |device: &str, start, readings: &[(i64, f64)]| OpenWindow {
         aggregation: 0,
         key: format!("{device}|t").into(),
@@ -271,11 +261,8 @@ fn arb_chain() -> impl Strategy<Value = Vec<WorkerSnapshot>> {
                 s.seen = keys
                     .into_iter()
                     .enumerate()
-                    .map(|(n, (d, e))| SeenKey {
-                        device: format!("d{d}").into(),
-                        metric: "t".into(),
-                        seq: (i * 10 + n) as u64,
-                        expires_at: wm + e,
+                    .map(|(n, (d, e))| {
+                        SeenKey::new(&format!("d{d}"), "t", (i * 10 + n) as u64, wm + e)
                     })
                     .collect();
                 let start = |tens: i64| (wm / 10 + tens) * 10;
@@ -397,7 +384,7 @@ proptest! {
                 }
             }
             for k in &s.seen {
-                prop_assert_eq!(device_owner(&k.device, to), s.worker);
+                prop_assert_eq!(device_owner(&k.series.device, to), s.worker);
             }
             // Alert series follow their aggregation's key owner.
             for a in &s.alerts {
@@ -412,4 +399,29 @@ proptest! {
         let back = reshard(&reshard(&after, from, &rules).unwrap(), to, &rules).unwrap();
         prop_assert_eq!(back, after);
     }
+}
+
+#[test]
+fn keys_order_by_series_name_whether_they_share_their_names_or_not() {
+    let shared = SeenKey::new("d1", "t", 1, 10);
+    let sharing = SeenKey {
+        series: std::sync::Arc::clone(&shared.series),
+        seq: 2,
+        expires_at: 10,
+    };
+    let own = SeenKey::new("d1", "t", 2, 10);
+    assert_eq!(sharing, own);
+    assert!(shared < sharing);
+    let by_device = SeenKey::new("d0", "z", 9, 99);
+    let by_metric = SeenKey::new("d1", "s", 5, 0);
+    let mut keys = vec![
+        own.clone(),
+        by_device.clone(),
+        shared.clone(),
+        by_metric.clone(),
+    ];
+    keys.sort_unstable();
+    assert_eq!(keys, [by_device, by_metric, shared, own]);
+    // The point of sharing: a key per reading stays small while it waits to be staged.
+    assert_eq!(std::mem::size_of::<SeenKey>(), 24);
 }
