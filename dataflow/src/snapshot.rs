@@ -93,7 +93,7 @@ pub enum SnapshotError {
 }
 
 /// The series a dedupe key belongs to, named once and shared by its keys.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SeriesName {
     pub device: CompactString,
     pub metric: CompactString,

@@ -74,6 +74,13 @@ fn round_trip_and_every_corruption_is_caught() {
     let bytes = s.encode().unwrap();
     assert_eq!(WorkerSnapshot::decode(&bytes).unwrap(), s);
     let json = crate::sealed::seal(&s).unwrap();
+    // Format 1 is JSON of the snapshot's own fields: a key keeps the layout
+    // older binaries wrote, whatever its type looks like in memory.
+    let key = br#""seen":[{"device":"a","metric":"t","seq":1,"expires_at":100}"#;
+    assert!(
+        json.windows(key.len()).any(|w| w == key),
+        "a key's format 1 layout"
+    );
     assert!(
         json.len() > 2 * bytes.len(),
         "{} vs {} bytes",
