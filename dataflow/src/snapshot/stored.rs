@@ -188,16 +188,15 @@ impl WorkerSnapshot {
         let mut names = Interner::default();
         // Keys come grouped by series, each group one run (a key outside
         // its group would only start another).
-        let mut seen: Vec<KeyRunRef<'_>> = Vec::new();
-        let mut from = 0;
-        for (i, k) in self.seen.iter().enumerate() {
-            let next = self.seen.get(i + 1);
-            if next.is_none_or(|n| n.cmp_series(k).is_ne()) {
-                let (device, metric) = (names.id(&k.series.device), names.id(&k.series.metric));
-                seen.push((device, metric, StepsOf(&self.seen[from..=i])));
-                from = i + 1;
-            }
-        }
+        let seen: Vec<KeyRunRef<'_>> = self
+            .seen
+            .chunk_by(|a, b| a.cmp_series(b).is_eq())
+            .map(|run| {
+                let series = &run[0].series;
+                let (device, metric) = (names.id(&series.device), names.id(&series.metric));
+                (device, metric, StepsOf(run))
+            })
+            .collect();
         let windows = self
             .windows
             .iter()
@@ -335,13 +334,14 @@ impl Stored {
 impl StoredV4 {
     /// As format 5: consecutive keys of one series as one run.
     fn upgrade(self) -> Stored {
-        let mut seen: Vec<KeyRun> = Vec::new();
-        for (d, m, seq, expires_at) in self.seen {
-            match seen.last_mut() {
-                Some((rd, rm, keys)) if (*rd, *rm) == (d, m) => keys.0.push((seq, expires_at)),
-                _ => seen.push((d, m, Steps(vec![(seq, expires_at)]))),
-            }
-        }
+        let seen: Vec<KeyRun> = self
+            .seen
+            .chunk_by(|a, b| (a.0, a.1) == (b.0, b.1))
+            .map(|run| {
+                let keys = run.iter().map(|&(_, _, seq, expires_at)| (seq, expires_at));
+                (run[0].0, run[0].1, Steps(keys.collect()))
+            })
+            .collect();
         Stored {
             format: self.format,
             epoch: self.epoch,
