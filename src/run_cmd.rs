@@ -246,12 +246,19 @@ fn announce(report: &StartReport, input: &str, workers: usize) {
             generation,
             offsets,
             skipped,
+            replayed,
             rescaled_from,
             discarded,
         } => {
             if !skipped.is_empty() {
                 eprintln!(
                     "snapshots of epochs {skipped:?} are damaged or missing: resuming from epoch {after}"
+                );
+            }
+            if let Some((first, last)) = replayed {
+                eprintln!(
+                    "epochs {first}..={last} are cut again as they were committed: \
+                     what they published is published again, not something else"
                 );
             }
             if let Some(was) = rescaled_from {

@@ -2,10 +2,11 @@
 //!
 //! ```text
 //!   partitions, sorted ──i % workers──▶ owned by worker i (the same in every process)
-//!   fetcher thread (own tokio runtime + client) ──per partition──▶ bounded queue
+//!   fetcher thread (own tokio runtime + client; `fetch`) ──per partition──▶ bounded queue
 //!        └─ waits while a queue holds ≥ max_buffered_bytes: backpressure, not memory growth
 //!   operator ──drains queues──▶ SourceEvent::Record@epoch
-//!        epoch ends every `interval` (Time) or after N records per partition (Records)
+//!        epoch ends every `interval` (Time) or after N records per partition (Records),
+//!        or where its commit cut it (`replay`: epochs cut again after recovery)
 //!        ──▶ SourceEvent::Status per partition: Active | Idle | Finished
 //! ```
 //!
@@ -14,19 +15,22 @@
 //! seen when it is raised (a live job asked to finish). Errors stop the source and are reported through
 //! [`SourceError`] for the runner to return.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rskafka::client::partition::UnknownTopicHandling;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, Stream};
 
-use crate::job::{Backpressure, Epoch, PartitionStatus, RawRecord, SourceEvent};
+use crate::job::{Backpressure, Epoch, PartitionStatus, SourceEvent};
 use crate::metrics::JobMetrics;
+use crate::replay::{Cut, Replay};
 use crate::watermark::ShareState;
+
+mod fetch;
+use fetch::{Queue, start_fetcher};
 
 /// Bytes asked for per fetch.
 const FETCH_BYTES: i32 = 4 * 1024 * 1024;
@@ -67,6 +71,9 @@ pub struct KafkaSourceConfig {
     pub start_offsets: BTreeMap<i32, i64>,
     /// The first epoch (a resumed job goes on after its last commit).
     pub start_epoch: Epoch,
+    /// Committed epochs from `start_epoch` on to cut again as they were
+    /// (recovery resumed before them): see [`crate::replay`].
+    pub replay: Vec<Cut>,
 }
 
 impl KafkaSourceConfig {
@@ -82,6 +89,7 @@ impl KafkaSourceConfig {
             max_epoch_records: 25_000,
             start_offsets: BTreeMap::new(),
             start_epoch: 0,
+            replay: Vec::new(),
         }
     }
 }
@@ -94,15 +102,6 @@ fn fail(slot: &SourceError, msg: String) {
     if let Ok(mut s) = slot.lock() {
         s.get_or_insert(msg);
     }
-}
-
-#[derive(Default)]
-struct Queue {
-    records: VecDeque<RawRecord>,
-    bytes: usize,
-    high_watermark: i64,
-    /// No more records will come (bounded mode reached its end).
-    done: bool,
 }
 
 struct Owned {
@@ -174,6 +173,7 @@ pub fn kafka_source<'scope>(
         let mut epoch: Epoch = cfg.start_epoch;
         let mut epoch_started = Instant::now();
         let deterministic = matches!(cfg.epochs, EpochMode::Records(_));
+        let mut replay = Replay::new(cfg.replay.clone(), cfg.start_epoch);
         let owned: Vec<Owned> = match start_fetcher(
             &cfg,
             worker,
@@ -240,7 +240,16 @@ pub fn kafka_source<'scope>(
                 let mut session = output.session(c);
                 for o in owned.iter_mut() {
                     let Ok(mut q) = o.queue.lock() else { continue };
-                    while o.taken_in_epoch < per_epoch {
+                    // A replayed epoch takes what its cut took; a live one up to its bound.
+                    let end = replay.end(epoch, o.partition, o.next_offset);
+                    while end.map_or(o.taken_in_epoch < per_epoch, |end| o.next_offset < end) {
+                        if let (Some(end), Some(r)) = (end, q.records.front())
+                            && r.offset >= end
+                        {
+                            // The cut's last records are gone (compacted): it ends here all the same.
+                            o.next_offset = end;
+                            break;
+                        }
                         let Some(rec) = q.records.pop_front() else {
                             break;
                         };
@@ -252,19 +261,26 @@ pub fn kafka_source<'scope>(
                     }
                 }
             }
-            let epoch_over = match cfg.epochs {
-                EpochMode::Time(interval) => {
-                    epoch_started.elapsed() >= interval
-                        || owned.iter().any(|o| o.taken_in_epoch >= per_epoch)
-                }
-                EpochMode::Records(n) => owned.iter().all(|o| {
-                    o.taken_in_epoch >= n
-                        || o.queue
-                            .lock()
-                            .map(|q| q.done && q.records.is_empty())
-                            .unwrap_or(true)
-                }),
-            };
+            let replayed = owned.iter().all(|o| {
+                replay
+                    .end(epoch, o.partition, o.next_offset)
+                    .is_some_and(|end| o.next_offset >= end)
+            });
+            let epoch_over = replayed
+                || replay.last().is_none()
+                    && match cfg.epochs {
+                        EpochMode::Time(interval) => {
+                            epoch_started.elapsed() >= interval
+                                || owned.iter().any(|o| o.taken_in_epoch >= per_epoch)
+                        }
+                        EpochMode::Records(n) => owned.iter().all(|o| {
+                            o.taken_in_epoch >= n
+                                || o.queue
+                                    .lock()
+                                    .map(|q| q.done && q.records.is_empty())
+                                    .unwrap_or(true)
+                        }),
+                    };
             if epoch_over {
                 let mut all_finished = true;
                 let mut session = output.session(c);
@@ -280,13 +296,15 @@ pub fn kafka_source<'scope>(
                         }
                         Err(_) => (true, true),
                     };
-                    let state = share_state(
-                        drained,
-                        caught_up,
-                        o.last_record.elapsed(),
-                        cfg.idle_timeout,
-                        deterministic,
-                    );
+                    let state = replay.state(epoch, o.partition).unwrap_or_else(|| {
+                        share_state(
+                            drained,
+                            caught_up,
+                            o.last_record.elapsed(),
+                            cfg.idle_timeout,
+                            deterministic,
+                        )
+                    });
                     all_finished &= state == ShareState::Finished;
                     tracing::debug!(
                         epoch,
@@ -309,6 +327,12 @@ pub fn kafka_source<'scope>(
                     cap = None;
                     return;
                 }
+                if replay.finished(epoch) {
+                    // Epochs are cut live from here: quiet is measured from now.
+                    owned
+                        .iter_mut()
+                        .for_each(|o| o.last_record = Instant::now());
+                }
                 epoch += 1;
                 epoch_started = Instant::now();
                 c.downgrade(&epoch);
@@ -318,230 +342,6 @@ pub fn kafka_source<'scope>(
             }
         }
     })
-}
-
-type OwnedQueues = Vec<(i32, i64, Arc<Mutex<Queue>>)>;
-
-/// Looks up partitions and offsets, then starts the fetcher thread.
-fn start_fetcher(
-    cfg: &KafkaSourceConfig,
-    worker: usize,
-    peers: usize,
-    error: SourceError,
-    stop: Arc<AtomicBool>,
-    activator: timely::scheduling::SyncActivator,
-    metrics: Arc<JobMetrics>,
-) -> Result<OwnedQueues, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the fetch runtime: {e}"))?;
-    let setup = runtime.block_on(async {
-        let client = iotflow_redpanda::connect(&cfg.bootstrap, Duration::from_secs(30))
-            .await
-            .map_err(|e| e.to_string())?;
-        let all = iotflow_redpanda::topics::partitions_of(&client, &cfg.topic)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("input topic {} does not exist", cfg.topic))?;
-        let mut owned = Vec::new();
-        for p in owned_partitions(&all, worker, peers) {
-            let pc = client
-                .partition_client(cfg.topic.as_str(), p, UnknownTopicHandling::Retry)
-                .await
-                .map_err(|e| format!("{}/{p}: {e}", cfg.topic))?;
-            let (earliest, end) = iotflow_redpanda::scan::offsets(&pc)
-                .await
-                .map_err(|e| e.to_string())?;
-            let start = start_offset(cfg.start_offsets.get(&p).copied(), earliest)
-                .map_err(|e| format!("{}/{p}: {e}", cfg.topic))?;
-            owned.push((p, start, end, pc));
-        }
-        Ok::<_, String>((client, owned))
-    })?;
-    let (_client, owned) = setup;
-    for (p, start, end, _) in &owned {
-        // Lag from the start, not only from the first epoch cut.
-        metrics.set_next_offset(*p, *start);
-        metrics.set_end_offset(*p, *end);
-    }
-    let queues: OwnedQueues = owned
-        .iter()
-        .map(|(p, start, end, _)| {
-            let q = Queue {
-                high_watermark: *end,
-                done: cfg.until_end && start >= end,
-                ..Queue::default()
-            };
-            (*p, *start, Arc::new(Mutex::new(q)))
-        })
-        .collect();
-    let tasks: Vec<_> = owned
-        .into_iter()
-        .zip(queues.iter().map(|(_, _, q)| Arc::clone(q)))
-        .map(|((_, start, end, pc), q)| (pc, start, end, q))
-        .collect();
-    let (until_end, max_bytes, topic) = (cfg.until_end, cfg.max_buffered_bytes, cfg.topic.clone());
-    let drain = Arc::clone(&cfg.drain);
-    std::thread::Builder::new()
-        .name(format!("kafka-fetch-{worker}"))
-        .spawn(move || {
-            runtime.block_on(async move {
-                let mut set = tokio::task::JoinSet::new();
-                for (pc, start, end, q) in tasks {
-                    let (error, stop, drain, activator, topic, metrics) = (
-                        Arc::clone(&error),
-                        Arc::clone(&stop),
-                        Arc::clone(&drain),
-                        activator.clone(),
-                        topic.clone(),
-                        Arc::clone(&metrics),
-                    );
-                    set.spawn(async move {
-                        let bound = Bound {
-                            end,
-                            until_end,
-                            drain: &drain,
-                        };
-                        let feed = Feed {
-                            queue: &q,
-                            max_bytes,
-                            activator: &activator,
-                            metrics: &metrics,
-                        };
-                        if let Err(e) = fetch_partition(&pc, start, bound, feed, &stop).await {
-                            fail(&error, format!("{topic}/{}: {e}", pc.partition()));
-                            let _ = activator.activate();
-                        }
-                    });
-                }
-                while set.join_next().await.is_some() {}
-            })
-        })
-        .map_err(|e| format!("starting the fetch thread: {e}"))?;
-    Ok(queues)
-}
-
-/// Where a partition's reading ends: nowhere, or at `end` once `until_end`
-/// (from the start) or `drain` (raised later, ending at that moment's high watermark).
-struct Bound<'a> {
-    end: i64,
-    until_end: bool,
-    drain: &'a AtomicBool,
-}
-
-/// Where a partition's records go: its queue (at most `max_bytes`), the
-/// worker to wake, and the metrics that show its high watermark.
-struct Feed<'a> {
-    queue: &'a Mutex<Queue>,
-    max_bytes: usize,
-    activator: &'a timely::scheduling::SyncActivator,
-    metrics: &'a JobMetrics,
-}
-
-/// How often a held-back fetcher still asks for the high watermark.
-const END_OFFSET_REFRESH: Duration = Duration::from_secs(1);
-
-async fn fetch_partition(
-    pc: &rskafka::client::partition::PartitionClient,
-    start: i64,
-    bound: Bound<'_>,
-    feed: Feed<'_>,
-    stop: &AtomicBool,
-) -> Result<(), String> {
-    let Bound {
-        mut end,
-        mut until_end,
-        drain,
-    } = bound;
-    let Feed {
-        queue,
-        max_bytes,
-        activator,
-        metrics,
-    } = feed;
-    let mut next = start;
-    let mut end_asked = Instant::now();
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        if !until_end && drain.load(Ordering::Relaxed) {
-            // Everything produced before the request is below this high watermark.
-            end = iotflow_redpanda::scan::offsets(pc)
-                .await
-                .map_err(|e| e.to_string())?
-                .1;
-            until_end = true;
-            tracing::info!(partition = pc.partition(), end, "draining to the end");
-        }
-        if until_end && next >= end {
-            if let Ok(mut q) = queue.lock() {
-                q.done = true;
-            }
-            let _ = activator.activate();
-            return Ok(());
-        }
-        if queue_full(queue, max_bytes) {
-            // Held back: input may still be arriving, and lag must show it.
-            if end_asked.elapsed() >= END_OFFSET_REFRESH {
-                end_asked = Instant::now();
-                if let Ok((_, high_watermark)) = iotflow_redpanda::scan::offsets(pc).await {
-                    metrics.set_end_offset(pc.partition(), high_watermark);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            continue;
-        }
-        // A resumed source starts at a committed offset, often inside a batch.
-        let (records, high_watermark) = iotflow_redpanda::scan::fetch_from(
-            pc,
-            next,
-            FETCH_BYTES,
-            100,
-        )
-        .await
-        .map_err(|e| {
-            if e.is_offset_out_of_range() {
-                format!(
-                    "offset {next} is out of range (no longer retained?); refusing to skip data"
-                )
-            } else {
-                e.to_string()
-            }
-        })?;
-        let limit = if until_end { end } else { i64::MAX };
-        let mut batch: Vec<RawRecord> = Vec::with_capacity(records.len());
-        for r in records {
-            if r.offset < next || r.offset >= limit {
-                continue;
-            }
-            next = r.offset + 1;
-            batch.push(RawRecord {
-                partition: pc.partition(),
-                offset: r.offset,
-                key: r.record.key,
-                value: r.record.value.unwrap_or_default().into(),
-                timestamp_ms: r.record.timestamp.timestamp_millis(),
-            });
-        }
-        metrics.set_end_offset(pc.partition(), high_watermark);
-        if let Ok(mut q) = queue.lock() {
-            q.high_watermark = high_watermark;
-            q.bytes += batch.iter().map(|r| r.value.len()).sum::<usize>();
-            q.records.extend(batch);
-        }
-        if activator.activate().is_err() {
-            return Ok(()); // the worker is gone: nobody will read further
-        }
-    }
-}
-
-fn queue_full(queue: &Mutex<Queue>, max_bytes: usize) -> bool {
-    queue
-        .lock()
-        .map(|q| q.bytes >= max_bytes && max_bytes > 0)
-        .unwrap_or(true)
 }
 
 #[cfg(test)]

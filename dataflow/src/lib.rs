@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod operators;
 pub mod parquet_file;
 pub mod reading;
+pub mod replay;
 pub mod runner;
 pub mod sealed;
 pub mod session;

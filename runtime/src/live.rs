@@ -12,6 +12,7 @@ use iotflow_dataflow::JobMetrics;
 use iotflow_dataflow::job::{self, ByteBound, Epoch, JobConfig, StateHooks};
 use iotflow_dataflow::kafka::{EpochMode, KafkaSourceConfig, kafka_source};
 use iotflow_dataflow::operators::windows::Captures;
+use iotflow_dataflow::replay::Cut;
 use iotflow_dataflow::runner::Parallelism;
 use iotflow_dataflow::snapshot::WorkerSnapshot;
 use iotflow_redpanda::topics::{self, TopicSpec};
@@ -131,6 +132,9 @@ pub enum StartReport {
         offsets: BTreeMap<i32, i64>,
         /// Commits skipped because their state was damaged.
         skipped: Vec<Epoch>,
+        /// The skipped commits' epochs cut again as they were committed
+        /// (first and last), as far as their records say how.
+        replayed: Option<(Epoch, Epoch)>,
         /// Workers that committed `after`, when not the run's.
         rescaled_from: Option<u32>,
         discarded: usize,
@@ -182,6 +186,8 @@ struct Resume {
     history: Vec<(CommitRecord, i64)>,
     held: Arc<Held>,
     max_unpublished_bytes: u64,
+    /// Epochs the source cuts again as they were committed.
+    replay: Vec<Cut>,
 }
 
 /// The job's output topics and datasets, and which aggregation writes where.
@@ -319,8 +325,9 @@ impl LiveJob {
         let routes = Routes::new(&cfg, partitions_of);
         let (resume, lock, mut report) = match &cfg.delivery {
             Delivery::ExactlyOnce(c) => {
-                let (resume, lock, report) = prepare_commits(client, &cfg, c, &routes).await?;
+                let (mut resume, lock, report) = prepare_commits(client, &cfg, c, &routes).await?;
                 source.start_epoch = resume.start;
+                source.replay = std::mem::take(&mut resume.replay);
                 (Some(Arc::new(resume)), Some(lock), report)
             }
             Delivery::AtLeastOnce { .. } => (
@@ -466,6 +473,11 @@ async fn prepare_commits(
             generation: eo.generation,
             offsets: start.offsets.clone(),
             skipped: start.skipped.clone(),
+            replayed: start
+                .replay
+                .first()
+                .zip(start.replay.last())
+                .map(|(a, b)| (a.epoch, b.epoch)),
             rescaled_from: (from.workers != workers).then_some(from.workers),
             discarded: start.discarded,
         },
@@ -478,6 +490,7 @@ async fn prepare_commits(
         history: start.history,
         held: Arc::default(),
         max_unpublished_bytes: c.max_unpublished_bytes,
+        replay: start.replay,
     };
     Ok((resume, start.lock, report))
 }

@@ -23,7 +23,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
+use iotflow_dataflow::replay::Cut;
 use iotflow_dataflow::sealed::{Unsealed, seal, unseal};
+use iotflow_dataflow::watermark::ShareState;
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the record's meaning changes; older readers refuse newer records.
@@ -109,6 +111,12 @@ pub struct CommitRecord {
     /// reads from there, not from the topic's start.
     #[serde(default)]
     pub log_from: Option<i64>,
+    /// Each input partition's state at the end of the epoch (with
+    /// `source_offsets`, where the epoch was cut): recovery that resumes
+    /// before this commit cuts the epoch again the same way. Absent in
+    /// records of older binaries.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_states: BTreeMap<i32, ShareState>,
 }
 
 /// One worker's final windows of one dataset waiting for the next Parquet
@@ -141,6 +149,24 @@ impl CommitRecord {
         self.unpublished_from.unwrap_or(self.epoch).min(self.epoch)..=self.epoch
     }
 
+    /// Where the epoch was cut on each input partition, and each one's
+    /// state then; `None` when the record does not say every partition's
+    /// state, or an input stopped (such an epoch never ends the same way).
+    pub fn cut(&self) -> Option<Cut> {
+        let partitions: BTreeMap<i32, (i64, ShareState)> = self
+            .source_offsets
+            .iter()
+            .map(|(p, o)| Some((*p, (*o, *self.source_states.get(p)?))))
+            .collect::<Option<_>>()?;
+        if partitions.values().any(|(_, s)| *s == ShareState::Stopped) {
+            return None;
+        }
+        Some(Cut {
+            epoch: self.epoch,
+            partitions,
+        })
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
         let record: CommitRecord = unseal(bytes)?;
         if record.format > COMMIT_FORMAT {
@@ -169,6 +195,9 @@ pub struct Staged {
     pub source_offsets: BTreeMap<i32, i64>,
     /// One entry per dataset with rows waiting for a roll.
     pub pending: Vec<PendingEntry>,
+    /// Each input partition's state at the end of the epoch.
+    #[serde(default)]
+    pub source_states: BTreeMap<i32, ShareState>,
 }
 
 impl EpochStaging {
@@ -220,9 +249,11 @@ impl EpochStaging {
             pending: Vec::new(),
             unpublished_from: Some(self.epoch),
             log_from: None,
+            source_states: BTreeMap::new(),
         };
         for s in self.staged.values() {
             record.source_offsets.extend(&s.source_offsets);
+            record.source_states.extend(&s.source_states);
             record.publish.extend(s.publish.iter().cloned());
             record.files.extend(s.files.iter().cloned());
             record.snapshots.extend(s.snapshot.iter().cloned());
@@ -365,6 +396,10 @@ pub enum Plan {
         discard: Vec<u64>,
         /// Newer commits skipped because their snapshots failed verification.
         skipped: Vec<u64>,
+        /// How the skipped commits' epochs were cut, oldest first, as far as
+        /// their records say: the resumed run cuts them the same way, so
+        /// what they published is published again, not something else.
+        replay: Vec<Cut>,
     },
 }
 
@@ -394,12 +429,14 @@ pub fn plan_recovery(
             .collect();
         if let Some(finish) = finish.filter(|_| snapshots_ok(c)) {
             let discard = staged_on_disk.range(c.epoch + 1..).copied().collect();
+            let replay = (c.epoch + 1..).map_while(|e| valid.get(e)?.cut()).collect();
             return Plan::Resume {
                 generation,
                 from: Box::new(c.clone()),
                 finish,
                 discard,
                 skipped,
+                replay,
             };
         }
         skipped.push(c.epoch);
@@ -437,6 +474,7 @@ mod tests {
             }),
             source_offsets: BTreeMap::from([(partition, 1_000 + i64::from(worker))]),
             pending: Vec::new(),
+            source_states: BTreeMap::from([(partition, ShareState::Active)]),
         }
     }
 
@@ -574,6 +612,53 @@ mod tests {
     }
 
     #[test]
+    fn skipped_commits_are_cut_again_as_recorded_up_to_one_that_does_not_say_how() {
+        let mut idle = commit_of(5, 1, 2);
+        idle.source_states.insert(1, ShareState::Idle);
+        let mut older_binary = commit_of(7, 1, 2);
+        older_binary.source_states.clear();
+        let commits = vec![
+            commit_of(3, 1, 2),
+            commit_of(4, 1, 2),
+            idle,
+            commit_of(6, 1, 2),
+            older_binary,
+            commit_of(8, 1, 2),
+        ];
+        // Only commit 4's state is intact.
+        let Plan::Resume {
+            from,
+            skipped,
+            replay,
+            ..
+        } = plan_recovery("job", &commits, &BTreeSet::new(), |c| c.epoch <= 4)
+        else {
+            panic!("resumes");
+        };
+        assert_eq!((from.epoch, skipped), (4, vec![8, 7, 6, 5]));
+        let cut = |epoch: u64, idle: bool| Cut {
+            epoch,
+            partitions: BTreeMap::from([
+                (0, (1_000, ShareState::Active)),
+                (
+                    1,
+                    (
+                        1_001,
+                        [ShareState::Active, ShareState::Idle][usize::from(idle)],
+                    ),
+                ),
+            ]),
+        };
+        // Epoch 7's record does not say its states: it and 8 are cut live.
+        assert_eq!(replay, vec![cut(5, true), cut(6, false)]);
+        // A stopped input: that epoch is never cut the same way.
+        let mut stopped = commit_of(5, 1, 1);
+        stopped.source_states.insert(0, ShareState::Stopped);
+        assert_eq!(stopped.cut(), None);
+        assert_eq!(commit_of(5, 1, 1).cut().map(|c| c.epoch), Some(5));
+    }
+
+    #[test]
     fn a_newer_generation_voids_the_older_history_from_where_it_resumed() {
         let mut log = JobCommits::default();
         for (epoch, generation) in [(0, 1), (1, 1), (2, 1), (3, 1)] {
@@ -613,9 +698,11 @@ mod tests {
                 finish,
                 discard,
                 skipped,
+                replay,
             } => {
                 assert_eq!((generation, from.epoch), (3, 2));
                 assert_eq!((discard, skipped), (vec![3, 4], vec![]));
+                assert_eq!(replay, vec![], "nothing skipped, nothing cut again");
                 assert_eq!(finish, vec![*from], "a format-1 record: only itself");
             }
             other => panic!("{other:?}"),

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use iotflow_dataflow::job::Epoch;
+use iotflow_dataflow::replay::Cut;
 use iotflow_dataflow::snapshot::{Link, WindowRules, WorkerSnapshot, reshard};
 
 use crate::error::SinkError;
@@ -45,6 +46,8 @@ pub struct RunStart {
     /// What starting did, for the log: discarded staged epochs, skipped commits.
     pub discarded: usize,
     pub skipped: Vec<Epoch>,
+    /// How the skipped commits' epochs were cut: the run cuts them again so.
+    pub replay: Vec<Cut>,
     /// Held for the whole run: one live instance per state directory.
     pub lock: File,
 }
@@ -196,6 +199,7 @@ pub async fn prepare(
                 history: Vec::new(),
                 discarded: discard.len(),
                 skipped: Vec::new(),
+                replay: Vec::new(),
                 lock,
             })
         }
@@ -204,6 +208,7 @@ pub async fn prepare(
             from,
             finish,
             skipped,
+            replay,
             ..
         } => {
             cfg.generation = generation;
@@ -223,7 +228,7 @@ pub async fn prepare(
                 state,
             };
             let mut start = resume(cfg, resumed, workers, process, lock).await?;
-            (start.discarded, start.skipped) = (discard.len(), skipped);
+            (start.discarded, start.skipped, start.replay) = (discard.len(), skipped, replay);
             Ok(start)
         }
     }
@@ -281,6 +286,7 @@ async fn resume(
         history: r.history,
         discarded: 0,
         skipped: Vec::new(),
+        replay: Vec::new(),
         lock,
     })
 }

@@ -84,6 +84,7 @@ impl Stager {
         let mut staged = Staged::default();
         for r in &snapshot.reports {
             staged.source_offsets.insert(r.partition, r.next_offset);
+            staged.source_states.insert(r.partition, r.state);
         }
         let outputs = StagedOutputs::of(records, &self.cfg.outputs)?;
         if !outputs.is_empty() {
