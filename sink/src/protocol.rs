@@ -114,8 +114,9 @@ pub struct CommitRecord {
     /// Each input partition's state at the end of the epoch (with
     /// `source_offsets`, where the epoch was cut): recovery that resumes
     /// before this commit cuts the epoch again the same way. Absent in
-    /// records of older binaries.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// records of older binaries. (Never skipped when empty: records cross
+    /// processes as bincode, which is not self-describing.)
+    #[serde(default)]
     pub source_states: BTreeMap<i32, ShareState>,
 }
 
@@ -550,6 +551,9 @@ mod tests {
         let mut c = commit_of(9, 3, 2);
         c.log_from = None;
         c.unpublished_from = Some(7);
+        let bytes = bincode::serialize(&c).unwrap();
+        assert_eq!(bincode::deserialize::<CommitRecord>(&bytes).unwrap(), c);
+        c.source_states.clear();
         let bytes = bincode::serialize(&c).unwrap();
         assert_eq!(bincode::deserialize::<CommitRecord>(&bytes).unwrap(), c);
     }
