@@ -42,6 +42,9 @@ struct Fixture {
     roll_rows: u32,
     /// `--parquet-roll-epochs` of every run.
     roll_epochs: u32,
+    /// `--checkpoint-every` of every run but the reference (0: a snapshot
+    /// delta every epoch).
+    checkpoint_every: u32,
 }
 
 impl Fixture {
@@ -77,6 +80,16 @@ impl Fixture {
             dir,
             roll_rows: 100,
             roll_epochs: 25,
+            checkpoint_every: 0,
+        }
+    }
+
+    /// Runs that snapshot the whole state every `k` epochs and replay the
+    /// epochs since on a restart.
+    fn with_checkpoints(self, k: u32) -> Self {
+        Self {
+            checkpoint_every: k,
+            ..self
         }
     }
 
@@ -168,6 +181,13 @@ impl Fixture {
         .env_remove(failpoint::ENV)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+        // The reference never checkpoints: the output must not depend on it.
+        let k = if name == "reference" {
+            0
+        } else {
+            self.checkpoint_every
+        };
+        c.args(["--checkpoint-every", &k.to_string()]);
         c
     }
 
@@ -301,7 +321,18 @@ impl Moments {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_leaves_the_output_of_a_run_never_killed() {
-    let fx = Arc::new(Fixture::new().await);
+    sigkill_storm(Fixture::new().await, kills_wanted()).await;
+}
+
+/// With a checkpoint every 4 epochs, every restart replays up to 3 epochs
+/// from the input before it stages again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_checkpoints_sigkills_at_random_moments_leave_the_output_of_a_run_never_killed() {
+    sigkill_storm(Fixture::new().await.with_checkpoints(4), kills_wanted() / 2).await;
+}
+
+async fn sigkill_storm(fx: Fixture, wanted: u32) {
+    let fx = Arc::new(fx);
     fx.reference();
     let seed = std::env::var("IOTFLOW_CHAOS_SEED")
         .ok()
@@ -324,7 +355,7 @@ async fn sigkill_at_random_moments_leaves_the_output_of_a_run_never_killed() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (wanted, mut kills, mut runs) = (kills_wanted(), 0u32, 0u32);
+    let (mut kills, mut runs) = (0u32, 0u32);
     let chaos = Arc::clone(&fx);
     let (kills, runs) = tokio::task::spawn_blocking(move || {
         loop {
@@ -392,14 +423,29 @@ async fn sigkill_at_random_moments_leaves_the_output_of_a_run_never_killed() {
 /// runs of one job: each crash there is survived, output as if never killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_every_protocol_step_leaves_the_output_of_a_run_never_killed() {
-    let fx = Arc::new(Fixture::new().await);
+    crash_at_every_step(Fixture::new().await).await;
+}
+
+/// The same with a checkpoint every 4 epochs: commits between checkpoints
+/// name the last one, and each restart replays the epochs since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_checkpoints_a_crash_at_every_protocol_step_leaves_the_output_of_a_run_never_killed() {
+    crash_at_every_step(Fixture::new().await.with_checkpoints(4)).await;
+}
+
+async fn crash_at_every_step(fx: Fixture) {
+    let fx = Arc::new(fx);
     fx.reference();
+    // Runs that restored a checkpoint and replayed the epochs since.
+    let mut replays = 0;
     for site in Site::ALL {
         let name = format!("fp-{}", site.name());
         let fx2 = Arc::clone(&fx);
         let job = name.clone();
-        let crashes = tokio::task::spawn_blocking(move || {
-            let mut crashes = 0;
+        let (crashes, replayed) = tokio::task::spawn_blocking(move || {
+            let (mut crashes, mut replays) = (0, 0);
+            let replayed =
+                |stderr: &str| usize::from(stderr.contains("are replayed from the input"));
             for pass in [1, 2, 4] {
                 let spec = format!("{}@{pass}", site.name());
                 let child = fx2
@@ -409,8 +455,9 @@ async fn a_crash_at_every_protocol_step_leaves_the_output_of_a_run_never_killed(
                     .unwrap();
                 let out = common::wait_bounded(child, &format!("{job} with {spec}"));
                 let stderr = String::from_utf8_lossy(&out.stderr);
+                replays += replayed(&stderr);
                 if out.status.success() {
-                    return crashes; // the job finished before passing there again
+                    return (crashes, replays); // the job finished before passing there again
                 }
                 assert!(
                     out.status.code().is_none() && stderr.contains(&format!("failpoint {spec}")),
@@ -418,14 +465,20 @@ async fn a_crash_at_every_protocol_step_leaves_the_output_of_a_run_never_killed(
                 );
                 crashes += 1;
             }
-            common::finish(fx2.command(&job, 2).spawn().unwrap(), &job);
-            crashes
+            let out = common::finish(fx2.command(&job, 2).spawn().unwrap(), &job);
+            replays += replayed(&String::from_utf8_lossy(&out.stderr));
+            (crashes, replays)
         })
         .await
         .unwrap();
         eprintln!("{}: {crashes} crashes survived", site.name());
         assert!(crashes >= 2, "{}: only {crashes} crashes", site.name());
         fx.assert_matches(&name).await;
+        replays += replayed;
+    }
+    if fx.checkpoint_every > 0 {
+        eprintln!("{replays} runs replayed epochs after a checkpoint");
+        assert!(replays >= 3, "only {replays} runs replayed anything");
     }
 }
 
@@ -610,7 +663,17 @@ async fn a_state_directory_damaged_file_by_file_is_caught() {
 /// rows (file names carry the worker, so the files themselves differ).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_killed_with_one_worker_resumes_with_two() {
-    let fx = Fixture::new().await;
+    rescale(Fixture::new().await).await;
+}
+
+/// The same with a checkpoint every 4 epochs: the checkpoint's state is
+/// re-sharded, and the epochs since are replayed by two workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_checkpoints_a_job_killed_with_one_worker_resumes_with_two() {
+    rescale(Fixture::new().await.with_checkpoints(4)).await;
+}
+
+async fn rescale(fx: Fixture) {
     fx.reference();
     fx.kill_after_commits("rescale", 1, 3).await;
     assert!(

@@ -619,6 +619,8 @@ pub struct StateHooks {
     pub start: Epoch,
     pub restore: Option<WorkerSnapshot>,
     pub capture: Option<Captures>,
+    /// With `capture`: what is captured at each epoch.
+    pub plan: crate::snapshot::CapturePlan,
 }
 
 /// Builds the dataflow over `source` in its scope. `stop` is raised when any

@@ -16,11 +16,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 use crate::job::Epoch;
 use crate::watermark::ShareState;
 
 /// Where a committed epoch ended on each input partition, and each one's state then.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cut {
     pub epoch: Epoch,
     /// Per partition: the next offset to read once the epoch was done, and its state.

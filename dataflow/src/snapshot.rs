@@ -33,6 +33,45 @@ use crate::watermark::ShareReport;
 /// without alert state.
 pub const SNAPSHOT_FORMAT: u32 = 5;
 
+/// What a committing worker captures of its state at an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// Nothing: a replayed epoch (committed before), or one between checkpoints.
+    Nothing,
+    /// What the epoch added, linked to the epoch before.
+    Delta,
+    /// All of it, read out of the operators' state.
+    Whole,
+}
+
+/// Which epochs' state a committing job captures, and how: the whole state
+/// at the first epoch it stages; after it, with checkpoints every k epochs,
+/// the whole state at every k-th epoch and nothing between (recovery
+/// replays the epochs after the newest checkpoint, [`crate::replay`]);
+/// without, what each epoch added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CapturePlan {
+    /// The first epoch the sink stages (epochs before it are replayed).
+    pub first: u64,
+    pub checkpoint_every: Option<std::num::NonZeroU64>,
+}
+
+impl CapturePlan {
+    pub fn at(&self, epoch: u64) -> Capture {
+        if epoch < self.first {
+            return Capture::Nothing;
+        }
+        if epoch == self.first {
+            return Capture::Whole;
+        }
+        match self.checkpoint_every {
+            None => Capture::Delta,
+            Some(k) if epoch.is_multiple_of(k.get()) => Capture::Whole,
+            Some(_) => Capture::Nothing,
+        }
+    }
+}
+
 /// Where windows close and live: the job's aggregations and lateness.
 #[derive(Debug, Clone)]
 pub struct WindowRules {

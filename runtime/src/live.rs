@@ -14,7 +14,7 @@ use iotflow_dataflow::kafka::{EpochMode, KafkaSourceConfig, kafka_source};
 use iotflow_dataflow::operators::windows::Captures;
 use iotflow_dataflow::replay::Cut;
 use iotflow_dataflow::runner::Parallelism;
-use iotflow_dataflow::snapshot::WorkerSnapshot;
+use iotflow_dataflow::snapshot::{CapturePlan, WorkerSnapshot};
 use iotflow_redpanda::topics::{self, TopicSpec};
 use iotflow_sink::SinkError;
 use iotflow_sink::alert_shape::{AlertRow, AlertShape};
@@ -34,7 +34,7 @@ use iotflow_sink::protocol::CommitRecord;
 use iotflow_sink::shape::{AggregateRow, AggregateShape, DatasetShape, Row};
 use rskafka::client::Client;
 use timely::dataflow::operators::Concat;
-use timely::dataflow::operators::vec::{Filter, Map};
+use timely::dataflow::operators::vec::Filter;
 
 /// Where a job without commits starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +63,8 @@ pub struct Committing {
     pub progress_topic: String,
     pub roll: Roll,
     pub fold_bytes: u64,
+    /// The whole state every this many epochs and none between; `None`: a delta every epoch.
+    pub checkpoint_every: Option<std::num::NonZeroU64>,
     /// Committed epochs that may wait for publishing at once.
     pub depth: usize,
     /// Staged-but-unpublished bytes per process before the sources wait.
@@ -135,6 +137,9 @@ pub enum StartReport {
         /// The skipped commits' epochs cut again as they were committed
         /// (first and last), as far as their records say how.
         replayed: Option<(Epoch, Epoch)>,
+        /// The state is this checkpoint's: the epochs after it through
+        /// `after` are replayed from the input, not staged again.
+        checkpoint: Option<Epoch>,
         /// Workers that committed `after`, when not the run's.
         rescaled_from: Option<u32>,
         discarded: usize,
@@ -180,7 +185,10 @@ pub enum RuntimeError {
 #[derive(Debug)]
 struct Resume {
     cfg: Arc<ExactlyOnceConfig>,
+    /// The first epoch staged.
     start: Epoch,
+    /// The first epoch the dataflow runs (before `start`: replayed).
+    state_start: Epoch,
     snapshots: Vec<WorkerSnapshot>,
     pending: Vec<Vec<PendingRows>>,
     history: Vec<(CommitRecord, i64)>,
@@ -326,7 +334,7 @@ impl LiveJob {
         let (resume, lock, mut report) = match &cfg.delivery {
             Delivery::ExactlyOnce(c) => {
                 let (mut resume, lock, report) = prepare_commits(client, &cfg, c, &routes).await?;
-                source.start_epoch = resume.start;
+                source.start_epoch = resume.state_start;
                 source.replay = std::mem::take(&mut resume.replay);
                 (Some(Arc::new(resume)), Some(lock), report)
             }
@@ -456,6 +464,7 @@ async fn prepare_commits(
         roll: c.roll,
         closing: cfg.dataflow.window_rules(),
         fold_bytes: c.fold_bytes,
+        checkpoint_every: c.checkpoint_every,
         depth: c.depth,
         max_unpublished_bytes: c.max_unpublished_bytes,
         fresh: false,
@@ -473,11 +482,12 @@ async fn prepare_commits(
             generation: eo.generation,
             offsets: start.offsets.clone(),
             skipped: start.skipped.clone(),
-            replayed: start
-                .replay
-                .first()
-                .zip(start.replay.last())
-                .map(|(a, b)| (a.epoch, b.epoch)),
+            replayed: {
+                let mut skipped = start.replay.iter().filter(|c| c.epoch >= start.epoch);
+                let first = skipped.next().map(|c| c.epoch);
+                first.map(|f| (f, skipped.next_back().map_or(f, |c| c.epoch)))
+            },
+            checkpoint: (start.state_epoch < start.epoch).then(|| start.state_epoch - 1),
             rescaled_from: (from.workers != workers).then_some(from.workers),
             discarded: start.discarded,
         },
@@ -485,6 +495,7 @@ async fn prepare_commits(
     let resume = Resume {
         cfg: Arc::new(eo),
         start: start.epoch,
+        state_start: start.state_epoch,
         snapshots: start.snapshots,
         pending: start.pending,
         history: start.history,
@@ -562,9 +573,13 @@ impl WorkerPlan {
         let index = scope.index();
         let hooks = match &self.resume {
             Some(r) => StateHooks {
-                start: r.start,
+                start: r.state_start,
                 restore: r.snapshots.get(index).cloned(),
                 capture: Some(Rc::clone(&captures)),
+                plan: CapturePlan {
+                    first: r.start,
+                    checkpoint_every: r.cfg.checkpoint_every,
+                },
             },
             None => StateHooks::default(),
         };
@@ -585,6 +600,7 @@ impl WorkerPlan {
         let aggregates = with_epoch(
             streams.results.clone(),
             "EncodeAggregates",
+            r.start,
             move |w, epoch| {
                 let (id, shape) = routes.aggregations.get(usize::from(w.aggregation))?;
                 let id = (*id)?;
@@ -599,18 +615,23 @@ impl WorkerPlan {
             self.routes.dead_letters,
             self.routes.partitions(self.routes.dead_letters),
         );
-        let dead = streams
-            .dead
-            .map(move |d| dead_outgoing(d, &source_topic, dlq, dlq_partitions));
+        let dead = with_epoch(streams.dead, "EncodeDeadLetters", r.start, move |d, _| {
+            Some(dead_outgoing(d.clone(), &source_topic, dlq, dlq_partitions))
+        });
         let (error, stop_alert) = (Arc::clone(&self.sink_err), Arc::clone(stop));
         let routes = self.routes.clone();
-        let alerts = with_epoch(streams.alerts.clone(), "EncodeAlerts", move |e, epoch| {
-            let (id, shape) = &routes.alerts;
-            let id = (*id)?;
-            alert_outgoing(e, epoch, id, routes.partitions(id), shape)
-                .map_err(|err| record_failure(&error, &stop_alert, err.to_string()))
-                .ok()
-        });
+        let alerts = with_epoch(
+            streams.alerts.clone(),
+            "EncodeAlerts",
+            r.start,
+            move |e, epoch| {
+                let (id, shape) = &routes.alerts;
+                let id = (*id)?;
+                alert_outgoing(e, epoch, id, routes.partitions(id), shape)
+                    .map_err(|err| record_failure(&error, &stop_alert, err.to_string()))
+                    .ok()
+            },
+        );
         let finals = self
             .routes
             .datasets
@@ -618,19 +639,27 @@ impl WorkerPlan {
             .map(|d| match d.shape {
                 DatasetShape::Windows(_) => {
                     let aggregation = d.aggregation;
-                    with_epoch(streams.results.clone(), "FinalRows", move |w, epoch| {
-                        (w.is_final && w.aggregation == aggregation)
-                            .then(|| Row::Window(AggregateRow::of(w, epoch)))
-                    })
+                    with_epoch(
+                        streams.results.clone(),
+                        "FinalRows",
+                        r.start,
+                        move |w, epoch| {
+                            (w.is_final && w.aggregation == aggregation)
+                                .then(|| Row::Window(AggregateRow::of(w, epoch)))
+                        },
+                    )
                 }
-                DatasetShape::Alerts(_) => {
-                    with_epoch(streams.alerts.clone(), "AlertRows", move |e, epoch| {
+                DatasetShape::Alerts(_) => with_epoch(
+                    streams.alerts.clone(),
+                    "AlertRows",
+                    r.start,
+                    move |e, epoch| {
                         Some(Row::Alert(AlertRow {
                             event: e.clone(),
                             epoch,
                         }))
-                    })
-                }
+                    },
+                ),
             })
             .collect();
         let acks = commit_outputs(
@@ -674,7 +703,7 @@ impl WorkerPlan {
         {
             for d in &self.routes.datasets {
                 let aggregation = d.aggregation;
-                let rows = with_epoch(streams.results.clone(), "FinalRows", move |w, epoch| {
+                let rows = with_epoch(streams.results.clone(), "FinalRows", 0, move |w, epoch| {
                     (w.is_final && w.aggregation == aggregation)
                         .then(|| Row::Window(AggregateRow::of(w, epoch)))
                 });

@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use crate::protocol::{CommitRecord, EpochStaging, ProtocolError, Staged};
+use crate::protocol::{Checkpoints, CommitRecord, EpochStaging, ProtocolError, Staged};
 
 /// Commits per job that recovery may fall back through.
 pub const KEPT_COMMITS: usize = 3;
@@ -77,6 +77,9 @@ pub struct Collect {
     /// Staged epoch directories (outputs, snapshots, Parquet staging) below
     /// this epoch: no kept commit's outputs or snapshot chains need them.
     pub epochs_below: u64,
+    /// Staged outputs below this epoch (at or above `epochs_below`): all
+    /// published. Their snapshots stay: a kept chain or checkpoint holds them.
+    pub outputs_below: u64,
     /// Pending-row segments started at or before this epoch...
     pub segments_upto: u64,
     /// ...except these (relative paths), which kept commits name.
@@ -89,8 +92,10 @@ impl Collect {
         let newest = kept.last()?;
         let outputs = kept.iter().map(|c| *c.maybe_unpublished().start());
         let chains = kept.iter().flat_map(|c| c.snapshots.iter().map(|s| s.base));
+        let outputs_below = outputs.clone().min().unwrap_or(newest.epoch);
         Some(Self {
             epochs_below: outputs.chain(chains).min().unwrap_or(newest.epoch),
+            outputs_below,
             segments_upto: newest.epoch,
             segments_kept: kept
                 .iter()
@@ -138,6 +143,8 @@ pub struct Committer {
     /// recovery to read (see [`Committer::log_from`]).
     offsets: BTreeMap<u64, i64>,
     staging_ended: bool,
+    /// The run's newest checkpoint, for the commits between checkpoints.
+    checkpoints: Checkpoints,
 }
 
 impl Committer {
@@ -164,6 +171,7 @@ impl Committer {
             kept,
             offsets,
             staging_ended: false,
+            checkpoints: Checkpoints::default(),
         }
     }
 
@@ -242,6 +250,7 @@ impl Committer {
             return Ok(None);
         };
         self.staging.remove(&self.next);
+        self.checkpoints.complete(&mut record)?;
         record.unpublished_from = Some(self.unpublished_from.min(self.next));
         record.log_from = self.log_from(&record);
         self.appending = Some(Arc::new(record.clone()));
@@ -478,6 +487,7 @@ mod tests {
             Collect::of(&[&a, &b, &c]),
             Some(Collect {
                 epochs_below: 8,
+                outputs_below: 10,
                 segments_upto: 12,
                 segments_kept: BTreeSet::from(["x".into(), "y".into()]),
             })

@@ -30,8 +30,12 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped when the record's meaning changes; older readers refuse newer records.
 /// 2: pipelined commits (`unpublished_from`, `log_from`): a format-1 reader
-/// would finish publishing only the latest commit.
-pub const COMMIT_FORMAT: u32 = 2;
+/// would finish publishing only the latest commit. 3: a commit between
+/// checkpoints (`checkpoint`): its snapshots are the checkpoint's, and a
+/// format-2 reader would resume from them at the commit's offsets. Records
+/// with their own snapshots are still written as 2.
+pub const COMMIT_FORMAT: u32 = 3;
+const FORMAT_WITHOUT_CHECKPOINT: u32 = 2;
 
 /// What can be wrong with protocol input.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -118,6 +122,21 @@ pub struct CommitRecord {
     /// processes as bincode, which is not self-describing.)
     #[serde(default)]
     pub source_states: BTreeMap<i32, ShareState>,
+    /// A commit between checkpoints: `snapshots` are the checkpoint's, and
+    /// recovery from this commit restores them, then cuts the epochs since
+    /// again as they were, staging none of them (format 3).
+    #[serde(default)]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// The newest checkpoint before a commit that has no snapshot of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub epoch: u64,
+    /// Next offset to read per input partition once the checkpoint's epoch was done.
+    pub source_offsets: BTreeMap<i32, i64>,
+    /// The epochs after it, through the commit's own, as they were cut.
+    pub cuts: Vec<Cut>,
 }
 
 /// One worker's final windows of one dataset waiting for the next Parquet
@@ -176,6 +195,44 @@ impl CommitRecord {
             });
         }
         Ok(record)
+    }
+}
+
+/// The run's newest checkpoint, which the commits after it name until the next.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoints {
+    latest: Option<(Vec<SnapshotEntry>, Checkpoint)>,
+}
+
+impl Checkpoints {
+    /// Completes `record` before it is appended: one with every worker's
+    /// snapshot is the newest checkpoint; one with none names the newest
+    /// checkpoint's snapshots, and the cuts since it (format 3).
+    pub fn complete(&mut self, record: &mut CommitRecord) -> Result<(), ProtocolError> {
+        if record.snapshots.len() == record.workers as usize {
+            let checkpoint = Checkpoint {
+                epoch: record.epoch,
+                source_offsets: record.source_offsets.clone(),
+                cuts: Vec::new(),
+            };
+            self.latest = Some((record.snapshots.clone(), checkpoint));
+            return Ok(());
+        }
+        let (Some((snapshots, checkpoint)), Some(cut), true) = (
+            self.latest.as_mut(),
+            record.cut(),
+            record.snapshots.is_empty(),
+        ) else {
+            return Err(ProtocolError::Unexpected {
+                epoch: record.epoch,
+                what: "snapshots of some workers only, or none and no checkpoint before",
+            });
+        };
+        checkpoint.cuts.push(cut);
+        record.snapshots.clone_from(snapshots);
+        record.checkpoint = Some(checkpoint.clone());
+        record.format = COMMIT_FORMAT;
+        Ok(())
     }
 }
 
@@ -238,7 +295,7 @@ impl EpochStaging {
             return None;
         }
         let mut record = CommitRecord {
-            format: COMMIT_FORMAT,
+            format: FORMAT_WITHOUT_CHECKPOINT,
             job: job.to_owned(),
             generation,
             epoch: self.epoch,
@@ -251,6 +308,7 @@ impl EpochStaging {
             unpublished_from: Some(self.epoch),
             log_from: None,
             source_states: BTreeMap::new(),
+            checkpoint: None,
         };
         for s in self.staged.values() {
             record.source_offsets.extend(&s.source_offsets);
@@ -613,6 +671,64 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn commits_between_checkpoints_name_the_checkpoint_and_the_cuts_since() {
+        let mut checkpoints = Checkpoints::default();
+        let without_snapshots = |epoch: u64| {
+            let mut s = EpochStaging::new(epoch, 2);
+            for w in 0..2 {
+                let staged = Staged {
+                    snapshot: None,
+                    ..staged(w, w as i32, epoch)
+                };
+                s.stage(w, staged).unwrap();
+            }
+            s.commit("job", 1).unwrap()
+        };
+        let mut first = without_snapshots(3);
+        assert!(
+            checkpoints.complete(&mut first).is_err(),
+            "nothing to name yet"
+        );
+        let mut checkpoint = commit_of(4, 1, 2);
+        checkpoints.complete(&mut checkpoint).unwrap();
+        assert_eq!((checkpoint.format, &checkpoint.checkpoint), (2, &None));
+        let (mut five, mut six) = (without_snapshots(5), without_snapshots(6));
+        checkpoints.complete(&mut five).unwrap();
+        checkpoints.complete(&mut six).unwrap();
+        assert_eq!(six.format, COMMIT_FORMAT);
+        assert_eq!(six.snapshots, checkpoint.snapshots);
+        let named = six.checkpoint.clone().unwrap();
+        assert_eq!(
+            (named.epoch, &named.source_offsets),
+            (4, &checkpoint.source_offsets)
+        );
+        assert_eq!(named.cuts, vec![five.cut().unwrap(), six.cut().unwrap()]);
+        // Some workers with snapshots and some without: refused.
+        let mut mixed = EpochStaging::new(7, 2);
+        mixed.stage(0, staged(0, 0, 7)).unwrap();
+        let no_snapshot = Staged {
+            snapshot: None,
+            ..staged(1, 1, 7)
+        };
+        mixed.stage(1, no_snapshot).unwrap();
+        assert!(
+            checkpoints
+                .complete(&mut mixed.commit("job", 1).unwrap())
+                .is_err()
+        );
+        // The next checkpoint starts over.
+        let mut eight = commit_of(8, 1, 2);
+        checkpoints.complete(&mut eight).unwrap();
+        let mut nine = without_snapshots(9);
+        checkpoints.complete(&mut nine).unwrap();
+        let named = nine.checkpoint.unwrap();
+        assert_eq!((named.epoch, named.cuts.len()), (8, 1));
+        // A format-2 reader refuses what it would misread.
+        let bytes = six.encode().unwrap();
+        assert_eq!(CommitRecord::decode(&bytes).unwrap(), six);
     }
 
     #[test]

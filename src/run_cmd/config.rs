@@ -158,6 +158,7 @@ impl RunArgs {
                     epochs: self.parquet_roll_epochs,
                 },
                 fold_bytes: self.snapshot_fold_bytes,
+                checkpoint_every: std::num::NonZeroU64::new(self.checkpoint_every),
                 depth: self.commit_depth,
                 max_unpublished_bytes: self.max_unpublished_bytes,
             })

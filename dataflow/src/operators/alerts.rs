@@ -25,7 +25,7 @@ use super::windows::Captures;
 use crate::alert::{AlertEvent, AlertRules, Seen, Series};
 use crate::job::{Epoch, JobConfig, WindowResult, held_from};
 use crate::metrics::JobMetrics;
-use crate::snapshot::AlertSeries;
+use crate::snapshot::{AlertSeries, Capture, CapturePlan};
 use crate::watermark::{ShareReport, WatermarkCombiner};
 
 /// Every series of this worker, and when each silent key is due.
@@ -140,7 +140,7 @@ pub(super) fn alerts<'scope>(
     cfg: JobConfig,
     start: Epoch,
     restore: Option<(Vec<ShareReport>, Option<i64>, Vec<AlertSeries>)>,
-    capture: Option<Captures>,
+    capture: Option<(Captures, CapturePlan)>,
     metrics: Arc<JobMetrics>,
 ) -> Stream<'scope, Epoch, Vec<AlertEvent>> {
     let mut builder = OperatorBuilder::new("Alerts".to_owned(), results.scope());
@@ -173,8 +173,6 @@ pub(super) fn alerts<'scope>(
                 book.reindex(a.rule, &key, None);
             }
         }
-        // The first epoch of a run captures everything: its snapshot is whole.
-        let mut whole = true;
 
         move |frontiers| {
             results_in.for_each(|time, data| crate::job::stash(&mut pending, &time, data));
@@ -191,9 +189,16 @@ pub(super) fn alerts<'scope>(
                 }
                 let mut out = book.epoch(finals, combiner.watermark());
                 metrics.with_alert_board(|b| b.stage(next, &out));
-                if let Some(capture) = &capture {
-                    let series = book.captured(std::mem::take(&mut whole));
-                    capture.borrow_mut().add_alerts(next, series);
+                if let Some((capture, plan)) = &capture {
+                    match plan.at(next) {
+                        Capture::Whole => {
+                            capture.borrow_mut().add_alerts(next, book.captured(true))
+                        }
+                        Capture::Delta => {
+                            capture.borrow_mut().add_alerts(next, book.captured(false))
+                        }
+                        Capture::Nothing => book.changed.clear(),
+                    }
                 }
                 if !out.is_empty() {
                     events_out.activate().session(cap).give_container(&mut out);

@@ -34,7 +34,7 @@ use crate::aggregate::ordered_bits;
 use crate::aggregation::{Aggregation, RECORD_OUTCOME_METRIC};
 use crate::job::{Classified, Epoch, JobConfig, MAX_EPOCHS_IN_FLIGHT, StateHooks, held_from};
 use crate::metrics::{AggregationCounts, JobMetrics};
-use crate::snapshot::{self, WorkerSnapshot};
+use crate::snapshot::{self, Capture, CapturePlan, WorkerSnapshot};
 use crate::watermark::{ShareReport, WatermarkCombiner};
 
 /// Runs bound for one worker: per (aggregation, group key, window slot), one
@@ -71,8 +71,8 @@ struct State {
     sweep_at: usize,
     /// Per aggregation: its keys and scratch.
     per_aggregation: Vec<PerAggregation>,
-    /// Whether snapshots are taken (the job commits).
-    capturing: bool,
+    /// What each epoch's snapshot holds, when the job commits.
+    capture: Option<CapturePlan>,
     /// Dedupe keys this epoch added, for the snapshot delta: (series, seq, expires at).
     seen_added: Vec<(u32, u64, i64)>,
     // Scratch kept for its capacity.
@@ -202,6 +202,7 @@ pub(crate) fn assign<'scope>(
     let mut runs_out = OutputBuilder::from(runs_out);
     let start = hooks.start;
     let capture = hooks.capture.clone();
+    let first_staged = hooks.plan.first;
     let mut state = State {
         combiner: WatermarkCombiner::new(cfg.watermark),
         per_aggregation: cfg
@@ -219,7 +220,7 @@ pub(crate) fn assign<'scope>(
         seen: Vec::new(),
         seen_len: 0,
         sweep_at: SEEN_SWEEP_MIN,
-        capturing: capture.is_some(),
+        capture: capture.is_some().then_some(hooks.plan),
         seen_added: Vec::new(),
         counts: Vec::new(),
         grouped: Vec::new(),
@@ -271,8 +272,9 @@ pub(crate) fn assign<'scope>(
                 if arrived.capacity() > 0 && spare_rows.len() <= MAX_EPOCHS_IN_FLIGHT as usize {
                     spare_rows.push(arrived);
                 }
-                if let Some(capture) = &capture {
-                    let snap = state.snapshot(next, start, &names.borrow());
+                // Replayed epochs were committed before: nothing to stage.
+                if let Some(capture) = capture.as_ref().filter(|_| next >= first_staged) {
+                    let snap = state.snapshot(next, &names.borrow());
                     capture.borrow_mut().put(next, snap);
                 }
                 if !batches.is_empty() {
@@ -315,9 +317,6 @@ impl State {
                 row: 0,
             };
             self.seen[series as usize].insert(k.seq, seen);
-            if self.capturing {
-                self.seen_added.push((series, k.seq, k.expires_at));
-            }
         }
         self.seen_len = self.seen.iter().map(SeriesSeen::len).sum();
     }
@@ -355,7 +354,7 @@ impl State {
             worker: self.worker,
             workers: self.workers,
         };
-        let capture = self.capturing;
+        let capture = self.capture.is_some_and(|p| p.at(epoch) == Capture::Delta);
         for (series, range) in groups {
             let series_seen = &mut self.seen[series as usize];
             let before = series_seen.len();
@@ -412,11 +411,23 @@ impl State {
         batches
     }
 
-    /// This epoch's snapshot delta of Assign's part (Collect adds the windows).
-    fn snapshot(&mut self, epoch: Epoch, start: Epoch, names: &Names) -> WorkerSnapshot {
+    /// This epoch's snapshot of Assign's part (Collect or Emit adds the
+    /// windows): the keys it added, or with checkpoints every key held at a
+    /// checkpoint and none between.
+    fn snapshot(&mut self, epoch: Epoch, names: &Names) -> WorkerSnapshot {
         // Keys the epoch's own watermark expired are in no state (see
         // `WorkerSnapshot::drop_closed`): on a backlog, most of them.
         let watermark = self.combiner.emitted();
+        let capture = self.capture.map_or(Capture::Nothing, |p| p.at(epoch));
+        if capture == Capture::Whole {
+            self.seen_added.clear();
+            for (series, seen) in self.seen.iter().enumerate() {
+                let keys = seen
+                    .iter()
+                    .map(|(seq, s)| (series as u32, seq, s.expires_at));
+                self.seen_added.extend(keys);
+            }
+        }
         self.seen_added
             .retain(|&(_, _, expires_at)| snapshot::outlives(expires_at, watermark));
         // Ordered by interned ids, not by name: one order within a run
@@ -458,7 +469,7 @@ impl State {
             windows: Vec::new(),
             alerts: Vec::new(),
             // The sink fills in the predecessor's size and checksum.
-            previous: (epoch > start).then(|| snapshot::Link {
+            previous: (capture == Capture::Delta).then(|| snapshot::Link {
                 epoch: epoch - 1,
                 bytes: 0,
                 checksum: 0,

@@ -30,7 +30,7 @@ use crate::aggregation::Window;
 use crate::digest::Digest;
 use crate::job::{EmitMode, Epoch, JobConfig, StateHooks, held_from};
 use crate::session::Sessions;
-use crate::snapshot::OpenWindow;
+use crate::snapshot::{Capture, OpenWindow};
 use crate::watermark::{ShareReport, WatermarkCombiner};
 
 /// The windows open on this worker and when they close.
@@ -181,6 +181,7 @@ pub(super) fn collect<'scope>(
             start,
             restore,
             capture,
+            plan,
         } = hooks;
         let mut caps = held_from(caps, start);
         let mut next: Epoch = start;
@@ -211,9 +212,6 @@ pub(super) fn collect<'scope>(
                     readings = Digest::of_entries(&readings).entries();
                 }
                 life.add(key, &readings);
-                if capture.is_some() {
-                    opened.push(w);
-                }
                 restored.push(((key, readings.into()), start, 1));
             }
             // Restoring touches nothing: updates report what epochs change.
@@ -229,6 +227,8 @@ pub(super) fn collect<'scope>(
                     break;
                 }
                 let mut out: Vec<Update> = std::mem::take(&mut restored);
+                // Deltas only: a whole capture Emit reads out of the arrangement.
+                let delta = capture.as_ref().filter(|_| plan.at(next) == Capture::Delta);
                 let mut batches = pending.remove(&next).unwrap_or_default();
                 // One order of runs whatever order the workers' batches came in:
                 // sessions merge the same way, snapshots have the same bytes.
@@ -239,7 +239,7 @@ pub(super) fn collect<'scope>(
                     let mut digests: BTreeMap<WindowKey, (RunHead, Digest)> = BTreeMap::new();
                     let mut add = |key: WindowKey, head: RunHead, run: WindowVal| {
                         life.add(key, &run);
-                        if capture.is_some() {
+                        if delta.is_some() {
                             opened.push(OpenWindow {
                                 aggregation: head.aggregation,
                                 key: head.key,
@@ -276,7 +276,7 @@ pub(super) fn collect<'scope>(
                     combiner.apply(&r);
                 }
                 let mut window_events = life.events(combiner.watermark());
-                if let Some(capture) = &capture {
+                if let Some(capture) = delta {
                     opened.sort_unstable_by(|a, b| {
                         (a.aggregation, &a.key, a.start)
                             .cmp(&(b.aggregation, &b.key, b.start))

@@ -92,6 +92,14 @@ impl SeriesSeen {
         }
     }
 
+    /// Every key held, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Seen)> {
+        self.ascending
+            .iter()
+            .map(|(seq, s)| (*seq, s))
+            .chain(self.others.iter().map(|(seq, s)| (*seq, s)))
+    }
+
     /// Drops the keys that expired under watermark `wm`.
     pub fn retain_live(&mut self, wm: i64) {
         self.ascending.retain(|(_, s)| s.expires_at > wm);

@@ -26,12 +26,13 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::progress::frontier::AntichainRef;
 
-use super::windows::{Keys, StateSpine, Update, WindowEvent, WindowVal};
+use super::windows::{Captures, Keys, StateSpine, Update, WindowEvent, WindowVal};
 use crate::aggregate::{Measured, from_ordered_bits};
 use crate::aggregation::Window;
 use crate::digest::Digest;
 use crate::job::{Epoch, JobConfig, WindowResult, held_from};
 use crate::metrics::{AggregationCounts, JobMetrics};
+use crate::snapshot::{Capture, CapturePlan, OpenWindow};
 
 /// What the windows of one epoch are computed with.
 struct Measures {
@@ -150,6 +151,53 @@ impl Measures {
     }
 }
 
+/// The whole window state through the epoch just emitted, as a snapshot's
+/// open windows: every key's runs the trace holds, readings sorted. Windows
+/// that epoch closed are still there (their retractions come an epoch
+/// later); the stager drops what the watermark closed, as from a delta.
+fn open_windows(trace: &mut TraceAgent<StateSpine>, keys: &Keys) -> Vec<OpenWindow> {
+    let Some(batches) = trace.batches_through(AntichainRef::new(&[])) else {
+        unreachable!("the window-state trace refused a cursor over all of it")
+    };
+    let (mut cursor, storage) = cursor_list(batches);
+    let mut windows = Vec::new();
+    while let Some(&(aggregation, id, start)) = cursor.get_key(&storage) {
+        let mut readings: Vec<(i64, u64)> = Vec::new();
+        while let Some(run) = cursor.get_val(&storage) {
+            let mut n: isize = 0;
+            cursor.map_times(&storage, |_, d| n += *d);
+            for _ in 0..n.max(0) {
+                let bits = run
+                    .iter()
+                    .map(|&(ts, b)| (ts, from_ordered_bits(b).to_bits()));
+                readings.extend(bits);
+            }
+            cursor.step_val(&storage);
+        }
+        if !readings.is_empty() {
+            readings.sort_unstable();
+            windows.push(OpenWindow {
+                aggregation: aggregation as u16,
+                key: keys.name(id),
+                start,
+                readings,
+            });
+        }
+        cursor.step_key(&storage);
+    }
+    windows.sort_unstable_by(|a, b| {
+        (a.aggregation, &a.key, a.start).cmp(&(b.aggregation, &b.key, b.start))
+    });
+    windows
+}
+
+/// Where Emit starts, and where it leaves the whole window state when the
+/// plan says so.
+pub(super) struct EmitHooks {
+    pub start: Epoch,
+    pub capture: Option<(Captures, CapturePlan)>,
+}
+
 /// See the module docs.
 pub(super) fn emit<'scope>(
     events: Stream<'scope, Epoch, Vec<WindowEvent>>,
@@ -158,7 +206,7 @@ pub(super) fn emit<'scope>(
     cfg: JobConfig,
     keys: Rc<RefCell<Keys>>,
     metrics: Arc<JobMetrics>,
-    start: Epoch,
+    hooks: EmitHooks,
 ) -> (
     Stream<'scope, Epoch, Vec<WindowResult>>,
     Stream<'scope, Epoch, Vec<Update>>,
@@ -172,6 +220,7 @@ pub(super) fn emit<'scope>(
     let mut results_out = OutputBuilder::from(results_out);
     let mut retract_out = OutputBuilder::from(retract_out);
 
+    let EmitHooks { start, capture } = hooks;
     builder.build(move |caps| {
         let mut caps = held_from(caps, start);
         let mut trace = Some(trace);
@@ -276,6 +325,12 @@ pub(super) fn emit<'scope>(
                         .activate()
                         .session(retract_cap)
                         .give_container(&mut undo);
+                }
+                if let Some((capture, plan)) = &capture
+                    && plan.at(next) == Capture::Whole
+                {
+                    let windows = open_windows(tr, &measures.keys.borrow());
+                    capture.borrow_mut().add_windows(next, windows);
                 }
                 next += 1;
                 tr.set_logical_compaction(AntichainRef::new(&[next]));

@@ -36,7 +36,7 @@ use timely::dataflow::operators::core::{Concat, ConnectLoop, Feedback};
 use super::alerts::alerts;
 use super::assign::assign;
 use super::collect::collect;
-use super::emit::emit;
+use super::emit::{EmitHooks, emit};
 use super::names::Names;
 pub use super::names::device_owner;
 use crate::alert::AlertEvent;
@@ -59,10 +59,12 @@ pub(super) type WindowVal = Arc<[(i64, u64)]>;
 pub(super) type Update = ((WindowKey, WindowVal), Epoch, isize);
 pub(super) type StateSpine = ValSpine<WindowKey, WindowVal, Epoch, isize>;
 
-/// Each epoch's snapshot of this worker: Assign's part (reports, watermark,
-/// the dedupe keys the epoch added) and Collect's (the window readings it
-/// added), a delta on the epoch before, or whole at the first epoch of a run
-/// (which re-adds everything restored). A sink takes it and links the chain.
+/// Each staged epoch's snapshot of this worker, as its
+/// [`crate::snapshot::CapturePlan`] says: Assign's part (reports, watermark,
+/// dedupe keys), the windows (Collect's deltas, or Emit's whole state read
+/// out of the arrangement) and the alert series. Epochs that capture nothing
+/// still carry the reports (where the epoch was cut). A sink takes it and
+/// links the chain.
 #[derive(Debug, Default)]
 pub struct Snapshots {
     ready: BTreeMap<Epoch, WorkerSnapshot>,
@@ -155,7 +157,7 @@ pub fn windows<'scope>(
             std::mem::take(&mut s.alerts),
         )
     });
-    let alert_capture = hooks.capture.clone();
+    let capture = hooks.capture.clone().map(|c| (c, hooks.plan));
     let names = Rc::new(RefCell::new(Names::default()));
     let keys = Rc::new(RefCell::new(Keys::default()));
     let start = hooks.start;
@@ -183,7 +185,10 @@ pub fn windows<'scope>(
         cfg.clone(),
         keys,
         Arc::clone(&metrics),
-        start,
+        EmitHooks {
+            start,
+            capture: capture.clone(),
+        },
     );
     retractions.connect_loop(retract_handle);
     // Without rules nothing reads the results a second time (a stream's
@@ -196,7 +201,7 @@ pub fn windows<'scope>(
             cfg,
             start,
             alert_state,
-            alert_capture,
+            capture,
             metrics,
         ),
     };

@@ -432,3 +432,31 @@ fn keys_order_by_series_name_whether_they_share_their_names_or_not() {
     // The point of sharing: a key per reading stays small while it waits to be staged.
     assert_eq!(std::mem::size_of::<SeenKey>(), 24);
 }
+
+#[test]
+fn a_run_captures_its_first_staged_epoch_whole_then_deltas_or_checkpoints() {
+    use Capture::{Delta, Nothing, Whole};
+    let deltas = CapturePlan {
+        first: 5,
+        checkpoint_every: None,
+    };
+    let at = |plan: CapturePlan| (3..=9).map(|e| plan.at(e)).collect::<Vec<_>>();
+    assert_eq!(
+        at(deltas),
+        [Nothing, Nothing, Whole, Delta, Delta, Delta, Delta]
+    );
+    let every_4 = CapturePlan {
+        checkpoint_every: std::num::NonZeroU64::new(4),
+        ..deltas
+    };
+    // Epochs 3 and 4 are replayed; 8 is a checkpoint.
+    assert_eq!(
+        at(every_4),
+        [Nothing, Nothing, Whole, Nothing, Nothing, Whole, Nothing]
+    );
+    let every_1 = CapturePlan {
+        checkpoint_every: std::num::NonZeroU64::new(1),
+        ..deltas
+    };
+    assert!((5..9).all(|e| every_1.at(e) == Whole));
+}

@@ -48,6 +48,7 @@ use std::time::Instant;
 use iotflow_dataflow::job::Epoch;
 use iotflow_dataflow::metrics::JobMetrics;
 use iotflow_dataflow::operators::windows::Captures;
+use iotflow_dataflow::snapshot::CapturePlan;
 use timely::dataflow::Stream;
 use timely::dataflow::operators::core::{ConnectLoop, Feedback};
 
@@ -81,6 +82,10 @@ pub struct ExactlyOnceConfig {
     /// Deltas fold into a whole snapshot once they add up to this many bytes
     /// or the last whole one, whichever is more.
     pub fold_bytes: u64,
+    /// The whole state every this many epochs and no snapshot between
+    /// (recovery replays the epochs after the newest checkpoint); `None`:
+    /// a delta every epoch.
+    pub checkpoint_every: Option<std::num::NonZeroU64>,
     /// Committed epochs that may wait for publishing at once (pipelining).
     pub depth: usize,
     /// Staged-but-unpublished output bytes (per process) past which the
@@ -139,6 +144,14 @@ pub struct WorkerSinks {
 }
 
 impl SinkContext {
+    /// What the workers capture at each epoch: the sink's plan.
+    pub fn capture_plan(&self) -> CapturePlan {
+        CapturePlan {
+            first: self.start,
+            checkpoint_every: self.cfg.checkpoint_every,
+        }
+    }
+
     /// Records the first failure and stops the job.
     pub fn fail(&self, e: SinkError) {
         crate::kafka::record_failure(&self.error, &self.stop, e.to_string());

@@ -240,10 +240,12 @@ pub fn dead_outgoing(
 }
 
 /// `f` over each item with its epoch (aggregates carry the epoch they were
-/// emitted at); `None` drops the item.
+/// emitted at); `None` drops the item. Items of epochs before `from` are
+/// dropped unread: replayed epochs, committed before.
 pub fn with_epoch<'scope, T, U, F>(
     stream: timely::dataflow::Stream<'scope, Epoch, Vec<T>>,
     name: &str,
+    from: Epoch,
     mut f: F,
 ) -> timely::dataflow::Stream<'scope, Epoch, Vec<U>>
 where
@@ -258,6 +260,9 @@ where
         move |input, output| {
             input.for_each(|time, data| {
                 let epoch = iotflow_dataflow::job::epoch_of(&time);
+                if epoch < from {
+                    return;
+                }
                 let mut session = output.session(&time);
                 for item in data.iter() {
                     if let Some(u) = f(item, epoch) {

@@ -35,7 +35,13 @@ use super::state_dir::{discard_epoch, outputs_path, snapshot_epoch, staged_epoch
 /// Where a run starts.
 #[derive(Debug)]
 pub struct RunStart {
+    /// The first epoch the run stages.
     pub epoch: Epoch,
+    /// The first epoch the dataflow runs: after the restored state's. Before
+    /// `epoch` when the state is a checkpoint's: the epochs between are
+    /// replayed (cut as `replay` says), not staged.
+    pub state_epoch: Epoch,
+    /// Where the dataflow starts reading, per input partition.
     pub offsets: BTreeMap<i32, i64>,
     /// Per worker (global index); empty when starting fresh.
     pub snapshots: Vec<WorkerSnapshot>,
@@ -193,6 +199,7 @@ pub async fn prepare(
             cfg.fresh = true;
             Ok(RunStart {
                 epoch: 0,
+                state_epoch: 0,
                 offsets: BTreeMap::new(),
                 snapshots: Vec::new(),
                 pending: Vec::new(),
@@ -228,7 +235,8 @@ pub async fn prepare(
                 state,
             };
             let mut start = resume(cfg, resumed, workers, process, lock).await?;
-            (start.discarded, start.skipped, start.replay) = (discard.len(), skipped, replay);
+            (start.discarded, start.skipped) = (discard.len(), skipped);
+            start.replay.extend(replay);
             Ok(start)
         }
     }
@@ -278,15 +286,22 @@ async fn resume(
         &cfg.datasets,
         &cfg.closing,
     );
+    // A commit between checkpoints: its state is the checkpoint's, and the
+    // epochs since are cut again as they were.
+    let (state_epoch, offsets, replay) = match r.from.checkpoint {
+        Some(c) => (c.epoch + 1, c.source_offsets, c.cuts),
+        None => (r.from.epoch + 1, r.from.source_offsets, Vec::new()),
+    };
     Ok(RunStart {
         epoch: r.from.epoch + 1,
-        offsets: r.from.source_offsets,
+        state_epoch,
+        offsets,
         snapshots,
         pending,
         history: r.history,
         discarded: 0,
         skipped: Vec::new(),
-        replay: Vec::new(),
+        replay,
         lock,
     })
 }

@@ -52,7 +52,7 @@ fn stage_thread(
     activator: SyncActivator,
 ) -> Result<StageThread, SinkError> {
     let (cfg, held) = (Arc::clone(&ctx.cfg), Arc::clone(&ctx.held));
-    let mut stager = Stager::new(cfg, worker, ctx.restored.clone());
+    let mut stager = Stager::new(cfg, ctx.capture_plan(), worker, ctx.restored.clone());
     Offload::spawn("stage", activator, move |job: StageJob| {
         let epoch = job.epoch;
         let mut staged = stager.stage(job).map_err(|e| e.at("staging", epoch))?;
@@ -194,9 +194,17 @@ pub fn stage<'scope>(
                 caps = None;
                 return;
             };
-            records_in.for_each(|time, data| stash(&mut shell.records, &time, data));
+            // Epochs before the first staged one are replayed: committed before.
+            records_in.for_each(|time, data| {
+                if epoch_of(&time) >= start {
+                    stash(&mut shell.records, &time, data);
+                }
+            });
             for (i, input) in datasets_in.iter_mut().enumerate() {
                 input.for_each(|time, data| {
+                    if epoch_of(&time) < start {
+                        return;
+                    }
                     let slots = shell
                         .finals
                         .entry(epoch_of(&time))

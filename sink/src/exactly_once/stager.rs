@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use iotflow_dataflow::job::Epoch;
-use iotflow_dataflow::snapshot::{Link, WorkerSnapshot};
+use iotflow_dataflow::snapshot::{Capture, CapturePlan, Link, WorkerSnapshot};
 
 use crate::error::SinkError;
 use crate::failpoint::{self, Site};
@@ -54,6 +54,7 @@ pub struct StagedEpoch {
 #[derive(Debug)]
 pub struct Stager {
     cfg: Arc<ExactlyOnceConfig>,
+    plan: CapturePlan,
     worker: u32,
     chain: Chain,
     /// Per dataset, in the config's order.
@@ -62,10 +63,16 @@ pub struct Stager {
 
 impl Stager {
     /// `restored`: each dataset's pending rows from recovery (missing ones are empty).
-    pub fn new(cfg: Arc<ExactlyOnceConfig>, worker: u32, mut restored: Vec<PendingRows>) -> Self {
+    pub fn new(
+        cfg: Arc<ExactlyOnceConfig>,
+        plan: CapturePlan,
+        worker: u32,
+        mut restored: Vec<PendingRows>,
+    ) -> Self {
         restored.resize_with(cfg.datasets.len(), PendingRows::default);
         Self {
             cfg,
+            plan,
             worker,
             chain: Chain::default(),
             pending: restored,
@@ -87,16 +94,24 @@ impl Stager {
             staged.source_states.insert(r.partition, r.state);
         }
         let outputs = StagedOutputs::of(records, &self.cfg.outputs)?;
+        let mut wrote = false;
         if !outputs.is_empty() {
             let path = outputs_path(&self.cfg.state_dir, epoch, self.worker);
             write_synced(&path, &outputs.encode()?, None)?;
             staged.publish = publish_targets(&outputs);
+            wrote = true;
         }
         self.stage_rows(epoch, finals, last, &mut staged)?;
-        staged.snapshot = Some(self.stage_snapshot(epoch, snapshot)?);
-        // One sync for the epoch directory's outputs and snapshot names.
-        let dir = epoch_dir(&self.cfg.state_dir, epoch);
-        durable::sync_dir(&dir).map_err(SinkError::io("syncing", &dir))?;
+        // Between checkpoints no snapshot: the commit names the last one's.
+        if self.plan.at(epoch) != Capture::Nothing {
+            staged.snapshot = Some(self.stage_snapshot(epoch, snapshot)?);
+            wrote = true;
+        }
+        if wrote {
+            // One sync for the epoch directory's outputs and snapshot names.
+            let dir = epoch_dir(&self.cfg.state_dir, epoch);
+            durable::sync_dir(&dir).map_err(SinkError::io("syncing", &dir))?;
+        }
         failpoint::hit(Site::AfterStage);
         Ok(StagedEpoch {
             epoch,

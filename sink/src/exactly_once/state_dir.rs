@@ -86,6 +86,33 @@ pub fn discard_epoch(state_dir: &Path, parquet_dir: &Path, epoch: Epoch) -> Resu
     Ok(())
 }
 
+/// Removes an epoch's staged outputs (published), keeping its snapshots;
+/// the directory goes once nothing is left in it (between checkpoints).
+fn discard_outputs(state_dir: &Path, epoch: Epoch) -> Result<(), SinkError> {
+    let dir = epoch_dir(state_dir, epoch);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    let mut left = 0;
+    for entry in entries {
+        let entry = entry.map_err(SinkError::io("listing", &dir))?;
+        if entry.file_name().to_string_lossy().ends_with(".out") {
+            fs::remove_file(entry.path()).map_err(SinkError::io("removing", entry.path()))?;
+        } else {
+            left += 1;
+        }
+    }
+    if left == 0 {
+        match fs::remove_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(SinkError::io("removing", dir)(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary name, fsynced, in a
 /// directory created durably, passing `halfway` once half of the bytes are
 /// written. The name is durable once the caller syncs the directory
@@ -109,9 +136,13 @@ pub fn write_synced(path: &Path, bytes: &[u8], halfway: Option<Site>) -> Result<
 /// Removes what `collect` allows: staged epochs below its bound, and pending
 /// segments up to its epoch that no kept commit names.
 pub fn collect(state_dir: &Path, parquet_dir: &Path, collect: &Collect) -> Result<(), SinkError> {
-    for e in staged_epochs(state_dir)?.range(..collect.epochs_below) {
+    let staged = staged_epochs(state_dir)?;
+    for e in staged.range(..collect.epochs_below) {
         failpoint::hit(Site::Collect);
         discard_epoch(state_dir, parquet_dir, *e)?;
+    }
+    for e in staged.range(collect.epochs_below..collect.outputs_below.max(collect.epochs_below)) {
+        discard_outputs(state_dir, *e)?;
     }
     let root = state_dir.join(PENDING);
     let Ok(datasets) = fs::read_dir(&root) else {
@@ -165,6 +196,7 @@ mod tests {
             &parquet_dir,
             &Collect {
                 epochs_below: 5,
+                outputs_below: 5,
                 segments_upto: 5,
                 segments_kept: BTreeSet::from([segment(4)]),
             },
@@ -184,6 +216,27 @@ mod tests {
             state.join(segment(6)).exists(),
             "newer than the newest commit"
         );
+    }
+
+    #[test]
+    fn published_outputs_go_and_a_kept_checkpoint_s_snapshot_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, parquet_dir) = (dir.path().join("state"), dir.path().join("parquet"));
+        for e in [4, 5, 6, 7] {
+            write_synced(&outputs_path(&state, e, 0), b"x", None).unwrap();
+        }
+        write_synced(&state.join(snapshot_path(4, 0)), b"s", None).unwrap();
+        let collect_ = Collect {
+            epochs_below: 4,
+            outputs_below: 7,
+            segments_upto: 3,
+            segments_kept: BTreeSet::new(),
+        };
+        collect(&state, &parquet_dir, &collect_).unwrap();
+        assert_eq!(staged_epochs(&state).unwrap(), BTreeSet::from([4, 7]));
+        assert!(state.join(snapshot_path(4, 0)).exists(), "the checkpoint");
+        assert!(!outputs_path(&state, 4, 0).exists(), "published");
+        assert!(outputs_path(&state, 7, 0).exists(), "not yet published");
     }
 
     #[test]
