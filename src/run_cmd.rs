@@ -230,8 +230,8 @@ pub struct RunArgs {
     /// The whole state every this many epochs (a checkpoint) and no snapshot between:
     /// a restart restores the last checkpoint and replays the epochs since from the
     /// input, cut as they were committed (8 × 250 ms = 2 s of input live). 0: a snapshot
-    /// delta every epoch instead (no replay; about 0.1× of exactly once's throughput on
-    /// a backlog, and more memory).
+    /// delta every epoch instead (no replay on a restart, but on a backlog about a tenth
+    /// slower and more memory).
     #[arg(long, env = "IOTFLOW_CHECKPOINT_EVERY", default_value_t = 8)]
     checkpoint_every: u64,
     /// Committed epochs that may still be publishing while the next commits
