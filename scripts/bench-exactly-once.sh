@@ -26,7 +26,8 @@ HISTORY=${HISTORY:-100000}
 home=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  # Reaped here, so the shell does not report them as killed.
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
   "$BIN" --home "$home" broker stop >/dev/null 2>&1 || true
   rm -rf "$home"
 }

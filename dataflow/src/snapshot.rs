@@ -234,6 +234,16 @@ pub struct OpenWindow {
     pub readings: Vec<(i64, u64)>,
 }
 
+impl OpenWindow {
+    /// The order a snapshot holds its windows in: by aggregation, key and
+    /// start, then readings (a delta may hold one window twice).
+    pub fn snapshot_order(a: &Self, b: &Self) -> std::cmp::Ordering {
+        (a.aggregation, &a.key, a.start)
+            .cmp(&(b.aggregation, &b.key, b.start))
+            .then_with(|| a.readings.cmp(&b.readings))
+    }
+}
+
 /// What an alert rule remembers of one group key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertSeries {

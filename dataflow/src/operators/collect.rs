@@ -277,11 +277,7 @@ pub(super) fn collect<'scope>(
                 }
                 let mut window_events = life.events(combiner.watermark());
                 if let Some(capture) = delta {
-                    opened.sort_unstable_by(|a, b| {
-                        (a.aggregation, &a.key, a.start)
-                            .cmp(&(b.aggregation, &b.key, b.start))
-                            .then_with(|| a.readings.cmp(&b.readings))
-                    });
+                    opened.sort_unstable_by(OpenWindow::snapshot_order);
                     capture
                         .borrow_mut()
                         .add_windows(next, std::mem::take(&mut opened));

@@ -28,7 +28,7 @@ use timely::progress::frontier::AntichainRef;
 
 use super::windows::{Captures, Keys, StateSpine, Update, WindowEvent, WindowVal};
 use crate::aggregate::{Measured, from_ordered_bits};
-use crate::aggregation::Window;
+use crate::aggregation::{Aggregation, Window};
 use crate::digest::Digest;
 use crate::job::{Epoch, JobConfig, WindowResult, held_from};
 use crate::metrics::{AggregationCounts, JobMetrics};
@@ -163,17 +163,14 @@ fn open_windows(trace: &mut TraceAgent<StateSpine>, keys: &Keys) -> Vec<OpenWind
     let mut windows = Vec::new();
     while let Some(&(aggregation, id, start)) = cursor.get_key(&storage) {
         let mut readings: Vec<(i64, u64)> = Vec::new();
-        while let Some(run) = cursor.get_val(&storage) {
-            let mut n: isize = 0;
-            cursor.map_times(&storage, |_, d| n += *d);
+        for_each_run(&mut cursor, &storage, |run, n| {
             for _ in 0..n.max(0) {
                 let bits = run
                     .iter()
                     .map(|&(ts, b)| (ts, from_ordered_bits(b).to_bits()));
                 readings.extend(bits);
             }
-            cursor.step_val(&storage);
-        }
+        });
         if !readings.is_empty() {
             readings.sort_unstable();
             windows.push(OpenWindow {
@@ -185,10 +182,52 @@ fn open_windows(trace: &mut TraceAgent<StateSpine>, keys: &Keys) -> Vec<OpenWind
         }
         cursor.step_key(&storage);
     }
-    windows.sort_unstable_by(|a, b| {
-        (a.aggregation, &a.key, a.start).cmp(&(b.aggregation, &b.key, b.start))
-    });
+    windows.sort_unstable_by(OpenWindow::snapshot_order);
     windows
+}
+
+/// `f` over each run the trace holds at the cursor's key, with its
+/// multiplicity through every time (runs that sum to nothing left out).
+fn for_each_run<C>(cursor: &mut C, storage: &C::Storage, mut f: impl FnMut(&WindowVal, isize))
+where
+    C: for<'a> Cursor<Val<'a> = &'a WindowVal, DiffGat<'a> = &'a isize>,
+{
+    while let Some(run) = cursor.get_val(storage) {
+        let mut n: isize = 0;
+        cursor.map_times(storage, |_, d| n += *d);
+        if n != 0 {
+            f(run, n);
+        }
+        cursor.step_val(storage);
+    }
+}
+
+/// Counts an epoch's results in the job's metrics: final windows per
+/// aggregation, and updates. A bad-data rule's windows are the rule's, not
+/// the job's output.
+fn count_emitted(metrics: &JobMetrics, aggregations: &[Aggregation], out: &[WindowResult]) {
+    let mut per: Vec<u64> = vec![0; aggregations.len()];
+    for r in out.iter().filter(|r| r.is_final) {
+        if let Some(n) = per.get_mut(usize::from(r.aggregation)) {
+            *n += 1;
+        }
+    }
+    let mut finals = 0;
+    for (agg, windows) in aggregations.iter().zip(per) {
+        if windows > 0 && agg.takes_readings() {
+            finals += windows;
+            let counts = AggregationCounts {
+                windows,
+                ..AggregationCounts::default()
+            };
+            metrics.add_aggregation(&agg.name, counts);
+        }
+    }
+    metrics.windows_emitted.fetch_add(finals, Ordering::Relaxed);
+    let updates = out.iter().filter(|r| !r.is_final).count() as u64;
+    metrics
+        .updates_emitted
+        .fetch_add(updates, Ordering::Relaxed);
 }
 
 /// Where Emit starts, and where it leaves the whole window state when the
@@ -272,47 +311,13 @@ pub(super) fn emit<'scope>(
                             continue;
                         }
                         runs.clear();
-                        while let Some(run) = cursor.get_val(&storage) {
-                            let mut n: isize = 0;
-                            cursor.map_times(&storage, |_, d| n += *d);
-                            if n != 0 {
-                                runs.push((run.clone(), n));
-                            }
-                            cursor.step_val(&storage);
-                        }
+                        for_each_run(&mut cursor, &storage, |run, n| {
+                            runs.push((run.clone(), n));
+                        });
                         measures.key(events, &runs, next, retract, &mut out, &mut undo);
                     }
                 }
-                // A bad-data rule's windows are the rule's, not the job's output.
-                let aggs = &measures.cfg.aggregations;
-                let finals = out
-                    .iter()
-                    .filter(|r| r.is_final)
-                    .filter(|r| {
-                        aggs.get(usize::from(r.aggregation))
-                            .is_some_and(|a| a.takes_readings())
-                    })
-                    .count() as u64;
-                metrics.windows_emitted.fetch_add(finals, Ordering::Relaxed);
-                let mut per: Vec<u64> = vec![0; measures.cfg.aggregations.len()];
-                for r in out.iter().filter(|r| r.is_final) {
-                    if let Some(n) = per.get_mut(usize::from(r.aggregation)) {
-                        *n += 1;
-                    }
-                }
-                for (agg, windows) in measures.cfg.aggregations.iter().zip(per) {
-                    if windows > 0 && agg.takes_readings() {
-                        let counts = AggregationCounts {
-                            windows,
-                            ..AggregationCounts::default()
-                        };
-                        metrics.add_aggregation(&agg.name, counts);
-                    }
-                }
-                let updates = out.iter().filter(|r| !r.is_final).count() as u64;
-                metrics
-                    .updates_emitted
-                    .fetch_add(updates, Ordering::Relaxed);
+                count_emitted(&metrics, &measures.cfg.aggregations, &out);
                 if !out.is_empty() {
                     // Unordered: workers interleave anyway; sinks sort by key.
                     results_out

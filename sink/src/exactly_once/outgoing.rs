@@ -19,7 +19,7 @@ use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult};
 use iotflow_dataflow::sealed::{bincode_with_checksum, checked_body, codec};
 
 use crate::error::SinkError;
-use crate::records::{DeadLetter, EPOCH_HEADER, dead_letter_partition, key_partition};
+use crate::records::{DeadLetter, dead_letter_partition, key_partition};
 use crate::shape::AggregateShape;
 
 /// An output topic of the job and its partition count.
@@ -115,16 +115,16 @@ impl StagedRecord {
     ) -> Result<(String, Self), SinkError> {
         let key = AggregateShape::key(&r.group, r.window_start);
         let value = shape.value(r, epoch);
-        Self::keyed("aggregate", key, value, epoch, r.window_end)
+        Self::keyed("aggregate", key, value, r.window_end)
     }
 
-    /// A keyed output record (aggregates, alerts) stamped with its epoch and
-    /// event time; `what` names it if its value failed to encode.
+    /// A keyed output record (aggregates, alerts) stamped with its event
+    /// time; `what` names it if its value failed to encode. The publishers
+    /// add the protocol's headers (job, epoch, index).
     fn keyed(
         what: &str,
         key: String,
         value: Result<Vec<u8>, String>,
-        epoch: Epoch,
         timestamp_ms: i64,
     ) -> Result<(String, Self), SinkError> {
         let value = value.map_err(|e| SinkError::Encode {
@@ -134,7 +134,7 @@ impl StagedRecord {
         let record = Self {
             key: Some(key.clone().into_bytes()),
             value,
-            headers: vec![(EPOCH_HEADER.to_owned(), epoch.to_string().into_bytes())],
+            headers: Vec::new(),
             timestamp_ms,
         };
         Ok((key, record))
@@ -146,13 +146,7 @@ impl StagedRecord {
         epoch: Epoch,
         shape: &crate::alert_shape::AlertShape,
     ) -> Result<(String, Self), SinkError> {
-        Self::keyed(
-            "alert",
-            shape.key(e),
-            shape.value(e, epoch),
-            epoch,
-            e.window_end,
-        )
+        Self::keyed("alert", shape.key(e), shape.value(e, epoch), e.window_end)
     }
 
     /// A rejected input record as a dead letter, stamped with its source
@@ -292,7 +286,9 @@ pub struct StagedOutputs {
 impl StagedOutputs {
     /// `records` in publish order, grouped by partition; `topics` names the outputs.
     pub fn of(mut records: Vec<Outgoing>, topics: &[OutputTopic]) -> Result<Self, SinkError> {
-        records.sort_by(Outgoing::publish_order);
+        // Records that compare equal are equal (key and value decide), so
+        // an unstable sort gives the one publish order.
+        records.sort_unstable_by(Outgoing::publish_order);
         let mut parts: Vec<StagedPart> = Vec::new();
         let mut current: Option<(OutputId, i32)> = None;
         for r in records {

@@ -10,7 +10,7 @@
 //!     ─▶ discard staged epochs after C ─▶ re-shard snapshots and pending rows to the workers
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -160,25 +160,7 @@ pub async fn prepare(
     let read = commits;
     let commits: Vec<CommitRecord> = read.iter().map(|(_, c)| c.clone()).collect();
     let staged = staged_epochs(&cfg.state_dir)?;
-    // Checking a commit means reading its state: keep what the plan picks.
-    let mut loaded: Option<(Epoch, CommitState)> = None;
-    // What made each commit unusable, once per distinct damage (a shared
-    // segment spoils every commit the same way).
-    let mut damage: Vec<String> = Vec::new();
-    let plan = plan_recovery(&cfg.job, &commits, &staged, |c| match load_state(cfg, c) {
-        Ok(state) => {
-            loaded = Some((c.epoch, state));
-            true
-        }
-        Err(e) => {
-            tracing::warn!(epoch = c.epoch, error = %e, "commit's state not usable");
-            let e = e.to_string();
-            if !damage.contains(&e) {
-                damage.push(e);
-            }
-            false
-        }
-    });
+    let (plan, loaded, damage) = plan_and_load(cfg, &commits, &staged);
     let discard = match &plan {
         Plan::Fresh { discard, .. } | Plan::Resume { discard, .. } => discard.clone(),
     };
@@ -197,18 +179,7 @@ pub async fn prepare(
             }
             cfg.generation = generation;
             cfg.fresh = true;
-            Ok(RunStart {
-                epoch: 0,
-                state_epoch: 0,
-                offsets: BTreeMap::new(),
-                snapshots: Vec::new(),
-                pending: Vec::new(),
-                history: Vec::new(),
-                discarded: discard.len(),
-                skipped: Vec::new(),
-                replay: Vec::new(),
-                lock,
-            })
+            Ok(RunStart::fresh(discard.len(), lock))
         }
         Plan::Resume {
             generation,
@@ -238,6 +209,52 @@ pub async fn prepare(
             (start.discarded, start.skipped) = (discard.len(), skipped);
             start.replay.extend(replay);
             Ok(start)
+        }
+    }
+}
+
+/// The recovery plan, with the state of the commit it resumes from (checking
+/// a commit means reading its state: the plan's pick is kept) and what made
+/// newer commits unusable, once per distinct damage (a shared segment spoils
+/// every commit the same way).
+fn plan_and_load(
+    cfg: &ExactlyOnceConfig,
+    commits: &[CommitRecord],
+    staged: &BTreeSet<Epoch>,
+) -> (Plan, Option<(Epoch, CommitState)>, Vec<String>) {
+    let mut loaded: Option<(Epoch, CommitState)> = None;
+    let mut damage: Vec<String> = Vec::new();
+    let plan = plan_recovery(&cfg.job, commits, staged, |c| match load_state(cfg, c) {
+        Ok(state) => {
+            loaded = Some((c.epoch, state));
+            true
+        }
+        Err(e) => {
+            tracing::warn!(epoch = c.epoch, error = %e, "commit's state not usable");
+            let e = e.to_string();
+            if !damage.contains(&e) {
+                damage.push(e);
+            }
+            false
+        }
+    });
+    (plan, loaded, damage)
+}
+
+impl RunStart {
+    /// A run with no commit to resume from, after discarding `discarded` staged epochs.
+    fn fresh(discarded: usize, lock: File) -> Self {
+        Self {
+            epoch: 0,
+            state_epoch: 0,
+            offsets: BTreeMap::new(),
+            snapshots: Vec::new(),
+            pending: Vec::new(),
+            history: Vec::new(),
+            discarded,
+            skipped: Vec::new(),
+            replay: Vec::new(),
+            lock,
         }
     }
 }
