@@ -10,6 +10,7 @@
 //! ```
 
 pub mod broker_watch;
+mod job_shape;
 mod live;
 pub mod peers;
 mod summary;

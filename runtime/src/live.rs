@@ -165,7 +165,7 @@ pub enum RuntimeError {
     #[error("the job stopped because a source in another process stopped (see that process's log)")]
     StoppedElsewhere,
     #[error(
-        "{path}: the state was written by a job with other aggregations, windows, lateness or output formats; \
+        "{path}: the state was written by a job with other aggregations, windows, lateness, watermark or output formats; \
          its snapshots and staged outputs cannot be taken as this job's (give the changed job its own --job and --state-dir)"
     )]
     JobChanged { path: PathBuf },
@@ -448,7 +448,7 @@ async fn prepare_commits(
     {
         topics::create_topics(client, &cfg.bootstrap, &[spec]).await?;
     }
-    check_job_shape(&c.state_dir, cfg)?;
+    crate::job_shape::check(&c.state_dir, cfg)?;
     let log = ProgressLog::open(client, &c.progress_topic)
         .await
         .map_err(SinkError::from)?;
@@ -504,46 +504,6 @@ async fn prepare_commits(
         replay: start.replay,
     };
     Ok((resume, start.lock, report))
-}
-
-/// What the state of a job depends on: its aggregations (keys, windows,
-/// measures, filters, in order: snapshots name aggregations by index) and
-/// lateness, spelled out line by line (`Aggregation::shape`), and the topics
-/// written in Avro (staged epochs are published as they were encoded). Kept
-/// in the state directory; a job whose shape differs is refused there instead
-/// of reading another job's state as its own.
-fn check_job_shape(state_dir: &Path, cfg: &LiveJobConfig) -> Result<(), RuntimeError> {
-    let job = &cfg.dataflow;
-    let path = state_dir.join("JOB-SHAPE");
-    let mut shape = String::from("iotflow job shape 1\n");
-    for a in job.aggregations.iter() {
-        shape.push_str(&a.shape());
-        shape.push('\n');
-    }
-    shape.push_str(&format!("lateness_ms {}\n", job.lateness_ms));
-    // Snapshots name alert rules by index too; a job without rules keeps its old shape.
-    for r in job.alerts.rules.iter() {
-        shape.push_str(&format!("alert {} on {} {:?}\n", r.name, r.on, r.kind));
-    }
-    // JSON outputs add nothing: a job that writes JSON keeps its old shape.
-    for out in cfg.outputs.iter().chain(&cfg.alert_output) {
-        if let (Some(topic), Some(_)) = (&out.topic, &out.avro) {
-            shape.push_str(&format!("output {topic} avro\n"));
-        }
-    }
-    let io = |source| RuntimeError::Io {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(kept) if kept == shape => Ok(()),
-        Ok(_) => Err(RuntimeError::JobChanged { path }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(state_dir).map_err(io)?;
-            std::fs::write(&path, shape).map_err(io)
-        }
-        Err(e) => Err(io(e)),
-    }
 }
 
 /// What every worker builds its dataflow from.
