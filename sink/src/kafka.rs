@@ -110,8 +110,11 @@ impl Publisher {
                     r.headers
                         .insert(INDEX_HEADER.to_owned(), i.to_string().into_bytes());
                 }
-                for chunk in records.chunks(5_000) {
-                    pc.produce(chunk.to_vec(), Compression::NoCompression)
+                // Moved into each request, not copied: a failure stops the sink.
+                let mut records = records.into_iter().peekable();
+                while records.peek().is_some() {
+                    let chunk: Vec<Record> = records.by_ref().take(5_000).collect();
+                    pc.produce(chunk, Compression::NoCompression)
                         .await
                         .map_err(|e| {
                             format!("producing to {}/{}: {e}", pc.topic(), pc.partition())
@@ -196,7 +199,7 @@ pub fn aggregate_record(
     shape: &AggregateShape,
 ) -> Result<(String, Record), String> {
     StagedRecord::aggregate(r, epoch, shape)
-        .map(|(key, record)| (key, record.to_record()))
+        .map(|(key, record)| (key, record.into_record()))
         .map_err(|e| e.to_string())
 }
 
@@ -313,7 +316,7 @@ pub fn publish_dead_letters(
                     let partition = dead_letter_partition(d.record.partition, n) as usize;
                     (
                         partition,
-                        StagedRecord::dead_letter(d, &cfg.source_topic).to_record(),
+                        StagedRecord::dead_letter(d, &cfg.source_topic).into_record(),
                     )
                 })
                 .collect())

@@ -11,7 +11,7 @@
 //! Binary, not JSON: JSON writes each payload byte as a decimal number, about
 //! four times the bytes and most of the staging CPU on an output-heavy job.
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use rskafka::record::Record;
 use serde::{Deserialize, Serialize};
 
@@ -169,18 +169,37 @@ impl StagedRecord {
         }
     }
 
-    /// The broker's record: these fields, copied.
+    /// The broker's record: these fields, copied (the exactly-once
+    /// publisher keeps the staged record for a retry).
     pub fn to_record(&self) -> Record {
         Record {
             key: self.key.clone(),
             value: Some(self.value.clone()),
             headers: self.headers.iter().cloned().collect(),
-            timestamp: Utc
-                .timestamp_millis_opt(self.timestamp_ms)
-                .single()
-                .unwrap_or_default(),
+            timestamp: broker_time(self.timestamp_ms),
         }
     }
+
+    /// The broker's record: these fields, moved.
+    pub fn into_record(self) -> Record {
+        Record {
+            key: self.key,
+            value: Some(self.value),
+            headers: self.headers.into_iter().collect(),
+            timestamp: broker_time(self.timestamp_ms),
+        }
+    }
+}
+
+/// A record timestamp as the client's type holds it. Beyond its range
+/// (±262,000 years: only a foreign producer's record, carried on in a dead
+/// letter, can be) it is clamped to the range's end on that side.
+fn broker_time(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or(if ms < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
 }
 
 /// An aggregate of `shape` as an outgoing record of `output`.
@@ -286,8 +305,9 @@ pub struct StagedOutputs {
 impl StagedOutputs {
     /// `records` in publish order, grouped by partition; `topics` names the outputs.
     pub fn of(mut records: Vec<Outgoing>, topics: &[OutputTopic]) -> Result<Self, SinkError> {
-        // Records that compare equal are equal (key and value decide), so
-        // an unstable sort gives the one publish order.
+        // Records that compare equal are the same record (an aggregate's or
+        // alert's key and value decide the rest; dead letters differ by
+        // source offset), so an unstable sort gives the one publish order.
         records.sort_unstable_by(Outgoing::publish_order);
         let mut parts: Vec<StagedPart> = Vec::new();
         let mut current: Option<(OutputId, i32)> = None;
@@ -360,6 +380,36 @@ mod tests {
                 headers: vec![("h".into(), b"v".to_vec())],
                 timestamp_ms: 7,
             },
+        }
+    }
+
+    #[test]
+    fn record_times_beyond_the_client_s_range_are_clamped_not_zeroed() {
+        let at = |ms| out(0, 0, Order::Key, "k").record.with_time(ms);
+        assert_eq!(
+            at(1_700_000_000_123)
+                .into_record()
+                .timestamp
+                .timestamp_millis(),
+            1_700_000_000_123
+        );
+        assert_eq!(at(i64::MAX).to_record().timestamp, DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            at(i64::MIN).into_record().timestamp,
+            DateTime::<Utc>::MIN_UTC
+        );
+        let r = at(-1);
+        assert_eq!(
+            r.to_record(),
+            r.clone().into_record(),
+            "copied or moved, the same record"
+        );
+    }
+
+    impl StagedRecord {
+        fn with_time(mut self, ms: i64) -> Self {
+            self.timestamp_ms = ms;
+            self
         }
     }
 
