@@ -39,6 +39,25 @@ fn help_names_every_subcommand() {
 }
 
 #[test]
+fn the_allocator_returns_freed_pages_from_a_background_thread() {
+    // Built in through `.cargo/config.toml`; jemalloc prints its options at exit when asked.
+    let out = Command::new(env!("CARGO_BIN_EXE_iotflow"))
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    for option in [
+        "opt.background_thread: true",
+        "opt.dirty_decay_ms: 1000",
+        "opt.muzzy_decay_ms: 0",
+    ] {
+        assert!(stats.contains(option), "{option} missing from:\n{stats}");
+    }
+}
+
+#[test]
 fn the_fetch_read_ahead_is_documented_and_never_unbounded() {
     let run = common::stdout(&common::iotflow(&["run", "--help"]));
     assert!(
