@@ -172,12 +172,7 @@ impl StagedRecord {
     /// The broker's record: these fields, copied (the exactly-once
     /// publisher keeps the staged record for a retry).
     pub fn to_record(&self) -> Record {
-        Record {
-            key: self.key.clone(),
-            value: Some(self.value.clone()),
-            headers: self.headers.iter().cloned().collect(),
-            timestamp: broker_time(self.timestamp_ms),
-        }
+        self.clone().into_record()
     }
 
     /// The broker's record: these fields, moved.
