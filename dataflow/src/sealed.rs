@@ -50,6 +50,54 @@ pub fn bincode_with_checksum<T: Serialize + ?Sized>(value: &T) -> bincode::Resul
     Ok(body)
 }
 
+/// What [`bincode_with_checksum`] returns, streamed into `w` instead: for
+/// files written once and read only after a crash (staged outputs), where
+/// a buffer of the whole file would be faulted in and copied for nothing.
+/// Small writes gather in a buffer of `buffer` bytes; the checksum is taken
+/// over each full buffer, not over bincode's many small writes. Returns the
+/// bytes written.
+pub fn write_bincode_with_checksum<T, W>(w: W, value: &T, buffer: usize) -> bincode::Result<u64>
+where
+    T: Serialize + ?Sized,
+    W: std::io::Write,
+{
+    use bincode::Options;
+    let mut out = std::io::BufWriter::with_capacity(
+        buffer,
+        Checksummed {
+            inner: w,
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        },
+    );
+    codec().serialize_into(&mut out, value)?;
+    let mut out = out.into_inner().map_err(|e| e.into_error())?;
+    let crc = out.crc.finalize();
+    out.inner.write_all(&crc.to_be_bytes())?;
+    Ok(out.bytes + 4)
+}
+
+/// A writer that keeps a CRC-32 and a count of what passes through it.
+struct Checksummed<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let written = buf.get(..n).unwrap_or(buf);
+        self.crc.update(written);
+        self.bytes += written.len() as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The body of `bytes` written by [`with_checksum`], if the checksum holds.
 pub fn checked_body(bytes: &[u8]) -> Result<&[u8], Unsealed> {
     let Some(split) = bytes.len().checked_sub(4) else {
@@ -67,4 +115,40 @@ pub fn checked_body(bytes: &[u8]) -> Result<&[u8], Unsealed> {
 /// The value sealed in `bytes`, if the checksum holds and the JSON parses.
 pub fn unseal<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Unsealed> {
     serde_json::from_slice(checked_body(bytes)?).map_err(|e| Unsealed::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_and_buffered_bincode_are_the_same_bytes_and_check() {
+        use bincode::Options;
+        let value: Vec<(String, Vec<u8>)> = (0..5000)
+            .map(|i| (format!("key-{i}"), vec![i as u8; i % 300]))
+            .collect();
+        let buffered = bincode_with_checksum(&value).unwrap();
+        // A writer that takes a few bytes at a time: the checksum covers what was written.
+        struct Trickle(Vec<u8>);
+        impl std::io::Write for Trickle {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(7);
+                self.0.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut streamed = Trickle(Vec::new());
+        let n = write_bincode_with_checksum(&mut streamed, &value, 64).unwrap();
+        assert_eq!(n, buffered.len() as u64);
+        assert_eq!(streamed.0, buffered);
+        let body = checked_body(&streamed.0).unwrap();
+        let back: Vec<(String, Vec<u8>)> = codec().deserialize(body).unwrap();
+        assert_eq!(back, value);
+        let mut flipped = streamed.0;
+        flipped[100] ^= 1;
+        assert!(checked_body(&flipped).is_err());
+    }
 }

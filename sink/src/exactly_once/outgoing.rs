@@ -11,16 +11,20 @@
 //! Binary, not JSON: JSON writes each payload byte as a decimal number, about
 //! four times the bytes and most of the staging CPU on an output-heavy job.
 
+use std::path::Path;
+
 use chrono::{DateTime, TimeZone, Utc};
 use rskafka::record::Record;
 use serde::{Deserialize, Serialize};
 
 use iotflow_dataflow::job::{DeadRecord, Epoch, WindowResult};
-use iotflow_dataflow::sealed::{bincode_with_checksum, checked_body, codec};
+use iotflow_dataflow::sealed::{checked_body, codec, write_bincode_with_checksum};
 
 use crate::error::SinkError;
 use crate::records::{DeadLetter, dead_letter_partition, key_partition};
 use crate::shape::AggregateShape;
+
+use super::state_dir::write_synced_with;
 
 /// An output topic of the job and its partition count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,7 +47,7 @@ pub enum Order {
 }
 
 /// One record as the broker will get it, minus the protocol's headers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedRecord {
     #[serde(serialize_with = "opt_bytes")]
     pub key: Option<Vec<u8>>,
@@ -282,6 +286,9 @@ where
     })
 }
 
+/// Bytes of staged outputs gathered per write system call.
+const WRITE_BUFFER: usize = 256 * 1024;
+
 /// One partition's records of an epoch, in publish order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedPart {
@@ -303,10 +310,16 @@ impl StagedOutputs {
         // Records that compare equal are the same record (an aggregate's or
         // alert's key and value decide the rest; dead letters differ by
         // source offset), so an unstable sort gives the one publish order.
-        records.sort_unstable_by(Outgoing::publish_order);
+        // Indices are sorted, not the records: a record is over 100 bytes,
+        // and a sort moves each of them many times.
+        let mut order: Vec<u32> = (0..records.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            Outgoing::publish_order(&records[a as usize], &records[b as usize])
+        });
         let mut parts: Vec<StagedPart> = Vec::new();
         let mut current: Option<(OutputId, i32)> = None;
-        for r in records {
+        for i in order {
+            let r = &mut records[i as usize];
             if current != Some((r.output, r.partition)) {
                 let topic =
                     topics
@@ -323,7 +336,7 @@ impl StagedOutputs {
                 current = Some((r.output, r.partition));
             }
             if let Some(part) = parts.last_mut() {
-                part.records.push(r.record);
+                part.records.push(std::mem::take(&mut r.record));
             }
         }
         Ok(Self { parts })
@@ -345,18 +358,37 @@ impl StagedOutputs {
             .sum()
     }
 
-    /// The stored form: bincode, then a CRC-32.
-    pub fn encode(&self) -> Result<Vec<u8>, SinkError> {
-        bincode_with_checksum(self).map_err(|e| SinkError::Encode {
-            what: "staged outputs".into(),
-            detail: e.to_string(),
+    /// Writes the stored form to `path`, fsynced: bincode, then a CRC-32,
+    /// streamed (an epoch's outputs run to megabytes; a buffer of them
+    /// would be faulted in and copied only to be written once).
+    pub fn store(&self, path: &Path) -> Result<(), SinkError> {
+        write_synced_with(path, |w| {
+            write_bincode_with_checksum(w, self, WRITE_BUFFER).map_err(|e| match *e {
+                bincode::ErrorKind::Io(e) => e,
+                e => std::io::Error::other(format!("encoding staged outputs: {e}")),
+            })?;
+            Ok(())
         })
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+    /// What [`Self::store`] wrote at `path`; `None` if there is no file (a
+    /// worker with nothing to publish in an epoch writes none).
+    pub fn load(path: &Path) -> Result<Option<Self>, SinkError> {
         use bincode::Options;
-        let body = checked_body(bytes).map_err(|e| e.to_string())?;
-        codec().deserialize(body).map_err(|e| e.to_string())
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(SinkError::io("reading", path)(e)),
+        };
+        let damaged = |problem: String| SinkError::Damaged {
+            path: path.to_owned(),
+            problem,
+        };
+        let body = checked_body(&bytes).map_err(|e| damaged(e.to_string()))?;
+        let outputs = codec()
+            .deserialize(body)
+            .map_err(|e| damaged(e.to_string()))?;
+        Ok(Some(outputs))
     }
 }
 
@@ -449,11 +481,22 @@ mod tests {
                 ("dlq", 0, vec![&b"y"[..], b"x"])
             ]
         );
-        let bytes = staged.encode().unwrap();
-        assert_eq!(StagedOutputs::decode(&bytes).unwrap(), staged);
-        let mut flipped = bytes.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e").join("w0.out");
+        assert_eq!(
+            StagedOutputs::load(&path).unwrap(),
+            None,
+            "no file, nothing staged"
+        );
+        staged.store(&path).unwrap();
+        assert_eq!(StagedOutputs::load(&path).unwrap(), Some(staged.clone()));
+        let mut flipped = std::fs::read(&path).unwrap();
         flipped[3] ^= 1;
-        assert!(StagedOutputs::decode(&flipped).is_err());
+        std::fs::write(&path, flipped).unwrap();
+        assert!(matches!(
+            StagedOutputs::load(&path),
+            Err(SinkError::Damaged { .. })
+        ));
         assert!(StagedOutputs::of(vec![out(5, 0, Order::Key, "z")], &topics).is_err());
     }
 }

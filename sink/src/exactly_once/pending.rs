@@ -125,18 +125,20 @@ impl PendingRows {
             what: "pending rows".into(),
             detail: e.to_string(),
         })?;
-        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
+        // The length, then the body: two writes, not a copy of the body.
+        let prefix = (body.len() as u32).to_be_bytes();
+        let frame_len = (prefix.len() + body.len()) as u64;
+        let write_frame = |f: &mut File| f.write_all(&prefix).and_then(|()| f.write_all(&body));
         match &mut self.segment {
             Some((rel, len)) => {
                 let path = state_dir.join(&*rel);
-                let write = |f: &mut File| f.write_all(&frame).and_then(|()| f.sync_data());
+                let write = |f: &mut File| write_frame(f).and_then(|()| f.sync_data());
                 File::options()
                     .append(true)
                     .open(&path)
                     .and_then(|mut f| write(&mut f))
                     .map_err(SinkError::io("appending to", &path))?;
-                *len += frame.len() as u64;
+                *len += frame_len;
             }
             None => {
                 let rel = format!("{PENDING}/{dir}/w{worker:04}-e{epoch:012}.frames");
@@ -144,10 +146,10 @@ impl PendingRows {
                 let parent = durable::parent_of(&path);
                 durable::create_dir_all(parent).map_err(SinkError::io("creating", parent))?;
                 File::create(&path)
-                    .and_then(|mut f| f.write_all(&frame).and_then(|()| f.sync_all()))
+                    .and_then(|mut f| write_frame(&mut f).and_then(|()| f.sync_all()))
                     .map_err(SinkError::io("writing", &path))?;
                 durable::sync_dir(parent).map_err(SinkError::io("syncing", parent))?;
-                self.segment = Some((rel, frame.len() as u64));
+                self.segment = Some((rel, frame_len));
             }
         }
         Ok(())

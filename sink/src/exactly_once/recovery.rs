@@ -393,20 +393,12 @@ fn staged_outputs(
 ) -> Result<Vec<StagedOutputs>, SinkError> {
     let mut all = Vec::new();
     for w in 0..commit.workers {
-        let path = outputs_path(&cfg.state_dir, commit.epoch, w);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                all.push(
-                    StagedOutputs::decode(&bytes).map_err(|problem| SinkError::Damaged {
-                        path: path.clone(),
-                        problem,
-                    })?,
-                )
-            }
-            // A worker with nothing to publish in that epoch wrote no file.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(SinkError::io("reading", path)(e)),
-        }
+        // A worker with nothing to publish in that epoch wrote no file.
+        all.extend(StagedOutputs::load(&outputs_path(
+            &cfg.state_dir,
+            commit.epoch,
+            w,
+        ))?);
     }
     let staged: u64 = all
         .iter()

@@ -96,8 +96,7 @@ impl Stager {
         let outputs = StagedOutputs::of(records, &self.cfg.outputs)?;
         let mut wrote = false;
         if !outputs.is_empty() {
-            let path = outputs_path(&self.cfg.state_dir, epoch, self.worker);
-            write_synced(&path, &outputs.encode()?, None)?;
+            outputs.store(&outputs_path(&self.cfg.state_dir, epoch, self.worker))?;
             staged.publish = publish_targets(&outputs);
             wrote = true;
         }

@@ -118,17 +118,27 @@ fn discard_outputs(state_dir: &Path, epoch: Epoch) -> Result<(), SinkError> {
 /// written. The name is durable once the caller syncs the directory
 /// ([`durable::sync_dir`]): once for all the files of an epoch.
 pub fn write_synced(path: &Path, bytes: &[u8], halfway: Option<Site>) -> Result<(), SinkError> {
+    write_synced_with(path, |f| {
+        let (first, rest) = bytes.split_at(bytes.len() / 2);
+        f.write_all(first)?;
+        if let Some(site) = halfway {
+            f.flush()?;
+            failpoint::hit(site);
+        }
+        f.write_all(rest)
+    })
+}
+
+/// [`write_synced`] of what `write` writes to the file.
+pub fn write_synced_with(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<(), SinkError> {
     let io = |e| SinkError::io("writing", path)(e);
     durable::create_dir_all(durable::parent_of(path)).map_err(io)?;
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io)?;
-    let (first, rest) = bytes.split_at(bytes.len() / 2);
-    f.write_all(first).map_err(io)?;
-    if let Some(site) = halfway {
-        f.flush().map_err(io)?;
-        failpoint::hit(site);
-    }
-    f.write_all(rest).map_err(io)?;
+    write(&mut f).map_err(io)?;
     f.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
 }
