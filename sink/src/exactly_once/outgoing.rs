@@ -361,14 +361,27 @@ impl StagedOutputs {
     /// Writes the stored form to `path`, fsynced: bincode, then a CRC-32,
     /// streamed (an epoch's outputs run to megabytes; a buffer of them
     /// would be faulted in and copied only to be written once).
+    /// A failure to encode is an [`SinkError::Encode`] (a bug, not retried),
+    /// one to write an [`SinkError::Io`].
     pub fn store(&self, path: &Path) -> Result<(), SinkError> {
-        write_synced_with(path, |w| {
-            write_bincode_with_checksum(w, self, WRITE_BUFFER).map_err(|e| match *e {
-                bincode::ErrorKind::Io(e) => e,
-                e => std::io::Error::other(format!("encoding staged outputs: {e}")),
-            })?;
-            Ok(())
-        })
+        let mut unencodable = None;
+        let stored = write_synced_with(path, |w| {
+            match write_bincode_with_checksum(w, self, WRITE_BUFFER).map_err(|e| *e) {
+                Ok(_) => Ok(()),
+                Err(bincode::ErrorKind::Io(e)) => Err(e),
+                Err(e) => {
+                    unencodable = Some(e.to_string());
+                    Err(std::io::Error::other("staged outputs not encodable"))
+                }
+            }
+        });
+        match unencodable {
+            Some(detail) => Err(SinkError::Encode {
+                what: "staged outputs".into(),
+                detail,
+            }),
+            None => stored,
+        }
     }
 
     /// What [`Self::store`] wrote at `path`; `None` if there is no file (a
