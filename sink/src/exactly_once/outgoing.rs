@@ -312,14 +312,12 @@ impl StagedOutputs {
         // source offset), so an unstable sort gives the one publish order.
         // Indices are sorted, not the records: a record is over 100 bytes,
         // and a sort moves each of them many times.
-        let mut order: Vec<u32> = (0..records.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            Outgoing::publish_order(&records[a as usize], &records[b as usize])
-        });
+        let mut order: Vec<usize> = (0..records.len()).collect();
+        order.sort_unstable_by(|&a, &b| Outgoing::publish_order(&records[a], &records[b]));
         let mut parts: Vec<StagedPart> = Vec::new();
         let mut current: Option<(OutputId, i32)> = None;
         for i in order {
-            let r = &mut records[i as usize];
+            let r = &mut records[i];
             if current != Some((r.output, r.partition)) {
                 let topic =
                     topics
