@@ -15,6 +15,7 @@
 use std::path::Path;
 
 use iotflow_dataflow::job::JobConfig;
+use iotflow_sink::durable;
 
 use crate::live::{LiveJobConfig, RuntimeError};
 
@@ -76,15 +77,36 @@ fn check_shape(
         Ok(kept) if kept == shape => Ok(()),
         Ok(kept) if kept == render(job, avro_topics, false) => {
             tracing::info!(path = %path.display(), "job shape 1 kept: rewritten as shape 2, with the watermark");
-            std::fs::write(&path, shape).map_err(io)
+            write_whole(&path, &shape).map_err(io)
         }
         Ok(_) => Err(RuntimeError::JobChanged { path }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(state_dir).map_err(io)?;
-            std::fs::write(&path, shape).map_err(io)
+            write_whole(&path, &shape).map_err(io)
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// `shape` into `path` whole or not at all (a temporary file renamed over
+/// it, synced): the processes of one job share its state directory and
+/// start together, and none may read another's half-written shape, nor a
+/// restart one torn by a crash, as another job's.
+fn write_whole(path: &Path, shape: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = durable::parent_of(path);
+    durable::create_dir_all(dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".tmp-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(shape.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    durable::sync_dir(dir)
 }
 
 #[cfg(test)]
@@ -125,6 +147,26 @@ mod tests {
             check_shape(dir.path(), &job(2_000, 0), &["out"]),
             Err(RuntimeError::JobChanged { .. })
         ));
+    }
+
+    /// The processes of one job share its state directory and start
+    /// together: none may read another's half-written shape as a changed job.
+    #[test]
+    fn processes_starting_together_all_take_the_shape_they_write() {
+        for _ in 0..100 {
+            let dir = tempfile::tempdir().unwrap();
+            let refused = std::thread::scope(|s| {
+                let checks: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| check_shape(dir.path(), &job(2_000, 0), &[])))
+                    .collect();
+                checks
+                    .into_iter()
+                    .map(|c| c.join())
+                    .filter(|c| !matches!(c, Ok(Ok(()))))
+                    .count()
+            });
+            assert_eq!(refused, 0, "a process read another's half-written shape");
+        }
     }
 
     #[test]
