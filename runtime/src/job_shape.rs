@@ -93,20 +93,14 @@ fn check_shape(
 /// restart one torn by a crash, as another job's.
 fn write_whole(path: &Path, shape: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = durable::parent_of(path);
-    durable::create_dir_all(dir)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(
         ".tmp-{}-{:?}",
         std::process::id(),
         std::thread::current().id()
     ));
-    let tmp = std::path::PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(shape.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    durable::sync_dir(dir)
+    durable::write_replacing(path, Path::new(&tmp), |f| f.write_all(shape.as_bytes()))?;
+    durable::sync_dir(durable::parent_of(path))
 }
 
 #[cfg(test)]

@@ -42,6 +42,22 @@ fn create_dir_all_syncing(
     Ok(missing)
 }
 
+/// `path` whole or not at all: what `write` writes goes to `tmp`, is
+/// fsynced and renamed over `path`, in a directory created durably. The
+/// name is durable once the caller syncs `path`'s directory ([`sync_dir`]).
+/// Writers that may race for one `path` each need a `tmp` of their own.
+pub fn write_replacing(
+    path: &Path,
+    tmp: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    create_dir_all(parent_of(path))?;
+    let mut f = File::create(tmp)?;
+    write(&mut f)?;
+    f.sync_all()?;
+    fs::rename(tmp, path)
+}
+
 /// The directory holding `path`'s entry (`.` for a bare relative name).
 pub fn parent_of(path: &Path) -> &Path {
     match path.parent() {

@@ -134,13 +134,8 @@ pub fn write_synced_with(
     path: &Path,
     write: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> Result<(), SinkError> {
-    let io = |e| SinkError::io("writing", path)(e);
-    durable::create_dir_all(durable::parent_of(path)).map_err(io)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io)?;
-    write(&mut f).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    durable::write_replacing(path, &path.with_extension("tmp"), write)
+        .map_err(SinkError::io("writing", path))
 }
 
 /// Removes what `collect` allows: staged epochs below its bound, and pending
