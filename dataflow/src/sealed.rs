@@ -50,31 +50,108 @@ pub fn bincode_with_checksum<T: Serialize + ?Sized>(value: &T) -> bincode::Resul
     Ok(body)
 }
 
-/// What [`bincode_with_checksum`] returns, streamed into `w` instead: for
-/// files written once and read only after a crash (staged outputs), where
-/// a buffer of the whole file would be faulted in and copied for nothing.
-/// Small writes gather in a buffer of `buffer` bytes; the checksum is taken
-/// over each full buffer, not over bincode's many small writes. Returns the
-/// bytes written.
-pub fn write_bincode_with_checksum<T, W>(w: W, value: &T, buffer: usize) -> bincode::Result<u64>
+/// Marks a packed body ([`write_packed_with_checksum`]). Plain bincode never
+/// begins with 0xFF (a varint's first byte is at most 0xFE), so a body
+/// without the mark is plain, as older binaries wrote staged outputs.
+const PACKED: &[u8; 4] = b"\xffLZ4";
+
+/// `value` in [`codec`]'s form, compressed, streamed into `w`, then a CRC-32
+/// of what was written; returns the bytes written. For files synced before
+/// a commit and read only after a crash (staged outputs): their JSON values
+/// shrink several times over, and a sync costs by the bytes it writes back,
+/// far more than LZ4 costs by the bytes it reads. The body is the mark, then
+/// LZ4 blocks of up to `buffer` plain bytes, each after its packed and plain
+/// lengths (u32, little endian). LZ4's block format, not its frame format:
+/// the frame's own checksum would be a second one, and its feature another
+/// dependency.
+pub fn write_packed_with_checksum<T, W>(w: W, value: &T, buffer: usize) -> bincode::Result<u64>
 where
     T: Serialize + ?Sized,
     W: std::io::Write,
 {
     use bincode::Options;
+    use std::io::Write;
+    let mut checked = Checksummed {
+        inner: w,
+        crc: crc32fast::Hasher::new(),
+        bytes: 0,
+    };
+    checked.write_all(PACKED)?;
     let mut out = std::io::BufWriter::with_capacity(
         buffer,
-        Checksummed {
-            inner: w,
-            crc: crc32fast::Hasher::new(),
-            bytes: 0,
+        Lz4Blocks {
+            inner: checked,
+            block: Vec::new(),
         },
     );
     codec().serialize_into(&mut out, value)?;
-    let mut out = out.into_inner().map_err(|e| e.into_error())?;
-    let crc = out.crc.finalize();
-    out.inner.write_all(&crc.to_be_bytes())?;
-    Ok(out.bytes + 4)
+    let mut checked = out.into_inner().map_err(|e| e.into_error())?.inner;
+    let crc = checked.crc.finalize();
+    checked.inner.write_all(&crc.to_be_bytes())?;
+    Ok(checked.bytes + 4)
+}
+
+/// A writer that packs each write as one LZ4 block: behind a `BufWriter`,
+/// each full buffer (or a larger slice it passes straight on).
+struct Lz4Blocks<W> {
+    inner: W,
+    /// The last block packed, kept for its allocation.
+    block: Vec<u8>,
+}
+
+impl<W: std::io::Write> std::io::Write for Lz4Blocks<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let plain = u32::try_from(buf.len()).map_err(std::io::Error::other)?;
+        self.block
+            .resize(lz4_flex::block::get_maximum_output_size(buf.len()), 0);
+        let n =
+            lz4_flex::block::compress_into(buf, &mut self.block).map_err(std::io::Error::other)?;
+        let packed = u32::try_from(n).map_err(std::io::Error::other)?;
+        self.inner.write_all(&packed.to_le_bytes())?;
+        self.inner.write_all(&plain.to_le_bytes())?;
+        self.inner
+            .write_all(self.block.get(..n).unwrap_or_default())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The bincode in a checked `body`: unpacked if [`write_packed_with_checksum`]
+/// wrote it, as it is if it is plain.
+pub fn unpacked(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Unsealed> {
+    let Some(mut rest) = body.strip_prefix(PACKED) else {
+        return Ok(std::borrow::Cow::Borrowed(body));
+    };
+    let broken = |what: &str| Unsealed::Decode(format!("packed body: {what}"));
+    let mut plain = Vec::new();
+    while !rest.is_empty() {
+        let (head, tail) = rest
+            .split_at_checked(8)
+            .ok_or_else(|| broken("a block's lengths cut short"))?;
+        let length = |at: usize| {
+            let bytes: [u8; 4] = head
+                .get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or_default();
+            u32::from_le_bytes(bytes) as usize
+        };
+        let (packed, size) = (length(0), length(4));
+        let (block, tail) = tail
+            .split_at_checked(packed)
+            .ok_or_else(|| broken("a block cut short"))?;
+        let start = plain.len();
+        plain.resize(start + size, 0);
+        let n = lz4_flex::block::decompress_into(block, &mut plain[start..])
+            .map_err(|e| broken(&e.to_string()))?;
+        if n != size {
+            return Err(broken("a block of another size than its lengths say"));
+        }
+        rest = tail;
+    }
+    Ok(std::borrow::Cow::Owned(plain))
 }
 
 /// A writer that keeps a CRC-32 and a count of what passes through it.
@@ -122,12 +199,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn streamed_and_buffered_bincode_are_the_same_bytes_and_check() {
+    fn packed_bincode_round_trips_and_plain_bodies_still_read() {
         use bincode::Options;
         let value: Vec<(String, Vec<u8>)> = (0..5000)
             .map(|i| (format!("key-{i}"), vec![i as u8; i % 300]))
             .collect();
-        let buffered = bincode_with_checksum(&value).unwrap();
+        let plain = bincode_with_checksum(&value).unwrap();
         // A writer that takes a few bytes at a time: the checksum covers what was written.
         struct Trickle(Vec<u8>);
         impl std::io::Write for Trickle {
@@ -140,15 +217,32 @@ mod tests {
                 Ok(())
             }
         }
-        let mut streamed = Trickle(Vec::new());
-        let n = write_bincode_with_checksum(&mut streamed, &value, 64).unwrap();
-        assert_eq!(n, buffered.len() as u64);
-        assert_eq!(streamed.0, buffered);
-        let body = checked_body(&streamed.0).unwrap();
-        let back: Vec<(String, Vec<u8>)> = codec().deserialize(body).unwrap();
-        assert_eq!(back, value);
-        let mut flipped = streamed.0;
+        let mut packed = Trickle(Vec::new());
+        let n = write_packed_with_checksum(&mut packed, &value, 4096).unwrap();
+        let packed = packed.0;
+        assert_eq!(n, packed.len() as u64);
+        assert!(
+            packed.len() * 4 < plain.len(),
+            "{} bytes packed, {} plain",
+            packed.len(),
+            plain.len()
+        );
+        let read = |bytes: &[u8]| -> Vec<(String, Vec<u8>)> {
+            let body = unpacked(checked_body(bytes).unwrap()).unwrap();
+            codec().deserialize(&body).unwrap()
+        };
+        assert_eq!(read(&packed), value);
+        assert_eq!(read(&plain), value, "an older, plain body reads as it is");
+        let mut flipped = packed.clone();
         flipped[100] ^= 1;
         assert!(checked_body(&flipped).is_err());
+        // A body whose checksum holds but whose blocks do not add up.
+        let body = checked_body(&packed).unwrap();
+        for cut in [body.len() - 1, PACKED.len() + 5] {
+            assert!(unpacked(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut lying = body.to_vec();
+        lying[PACKED.len() + 4] ^= 1; // the first block's plain length
+        assert!(unpacked(&lying).is_err());
     }
 }

@@ -1,9 +1,10 @@
 //! Final windows waiting for their Parquet roll, on disk only.
 //!
 //! ```text
-//!   epoch e's final rows of dataset d ──frame (len, bincode, CRC-32), fsync──▶
+//!   epoch e's final rows of dataset d ──frame (len, bincode packed with LZ4, CRC-32), fsync──▶
 //!       <state>/parquet-pending/<d>/w<worker>-e<first epoch>.frames
-//!   (`.rows`: an older binary's segment, windows only, read as today's)
+//!   (`.rows`: an older binary's segment, windows only; it and older
+//!    `.frames` hold plain frames, read as today's)
 //!   commit record: PendingEntry { dataset, since, rows, path, bytes = committed length }
 //!   roll due (rows, bytes, age, end) ──read the committed frames back──▶ one Parquet file
 //! ```
@@ -18,7 +19,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use iotflow_dataflow::job::Epoch;
-use iotflow_dataflow::sealed::{bincode_with_checksum, checked_body, codec};
+use iotflow_dataflow::sealed::{checked_body, codec, unpacked, write_packed_with_checksum};
 
 use crate::durable;
 use crate::error::SinkError;
@@ -27,6 +28,9 @@ use crate::shape::Row;
 
 /// Where pending final windows live under the state directory.
 pub const PENDING: &str = "parquet-pending";
+
+/// Plain bytes of a frame per LZ4 block.
+const FRAME_BLOCK: usize = 256 * 1024;
 
 /// When a worker's final windows go from segments into a Parquet file: at
 /// `rows` pending rows, `bytes` pending segment bytes, `epochs` epochs after
@@ -121,9 +125,13 @@ impl PendingRows {
         epoch: Epoch,
         rows: &[Row],
     ) -> Result<(), SinkError> {
-        let body = bincode_with_checksum(&FrameOf(rows)).map_err(|e| SinkError::Encode {
-            what: "pending rows".into(),
-            detail: e.to_string(),
+        // Packed like staged outputs: the segment is synced every epoch.
+        let mut body = Vec::new();
+        write_packed_with_checksum(&mut body, &FrameOf(rows), FRAME_BLOCK).map_err(|e| {
+            SinkError::Encode {
+                what: "pending rows".into(),
+                detail: e.to_string(),
+            }
         })?;
         // The length, then the body: two writes, not a copy of the body.
         let prefix = (body.len() as u32).to_be_bytes();
@@ -210,14 +218,16 @@ pub fn decode_segment(bytes: &[u8], entry: &PendingEntry) -> Result<Vec<Row>, St
         let (body, tail) = tail
             .split_at_checked(len)
             .ok_or_else(|| "a torn frame".to_owned())?;
-        let body = checked_body(body).map_err(|e| e.to_string())?;
+        let body = checked_body(body)
+            .and_then(unpacked)
+            .map_err(|e| e.to_string())?;
         match entry.path.ends_with(".rows") {
             true => {
-                let WindowFrame(frame) = codec().deserialize(body).map_err(|e| e.to_string())?;
+                let WindowFrame(frame) = codec().deserialize(&body).map_err(|e| e.to_string())?;
                 rows.extend(frame.into_iter().map(Row::Window));
             }
             false => {
-                let Frame(frame) = codec().deserialize(body).map_err(|e| e.to_string())?;
+                let Frame(frame) = codec().deserialize(&body).map_err(|e| e.to_string())?;
                 rows.extend(frame);
             }
         }
@@ -274,7 +284,7 @@ pub(crate) mod tests {
         p.rows = 100;
         assert!(roll.due(&p, 6, false), "rows");
         p.rows = 1;
-        let big: Vec<_> = (0..40).map(|i| row(&format!("device-{i:04}"))).collect();
+        let big: Vec<_> = (0..400).map(|i| row(&format!("device-{i:04}"))).collect();
         p.append(dir.path(), "d", 0, 6, &big).unwrap();
         assert!(p.bytes() >= 1_000 && roll.due(&p, 7, false), "bytes");
     }
@@ -316,6 +326,35 @@ pub(crate) mod tests {
             read_segment(dir.path(), &entry),
             Err(SinkError::Damaged { .. })
         ));
+    }
+
+    #[test]
+    fn an_older_binary_s_plain_frames_still_read() {
+        let frame = |rows: &[Row]| {
+            let body = iotflow_dataflow::sealed::bincode_with_checksum(&FrameOf(rows)).unwrap();
+            [(body.len() as u32).to_be_bytes().to_vec(), body].concat()
+        };
+        let bytes = [frame(&[row("a")]), frame(&[row("b"), row("c")])].concat();
+        let entry = PendingEntry {
+            dataset: "d".into(),
+            worker: 0,
+            since: 1,
+            rows: 3,
+            path: "w0000-e000000000001.frames".into(),
+            bytes: bytes.len() as u64,
+        };
+        assert_eq!(
+            decode_segment(&bytes, &entry).unwrap(),
+            vec![row("a"), row("b"), row("c")]
+        );
+        // Today's frames are packed: the mark follows the frame's length.
+        let dir = tempfile::tempdir().unwrap();
+        let mut pending = PendingRows::default();
+        pending
+            .append(dir.path(), "d", 0, 1, &[row("a"), row("b"), row("c")])
+            .unwrap();
+        let packed = fs::read(dir.path().join(pending.entry("d", 0).unwrap().path)).unwrap();
+        assert_eq!(packed.get(4..6), Some(&b"\xffL"[..]));
     }
 
     #[test]
