@@ -50,9 +50,10 @@ pub fn bincode_with_checksum<T: Serialize + ?Sized>(value: &T) -> bincode::Resul
     Ok(body)
 }
 
-/// Marks a packed body ([`write_packed_with_checksum`]). Plain bincode never
-/// begins with 0xFF (a varint's first byte is at most 0xFE), so a body
-/// without the mark is plain, as older binaries wrote staged outputs.
+/// Marks a packed body ([`write_packed_with_checksum`]). The plain bodies
+/// packed (staged outputs, pending-row frames) begin with a sequence's
+/// length, a varint, whose first byte is at most 0xFE: a body without the
+/// mark is plain, as older binaries wrote them.
 const PACKED: &[u8; 4] = b"\xffLZ4";
 
 /// `value` in [`codec`]'s form, compressed, streamed into `w`, then a CRC-32
