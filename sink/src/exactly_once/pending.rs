@@ -208,7 +208,8 @@ pub fn decode_segment(bytes: &[u8], entry: &PendingEntry) -> Result<Vec<Row>, St
     let mut rest = bytes
         .get(..entry.bytes as usize)
         .ok_or_else(|| format!("{} bytes, the commit names {}", bytes.len(), entry.bytes))?;
-    // Every row takes at least a byte: a damaged count cannot reserve more.
+    // Reserved for at most a row per byte read, so a damaged count cannot
+    // reserve more (packed rows can take less: then the vector grows).
     let mut rows = Vec::with_capacity(entry.rows.min(rest.len() as u64) as usize);
     while !rest.is_empty() {
         let (len, tail) = rest
