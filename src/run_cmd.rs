@@ -220,7 +220,7 @@ pub struct RunArgs {
     /// write the same files.
     #[arg(long, env = "IOTFLOW_PARQUET_ROLL_EPOCHS", default_value_t = 240)]
     parquet_roll_epochs: u64,
-    /// Also roll once the pending rows' segment holds this many bytes (packed with LZ4).
+    /// Also roll once the pending rows take this many bytes (their binary form, counted unpacked).
     #[arg(long, env = "IOTFLOW_PARQUET_ROLL_BYTES", default_value_t = 64 << 20)]
     parquet_roll_bytes: u64,
     /// Snapshots are deltas per epoch; they fold into a whole one once they add up to

@@ -56,16 +56,25 @@ pub fn bincode_with_checksum<T: Serialize + ?Sized>(value: &T) -> bincode::Resul
 /// mark is plain, as older binaries wrote them.
 const PACKED: &[u8; 4] = b"\xffLZ4";
 
+/// What [`write_packed_with_checksum`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packed {
+    /// Bytes written: the packed body and its checksum.
+    pub written: u64,
+    /// The plain bincode's bytes.
+    pub plain: u64,
+}
+
 /// `value` in [`codec`]'s form, compressed, streamed into `w`, then a CRC-32
-/// of what was written; returns the bytes written. For files synced before
-/// a commit and read only after a crash (staged outputs): their JSON values
-/// shrink several times over, and a sync costs by the bytes it writes back,
-/// far more than LZ4 costs by the bytes it reads. The body is the mark, then
-/// LZ4 blocks of up to `buffer` plain bytes, each after its packed and plain
-/// lengths (u32, little endian). LZ4's block format, not its frame format:
-/// the frame's own checksum would be a second one, and its feature another
-/// dependency.
-pub fn write_packed_with_checksum<T, W>(w: W, value: &T, buffer: usize) -> bincode::Result<u64>
+/// of what was written. For the files synced before every commit (staged
+/// outputs, pending-row frames): their JSON values shrink several times
+/// over, and a sync costs by the bytes it writes back, far more than LZ4
+/// costs by the bytes it reads. The body is the mark, then LZ4 blocks, each
+/// after its packed and plain lengths (u32, little endian): a block per
+/// `buffer` plain bytes, or per longer slice bincode writes at once (a big
+/// value). LZ4's block format, not its frame format: the frame's own
+/// checksum would be a second one.
+pub fn write_packed_with_checksum<T, W>(w: W, value: &T, buffer: usize) -> bincode::Result<Packed>
 where
     T: Serialize + ?Sized,
     W: std::io::Write,
@@ -83,13 +92,18 @@ where
         Lz4Blocks {
             inner: checked,
             block: Vec::new(),
+            plain: 0,
         },
     );
     codec().serialize_into(&mut out, value)?;
-    let mut checked = out.into_inner().map_err(|e| e.into_error())?.inner;
+    let blocks = out.into_inner().map_err(|e| e.into_error())?;
+    let mut checked = blocks.inner;
     let crc = checked.crc.finalize();
     checked.inner.write_all(&crc.to_be_bytes())?;
-    Ok(checked.bytes + 4)
+    Ok(Packed {
+        written: checked.bytes + 4,
+        plain: blocks.plain,
+    })
 }
 
 /// A writer that packs each write as one LZ4 block: behind a `BufWriter`,
@@ -98,6 +112,8 @@ struct Lz4Blocks<W> {
     inner: W,
     /// The last block packed, kept for its allocation.
     block: Vec<u8>,
+    /// Plain bytes packed so far.
+    plain: u64,
 }
 
 impl<W: std::io::Write> std::io::Write for Lz4Blocks<W> {
@@ -112,6 +128,7 @@ impl<W: std::io::Write> std::io::Write for Lz4Blocks<W> {
         self.inner.write_all(&plain.to_le_bytes())?;
         self.inner
             .write_all(self.block.get(..n).unwrap_or_default())?;
+        self.plain += u64::from(plain);
         Ok(buf.len())
     }
 
@@ -140,6 +157,11 @@ pub fn unpacked(body: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Unsealed> {
             u32::from_le_bytes(bytes) as usize
         };
         let (packed, size) = (length(0), length(4));
+        // LZ4 unpacks at most about 255 bytes from one: a larger claim is
+        // refused before it is allocated.
+        if size > packed.saturating_mul(256).saturating_add(64) {
+            return Err(broken("a block claims more than LZ4 unpacks from it"));
+        }
         let (block, tail) = tail
             .split_at_checked(packed)
             .ok_or_else(|| broken("a block cut short"))?;
@@ -221,7 +243,8 @@ mod tests {
         let mut packed = Trickle(Vec::new());
         let n = write_packed_with_checksum(&mut packed, &value, 4096).unwrap();
         let packed = packed.0;
-        assert_eq!(n, packed.len() as u64);
+        assert_eq!(n.written, packed.len() as u64);
+        assert_eq!(n.plain + 4, plain.len() as u64);
         assert!(
             packed.len() * 4 < plain.len(),
             "{} bytes packed, {} plain",
@@ -245,5 +268,8 @@ mod tests {
         let mut lying = body.to_vec();
         lying[PACKED.len() + 4] ^= 1; // the first block's plain length
         assert!(unpacked(&lying).is_err());
+        // A block claiming gigabytes from nothing is refused, not allocated.
+        let huge = [&PACKED[..], &0u32.to_le_bytes(), &u32::MAX.to_le_bytes()].concat();
+        assert!(unpacked(&huge).is_err());
     }
 }

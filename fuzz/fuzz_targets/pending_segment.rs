@@ -1,5 +1,5 @@
 //! A pending-rows segment read back by recovery: frames of (length, CRC'd
-//! bincode). Fuzzed twice: as raw bytes, and as bodies the fuzzer chose
+//! bincode, plain or packed with LZ4). Fuzzed twice: as raw bytes, and as bodies the fuzzer chose
 //! framed with valid lengths and checksums. Never a panic.
 #![no_main]
 

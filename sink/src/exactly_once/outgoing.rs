@@ -289,7 +289,7 @@ where
     })
 }
 
-/// Plain bytes of staged outputs per LZ4 block, and per write system call.
+/// Plain bytes of staged outputs per LZ4 block.
 const WRITE_BUFFER: usize = 256 * 1024;
 
 /// One partition's records of an epoch, in publish order.
@@ -368,7 +368,7 @@ impl StagedOutputs {
         let mut unencodable = None;
         let stored = write_synced_with(path, |w| {
             match write_packed_with_checksum(w, self, WRITE_BUFFER).map_err(|e| *e) {
-                Ok(_) => Ok(()),
+                Ok(_packed) => Ok(()),
                 Err(bincode::ErrorKind::Io(e)) => Err(e),
                 Err(e) => {
                     unencodable = Some(e.to_string());

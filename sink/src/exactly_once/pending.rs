@@ -33,7 +33,8 @@ pub const PENDING: &str = "parquet-pending";
 const FRAME_BLOCK: usize = 256 * 1024;
 
 /// When a worker's final windows go from segments into a Parquet file: at
-/// `rows` pending rows, `bytes` pending segment bytes, `epochs` epochs after
+/// `rows` pending rows, `bytes` bytes of them (plain bincode, however framed
+/// and packed: a replay frames them otherwise), `epochs` epochs after
 /// the oldest, or at the end of the input. All count data and epochs, never
 /// time, so a replay rolls the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,8 @@ pub struct PendingRows {
     restored: Vec<Row>,
     /// This run's segment (relative to the state directory) and its length.
     segment: Option<(String, u64)>,
+    /// The written rows' plain bincode bytes (see [`Self::bytes`]).
+    plain: u64,
 }
 
 /// The rows of one frame, as stored.
@@ -86,12 +89,16 @@ impl PendingRows {
             rows: rows.len() as u64,
             restored: rows,
             segment: None,
+            plain: 0,
         }
     }
 
-    /// Segment bytes held.
+    /// The rows' bytes in plain bincode, written so far: what the roll's
+    /// byte limit counts. Not the segment's length: packing depends on how
+    /// rows are framed, and a restart writes its restored rows as one frame,
+    /// so a replay must not roll at another epoch than the run it replays.
     pub fn bytes(&self) -> u64 {
-        self.segment.as_ref().map_or(0, |(_, len)| *len)
+        self.plain
     }
 
     /// Appends epoch `epoch`'s final rows to this run's segment, durably (a
@@ -126,13 +133,19 @@ impl PendingRows {
         rows: &[Row],
     ) -> Result<(), SinkError> {
         // Packed like staged outputs: the segment is synced every epoch.
+        use bincode::Options;
+        let encode = |e: bincode::Error| SinkError::Encode {
+            what: "pending rows".into(),
+            detail: e.to_string(),
+        };
         let mut body = Vec::new();
-        write_packed_with_checksum(&mut body, &FrameOf(rows), FRAME_BLOCK).map_err(|e| {
-            SinkError::Encode {
-                what: "pending rows".into(),
-                detail: e.to_string(),
-            }
-        })?;
+        let packed =
+            write_packed_with_checksum(&mut body, &FrameOf(rows), FRAME_BLOCK).map_err(encode)?;
+        // The rows alone: less the frame's count of them.
+        let count = codec()
+            .serialized_size(&(rows.len() as u64))
+            .map_err(encode)?;
+        let plain = packed.plain.saturating_sub(count);
         // The length, then the body: two writes, not a copy of the body.
         let prefix = (body.len() as u32).to_be_bytes();
         let frame_len = (prefix.len() + body.len()) as u64;
@@ -160,6 +173,7 @@ impl PendingRows {
                 self.segment = Some((rel, frame_len));
             }
         }
+        self.plain += plain;
         Ok(())
     }
 
@@ -327,6 +341,34 @@ pub(crate) mod tests {
             read_segment(dir.path(), &entry),
             Err(SinkError::Damaged { .. })
         ));
+    }
+
+    #[test]
+    fn the_roll_counts_the_rows_bytes_however_they_are_framed() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<_> = (0..300).map(|i| row(&format!("device-{i:04}"))).collect();
+        // A run never killed writes the rows epoch by epoch; a restart
+        // writes the restored ones as one frame.
+        let mut by_epoch = PendingRows::default();
+        for (e, chunk) in rows.chunks(7).enumerate() {
+            by_epoch
+                .append(dir.path(), "a", 0, e as u64, chunk)
+                .unwrap();
+        }
+        let mut restored = PendingRows::restored(0, rows.clone());
+        restored.append(dir.path(), "b", 0, 50, &[]).unwrap();
+        assert_eq!(by_epoch.bytes(), restored.bytes());
+        use bincode::Options;
+        let one: u64 = rows
+            .iter()
+            .map(|r| codec().serialized_size(r).unwrap())
+            .sum();
+        assert_eq!(by_epoch.bytes(), one, "the rows' own bytes");
+        let (a, b) = (
+            by_epoch.entry("a", 0).unwrap(),
+            restored.entry("b", 0).unwrap(),
+        );
+        assert_ne!(a.bytes, b.bytes, "the segments themselves differ");
     }
 
     #[test]
