@@ -4,6 +4,11 @@ SHELL := /bin/bash
 
 # Build output lives outside the checkout so fresh clones (and CI) reuse it.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/iotflow/target
+# CI builds each commit once: incremental caches (~1.8 GB for the debug build)
+# would only take disk there, and a CI run has run out of it.
+ifeq ($(CI),true)
+export CARGO_INCREMENTAL ?= 0
+endif
 CARGO ?= cargo
 DEBUG_BIN := $(CARGO_TARGET_DIR)/debug/iotflow
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release/iotflow
