@@ -24,7 +24,7 @@ SOAK_RATE ?= 25000
 SOAK_STORAGE ?= memory
 TOOLS_BIN := $(HOME)/.cache/iotflow/tools/bin
 
-.PHONY: help demo demo-redpanda notebooks test tansu chromium prometheus iproute2 stunnel venv nextest build release lint fmt bench bench-tls bench-avro bench-ingest bench-dataflow bench-exactly-once bench-jobs bench-alerts soak chaos fuzz clean
+.PHONY: help demo demo-redpanda notebooks test prune-target tansu chromium prometheus iproute2 stunnel venv nextest build release lint fmt bench bench-tls bench-avro bench-ingest bench-dataflow bench-exactly-once bench-jobs bench-alerts soak chaos fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -46,10 +46,13 @@ test: lint nextest build tansu chromium prometheus iproute2 stunnel venv ## Run 
 nextest: ## Install cargo-nextest if it is missing
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked
 
-build: ## Debug build of everything (tests use it)
+build: prune-target ## Debug build of everything (tests use it)
 	$(CARGO) build --workspace --all-targets
 
-release: ## Optimised build of the iotflow binary
+prune-target: ## Clear stale build output: after build settings change, past 8 GB a profile, incremental caches under CI
+	./scripts/prune-target.sh
+
+release: prune-target ## Optimised build of the iotflow binary
 	$(CARGO) build --release --bin iotflow
 
 tansu: build ## Install the tansu broker into ~/.cache/iotflow if missing (~25 min once)
@@ -81,7 +84,7 @@ stunnel: ## Install Debian's stunnel4 and openssl if missing (the TLS terminator
 venv: ## The project's Python venv (.venv): notebook packages and confluent-kafka, from notebooks/requirements-lock.txt
 	./scripts/venv.sh
 
-lint: ## cargo fmt --check and clippy -D warnings
+lint: prune-target ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

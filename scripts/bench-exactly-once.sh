@@ -2,9 +2,10 @@
 # Exactly-once figures, not assertions (tansu, memory storage, -w 2):
 #   1. a bounded backlog (RECORDS records from 1 Hz devices, ~10 readings per
 #      window: output-heavy) read by --at-least-once and by exactly once, runs
-#      interleaved REPEAT times: throughput, peak RSS, their ratios per pair,
-#      epochs and records per epoch, commit latency p50/p99. OLD_BIN=another
-#      build adds its exactly-once runs to the same interleaving.
+#      interleaved REPEAT times: throughput, peak RSS, CPU seconds, their
+#      ratios per pair, bytes written, epochs and records per epoch, commit
+#      latency p50/p99. OLD_BIN=another build adds its exactly-once runs to
+#      the same interleaving.
 #   2. a live job under RATE records/s for LIVE_SECONDS, followed by
 #      `iotflow tail`: window end passing the watermark -> its record visible
 #      to tail, p50/p99 (watermark sampled every 100 ms from the pipeline log).
@@ -45,7 +46,7 @@ for i in $(seq "$REPEAT"); do
     [ "$mode" = at-least-once ] && flag=(--at-least-once)
     [ "$mode" = exactly-once-old ] && bin=$OLD_BIN
     run="$home/$mode.$i"
-    /usr/bin/time -f '%M' -o "$run.rss" "$bin" run --brokers "$addr" --input eo.readings \
+    /usr/bin/time -f '%M %U %S %O' -o "$run.rss" "$bin" run --brokers "$addr" --input eo.readings \
       --output-topic "eo.$mode.$i" --dlq "eo.$mode.$i.dlq" --until-end -w 2 --json \
       --state-dir "$run/state" --parquet-dir "$run/parquet" "${flag[@]}" >"$run.json" 2>"$run.err"
   done
@@ -57,7 +58,11 @@ runs = {v: [] for v in variants}
 for v in variants:
     for i in range(1, repeat + 1):
         s = json.load(open(f"{home}/{v}.{i}.json"))
-        s["rss_mb"] = int(open(f"{home}/{v}.{i}.rss").read().split()[-1]) / 1024
+        # Peak RSS (KiB), user and system CPU seconds, 512-byte blocks written.
+        rss, user, system, out = open(f"{home}/{v}.{i}.rss").read().split()[-4:]
+        s["rss_mb"] = int(rss) / 1024
+        s["cpu_s"] = float(user) + float(system)
+        s["written_mb"] = int(out) * 512 / 1e6
         lat = []
         if v != "at-least-once":
             try:
@@ -76,7 +81,9 @@ for v, ss in runs.items():
     lat = sorted(l for s in ss for l in s["latencies"])
     line = (f"{v:>17}: {statistics.median(rates):>9,.0f} records/s (runs {', '.join(f'{r:,.0f}' for r in rates)}), "
             f"peak RSS {statistics.median(rss):,.0f} MB ({', '.join(f'{r:,.0f}' for r in rss)}), "
-            f"{statistics.median(epochs):.0f} epochs of ~{ss[0]['records'] / statistics.median(epochs):,.0f} records")
+            f"{statistics.median(epochs):.0f} epochs of ~{ss[0]['records'] / statistics.median(epochs):,.0f} records, "
+            f"CPU {statistics.median(s['cpu_s'] for s in ss):.1f} s, "
+            f"{statistics.median(s['written_mb'] for s in ss):.0f} MB written")
     if lat:
         line += f", commit latency p50 {pick(lat, .5):.0f} ms / p99 {pick(lat, .99):.0f} ms"
     print(line)
@@ -84,9 +91,11 @@ alo = runs["at-least-once"]
 for v in variants[1:]:
     tr = [rate(e) / rate(a) for e, a in zip(runs[v], alo)]
     mr = [e["rss_mb"] / a["rss_mb"] for e, a in zip(runs[v], alo)]
+    cr = [e["cpu_s"] / a["cpu_s"] for e, a in zip(runs[v], alo)]
     print(f"{v} / at-least-once, pair by pair: throughput {', '.join(f'{r:.2f}' for r in tr)} "
           f"(median {statistics.median(tr):.2f}), peak RSS {', '.join(f'{r:.2f}' for r in mr)} "
-          f"(median {statistics.median(mr):.2f})")
+          f"(median {statistics.median(mr):.2f}), CPU {', '.join(f'{r:.2f}' for r in cr)} "
+          f"(median {statistics.median(cr):.2f})")
 PY
 
 echo
