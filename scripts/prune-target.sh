@@ -12,7 +12,8 @@ set -euo pipefail
 target=${CARGO_TARGET_DIR:?set CARGO_TARGET_DIR}
 here=$(cd "$(dirname "$0")/.." && pwd)
 stamp="$target/.iotflow-build-settings"
-settings=$({ awk '/^\[/ { p = /^\[profile/ } p' "$here/Cargo.toml"; rustc -V; } | sha256sum | cut -d' ' -f1)
+# The profile sections' settings, less comments (a comment edit changes no artifact).
+settings=$({ awk '/^\[/ { p = /^\[profile/ } p && !/^[[:space:]]*(#|$)/' "$here/Cargo.toml"; rustc -V; } | sha256sum | cut -d' ' -f1)
 profiles=(debug release tools)
 if [ ! -d "$target" ]; then
   mkdir -p "$target"
