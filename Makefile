@@ -96,7 +96,7 @@ bench: bench-ingest bench-dataflow bench-exactly-once bench-jobs bench-alerts be
 bench-ingest: release tansu-release ## Produce throughput into the local broker, 1 and 4 partitions
 	BIN=$(RELEASE_BIN) COUNT=$(BENCH_COUNT) ./scripts/bench-ingest.sh
 
-bench-exactly-once: release tansu-release ## Exactly-once vs at-least-once (throughput, RSS), commit and visibility latency, recovery, history reads (OLD_BIN=another build to compare)
+bench-exactly-once: release tansu-release ## Exactly-once vs at-least-once (throughput, RSS, CPU, bytes written), commit and visibility latency, recovery, history reads (OLD_BIN=another build to compare)
 	$(CARGO) build --profile tools -p iotflow-sink --example progress_history
 	BIN=$(RELEASE_BIN) HISTORY_BIN=$(CARGO_TARGET_DIR)/tools/examples/progress_history ./scripts/bench-exactly-once.sh
 

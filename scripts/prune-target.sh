@@ -17,6 +17,9 @@ settings=$({ awk '/^\[/ { p = /^\[profile/ } p && !/^[[:space:]]*(#|$)/' "$here/
 profiles=(debug release tools)
 if [ ! -d "$target" ]; then
   mkdir -p "$target"
+elif [ ! -f "$stamp" ] && [ ! -f "$target/CACHEDIR.TAG" ]; then
+  echo "prune-target: $target is not a cargo target directory: left alone" >&2
+  exit 0
 elif [ "$(cat "$stamp" 2>/dev/null)" != "$settings" ]; then
   echo "prune-target: build settings changed since $target was built: clearing ${profiles[*]}"
   for p in "${profiles[@]}"; do rm -rf "${target:?}/$p"; done
